@@ -1,0 +1,188 @@
+//! The Kafka side of the benchmark: the broker `scripts/kafka-broker.sh`
+//! started, topics filled with records of a fixed size, and what a consumer
+//! group has committed.
+//!
+//! Every record value is a small JSON document of exactly the requested
+//! size whose first field is the time it was produced, so the control plane
+//! side can measure produce-to-sink latency without trusting Kafka's
+//! millisecond timestamps:
+//!
+//! ```text
+//! {"ts_us":1700000000000000,"seq":0000000042,"pad":"xxxx...x"}
+//! ```
+
+use anyhow::{Context, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Smallest record [`record`] can build.
+pub const MIN_RECORD: usize = 52;
+/// Where the produce time sits in a record value.
+const TS_AT: std::ops::Range<usize> = 9..25;
+const SEQ_AT: std::ops::Range<usize> = 32..42;
+
+/// The broker under test, as described by its `broker.env`.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// `127.0.0.1:port` of the PLAINTEXT listener.
+    pub bootstrap: String,
+    /// The broker's JVM, for its CPU time.
+    pub pid: Option<u32>,
+}
+
+impl Broker {
+    pub fn from_env_file(path: &Path) -> anyhow::Result<Broker> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}; start the broker with scripts/kafka-broker.sh start", path.display()))?;
+        let vars: HashMap<&str, &str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
+        let bootstrap = vars.get("KAFKA_PLAINTEXT").with_context(|| format!("{} has no KAFKA_PLAINTEXT", path.display()))?;
+        Ok(Broker {
+            bootstrap: (*bootstrap).to_owned(),
+            pid: vars.get("KAFKA_BROKER_PID").and_then(|p| p.parse().ok()),
+        })
+    }
+
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        c
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin.create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &opts).await? {
+            if let Err((t, code)) = r {
+                bail!("cannot create topic {t}: {code}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete a topic (its gigabytes would otherwise stay on disk).
+    pub async fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin.delete_topics(&[name], &opts).await? {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((t, code)) => bail!("cannot delete topic {t}: {code}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A producer tuned for `linger_ms` (0 for latency runs, larger to fill fast).
+    pub fn producer(&self, linger_ms: u32) -> anyhow::Result<BaseProducer> {
+        Ok(self
+            .config()
+            .set("linger.ms", linger_ms.to_string())
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("compression.type", "none")
+            .set("acks", "1")
+            .create()?)
+    }
+
+    /// Write `count` records of `size` bytes, spread evenly over the
+    /// partitions, as fast as the broker takes them. Blocking.
+    pub fn fill(&self, topic: &str, partitions: i32, size: usize, count: u64) -> anyhow::Result<Duration> {
+        let producer = self.producer(20)?;
+        let started = Instant::now();
+        let mut value = record(0, 0, size);
+        for seq in 0..count {
+            stamp(&mut value, seq, now_us());
+            let p = (seq % partitions as u64) as i32;
+            loop {
+                match producer.send(BaseRecord::<(), [u8]>::to(topic).partition(p).payload(&value)) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => bail!("producing to {topic}: {e}"),
+                }
+            }
+            if seq % 1024 == 0 {
+                producer.poll(Duration::ZERO);
+            }
+        }
+        producer.flush(Duration::from_secs(120)).context("flushing the filler")?;
+        Ok(started.elapsed())
+    }
+
+    /// The end offset of every partition (what a full drain must reach).
+    pub fn end_offsets(&self, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
+        let c: BaseConsumer = self.config().create()?;
+        (0..partitions)
+            .map(|p| Ok(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))
+            .collect()
+    }
+
+    /// What `group` has committed on each partition (-1 for nothing).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
+        let c: BaseConsumer = self.config().set("group.id", group).set("enable.auto.commit", "false").create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok((0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect())
+    }
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A record value of exactly `size` bytes (at least [`MIN_RECORD`]).
+pub fn record(seq: u64, ts_us: u64, size: usize) -> Vec<u8> {
+    let head = format!("{{\"ts_us\":{ts_us:016},\"seq\":{seq:010},\"pad\":\"");
+    debug_assert_eq!(head.len(), 50);
+    let mut v = head.into_bytes();
+    v.resize(size.max(MIN_RECORD) - 2, b'x');
+    v.extend_from_slice(b"\"}");
+    v
+}
+
+/// Rewrite the time and sequence number of a record made by [`record`].
+pub fn stamp(value: &mut [u8], seq: u64, ts_us: u64) {
+    value[TS_AT].copy_from_slice(format!("{ts_us:016}").as_bytes());
+    value[SEQ_AT].copy_from_slice(format!("{seq:010}").as_bytes());
+}
+
+/// The produce time and sequence number of a record made by [`record`].
+pub fn parse(value: &[u8]) -> Option<(u64, u64)> {
+    let digits = |r: std::ops::Range<usize>| -> Option<u64> {
+        let s = value.get(r)?;
+        s.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+    };
+    Some((digits(TS_AT)?, digits(SEQ_AT)?))
+}
+
+/// Checks run under `cargo test` (this target has no test harness).
+pub fn self_check() -> anyhow::Result<()> {
+    for size in [MIN_RECORD, 100, 1024, 10240] {
+        let mut v = record(0, 0, size);
+        anyhow::ensure!(v.len() == size, "record of {size} bytes has {}", v.len());
+        stamp(&mut v, 42, 1_700_000_000_123_456);
+        anyhow::ensure!(parse(&v) == Some((1_700_000_000_123_456, 42)), "stamped record does not parse back");
+        serde_json::from_slice::<serde_json::Value>(&v).context("record is not JSON")?;
+    }
+    Ok(())
+}

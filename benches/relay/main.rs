@@ -1,0 +1,321 @@
+//! The relay benchmark: how close the agent + control plane come to a bare
+//! Kafka consumer, on a real broker, with the real agent binary.
+//!
+//! Run it with `scripts/bench.sh [--short]` (docs/PERFORMANCE.md), which
+//! starts a broker, builds the agent and calls `cargo bench --bench relay --
+//! ...`. Under `cargo test` (no `--bench` argument) it only runs its own
+//! checks of the pure parts, so the harness cannot rot unnoticed.
+//!
+//! Modules, one job each: [`broker`] (topics, filling, commits), [`ceiling`]
+//! (bare rdkafka consumer, kcat), [`system`] (the control plane in this
+//! process, with a metered sink), [`agent`] (the agent process), [`proxy`]
+//! (delay between them), [`paced`] (fixed-rate producer), [`meter`]
+//! (counts and latency), [`procstat`] (CPU, memory, machine), [`scenarios`]
+//! (the measurements), [`report`] and [`svg`] (tables, targets, charts).
+#![forbid(unsafe_code)]
+
+mod agent;
+mod broker;
+mod ceiling;
+mod meter;
+mod paced;
+mod procstat;
+mod proxy;
+mod report;
+mod scenarios;
+mod svg;
+mod system;
+
+use anyhow::Context;
+use clap::Parser;
+use scenarios::{Consumer, Ctx};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use system::SinkKind;
+
+#[derive(Parser, Debug)]
+#[command(name = "relay", about = "Relay benchmark (run it through scripts/bench.sh)")]
+struct Args {
+    /// A few seconds of everything, for CI: proves the harness works, says
+    /// nothing about speed.
+    #[arg(long)]
+    short: bool,
+    /// `broker.env` of the broker to use (scripts/kafka-broker.sh writes it).
+    #[arg(long, env = "BENCH_BROKER_ENV", default_value = "target/bench/kafka/broker.env")]
+    broker_env: PathBuf,
+    /// The agent binary to run.
+    #[arg(long, env = "BENCH_AGENT_BIN", default_value = "target/release/connectivity-agent")]
+    agent_bin: PathBuf,
+    /// Where results, charts, logs and JSONL files go.
+    #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results")]
+    out: PathBuf,
+    /// Run only the parts whose name contains one of these (throughput,
+    /// distance, latency, idle, soak; `relay`: only the relay to a discard
+    /// sink, for profiling).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Record sizes of the throughput runs, bytes.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Partition counts of the throughput and latency runs.
+    #[arg(long, value_delimiter = ',')]
+    partitions: Option<Vec<i32>>,
+    /// Multiply the number of records of the throughput runs.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Also drain with the agent's consumer settings but this
+    /// `fetch.queue.backoff.ms` (a diagnosis; comma-separated values).
+    #[arg(long, value_delimiter = ',')]
+    queue_backoff: Vec<u32>,
+    /// Diagnosis: the relay jobs' in-flight window (default: the job default).
+    #[arg(long)]
+    window: Option<u32>,
+    /// Diagnosis: the relay jobs' `max_wait_ms`.
+    #[arg(long)]
+    max_wait_ms: Option<u64>,
+    /// Diagnosis: the relay jobs' `max_records`.
+    #[arg(long)]
+    max_records: Option<u32>,
+    /// Set TCP_NODELAY on the control plane's listening socket (a diagnosis).
+    #[arg(long)]
+    cp_nodelay: bool,
+    /// Length of the memory run, seconds (full run: 600).
+    #[arg(long)]
+    soak_secs: Option<f64>,
+    /// Rates of the latency runs, records/s.
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u64>>,
+    /// Measured seconds of each latency run.
+    #[arg(long)]
+    latency_secs: Option<f64>,
+    /// Build profile the binaries were built with (for the report).
+    #[arg(long, env = "BENCH_PROFILE", default_value = "release")]
+    profile: String,
+    /// The command line to print in the report.
+    #[arg(long, env = "BENCH_COMMAND", default_value = "scripts/bench.sh")]
+    command: String,
+    /// Set by `cargo bench`; without it (under `cargo test`) only the
+    /// self-checks run.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What a full or short run measures.
+struct Plan {
+    sizes: Vec<usize>,
+    partitions: Vec<i32>,
+    /// Records of each throughput topic, by record size.
+    records: fn(usize) -> u64,
+    /// Records of each distance topic (the relay over 50 ms is slow), by size.
+    distance_records: fn(usize) -> u64,
+    distance_partitions: i32,
+    latency_rates: Vec<u64>,
+    latency_partitions: Vec<i32>,
+    latency_secs: f64,
+    settle: Duration,
+    idle_secs: f64,
+    soak_secs: f64,
+    /// Measure the bare consumer again after the relay, to see drift.
+    ceiling_twice: bool,
+}
+
+fn plan(args: &Args) -> Plan {
+    if args.short {
+        Plan {
+            sizes: args.sizes.clone().unwrap_or(vec![1024]),
+            partitions: args.partitions.clone().unwrap_or(vec![1]),
+            records: |_| 20_000,
+            distance_records: |_| 5_000,
+            distance_partitions: 1,
+            latency_rates: args.rates.clone().unwrap_or(vec![1000]),
+            latency_partitions: args.partitions.clone().unwrap_or(vec![1]),
+            latency_secs: args.latency_secs.unwrap_or(1.0),
+            settle: Duration::from_millis(200),
+            idle_secs: 1.0,
+            soak_secs: args.soak_secs.unwrap_or(2.0),
+            ceiling_twice: false,
+        }
+    } else {
+        Plan {
+            sizes: args.sizes.clone().unwrap_or(vec![100, 1024, 10240]),
+            partitions: args.partitions.clone().unwrap_or(vec![1, 6]),
+            // Half a minute or so for the relay as it is (tens of
+            // thousands of records/s); the bare consumer takes under a
+            // second, so it is measured twice and the better run counts.
+            records: |size| match size {
+                0..=200 => 600_000,
+                201..=2048 => 300_000,
+                _ => 60_000,
+            },
+            // The relay over 50 ms moves a few thousand records/s.
+            distance_records: |size| match size {
+                0..=200 => 100_000,
+                201..=2048 => 60_000,
+                _ => 15_000,
+            },
+            distance_partitions: 6,
+            latency_rates: args.rates.clone().unwrap_or(vec![1000, 10_000]),
+            latency_partitions: args.partitions.clone().unwrap_or(vec![1, 6]),
+            latency_secs: args.latency_secs.unwrap_or(20.0),
+            settle: Duration::from_secs(3),
+            idle_secs: 30.0,
+            soak_secs: args.soak_secs.unwrap_or(600.0),
+            ceiling_twice: true,
+        }
+    }
+}
+
+fn wanted(args: &Args, part: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| part.contains(o.as_str()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // `cargo bench` passes --bench; `cargo test --all-targets` passes test
+    // harness arguments instead (filters, --nocapture), which are not ours:
+    // then only the pure parts are checked, with no broker.
+    if !std::env::args().any(|a| a == "--bench") {
+        rt.block_on(self_check())?;
+        println!("relay bench: self-checks passed (run scripts/bench.sh for measurements)");
+        return Ok(());
+    }
+    rt.block_on(run(Args::parse()))
+}
+
+async fn self_check() -> anyhow::Result<()> {
+    broker::self_check()?;
+    meter::self_check()?;
+    svg::self_check()?;
+    proxy::self_check().await?;
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let plan = plan(&args);
+    let mut results_note = None;
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let out = std::path::absolute(&args.out)?;
+    for old in ["agents", "sink"] {
+        let _ = std::fs::remove_dir_all(out.join(old));
+    }
+    let machine = procstat::Machine::now(&args.profile);
+    println!("machine: {} x {}, {}, load {}", machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg_start);
+    if procstat::load1() > machine.nproc as f64 / 2.0 && !args.short {
+        println!("warning: the machine is busy (load {}); numbers will be low and noisy", machine.loadavg_start);
+    }
+    let broker = broker::Broker::from_env_file(&args.broker_env)?;
+    anyhow::ensure!(args.agent_bin.is_file(), "agent binary {} not found; build it (scripts/bench.sh does)", args.agent_bin.display());
+    let system = system::System::start(&out.join("control-plane"), args.cp_nodelay).await?;
+    if args.cp_nodelay {
+        results_note = Some("Diagnosis run: the control plane's sockets have TCP_NODELAY (set on the listener by the bench).".to_owned());
+    }
+    let tuning = scenarios::Tuning { window: args.window, max_wait_ms: args.max_wait_ms, max_records: args.max_records };
+    let ctx = Ctx::new(broker, system, args.agent_bin.clone(), out.clone(), tuning.clone())?;
+    let mut results = report::Results {
+        machine,
+        command: args.command.clone(),
+        short: args.short,
+        runs: Vec::new(),
+        latency: Vec::new(),
+        idle: Vec::new(),
+        soak: None,
+        notes: Vec::new(),
+    };
+    if args.short {
+        results.notes.push("Short run (CI): tiny volumes, numbers mean nothing.".into());
+    }
+    results.notes.extend(results_note);
+    if args.window.is_some() || args.max_wait_ms.is_some() || args.max_records.is_some() {
+        results.notes.push(format!("Diagnosis run: relay jobs changed from their defaults: {tuning:?}."));
+    }
+
+    let print = |r: &report::Run| println!("   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s)", r.consumer, r.rec_per_s, r.mib_per_s, r.secs);
+    let relay_only = args.only.iter().any(|o| o == "relay");
+    if wanted(&args, "throughput") || relay_only {
+        for &size in &plan.sizes {
+            for &partitions in &plan.partitions {
+                let n = ((plan.records)(size) as f64 * args.scale).max(1000.0) as u64;
+                println!("\n== throughput: {size} B records, {partitions} partitions: filling {n} records");
+                let f = scenarios::fill(&ctx, size, partitions, n).await?;
+                println!("   filled at {:.0} records/s", f.fill_rec_per_s);
+                let mut runs = Vec::new();
+                if relay_only {
+                    // Only the relay (for profiling it).
+                    runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Discard, None).await?);
+                } else {
+                    runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?);
+                    runs.push(scenarios::drain_kcat(&ctx, &f).await?);
+                    runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Agent).await?);
+                    for ms in &args.queue_backoff {
+                        runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::AgentQueueBackoff(*ms)).await?);
+                    }
+                    runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Discard, None).await?);
+                    runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Jsonl, None).await?);
+                    if plan.ceiling_twice {
+                        runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?);
+                    }
+                }
+                for r in runs {
+                    print(&r);
+                    results.runs.push(r);
+                }
+                ctx.broker.delete_topic(&f.topic).await?;
+            }
+        }
+    }
+    if wanted(&args, "distance") {
+        for &size in &plan.sizes {
+            let n = ((plan.distance_records)(size) as f64 * args.scale).max(1000.0) as u64;
+            let partitions = plan.distance_partitions;
+            println!("\n== distance: {size} B records, {partitions} partitions: filling {n} records");
+            let f = scenarios::fill(&ctx, size, partitions, n).await?;
+            for one_way in [None, Some(Duration::from_millis(25))] {
+                let mut r = scenarios::drain_relay(&ctx, &f, SinkKind::Discard, one_way).await?;
+                r.part = report::DISTANCE.into();
+                print(&r);
+                results.runs.push(r);
+            }
+            ctx.broker.delete_topic(&f.topic).await?;
+        }
+    }
+    if wanted(&args, "latency") {
+        for &rate in &plan.latency_rates {
+            for &partitions in &plan.latency_partitions {
+                for consumer in [Consumer::Bare, Consumer::Relay] {
+                    println!("\n== latency: {rate} records/s of 1 KiB, {partitions} partitions, {consumer:?}");
+                    let l = scenarios::latency(&ctx, 1024, partitions, rate, plan.latency_secs, consumer, plan.settle).await?;
+                    println!("   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)", l.latency.p50_ms, l.latency.p99_ms, l.latency.max_ms, l.latency.samples);
+                    results.latency.push(l);
+                }
+            }
+        }
+    }
+    if wanted(&args, "idle") {
+        println!("\n== idle agent, {:.0} s", plan.idle_secs);
+        let i = scenarios::idle(&ctx, 6, plan.idle_secs).await?;
+        println!("   {:.2}% of a core, at most {:.2} requests/s to the broker", i.cpu_pct_of_core, i.requests_per_s_max);
+        results.idle.push(i);
+    }
+    if wanted(&args, "soak") && plan.soak_secs > 0.0 {
+        println!("\n== memory over {:.0} s at 10,000 records/s of 1 KiB", plan.soak_secs);
+        let every = Duration::from_secs_f64((plan.soak_secs / 120.0).clamp(0.2, 5.0));
+        let k = scenarios::soak(&ctx, 1024, 6, 10_000, plan.soak_secs, every).await?;
+        println!("   RSS {:.1} -> {:.1} MiB, peak {:.1} MiB, trend {:+.2} MiB/10 min", k.rss_after_1min_mib, k.rss_end_mib, k.hwm_mib, k.slope_mib_per_10min);
+        results.soak = Some(k);
+    }
+
+    ctx.system.stop().await;
+    results.machine.loadavg_end = procstat::loadavg();
+    results.notes.push(format!("Whole run: {:.0} s.", started.elapsed().as_secs_f64()));
+    let md = results.markdown();
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(out.join("throughput.svg"), results.throughput_svg())?;
+    if let Some(svg) = results.soak_svg() {
+        std::fs::write(out.join("soak-rss.svg"), svg)?;
+    }
+    println!("\n{md}");
+    println!("written: {}/report.md, results.json, throughput.svg{}", out.display(), if results.soak.is_some() { ", soak-rss.svg" } else { "" });
+    Ok(())
+}

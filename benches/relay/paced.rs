@@ -1,0 +1,83 @@
+//! A producer at a fixed rate, on its own thread: the load of the latency and
+//! memory scenarios. Each record carries the time `produce()` was called.
+
+use crate::broker::{self, Broker};
+use anyhow::bail;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// `linger.ms` of the paced producer.
+pub const PRODUCER_LINGER_MS: u32 = 5;
+
+pub struct Paced {
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Start producing `rate` records/s of `size` bytes to `topic`, round-robin
+/// over its partitions, sequence numbers from 0.
+pub fn start(broker: &Broker, topic: &str, partitions: i32, size: usize, rate: u64) -> anyhow::Result<Paced> {
+    // librdkafka's default linger (5 ms): with none, 10,000 records/s
+    // become 10,000 produce requests/s and the broker, not the relay, sets
+    // the latency. The linger is part of what is measured, for the bare
+    // consumer and the relay alike.
+    let producer = broker.producer(PRODUCER_LINGER_MS)?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, st, topic) = (sent.clone(), stop.clone(), topic.to_owned());
+    let started = Instant::now();
+    let thread = std::thread::Builder::new().name("paced-producer".into()).spawn(move || {
+        let mut value = broker::record(0, 0, size);
+        let mut seq = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            broker::stamp(&mut value, seq, broker::now_us());
+            let p = (seq % partitions as u64) as i32;
+            loop {
+                match producer.send(BaseRecord::<(), [u8]>::to(&topic).partition(p).payload(&value)) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        producer.poll(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => bail!("paced producer: {e}"),
+                }
+            }
+            producer.poll(Duration::ZERO);
+            seq += 1;
+            s.store(seq, Ordering::Relaxed);
+        }
+        producer.flush(Duration::from_secs(30))?;
+        Ok(())
+    })?;
+    Ok(Paced { sent, stop, started, thread })
+}
+
+impl Paced {
+    /// Records produced so far (the next sequence number).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stop, flush, and return the number of records produced and the rate achieved.
+    pub fn stop(self) -> anyhow::Result<(u64, f64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        match self.thread.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("paced producer panicked"),
+        }
+        let n = self.sent.load(Ordering::Relaxed);
+        Ok((n, n as f64 / secs))
+    }
+}

@@ -1,0 +1,454 @@
+//! Results: what each run measured, the tables and charts made from them,
+//! and the targets of the issue checked against them.
+
+use crate::meter::Latency;
+use crate::procstat::Machine;
+use crate::svg;
+use serde::Serialize;
+use std::fmt::Write;
+
+pub const RDKAFKA: &str = "rdkafka consumer";
+pub const RDKAFKA_AGENT: &str = "rdkafka consumer, agent's settings";
+pub const KCAT: &str = "kcat -C";
+pub const RELAY_DISCARD: &str = "relay -> discard";
+pub const RELAY_JSONL: &str = "relay -> jsonl";
+pub const RELAY_DISCARD_RTT: &str = "relay -> discard, +50 ms RTT";
+/// `Run::part` of the throughput runs and of the distance runs.
+pub const THROUGHPUT: &str = "throughput";
+pub const DISTANCE: &str = "distance";
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One drain of a filled topic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    /// [`THROUGHPUT`] or [`DISTANCE`] (each has its own topics).
+    pub part: String,
+    pub size: usize,
+    pub partitions: i32,
+    pub consumer: String,
+    pub records: u64,
+    /// First record out to last record out.
+    pub secs: f64,
+    pub rec_per_s: f64,
+    pub mib_per_s: f64,
+    /// CPU seconds of the consumer (the agent process for the relay) over `secs`.
+    pub consumer_cpu_s: Option<f64>,
+    pub cpu_s_per_m: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    /// CPU seconds of the bench process (control plane + meter) over `secs`.
+    pub cp_cpu_s: Option<f64>,
+    pub broker_cpu_s: Option<f64>,
+    /// From the last ack to the group's commit reaching the end.
+    pub commit_after_s: Option<f64>,
+    /// SIGTERM to exit of the agent.
+    pub stop_s: Option<f64>,
+    pub sink_file_mib: Option<f64>,
+}
+
+impl Run {
+    pub fn set_rate(&mut self, records: u64, bytes: u64, secs: f64) {
+        self.records = records;
+        self.secs = secs;
+        self.rec_per_s = if secs > 0.0 { records as f64 / secs } else { 0.0 };
+        self.mib_per_s = if secs > 0.0 { bytes as f64 / MIB / secs } else { 0.0 };
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRun {
+    pub rate: u64,
+    pub achieved_rate: f64,
+    pub size: usize,
+    pub partitions: i32,
+    pub consumer: String,
+    pub latency: Latency,
+    pub agent_cpu_pct: Option<f64>,
+    pub agent_peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleRun {
+    pub partitions: i32,
+    pub secs: f64,
+    pub cpu_pct_of_core: f64,
+    /// TCP segments with data the agent sent the broker per second: an upper
+    /// bound of its requests (fetches, heartbeats, commits).
+    pub requests_per_s_max: f64,
+    pub rss_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Soak {
+    pub rate: u64,
+    pub size: usize,
+    pub partitions: i32,
+    pub secs: f64,
+    /// (seconds, RSS MiB)
+    pub rss: Vec<(f64, f64)>,
+    pub hwm_mib: f64,
+    pub rss_after_1min_mib: f64,
+    pub rss_end_mib: f64,
+    /// Least-squares slope of RSS after the first minute (or after the
+    /// first fifth of a shorter run), MiB per 10 minutes.
+    pub slope_mib_per_10min: f64,
+    pub records: u64,
+    pub cpu_s_per_m: f64,
+}
+
+impl Soak {
+    pub fn new(rate: u64, size: usize, partitions: i32, rss: Vec<(f64, f64)>, hwm_mib: f64, records: u64, cpu_s: f64) -> Soak {
+        let secs = rss.last().map_or(0.0, |p| p.0);
+        let warm = 60f64.min(secs / 5.0);
+        let after: Vec<(f64, f64)> = rss.iter().copied().filter(|p| p.0 >= warm).collect();
+        let n = after.len() as f64;
+        let slope = if after.len() >= 2 {
+            let (mx, my) = (after.iter().map(|p| p.0).sum::<f64>() / n, after.iter().map(|p| p.1).sum::<f64>() / n);
+            let sxy: f64 = after.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+            let sxx: f64 = after.iter().map(|p| (p.0 - mx).powi(2)).sum();
+            if sxx > 0.0 { sxy / sxx * 600.0 } else { 0.0 }
+        } else {
+            0.0
+        };
+        Soak {
+            rate,
+            size,
+            partitions,
+            secs,
+            rss_after_1min_mib: after.first().map_or(0.0, |p| p.1),
+            rss_end_mib: rss.last().map_or(0.0, |p| p.1),
+            hwm_mib,
+            slope_mib_per_10min: slope,
+            records,
+            cpu_s_per_m: if records > 0 { cpu_s / (records as f64 / 1e6) } else { 0.0 },
+            rss,
+        }
+    }
+}
+
+/// Everything one invocation measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub command: String,
+    pub short: bool,
+    pub runs: Vec<Run>,
+    pub latency: Vec<LatencyRun>,
+    pub idle: Vec<IdleRun>,
+    pub soak: Option<Soak>,
+    pub notes: Vec<String>,
+}
+
+fn f0(v: f64) -> String {
+    let s = format!("{:.0}", v);
+    // Thousands separators make rates readable.
+    let (neg, digits) = s.strip_prefix('-').map_or((false, s.as_str()), |d| (true, d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if neg { format!("-{out}") } else { out }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1024 && size % 1024 == 0 { format!("{} KiB", size / 1024) } else { format!("{size} B") }
+}
+
+impl Results {
+    fn runs_of(&self, size: usize, partitions: i32, consumer: &str) -> Vec<&Run> {
+        self.part_runs(THROUGHPUT, size, partitions, consumer)
+    }
+
+    fn part_runs(&self, part: &str, size: usize, partitions: i32, consumer: &str) -> Vec<&Run> {
+        self.runs.iter().filter(|r| r.part == part && r.size == size && r.partitions == partitions && r.consumer == consumer).collect()
+    }
+
+    /// The distance topics: (size, partitions, relay without delay, with).
+    fn distance(&self) -> Vec<(usize, i32, f64, f64)> {
+        let mut keys: Vec<(usize, i32)> = self.runs.iter().filter(|r| r.part == DISTANCE).map(|r| (r.size, r.partitions)).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|(z, p)| {
+                let a = self.part_runs(DISTANCE, z, p, RELAY_DISCARD).first()?.rec_per_s;
+                let b = self.part_runs(DISTANCE, z, p, RELAY_DISCARD_RTT).first()?.rec_per_s;
+                Some((z, p, a, b))
+            })
+            .collect()
+    }
+
+    /// The best of the bare rdkafka runs of a topic: the ceiling.
+    pub fn ceiling(&self, size: usize, partitions: i32) -> Option<f64> {
+        self.runs_of(size, partitions, RDKAFKA).iter().map(|r| r.rec_per_s).reduce(f64::max)
+    }
+
+    fn best(&self, size: usize, partitions: i32, consumer: &str) -> Option<&Run> {
+        self.runs_of(size, partitions, consumer).into_iter().max_by(|a, b| a.rec_per_s.total_cmp(&b.rec_per_s))
+    }
+
+    fn topics(&self) -> Vec<(usize, i32)> {
+        let mut t: Vec<(usize, i32)> = self.runs.iter().filter(|r| r.part == THROUGHPUT).map(|r| (r.size, r.partitions)).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "### Machine\n");
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let _ = writeln!(s, "| CPU | {} × {} |", m.nproc, m.cpu_model);
+        let _ = writeln!(s, "| memory | {:.1} GiB |", m.memory_gib);
+        let _ = writeln!(s, "| kernel | {} |", m.kernel);
+        let _ = writeln!(s, "| load average (1, 5, 15 min) | start {}, end {} |", m.loadavg_start, m.loadavg_end);
+        let _ = writeln!(s, "| toolchain | {}, build profile `{}` |", m.rustc, m.profile);
+        let _ = writeln!(s, "| librdkafka | {} (agent and bare consumer); kcat: {} |", m.librdkafka, m.kcat);
+        let _ = writeln!(s, "| command | `{}` |\n", self.command);
+
+        let _ = writeln!(s, "### Throughput: draining a filled topic\n");
+        let _ = writeln!(
+            s,
+            "Records per second from the first record out to the last. Relay rows count only records the control plane's sink \
+             accepted (each batch acked); after the last ack the run waits until the agent's consumer group has committed the end \
+             of every partition (\"commit +s\"). Ratio = relay / bare rdkafka consumer (best of its runs) in the same run.\n"
+        );
+        let _ = writeln!(s, "| record | partitions | records | rdkafka | kcat | rdkafka, agent settings | relay -> discard | ratio | relay -> jsonl | ratio | commit +s | agent CPU s / M rec | agent peak RSS MiB |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for (size, p) in self.topics() {
+            let ceil = self.ceiling(size, p);
+            let rate = |c: &str| self.best(size, p, c).map(|r| r.rec_per_s);
+            let ratio = |c: &str| match (rate(c), ceil) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.0}%", a / b * 100.0),
+                _ => "-".into(),
+            };
+            let relay = self.best(size, p, RELAY_DISCARD);
+            let records = self.runs_of(size, p, RDKAFKA).first().map_or(0, |r| r.records);
+            let _ = writeln!(
+                s,
+                "| {} | {p} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
+                size_name(size),
+                f0(records as f64),
+                rate(RDKAFKA).map_or("-".into(), f0),
+                rate(KCAT).map_or("-".into(), f0),
+                rate(RDKAFKA_AGENT).map_or("-".into(), f0),
+                rate(RELAY_DISCARD).map_or("-".into(), f0),
+                ratio(RELAY_DISCARD),
+                rate(RELAY_JSONL).map_or("-".into(), f0),
+                ratio(RELAY_JSONL),
+                opt(relay.and_then(|r| r.commit_after_s), 2),
+                opt(relay.and_then(|r| r.cpu_s_per_m), 2),
+                opt(relay.and_then(|r| r.peak_rss_mib), 1),
+            );
+        }
+        let distance = self.distance();
+        if !distance.is_empty() {
+            let _ = writeln!(s, "\n### Distance: 50 ms round trip between agent and control plane\n");
+            let _ = writeln!(
+                s,
+                "A delaying TCP proxy in the bench adds 25 ms each way; both runs drain the same (smaller) topic; the job's \
+                 default in-flight window.\n"
+            );
+            let _ = writeln!(s, "| record | partitions | relay, no delay | relay, +50 ms RTT | ratio |\n|---|---|---|---|---|");
+            for (size, p, a, b) in distance {
+                let ratio = if a > 0.0 { format!("**{:.0}%**", b / a * 100.0) } else { "-".into() };
+                let _ = writeln!(s, "| {} | {p} | {} | {} | {ratio} |", size_name(size), f0(a), f0(b));
+            }
+        }
+        if !self.latency.is_empty() {
+            let _ = writeln!(s, "\n### Latency: produce to sink at a fixed rate\n");
+            let _ = writeln!(
+                s,
+                "Each record carries the time `produce()` was called (µs); latency is taken when the sink accepted the batch \
+                 (relay, discard sink) or when the bare consumer got the record. Producer: `linger.ms={}` (librdkafka's default), \
+                 part of what is measured for both.\n",
+                crate::paced::PRODUCER_LINGER_MS
+            );
+            let _ = writeln!(s, "| rate /s | achieved /s | record | partitions | consumer | samples | p50 ms | p99 ms | max ms | agent CPU % of a core | agent peak RSS MiB |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+            for l in &self.latency {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {:.1} | **{:.1}** | {:.1} | {} | {} |",
+                    f0(l.rate as f64),
+                    f0(l.achieved_rate),
+                    size_name(l.size),
+                    l.partitions,
+                    l.consumer,
+                    f0(l.latency.samples as f64),
+                    l.latency.p50_ms,
+                    l.latency.p99_ms,
+                    l.latency.max_ms,
+                    opt(l.agent_cpu_pct, 1),
+                    opt(l.agent_peak_rss_mib, 1),
+                );
+            }
+        }
+        if !self.idle.is_empty() || self.soak.is_some() {
+            let _ = writeln!(s, "\n### Resources\n");
+        }
+        for i in &self.idle {
+            let _ = writeln!(
+                s,
+                "- Idle agent (job assigned, {} partitions, nothing to read) over {:.0} s: **{:.2}% of a core**, RSS {:.1} MiB, \
+                 at most {:.2} requests/s to the broker (TCP segments with data, all requests counted: fetches, heartbeats, commits); \
+                 one fetch covers every partition on the broker, so at most that many reads per partition per second.",
+                i.partitions, i.secs, i.cpu_pct_of_core, i.rss_mib, i.requests_per_s_max
+            );
+        }
+        if let Some(k) = &self.soak {
+            let _ = writeln!(
+                s,
+                "- Long run: {} records/s of {} on {} partitions for {:.0} s ({} records relayed): RSS after the first minute {:.1} MiB, \
+                 at the end {:.1} MiB, peak (VmHWM) **{:.1} MiB**, trend {:+.2} MiB per 10 min; {:.2} CPU s per million records.",
+                f0(k.rate as f64),
+                size_name(k.size),
+                k.partitions,
+                k.secs,
+                f0(k.records as f64),
+                k.rss_after_1min_mib,
+                k.rss_end_mib,
+                k.hwm_mib,
+                k.slope_mib_per_10min,
+                k.cpu_s_per_m
+            );
+        }
+        let _ = writeln!(s, "\n### Targets\n");
+        let _ = writeln!(s, "| target | measured | met |\n|---|---|---|");
+        for (t, measured, met) in self.targets() {
+            let _ = writeln!(s, "| {t} | {measured} | {} |", match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured",
+            });
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n### Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        let _ = writeln!(s, "\n<details><summary>Every run</summary>\n");
+        let _ = writeln!(s, "| part | record | partitions | consumer | records | s | rec/s | MiB/s | consumer CPU s | control plane CPU s | broker CPU s | commit +s | stop s |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} |",
+                r.part,
+                size_name(r.size),
+                r.partitions,
+                r.consumer,
+                f0(r.records as f64),
+                r.secs,
+                f0(r.rec_per_s),
+                r.mib_per_s,
+                opt(r.consumer_cpu_s, 2),
+                opt(r.cp_cpu_s, 2),
+                opt(r.broker_cpu_s, 2),
+                opt(r.commit_after_s, 2),
+                opt(r.stop_s, 2)
+            );
+        }
+        let _ = writeln!(s, "\n</details>");
+        s
+    }
+
+    /// (target, measured, met) for every target of the issue.
+    pub fn targets(&self) -> Vec<(String, String, Option<bool>)> {
+        let mut t = Vec::new();
+        for (size, floor) in [(1024usize, 0.80), (100, 0.60)] {
+            let ratios: Vec<(i32, f64)> = self
+                .topics()
+                .into_iter()
+                .filter(|(z, _)| *z == size)
+                .filter_map(|(z, p)| Some((p, self.best(z, p, RELAY_DISCARD)?.rec_per_s / self.ceiling(z, p)?)))
+                .collect();
+            let measured = ratios.iter().map(|(p, r)| format!("{p} partitions: {:.0}%", r * 100.0)).collect::<Vec<_>>().join(", ");
+            t.push((
+                format!("relay throughput at {} ≥ {:.0}% of the bare rdkafka consumer", size_name(size), floor * 100.0),
+                if measured.is_empty() { "-".into() } else { measured },
+                (!ratios.is_empty()).then(|| ratios.iter().all(|(_, r)| *r >= floor)),
+            ));
+        }
+        let rtt: Vec<(usize, i32, f64)> = self.distance().into_iter().map(|(z, p, a, b)| (z, p, b / a)).collect();
+        t.push((
+            "with 50 ms RTT ≥ 80% of the no-delay relay".into(),
+            rtt.iter().map(|(z, p, r)| format!("{} {p}p: {:.0}%", size_name(*z), r * 100.0)).collect::<Vec<_>>().join(", "),
+            (!rtt.is_empty()).then(|| rtt.iter().all(|r| r.2 >= 0.8)),
+        ));
+        let lat: Vec<&LatencyRun> = self.latency.iter().filter(|l| l.rate == 10_000 && l.consumer == RELAY_DISCARD).collect();
+        t.push((
+            "latency at 10,000 rec/s: p99 < 50 ms".into(),
+            lat.iter().map(|l| format!("{}p: p99 {:.1} ms", l.partitions, l.latency.p99_ms)).collect::<Vec<_>>().join(", "),
+            (!lat.is_empty()).then(|| lat.iter().all(|l| l.latency.p99_ms < 50.0)),
+        ));
+        let peak = self
+            .runs
+            .iter()
+            .filter_map(|r| r.peak_rss_mib)
+            .chain(self.latency.iter().filter_map(|l| l.agent_peak_rss_mib))
+            .chain(self.soak.iter().map(|k| k.hwm_mib))
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        t.push((
+            "agent peak RSS < 64 MiB (every run)".into(),
+            opt(peak, 1) + " MiB",
+            peak.map(|p| p < 64.0),
+        ));
+        t.push((
+            "agent RSS flat over a 10-minute run".into(),
+            self.soak.as_ref().map_or("-".into(), |k| format!("{:.0} s run: {:+.2} MiB per 10 min after the first minute", k.secs, k.slope_mib_per_10min)),
+            // Flat: it grows by less than 2 MiB per 10 minutes, over a run
+            // of at least 10 minutes.
+            self.soak.as_ref().filter(|k| k.secs >= 590.0).map(|k| k.slope_mib_per_10min.abs() < 2.0),
+        ));
+        let idle = self.idle.first();
+        t.push(("idle agent < 1% of a core".into(), idle.map_or("-".into(), |i| format!("{:.2}%", i.cpu_pct_of_core)), idle.map(|i| i.cpu_pct_of_core < 1.0)));
+        t.push((
+            "idle: ≤ 5 reads/s per consumer group per partition (OCI)".into(),
+            idle.map_or("-".into(), |i| format!("≤ {:.2} requests/s in total", i.requests_per_s_max)),
+            idle.map(|i| i.requests_per_s_max <= 5.0),
+        ));
+        t
+    }
+
+    /// Throughput chart: relay as a percentage of the bare consumer, per topic.
+    pub fn throughput_svg(&self) -> String {
+        let topics = self.topics();
+        let groups: Vec<String> = topics.iter().map(|(z, p)| format!("{}, {p}p", size_name(*z))).collect();
+        let series = [KCAT, RELAY_DISCARD, RELAY_JSONL];
+        let values: Vec<Vec<Option<f64>>> = topics
+            .iter()
+            .map(|(z, p)| {
+                let ceil = self.ceiling(*z, *p);
+                series.iter().map(|c| Some(self.best(*z, *p, c)?.rec_per_s / ceil? * 100.0)).collect()
+            })
+            .collect();
+        svg::bars(
+            "Throughput as % of a bare rdkafka consumer (same run)",
+            "% of bare rdkafka consumer",
+            &groups,
+            &series,
+            &values,
+            &[(100.0, "bare consumer"), (80.0, "target 1 KiB: 80%"), (60.0, "target 100 B: 60%")],
+        )
+    }
+
+    pub fn soak_svg(&self) -> Option<String> {
+        let k = self.soak.as_ref()?;
+        Some(svg::lines(
+            &format!("Agent RSS at {} records/s of {} ({} partitions)", f0(k.rate as f64), size_name(k.size), k.partitions),
+            "seconds",
+            "RSS MiB",
+            &[("VmRSS", k.rss.clone())],
+        ))
+    }
+}

@@ -1,0 +1,396 @@
+//! The measurements: drain a filled topic (ceiling and relay), latency at a
+//! fixed rate, the idle agent, and memory over a long run.
+
+use crate::agent::{Agent, ProfileArgs};
+use crate::broker::{self, Broker};
+use crate::ceiling::{self, Settings};
+use crate::meter::{self, Latency, Meter};
+use crate::procstat::{self, Sample};
+use crate::proxy;
+use crate::system::{SinkKind, System};
+use crate::{paced, report};
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a relay may make no progress before the run is declared stuck.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Longest wait for the consumer group's commits to reach the end.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(20);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Job fields a diagnosis run may change (`None`: the job default).
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    pub window: Option<u32>,
+    pub max_wait_ms: Option<u64>,
+    pub max_records: Option<u32>,
+}
+
+/// Everything a scenario needs.
+pub struct Ctx {
+    pub broker: Broker,
+    pub tuning: Tuning,
+    pub broker_port: u16,
+    pub system: System,
+    pub agent_bin: PathBuf,
+    pub out: PathBuf,
+    seq: AtomicU64,
+    stamp: String,
+}
+
+impl Ctx {
+    pub fn new(broker: Broker, system: System, agent_bin: PathBuf, out: PathBuf, tuning: Tuning) -> anyhow::Result<Ctx> {
+        let broker_port = broker.bootstrap.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).context("broker address has no port")?;
+        let stamp = format!("{:x}", broker::now_us() / 1_000_000);
+        Ok(Ctx { broker, tuning, broker_port, system, agent_bin, out, seq: AtomicU64::new(0), stamp })
+    }
+
+    /// The spec of a relay job: defaults, plus any [`Tuning`].
+    fn job_spec(&self, id: &str, topic: &str, group: &str) -> connectivity_agent::protocol::JobSpec {
+        let mut spec = ceiling::job_spec(id, &self.broker, topic, group);
+        let t = &self.tuning;
+        spec.window = t.window.unwrap_or(spec.window);
+        spec.max_wait_ms = t.max_wait_ms.unwrap_or(spec.max_wait_ms);
+        spec.max_records = t.max_records.unwrap_or(spec.max_records);
+        spec
+    }
+
+    /// A name no earlier run against the same broker used.
+    pub fn unique(&self, what: &str) -> String {
+        format!("bench-{what}-{}-{}", self.stamp, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn broker_cpu(&self) -> Option<f64> {
+        self.broker.pid.and_then(|p| procstat::sample(&p.to_string()).ok()).map(|s| s.cpu_s)
+    }
+
+    fn start_agent(&self, name: &str, url: String) -> anyhow::Result<Agent> {
+        let dir = self.out.join("agents").join(name);
+        let creds = self.system.credentials();
+        Agent::start(
+            &self.agent_bin,
+            &dir,
+            &ProfileArgs {
+                url,
+                ca_file: &self.system.ca_file(),
+                group: creds.group,
+                user: creds.user,
+                password: creds.password,
+                broker: &self.broker.bootstrap,
+            },
+        )
+    }
+}
+
+/// A topic filled for the drain scenarios.
+pub struct Filled {
+    pub topic: String,
+    pub size: usize,
+    pub partitions: i32,
+    pub records: u64,
+    pub end: Vec<i64>,
+    pub fill_rec_per_s: f64,
+}
+
+pub async fn fill(ctx: &Ctx, size: usize, partitions: i32, records: u64) -> anyhow::Result<Filled> {
+    let topic = ctx.unique(&format!("{size}b-{partitions}p"));
+    ctx.broker.create_topic(&topic, partitions).await?;
+    let (b, t) = (ctx.broker.clone(), topic.clone());
+    let took = tokio::task::spawn_blocking(move || b.fill(&t, partitions, size, records)).await??;
+    let end = ctx.broker.end_offsets(&topic, partitions)?;
+    let total: i64 = end.iter().sum();
+    if total as u64 != records {
+        bail!("topic {topic} holds {total} records after filling {records}");
+    }
+    Ok(Filled { topic, size, partitions, records, end, fill_rec_per_s: records as f64 / took.as_secs_f64() })
+}
+
+fn run(f: &Filled, consumer: &str) -> report::Run {
+    report::Run { part: report::THROUGHPUT.into(), size: f.size, partitions: f.partitions, consumer: consumer.to_owned(), records: f.records, ..Default::default() }
+}
+
+/// A bare rdkafka consumer drains the topic.
+pub async fn drain_rdkafka(ctx: &Ctx, f: &Filled, settings: Settings) -> anyhow::Result<report::Run> {
+    let (b, t, g, n) = (ctx.broker.clone(), f.topic.clone(), ctx.unique("group"), f.records);
+    let broker0 = ctx.broker_cpu();
+    let d = tokio::task::spawn_blocking(move || ceiling::rdkafka(&b, &t, &g, n, settings)).await??;
+    let name = match settings {
+        Settings::Defaults => report::RDKAFKA.to_owned(),
+        Settings::Agent => report::RDKAFKA_AGENT.to_owned(),
+        Settings::AgentQueueBackoff(ms) => format!("{} + fetch.queue.backoff.ms={ms}", report::RDKAFKA_AGENT),
+    };
+    let mut r = run(f, &name);
+    r.set_rate(d.records, d.bytes, d.secs);
+    r.consumer_cpu_s = Some(d.cpu_s);
+    r.broker_cpu_s = delta(broker0, ctx.broker_cpu());
+    Ok(r)
+}
+
+pub async fn drain_kcat(ctx: &Ctx, f: &Filled) -> anyhow::Result<report::Run> {
+    let (b, t, n) = (ctx.broker.clone(), f.topic.clone(), f.records);
+    let d = tokio::task::spawn_blocking(move || ceiling::kcat(&b, &t, n)).await??;
+    let mut r = run(f, report::KCAT);
+    r.set_rate(d.records, d.records * f.size as u64, d.secs);
+    r.consumer_cpu_s = Some(d.cpu_s);
+    Ok(r)
+}
+
+fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(b? - a?)
+}
+
+/// Wait until the group has committed the end of every partition.
+async fn wait_committed(ctx: &Ctx, group: &str, topic: &str, end: &[i64]) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + COMMIT_PATIENCE;
+    loop {
+        let (b, g, t, n) = (ctx.broker.clone(), group.to_owned(), topic.to_owned(), end.len() as i32);
+        let got = tokio::task::spawn_blocking(move || b.committed(&g, &t, n)).await??;
+        if got.iter().zip(end).all(|(c, e)| c >= e) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("group {group} committed {got:?}, expected {end:?}, {COMMIT_PATIENCE:?} after the last ack");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The relay drains the topic: agent process + control plane + `sink`,
+/// optionally `one_way` apart. Counts records the sink accepted (and so the
+/// control plane acked), then checks the agent committed all of them.
+pub async fn drain_relay(ctx: &Ctx, f: &Filled, sink: SinkKind, one_way: Option<Duration>) -> anyhow::Result<report::Run> {
+    let meter = ctx.system.meter();
+    meter.reset();
+    let (job, group) = (ctx.unique("job"), ctx.unique("group"));
+    let sink_path = ctx.system.add_job(&job, &ctx.job_spec(&job, &f.topic, &group), sink, &ctx.out).await?;
+    let proxy = match one_way {
+        Some(d) => Some(proxy::start(ctx.system.addr(), d).await?),
+        None => None,
+    };
+    let url = format!("https://127.0.0.1:{}", proxy.as_ref().map_or(ctx.system.addr(), |p| p.addr).port());
+    let mut agent = ctx.start_agent(&job, url)?;
+
+    // Resources from the first record out to the last.
+    let (mut at_first, mut self_first, mut broker_first): (Option<Sample>, Option<f64>, Option<f64>) = (None, None, None);
+    let mut last_progress = (0u64, Instant::now());
+    loop {
+        let c = meter.count();
+        if c.records > 0 && at_first.is_none() {
+            at_first = Some(agent.sample()?);
+            self_first = procstat::sample("self").ok().map(|s| s.cpu_s);
+            broker_first = ctx.broker_cpu();
+        }
+        if c.records >= f.records {
+            break;
+        }
+        if c.records != last_progress.0 {
+            last_progress = (c.records, Instant::now());
+        } else if last_progress.1.elapsed() > PATIENCE {
+            bail!("relay stuck at {} of {} records; agent log:\n{}", c.records, f.records, agent.log_tail());
+        }
+        if !agent.alive() {
+            bail!("agent exited; its log:\n{}", agent.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_last = agent.sample()?;
+    let (self_last, broker_last) = (procstat::sample("self").ok().map(|s| s.cpu_s), ctx.broker_cpu());
+    let c = meter.count();
+    let committed_at = wait_committed(ctx, &group, &f.topic, &f.end).await?;
+    let name = match (sink, one_way) {
+        (SinkKind::Discard, None) => report::RELAY_DISCARD,
+        (SinkKind::Jsonl, None) => report::RELAY_JSONL,
+        (SinkKind::Discard, Some(_)) => report::RELAY_DISCARD_RTT,
+        (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, delayed",
+    };
+    let mut r = run(f, name);
+    r.set_rate(c.records, c.bytes, c.span_s());
+    let cpu = at_last.cpu_s - at_first.map_or(0.0, |s| s.cpu_s);
+    r.consumer_cpu_s = Some(cpu);
+    r.cpu_s_per_m = Some(cpu / (c.records as f64 / 1e6));
+    r.peak_rss_mib = Some(at_last.hwm_kib as f64 / 1024.0);
+    r.cp_cpu_s = delta(self_first, self_last);
+    r.broker_cpu_s = delta(broker_first, broker_last);
+    r.commit_after_s = c.last.map(|l| committed_at.saturating_duration_since(l).as_secs_f64());
+    let stop = tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await??;
+    r.stop_s = Some(stop.as_secs_f64());
+    drop(proxy);
+    ctx.system.remove_job(&job).await?;
+    if let Some(p) = sink_path {
+        r.sink_file_mib = std::fs::metadata(&p).ok().map(|m| m.len() as f64 / MIB);
+        let _ = std::fs::remove_file(&p);
+    }
+    Ok(r)
+}
+
+/// Which consumer a latency run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    Bare,
+    Relay,
+}
+
+/// Records produced at `rate`/s; the latency of `rate * secs` of them from
+/// produce to the sink (relay) or to the consumer (bare).
+pub async fn latency(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f64, consumer: Consumer, settle: Duration) -> anyhow::Result<report::LatencyRun> {
+    let topic = ctx.unique(&format!("lat-{rate}"));
+    ctx.broker.create_topic(&topic, partitions).await?;
+    let meter = match consumer {
+        Consumer::Bare => Arc::new(Meter::default()),
+        Consumer::Relay => ctx.system.meter(),
+    };
+    meter.reset();
+    let group = ctx.unique("group");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut agent = None;
+    let mut job = None;
+    let bare = match consumer {
+        Consumer::Bare => {
+            let (b, t, g, m, s) = (ctx.broker.clone(), topic.clone(), group.clone(), meter.clone(), stop.clone());
+            Some(std::thread::spawn(move || ceiling::consume_into(&b, &t, &g, Settings::Defaults, m, s)))
+        }
+        Consumer::Relay => {
+            let id = ctx.unique("job");
+            ctx.system.add_job(&id, &ctx.job_spec(&id, &topic, &group), SinkKind::Discard, &ctx.out).await?;
+            agent = Some(ctx.start_agent(&id, ctx.system.url())?);
+            job = Some(id);
+            None
+        }
+    };
+    let producer = paced::start(&ctx.broker, &topic, partitions, size, rate)?;
+    let result = async {
+        if !meter::wait_for(|| meter.count().records > 0, || 0, Duration::from_secs(60)).await {
+            bail!("no record came through within 60 s");
+        }
+        tokio::time::sleep(settle).await;
+        let want = (rate as f64 * secs).round() as u64;
+        let from = producer.sent();
+        meter.measure(from, from + want);
+        let cpu0 = agent.as_ref().map(|a| a.sample()).transpose()?;
+        let t0 = Instant::now();
+        if !meter::wait_for(|| meter.measured() as u64 >= want, || meter.measured() as u64, Duration::from_secs(30)).await {
+            bail!("only {} of {want} measured records arrived", meter.measured());
+        }
+        let took = t0.elapsed().as_secs_f64();
+        let cpu1 = agent.as_ref().map(|a| a.sample()).transpose()?;
+        Ok((meter.latency(), cpu0.zip(cpu1).map(|(a, b)| ((b.cpu_s - a.cpu_s) / took * 100.0, b.hwm_kib as f64 / 1024.0))))
+    }
+    .await;
+    let (_, achieved) = producer.stop()?;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = bare {
+        h.join().map_err(|_| anyhow::anyhow!("bare consumer panicked"))??;
+    }
+    let log = agent.as_ref().map(Agent::log_tail).unwrap_or_default();
+    if let Some(a) = agent {
+        tokio::task::spawn_blocking(move || a.stop(Duration::from_secs(30))).await??;
+    }
+    if let Some(j) = job {
+        ctx.system.remove_job(&j).await?;
+    }
+    ctx.broker.delete_topic(&topic).await?;
+    let (lat, agent_use): (Latency, Option<(f64, f64)>) = result.with_context(|| format!("latency at {rate}/s; agent log:\n{log}"))?;
+    Ok(report::LatencyRun {
+        rate,
+        achieved_rate: achieved,
+        size,
+        partitions,
+        consumer: match consumer {
+            Consumer::Bare => report::RDKAFKA.to_owned(),
+            Consumer::Relay => report::RELAY_DISCARD.to_owned(),
+        },
+        latency: lat,
+        agent_cpu_pct: agent_use.map(|a| a.0),
+        agent_peak_rss_mib: agent_use.map(|a| a.1),
+    })
+}
+
+/// An agent with a job on an idle topic: its CPU use and the requests it
+/// sends the broker, over `secs`.
+pub async fn idle(ctx: &Ctx, partitions: i32, secs: f64) -> anyhow::Result<report::IdleRun> {
+    let topic = ctx.unique("idle");
+    ctx.broker.create_topic(&topic, partitions).await?;
+    let meter = ctx.system.meter();
+    meter.reset();
+    let (job, group) = (ctx.unique("job"), ctx.unique("group"));
+    ctx.system.add_job(&job, &ctx.job_spec(&job, &topic, &group), SinkKind::Discard, &ctx.out).await?;
+    let agent = ctx.start_agent(&job, ctx.system.url())?;
+    // One record per partition proves the job runs; then let it settle
+    // (batch sealed, acked, committed) before measuring.
+    let b = ctx.broker.clone();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || b.fill(&t, partitions, 100, partitions as u64)).await??;
+    let ok = meter::wait_for(|| meter.count().records >= partitions as u64, || meter.count().records, Duration::from_secs(60)).await;
+    let result = async {
+        if !ok {
+            bail!("the idle job relayed {} of {partitions} records", meter.count().records);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (s0, seg0) = (agent.sample()?, procstat::data_segments_to(agent.pid, ctx.broker_port)?);
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let (s1, seg1) = (agent.sample()?, procstat::data_segments_to(agent.pid, ctx.broker_port)?);
+        let took = t0.elapsed().as_secs_f64();
+        Ok(report::IdleRun {
+            partitions,
+            secs: took,
+            cpu_pct_of_core: (s1.cpu_s - s0.cpu_s) / took * 100.0,
+            requests_per_s_max: (seg1.saturating_sub(seg0)) as f64 / took,
+            rss_mib: s1.rss_kib as f64 / 1024.0,
+        })
+    }
+    .await;
+    let log = agent.log_tail();
+    tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await??;
+    ctx.system.remove_job(&job).await?;
+    ctx.broker.delete_topic(&topic).await?;
+    result.with_context(|| format!("idle agent; its log:\n{log}"))
+}
+
+/// A long run at a fixed rate: the agent's memory every `every`.
+pub async fn soak(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f64, every: Duration) -> anyhow::Result<report::Soak> {
+    let topic = ctx.unique("soak");
+    ctx.broker.create_topic(&topic, partitions).await?;
+    let meter = ctx.system.meter();
+    meter.reset();
+    let (job, group) = (ctx.unique("job"), ctx.unique("group"));
+    ctx.system.add_job(&job, &ctx.job_spec(&job, &topic, &group), SinkKind::Discard, &ctx.out).await?;
+    let mut agent = ctx.start_agent(&job, ctx.system.url())?;
+    let producer = paced::start(&ctx.broker, &topic, partitions, size, rate)?;
+    let result = async {
+        if !meter::wait_for(|| meter.count().records > 0, || 0, Duration::from_secs(60)).await {
+            bail!("no record came through within 60 s");
+        }
+        let t0 = Instant::now();
+        let (cpu0, rec0) = (agent.sample()?.cpu_s, meter.count().records);
+        let mut samples = Vec::new();
+        while t0.elapsed().as_secs_f64() < secs {
+            let s = agent.sample()?;
+            samples.push((t0.elapsed().as_secs_f64(), s.rss_kib as f64 / 1024.0));
+            if !agent.alive() {
+                bail!("agent exited");
+            }
+            tokio::time::sleep(every.min(Duration::from_secs_f64((secs - t0.elapsed().as_secs_f64()).max(0.01)))).await;
+        }
+        let end = agent.sample()?;
+        samples.push((t0.elapsed().as_secs_f64(), end.rss_kib as f64 / 1024.0));
+        let relayed = meter.count().records - rec0;
+        Ok(report::Soak::new(rate, size, partitions, samples, end.hwm_kib as f64 / 1024.0, relayed, end.cpu_s - cpu0))
+    }
+    .await;
+    let (produced, _) = producer.stop()?;
+    let log = agent.log_tail();
+    // Everything produced must come out, or the run proves nothing.
+    let drained = meter::wait_for(|| meter.count().records >= produced, || meter.count().records, Duration::from_secs(30)).await;
+    tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await??;
+    ctx.system.remove_job(&job).await?;
+    ctx.broker.delete_topic(&topic).await?;
+    let soak = result.with_context(|| format!("soak; agent log:\n{log}"))?;
+    if !drained {
+        bail!("soak: {} of {produced} records reached the sink", meter.count().records);
+    }
+    Ok(soak)
+}

@@ -1,0 +1,236 @@
+//! The control plane under test, in this process: the real server (TLS,
+//! WebSocket sessions, job assignment, the delivery pipeline with its
+//! discard or JSONL sink), with a meter between the session and the
+//! delivery pipeline that counts each record once its sink accepted it.
+//!
+//! Running it here rather than as its own process lets the bench see each
+//! acked record the moment it is acked; its CPU time is this process's,
+//! reported separately from the agent's.
+
+use crate::meter::Meter;
+use anyhow::Context;
+use connectivity_agent::control_plane::{BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, SinkError, StartOptions};
+use connectivity_agent::delivery::{Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat};
+use connectivity_agent::protocol::{Batch, JobSpec};
+use futures_util::future::BoxFuture;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+pub const GROUP: &str = "BENCH";
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+
+/// Which sink a job's records go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    Discard,
+    /// A JSONL file, fsynced after every batch (the default).
+    Jsonl,
+}
+
+pub struct Credentials {
+    pub group: &'static str,
+    pub user: &'static str,
+    pub password: &'static str,
+}
+
+/// Counts what the delivery pipeline accepted, then lets the session ack.
+/// The pipeline is the control plane's own (set once it started; no batch
+/// can arrive before a job exists).
+struct MeteredSink {
+    delivery: OnceLock<Delivery>,
+    meter: Arc<Meter>,
+    /// BENCH_TRACE_BATCHES=file: one line per batch (arrival and ack time,
+    /// sequence number, records), to see the relay's rhythm (diagnosis only).
+    trace: Option<std::sync::Mutex<std::fs::File>>,
+    started: std::time::Instant,
+}
+
+impl BatchSink for MeteredSink {
+    fn deliver<'a>(&'a self, _origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let bytes: u64 = batch.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64)).sum();
+            // Parsing produce times costs a little: only while latency is measured.
+            let stamps: Vec<(u64, u64)> = if self.meter.wants_latency() {
+                batch.records.iter().filter_map(|r| crate::broker::parse(r.value.as_deref()?)).collect()
+            } else {
+                Vec::new()
+            };
+            let arrived = self.started.elapsed();
+            let (seq, n) = (batch.batch_seq, batch.records.len());
+            let Some(delivery) = self.delivery.get() else {
+                return Err(SinkError::NoRoute { job_id: batch.job_id });
+            };
+            match delivery.deliver(batch).await {
+                Ok(ack) => {
+                    // Duplicates (a resend after a reconnect) are not counted twice.
+                    self.meter.add(ack.delivered as u64, if ack.duplicates == 0 { bytes } else { 0 }, &stamps);
+                    if let Some(t) = &self.trace {
+                        use std::io::Write;
+                        let done = self.started.elapsed();
+                        let mut f = t.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = writeln!(f, "{:.3} {:.3} {seq} {n}", arrived.as_secs_f64() * 1000.0, done.as_secs_f64() * 1000.0);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(SinkError::Failed(e.to_string())),
+            }
+        })
+    }
+}
+
+pub struct System {
+    addr: SocketAddr,
+    ca_file: PathBuf,
+    meter: Arc<Meter>,
+    jobs: Arc<JobService>,
+    shutdown: CancellationToken,
+    handle: Option<ControlPlane>,
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn pki(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "relay bench CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &issuer)?;
+    let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
+    std::fs::write(&ca_file, ca_cert.pem())?;
+    std::fs::write(&cert_file, format!("{}{}", cert.pem(), ca_cert.pem()))?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    Ok((ca_file, cert_file, key_file))
+}
+
+/// Argon2id with the smallest parameters: the bench measures relaying, not logins.
+fn weak_hash(secret: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::PasswordHasher;
+    let params = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(secret.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string())
+}
+
+impl System {
+    /// Start a control plane with its state (config, certificates, job
+    /// store) in `dir`, which is emptied first.
+    /// `nodelay`: set TCP_NODELAY on the listening socket, which accepted
+    /// sockets inherit on Linux (a diagnosis: the control plane as shipped
+    /// binds a plain listener).
+    pub async fn start(dir: &Path, nodelay: bool) -> anyhow::Result<System> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("state"))?;
+        let (ca_file, _, _) = pki(dir)?;
+        let config_path = dir.join("control-plane.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"listen = "127.0.0.1:0"
+state_dir = "state"
+shutdown_timeout_ms = 3000
+
+[tls]
+cert_file = "server.pem"
+key_file = "server-key.pem"
+
+[[groups]]
+id = "{GROUP}"
+
+[[users]]
+name = "{USER}"
+password_hash = "{}"
+groups = ["{GROUP}"]
+
+[[console_tokens]]
+name = "bench"
+token_hash = "{}"
+"#,
+                weak_hash(PASSWORD)?,
+                weak_hash("bench-console-token")?
+            ),
+        )?;
+        let config = ControlPlaneConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let meter = Arc::new(Meter::default());
+        let trace = match std::env::var_os("BENCH_TRACE_BATCHES") {
+            Some(p) => Some(std::sync::Mutex::new(std::fs::File::create(p)?)),
+            None => None,
+        };
+        let sink = Arc::new(MeteredSink { delivery: OnceLock::new(), meter: meter.clone(), trace, started: std::time::Instant::now() });
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if nodelay {
+            socket.set_nodelay(true)?;
+        }
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket.listen(1024)?;
+        let shutdown = CancellationToken::new();
+        let options = StartOptions { sink: Some(sink.clone()), ..Default::default() };
+        let handle = ControlPlane::start_with(config, listener, shutdown.clone(), options).await.context("starting the control plane")?;
+        let jobs = handle.jobs();
+        let _ = sink.delivery.set(jobs.delivery().clone());
+        Ok(System { addr: handle.local_addr(), ca_file, meter, jobs, shutdown, handle: Some(handle) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca_file.clone()
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials { group: GROUP, user: USER, password: PASSWORD }
+    }
+
+    pub fn meter(&self) -> Arc<Meter> {
+        self.meter.clone()
+    }
+
+    /// Create a job for the bench's agent group; returns the JSONL file, if any.
+    pub async fn add_job(&self, id: &str, spec: &JobSpec, sink: SinkKind, out: &Path) -> anyhow::Result<Option<PathBuf>> {
+        let path = match sink {
+            SinkKind::Jsonl => Some(std::path::absolute(out.join("sink").join(format!("{id}.jsonl")))?),
+            SinkKind::Discard => None,
+        };
+        if let Some(p) = &path {
+            std::fs::create_dir_all(p.parent().context("sink path has no parent")?)?;
+        }
+        let def = JobDefinition {
+            spec: spec.clone(),
+            group: GROUP.into(),
+            sink: match &path {
+                Some(p) => SinkConfig::Jsonl(JsonlConfig { path: p.clone(), fsync: true }),
+                None => SinkConfig::Discard,
+            },
+            value_format: ValueFormat::Raw,
+            paused: false,
+        };
+        self.jobs.create(def).await.map_err(|e| anyhow::anyhow!("creating job {id}: {e}"))?;
+        Ok(path)
+    }
+
+    pub async fn remove_job(&self, id: &str) -> anyhow::Result<()> {
+        self.jobs.delete(id).await.map_err(|e| anyhow::anyhow!("deleting job {id}: {e}"))
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), h.stopped()).await;
+        }
+    }
+}

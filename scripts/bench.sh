@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The relay benchmark (docs/PERFORMANCE.md): a real Kafka broker, the real
+# agent binary, the reference control plane with a discard and a JSONL sink;
+# throughput against a bare rdkafka consumer and kcat, latency, memory, CPU,
+# and the relay over a 50 ms round trip.
+#
+#   scripts/bench.sh [--short] [ARGS...]
+#
+#   --short   seconds, not minutes (CI): proves the harness works, asserts
+#             nothing about speed. Built with the dev profile and run against
+#             the test broker (target/kafka-test), which scripts/test.sh
+#             has already started.
+#   (full)    about 20 minutes; release build, its own broker in
+#             target/bench/kafka (stopped again at the end), so that other
+#             tests do not share the broker while it is measured.
+#
+# Other ARGS go to the benchmark (`--only latency,idle`, `--sizes 1024`,
+# `--partitions 1`, `--scale 0.2`, `--soak-secs 60`, `--help`).
+# Results: target/bench/results/ (report.md, results.json, *.svg, logs).
+# Environment: BENCH_KAFKA_DIR (broker directory), BENCH_PROFILE (cargo
+# profile), BENCH_OUT (results directory).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+short=0
+for a in "$@"; do
+  [ "$a" = --short ] && short=1
+done
+
+if [ "$short" = 1 ]; then
+  profile=${BENCH_PROFILE:-dev}
+  kafka_dir=${BENCH_KAFKA_DIR:-target/kafka-test}
+else
+  profile=${BENCH_PROFILE:-release}
+  kafka_dir=${BENCH_KAFKA_DIR:-target/bench/kafka}
+fi
+case "$profile" in
+  dev) bin_dir=target/debug ;;
+  *) bin_dir=target/$profile ;;
+esac
+
+if ! command -v kcat >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: the benchmark needs kcat; install it (sudo apt-get install kcat) and run again" >&2
+    exit 1
+  fi
+  echo "installing kcat"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
+fi
+command -v ss >/dev/null || { echo "error: the benchmark needs ss (apt-get install iproute2)" >&2; exit 1; }
+
+# The broker: reuse a running one, else start it and stop it at the end.
+started_broker=0
+if ! scripts/kafka-broker.sh status "$kafka_dir" >/dev/null 2>&1; then
+  started_broker=1
+fi
+broker_env=$(scripts/kafka-broker.sh start "$kafka_dir")
+stop_broker() { scripts/kafka-broker.sh stop "$kafka_dir" >/dev/null 2>&1 || true; }
+if [ "$started_broker" = 1 ] && [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
+
+cargo build --profile "$profile" --bin connectivity-agent
+BENCH_BROKER_ENV=$(realpath "$broker_env") \
+BENCH_AGENT_BIN=$(realpath "$bin_dir/connectivity-agent") \
+BENCH_PROFILE=$profile \
+BENCH_COMMAND="scripts/bench.sh $*" \
+  cargo bench --profile "$profile" --bench relay -- "$@"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): installs what the tests need,
+# starts a real Kafka broker (KRaft, SASL_SSL), runs every test, checks the
+# systemd unit, and stops the broker again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || [ -x /usr/sbin/tinyproxy ] || need_pkgs+=(tinyproxy)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v cmake >/dev/null || need_pkgs+=(cmake)
+command -v g++ >/dev/null || need_pkgs+=(g++)
+command -v java >/dev/null || need_pkgs+=(openjdk-17-jdk-headless)
+# librdkafka 2.12 includes curl.h even when built with our static curl; the header package makes the build independent of that.
+[ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || need_pkgs+=(libcurl4-openssl-dev)
+command -v mvn >/dev/null || need_pkgs+=(maven)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: the tests need these Debian packages: ${need_pkgs[*]}; install them (sudo apt-get install ${need_pkgs[*]}) and run again" >&2
+    exit 1
+  fi
+  echo "installing ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+scripts/kafka-broker.sh start
+stop_broker() { scripts/kafka-broker.sh stop >/dev/null 2>&1 || true; }
+if [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
+
+# Benchmarks are not tests: they run as scripts/bench.sh (docs/PERFORMANCE.md).
+cargo build --lib --bins --tests
+cargo test --lib --bins --tests -- "$@"
+scripts/check-unit.sh "${CARGO_TARGET_DIR:-target}/debug/connectivity-agent"

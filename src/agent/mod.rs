@@ -1,0 +1,221 @@
+//! The agent: keep one outbound session to the control plane alive, forever,
+//! and run the poll jobs it assigns.
+//!
+//! Transient failures are retried with capped, jittered backoff that resets
+//! only after a session was established. Refused credentials, a refused
+//! protocol version and an unknown group are permanent: [`run`] returns
+//! [`AgentError::Refused`] and the process exits non-zero (78) so the
+//! supervisor shows the reason instead of restarting into the same wall.
+
+pub mod auth;
+pub mod check;
+pub mod commands;
+pub mod connect;
+pub mod identity;
+pub mod jobs;
+pub mod runner;
+pub mod session;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::protocol::{HostFacts, Hello, PROTOCOL_VERSION};
+use connect::Connector;
+use jobs::JobHost;
+use session::{SessionEnd, SessionError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// When the agent's main loop last made progress (ms since the epoch); the
+/// systemd watchdog is only fed while this is recent.
+static PROGRESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Record that the main loop is alive.
+pub fn mark_progress() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    PROGRESS_MS.store(now, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How long ago the main loop last made progress.
+pub fn since_progress() -> Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    Duration::from_millis(now.saturating_sub(PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+/// Exit code for a permanent refusal (sysexits.h EX_CONFIG).
+pub const EX_CONFIG: i32 = 78;
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The control plane (or the proxy, or the token endpoint) refused us in
+    /// a way that retrying cannot fix.
+    #[error("{0}")]
+    Refused(String),
+    /// Local setup failed (state directory, TLS files).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How the agent stopped when it stopped on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM/SIGINT (or the caller's token).
+    Shutdown,
+    /// An operator asked for a restart; exit with `EX_RESTART`.
+    RestartRequested,
+}
+
+/// Run the agent until `shutdown` is cancelled or a permanent error occurs.
+pub async fn run(config: AgentConfig, jobs: &dyn JobHost, shutdown: CancellationToken) -> Result<Stopped, AgentError> {
+    let agent_id = identity::load_or_create(&config.state_dir).map_err(AgentError::Setup)?;
+    let ctx = commands::CommandContext::new(config.clone(), agent_id.clone(), shutdown.clone());
+    let outcome = run_loop(&config, &agent_id, jobs, &ctx, &shutdown).await?;
+    Ok(if ctx.restart_requested() { Stopped::RestartRequested } else { outcome })
+}
+
+async fn run_loop(
+    config: &AgentConfig,
+    agent_id: &str,
+    jobs: &dyn JobHost,
+    ctx: &commands::CommandContext,
+    shutdown: &CancellationToken,
+) -> Result<Stopped, AgentError> {
+    let agent_id = agent_id.to_owned();
+    let connector = Connector::new(config).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let mut auth = auth::Authenticator::new(config).map_err(|e| AgentError::Setup(e.message))?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_id: agent_id.clone(),
+        agent_name: config.agent_name.clone(),
+        group: config.group.clone(),
+        host: HostFacts::current(),
+        proxy: connector.proxy_address(),
+    };
+    info!(
+        agent_id = %agent_id,
+        name = %config.agent_name,
+        group = %config.group,
+        control_plane = %config.control_plane,
+        proxy = connector.proxy_address().as_deref().unwrap_or("none"),
+        "agent starting"
+    );
+
+    let mut backoff = Backoff::default();
+    let mut announced_ready = false;
+    let mut oauth_retry_used = false;
+    let mut reconnects: u64 = 0;
+    loop {
+        mark_progress();
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let attempt = async {
+            let authorization = auth.authorization().await.map_err(|e| (e.permanent, e.message))?;
+            let mut ws = connector
+                .connect(&authorization)
+                .await
+                .map_err(|e| (e.permanent, e.to_string()))?;
+            let est = session::handshake(&mut ws, hello.clone())
+                .await
+                .map_err(|e| (e.is_permanent(), e.to_string()))?;
+            Ok::<_, (bool, String)>((ws, est))
+        };
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = attempt => r,
+        };
+        match outcome {
+            Err((permanent, message)) => {
+                // A refused bearer token may just have been revoked: fetch a
+                // new one once before calling it permanent.
+                if permanent && auth.is_oauth() && message.starts_with("auth: the control plane refused") && !oauth_retry_used {
+                    oauth_retry_used = true;
+                    auth.invalidate();
+                    warn!(%message, "token refused; fetching a new one");
+                    continue;
+                }
+                if permanent {
+                    error!(%message, "control plane refused the agent; not retrying");
+                    return Err(AgentError::Refused(message));
+                }
+                let delay = backoff.next_delay();
+                warn!(error = %message, retry_in = ?delay, attempt = backoff.attempts(), "control plane unreachable");
+                if wait(delay, shutdown).await {
+                    break;
+                }
+            }
+            Ok((ws, est)) => {
+                backoff.reset();
+                oauth_retry_used = false;
+                info!(session = %est.session_id, heartbeat = ?est.heartbeat_interval, "session established");
+                if !announced_ready {
+                    announced_ready = true;
+                    crate::service::notify_ready();
+                }
+                crate::service::notify_status(&format!("connected to {}", config.control_plane));
+                let span = info_span!("session", id = %est.session_id);
+                ctx.set_session(serde_json::json!({
+                    "state": "connected",
+                    "session_id": est.session_id,
+                    "control_plane": config.control_plane.as_str(),
+                    "proxy": connector.proxy_address(),
+                    "heartbeat_interval_ms": est.heartbeat_interval.as_millis() as u64,
+                    "connected_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    "reconnects": reconnects,
+                }));
+                crate::metrics::set_session_connected(true);
+                let result = session::run(ws, &est, jobs, ctx, shutdown, config.drain_timeout).instrument(span).await;
+                crate::metrics::set_session_connected(false);
+                if !matches!(result, Ok(SessionEnd::Shutdown)) {
+                    crate::metrics::count_reconnect();
+                }
+                reconnects += 1;
+                match result {
+                    Ok(SessionEnd::Shutdown) => return Ok(Stopped::Shutdown),
+                    Ok(SessionEnd::ClosedByPeer(reason)) => {
+                        jobs.session_lost();
+                        warn!(%reason, "control plane closed the session");
+                    }
+                    Err(e @ SessionError::Rejected { .. }) => {
+                        error!(error = %e, "control plane refused the agent; not retrying");
+                        return Err(AgentError::Refused(e.to_string()));
+                    }
+                    Err(e) => {
+                        jobs.session_lost();
+                        warn!(error = %e, "session lost");
+                    }
+                }
+                crate::service::notify_status("reconnecting");
+                let delay = backoff.next_delay();
+                info!(retry_in = ?delay, "reconnecting");
+                if wait(delay, shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+    // Stopped while not connected: no acks can arrive, so commit what is
+    // acked and stop at once.
+    crate::service::notify_stopping();
+    jobs.drain(Duration::ZERO).await;
+    Ok(Stopped::Shutdown)
+}
+
+/// Sleep for `delay`, pinging the watchdog; `true` when shutdown came first.
+async fn wait(delay: Duration, shutdown: &CancellationToken) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        mark_progress();
+        let slice = tokio::time::Instant::now() + Duration::from_secs(5);
+        tokio::select! {
+            _ = shutdown.cancelled() => return true,
+            _ = tokio::time::sleep_until(until.min(slice)) => {
+                if tokio::time::Instant::now() >= until {
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! One control-plane session: hello, then heartbeats both ways, job messages
+//! in, batches and job states out, until the peer goes away or we stop.
+//!
+//! Reading and writing run as two loops joined in one task, so a control
+//! plane that is slow to read our batches never stops us from reading its
+//! acks (two peers each blocked on a full send buffer would deadlock).
+
+use super::commands::CommandContext;
+use super::connect::Channel;
+use super::jobs::{JobHost, Outbound};
+use crate::protocol::{self, AgentMessage, Command, CommandResult, ControlMessage, Hello, RejectReason};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long the control plane has to answer the hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commands running at once on one agent.
+const MAX_CONCURRENT_COMMANDS: usize = 4;
+
+/// Outbound messages queued for the socket; a full queue slows the jobs down.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// We were asked to stop; jobs drained, goodbye sent.
+    Shutdown,
+    /// The control plane said goodbye or closed the socket.
+    ClosedByPeer(String),
+}
+
+/// How a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("control plane refused the agent ({reason:?}): {message}")]
+    Rejected { reason: RejectReason, message: String },
+    #[error("control plane did not answer the hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("control plane silent for {0:?}: connection declared dead")]
+    PeerSilent(Duration),
+    #[error("connection lost: {0}")]
+    Io(String),
+    #[error("control plane broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl SessionError {
+    /// Errors that retrying cannot fix.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SessionError::Rejected { .. })
+    }
+}
+
+/// Session parameters from the welcome.
+#[derive(Debug, Clone)]
+pub struct Established {
+    pub session_id: String,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+/// Send the hello and wait for the answer.
+pub async fn handshake(ws: &mut Channel, hello: Hello) -> Result<Established, SessionError> {
+    send(ws, &AgentMessage::Hello(hello)).await?;
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err(SessionError::HelloTimeout(HELLO_TIMEOUT)),
+            Ok(None) => return Err(SessionError::Io("closed before answering the hello".into())),
+            Ok(Some(Err(e))) => return Err(SessionError::Io(e.to_string())),
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(frame) => {
+                let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                return Err(SessionError::Io(format!("closed before answering the hello: {why}")));
+            }
+            Message::Binary(_) => return Err(SessionError::Protocol("binary frame before welcome".into())),
+            _ => continue,
+        };
+        match protocol::decode::<ControlMessage>(&text) {
+            Ok(ControlMessage::Welcome { session_id, heartbeat_interval_ms, heartbeat_timeout_ms, .. }) => {
+                return Ok(Established {
+                    session_id,
+                    heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.clamp(100, 300_000)),
+                    heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms.clamp(300, 900_000)),
+                });
+            }
+            Ok(ControlMessage::Rejected { reason, message }) => return Err(SessionError::Rejected { reason, message }),
+            Ok(other) => return Err(SessionError::Protocol(format!("expected welcome, got {other:?}"))),
+            Err(e) => return Err(SessionError::Protocol(e.to_string())),
+        }
+    }
+}
+
+async fn send(ws: &mut Channel, msg: &AgentMessage) -> Result<(), SessionError> {
+    ws.send(Message::text(protocol::encode(msg))).await.map_err(|e| SessionError::Io(e.to_string()))
+}
+
+/// Run an established session until it ends.
+pub async fn run(
+    ws: Channel,
+    est: &Established,
+    jobs: &dyn JobHost,
+    ctx: &CommandContext,
+    shutdown: &CancellationToken,
+    drain_timeout: Duration,
+) -> Result<SessionEnd, SessionError> {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    // Protocol errors and command results go through the writer.
+    let (reply_tx, mut reply_rx) = mpsc::channel::<AgentMessage>(16);
+    // Commands run beside the reader, a few at a time; more are refused.
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Command)>(MAX_CONCURRENT_COMMANDS);
+    jobs.session_restored(out_tx);
+
+    let (mut sink, mut stream) = ws.split();
+    let draining = CancellationToken::new();
+    let finished = CancellationToken::new();
+
+    let writer = async {
+        let mut tick = tokio::time::interval(est.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = finished.cancelled() => break,
+                Some(m) = reply_rx.recv() => Message::text(protocol::encode(&m)),
+                Some(out) = out_rx.recv() => match out {
+                    Outbound::Batch { frame, job_id, batch_seq } => {
+                        crate::metrics::batch_sent(&job_id, batch_seq);
+                        Message::Binary(frame)
+                    }
+                    Outbound::State(state) => {
+                        crate::metrics::observe_job(&state);
+                        Message::text(protocol::encode(&AgentMessage::JobState(state)))
+                    }
+                },
+                _ = tick.tick() => {
+                    seq += 1;
+                    super::mark_progress();
+                    Message::text(protocol::encode(&AgentMessage::Heartbeat { seq }))
+                }
+            };
+            sink.send(msg).await.map_err(|e| SessionError::Io(e.to_string()))?;
+        }
+        // Flush what the jobs queued while draining, then say goodbye.
+        while let Ok(out) = out_rx.try_recv() {
+            let msg = match out {
+                Outbound::Batch { frame, .. } => Message::Binary(frame),
+                Outbound::State(state) => Message::text(protocol::encode(&AgentMessage::JobState(state))),
+            };
+            let _ = sink.send(msg).await;
+        }
+        if draining.is_cancelled() {
+            let bye = AgentMessage::Goodbye { reason: "agent shutting down".into() };
+            let _ = sink.send(Message::text(protocol::encode(&bye))).await;
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "agent shutting down".into() })))
+                .await;
+        }
+        let _ = sink.flush().await;
+        Ok::<(), SessionError>(())
+    };
+
+    let reader = async {
+        let mut protocol_errors = 0u32;
+        loop {
+            let next = tokio::select! {
+                _ = finished.cancelled() => return Ok(SessionEnd::Shutdown),
+                n = tokio::time::timeout(est.heartbeat_timeout, stream.next()) => n,
+            };
+            let msg = match next {
+                Err(_) => return Err(SessionError::PeerSilent(est.heartbeat_timeout)),
+                Ok(None) => return Ok(SessionEnd::ClosedByPeer("socket closed".into())),
+                Ok(Some(Err(e))) => return Err(SessionError::Io(e.to_string())),
+                Ok(Some(Ok(m))) => m,
+            };
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(frame) => {
+                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "no reason given".into());
+                    return Ok(SessionEnd::ClosedByPeer(why));
+                }
+                Message::Binary(b) => {
+                    let _ = reply_tx
+                        .try_send(AgentMessage::ProtocolError { message: format!("unexpected binary frame of {} bytes", b.len()) });
+                    continue;
+                }
+                _ => continue,
+            };
+            match protocol::decode::<ControlMessage>(&text) {
+                Ok(ControlMessage::Command { command_id, command }) => {
+                    protocol_errors = 0;
+                    info!(command = %command_id, kind = command.kind(), "command received");
+                    if cmd_tx.try_send((command_id.clone(), command)).is_err() {
+                        let busy = CommandResult {
+                            command_id,
+                            ok: false,
+                            message: format!("agent busy: {MAX_CONCURRENT_COMMANDS} commands already running; try again"),
+                            data: None,
+                        };
+                        let _ = reply_tx.try_send(AgentMessage::CommandResult(busy));
+                    }
+                }
+                Ok(m) => {
+                    protocol_errors = 0;
+                    if let Some(end) = dispatch(m, jobs) {
+                        return Ok(end);
+                    }
+                }
+                Err(e) => {
+                    protocol_errors += 1;
+                    warn!(error = %e, "malformed message from control plane");
+                    let _ = reply_tx.try_send(AgentMessage::ProtocolError { message: e.to_string() });
+                    if protocol_errors >= 10 {
+                        return Err(SessionError::Protocol(format!("10 malformed messages in a row, last: {e}")));
+                    }
+                }
+            }
+        }
+    };
+
+    let commands = async {
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some((id, command)) = cmd_rx.recv(), if running.len() < MAX_CONCURRENT_COMMANDS => {
+                    running.push(super::commands::execute(ctx, jobs, id, command));
+                }
+                Some(result) = running.next(), if !running.is_empty() => {
+                    let result: CommandResult = result;
+                    info!(command = %result.command_id, ok = result.ok, message = %result.message, "command done");
+                    if reply_tx.send(AgentMessage::CommandResult(result)).await.is_err() {
+                        return;
+                    }
+                }
+                else => return,
+            }
+        }
+    };
+
+    let drain = async {
+        shutdown.cancelled().await;
+        info!(deadline = ?drain_timeout, "draining: finishing in-flight batches");
+        crate::service::notify_stopping();
+        let _ = reply_tx.try_send(AgentMessage::Draining { deadline_ms: drain_timeout.as_millis() as u64 });
+        draining.cancel();
+        jobs.drain(drain_timeout).await;
+        // Give the writer the chance to flush final job states.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    tokio::pin!(writer, reader, drain, commands);
+    let result = tokio::select! {
+        _ = &mut commands => unreachable_end(),
+        r = &mut reader => { finished.cancel(); r }
+        w = &mut writer => {
+            finished.cancel();
+            match w { Err(e) => Err(e), Ok(()) => Ok(SessionEnd::Shutdown) }
+        }
+        _ = &mut drain => {
+            finished.cancel();
+            // Let the writer send the goodbye and close frame.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            Ok(SessionEnd::Shutdown)
+        }
+    };
+    if result.is_err() || matches!(result, Ok(SessionEnd::ClosedByPeer(_))) {
+        debug!("session over, jobs stop fetching");
+    }
+    result
+}
+
+/// The command loop only returns when its channels close, which happens
+/// after the reader ended; treat it as a normal end.
+fn unreachable_end() -> Result<SessionEnd, SessionError> {
+    Ok(SessionEnd::ClosedByPeer("command loop ended".into()))
+}
+
+
+/// Act on one control message; `Some` ends the session.
+fn dispatch(msg: ControlMessage, jobs: &dyn JobHost) -> Option<SessionEnd> {
+    match msg {
+        ControlMessage::Heartbeat { .. } => None,
+        ControlMessage::AssignJob(spec) => {
+            info!(job = %spec.id, topic = %spec.topic, "job assigned");
+            jobs.assign(spec);
+            None
+        }
+        ControlMessage::RevokeJob { job_id } => {
+            info!(job = %job_id, "job revoked");
+            jobs.revoke(&job_id);
+            None
+        }
+        ControlMessage::Ack { job_id, batch_seq } => {
+            crate::metrics::batch_acked(&job_id, batch_seq);
+            jobs.ack(&job_id, batch_seq);
+            None
+        }
+        ControlMessage::ProtocolError { message } => {
+            warn!(%message, "control plane reports a protocol error");
+            None
+        }
+        // Handled by the reader before dispatch.
+        ControlMessage::Command { .. } => None,
+        ControlMessage::Goodbye { reason } => Some(SessionEnd::ClosedByPeer(reason)),
+        ControlMessage::Welcome { .. } | ControlMessage::Rejected { .. } => {
+            warn!("unexpected welcome/rejected in an established session; ignored");
+            None
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The one HTTPS port: TLS accept loop, HTTP/1.1 with upgrades, routing, and
+//! the two-phase graceful stop (stop accepting, then let sessions say goodbye
+//! and close, all under `shutdown_timeout`).
+
+use super::api_error::ApiError;
+use super::auth::Authenticator;
+use super::config::ControlPlaneConfig;
+use super::jobs::JobService;
+use super::oauth::{self, TokenStore};
+use super::registry::Registry;
+use super::sink::BatchSink;
+use super::{agent_ws, console};
+use crate::protocol::AGENT_PATH;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+/// Open connections (HTTP and WebSocket) at most; more are refused at accept.
+pub const MAX_CONNECTIONS: usize = 4096;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connections left at the deadline get to drop.
+const HARD_STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// State shared by every handler and session.
+pub(crate) struct Shared {
+    pub config: Arc<ControlPlaneConfig>,
+    pub registry: Arc<Registry>,
+    pub tokens: Arc<TokenStore>,
+    pub auth: Authenticator,
+    /// Job definitions and assignment.
+    pub jobs: Arc<JobService>,
+    /// Where batches go: the jobs' delivery, or a test's sink.
+    pub sink: Arc<dyn BatchSink>,
+    /// The root token: cancelled to start the graceful stop.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the graceful stop's deadline has passed.
+    pub hard_stop: CancellationToken,
+    /// Connections and sessions, awaited on shutdown.
+    pub tasks: TaskTracker,
+    /// Console commands on their way to agents.
+    pub commands: Arc<super::commands::CommandHub>,
+    /// Who did what through the console.
+    pub audit: Arc<super::audit::AuditLog>,
+    pub metrics: Arc<super::metrics::Metrics>,
+}
+
+/// Every route of the port.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(AGENT_PATH, get(agent_ws::upgrade))
+        .route(oauth::TOKEN_PATH, post(oauth::token).layer(DefaultBodyLimit::max(oauth::MAX_BODY_BYTES)))
+        .merge(console::router(shared.clone()))
+        .merge(super::console_commands::metrics_router(shared.clone()))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/CONTROL_PLANE.md") })
+        .with_state(shared)
+}
+
+/// Serve until `shared.shutdown` is cancelled, then stop gracefully.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(shared.config.tls.server_config.clone());
+    let mut make_service = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, limit = MAX_CONNECTIONS, "too many open connections; refusing one");
+            continue;
+        };
+        let service = match make_service.call(remote).await {
+            Ok(s) => s,
+            Err(never) => match never {},
+        };
+        let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| service.clone().call(req));
+        shared.tasks.spawn(connection(tcp, remote, acceptor.clone(), hyper_service, shared.clone(), permit));
+    }
+    drop(listener);
+    tracing::info!(open = shared.tasks.len(), "stopped accepting; closing sessions");
+    shared.tasks.close();
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
+    if tokio::time::timeout_at(deadline, shared.tasks.wait()).await.is_err() {
+        tracing::warn!(open = shared.tasks.len(), "connections still open at the shutdown deadline; dropping them");
+        shared.hard_stop.cancel();
+        let _ = tokio::time::timeout(HARD_STOP_GRACE, shared.tasks.wait()).await;
+    }
+    // Sinks finish the attempt in progress (a batch whose agent is gone
+    // still gets its watermarks, so its resend is dropped as a duplicate).
+    let delivery_deadline = deadline.max(tokio::time::Instant::now() + HARD_STOP_GRACE);
+    if tokio::time::timeout_at(delivery_deadline, shared.jobs.delivery().shutdown()).await.is_err() {
+        tracing::warn!("a sink was still busy at the shutdown deadline; its batch will be resent by the agent");
+    }
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// One TCP connection: TLS handshake, then HTTP/1.1 until it closes, is
+/// upgraded to a WebSocket, or the server stops.
+async fn connection<S>(tcp: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor, service: S, shared: Arc<Shared>, _permit: OwnedSemaphorePermit)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = axum::response::Response> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                tracing::debug!(%remote, %err, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "tls handshake timed out");
+                return;
+            }
+        },
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(tls), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(err) = r {
+                tracing::debug!(%remote, %err, "http connection ended with an error");
+            }
+            return;
+        }
+        _ = shared.shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn => {}
+        _ = shared.hard_stop.cancelled() => {}
+    }
+}

@@ -1,0 +1,238 @@
+//! Sinks: where the control plane hands a job's records, and what "accepted"
+//! means for each. A batch is acked to the agent only after its sink accepted
+//! it; a sink error means no ack, and the batch is retried, never skipped.
+
+use super::definition::FieldError;
+use super::record::OutBatch;
+use super::webhook::{WebhookConfig, WebhookSink};
+use serde::{Deserialize, Serialize};
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a job's records go. JSON, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Append one JSON line per record to a local file.
+    Jsonl(JsonlConfig),
+    /// POST each batch as one JSON document to an HTTPS endpoint.
+    Webhook(WebhookConfig),
+    /// Accept and drop everything (benchmarks, dry runs).
+    Discard,
+}
+
+/// `{"kind":"jsonl","path":"/abs/file.jsonl","fsync":true}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlConfig {
+    /// Absolute path; the file is created with mode 0600 if missing.
+    pub path: PathBuf,
+    /// `fsync` the file after each batch, so an acked batch survives a power
+    /// loss. Off trades that guarantee for speed.
+    #[serde(default = "yes")]
+    pub fsync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SinkConfig {
+    pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
+        match self {
+            SinkConfig::Jsonl(c) => {
+                if !c.path.is_absolute() {
+                    errors.push(FieldError::new(
+                        "sink.path",
+                        Some(c.path.display().to_string()),
+                        "is a relative path",
+                        "give an absolute path, e.g. /var/lib/connectivity-agent/out/users.jsonl",
+                    ));
+                }
+                if c.path.file_name().is_none() {
+                    errors.push(FieldError::new(
+                        "sink.path",
+                        Some(c.path.display().to_string()),
+                        "names no file",
+                        "end the path with a file name",
+                    ));
+                }
+            }
+            SinkConfig::Webhook(c) => c.validate(errors),
+            SinkConfig::Discard => {}
+        }
+    }
+
+    /// A copy fit to show people: webhook header values and URL query masked.
+    pub fn redacted(&self) -> SinkConfig {
+        match self {
+            SinkConfig::Webhook(c) => SinkConfig::Webhook(c.redacted()),
+            other => other.clone(),
+        }
+    }
+
+    /// Put back secrets that a console round trip replaced by the mask.
+    pub(crate) fn unmask_from(&mut self, previous: &SinkConfig) {
+        if let (SinkConfig::Webhook(c), SinkConfig::Webhook(p)) = (self, previous) {
+            c.unmask_from(p);
+        }
+    }
+}
+
+/// Why a sink did not accept a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot write {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("webhook {url} unreachable: {message}")]
+    Transport { url: String, message: String, timeout: bool },
+    #[error("webhook {url} answered HTTP {status}{}", body_suffix(.body))]
+    Status { url: String, status: u16, body: String, retry_after: Option<Duration> },
+    #[error("webhook {url} answered a redirect (HTTP {status}) to {location}; set the sink URL to the final address")]
+    Redirect { url: String, status: u16, location: String },
+    #[error("sink cannot be built: {0}")]
+    Config(String),
+}
+
+fn body_suffix(body: &str) -> String {
+    if body.is_empty() { String::new() } else { format!(": {body}") }
+}
+
+impl SinkError {
+    /// `true` when trying again soon may succeed (timeouts, 5xx, 408, 429,
+    /// I/O hiccups). A permanent error needs someone to fix the sink or the
+    /// job; the batch is still retried, slowly, and never skipped.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Io { source, .. } => !matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound | io::ErrorKind::IsADirectory | io::ErrorKind::ReadOnlyFilesystem
+            ),
+            SinkError::Transport { .. } => true,
+            SinkError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            SinkError::Redirect { .. } | SinkError::Config(_) => false,
+        }
+    }
+
+    /// The delay a server asked for (`Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A sink built from its config, ready to take batches.
+#[derive(Debug)]
+pub enum Sink {
+    Jsonl(JsonlSink),
+    Webhook(WebhookSink),
+    Discard,
+}
+
+impl Sink {
+    /// Build a sink. `http` is the shared client for webhooks.
+    pub fn new(config: &SinkConfig, http: &reqwest::Client) -> Result<Sink, SinkError> {
+        Ok(match config {
+            SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink { path: c.path.clone(), fsync: c.fsync }),
+            SinkConfig::Webhook(c) => Sink::Webhook(WebhookSink::new(c, http.clone())?),
+            SinkConfig::Discard => Sink::Discard,
+        })
+    }
+
+    /// Hand over a batch. `Ok` means the sink accepted every record in it.
+    pub async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
+        match self {
+            Sink::Jsonl(s) => s.deliver(batch).await,
+            Sink::Webhook(s) => s.deliver(batch).await,
+            Sink::Discard => Ok(()),
+        }
+    }
+}
+
+/// Appends JSON lines to a file.
+#[derive(Debug)]
+pub struct JsonlSink {
+    path: PathBuf,
+    fsync: bool,
+}
+
+impl JsonlSink {
+    async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
+        let lines = batch.to_jsonl();
+        let path = self.path.clone();
+        let fsync = self.fsync;
+        // File I/O blocks; it runs on the blocking pool and always finishes,
+        // even if the caller stops waiting, so no half batch is left behind.
+        tokio::task::spawn_blocking(move || append(&path, &lines, fsync).map_err(|source| SinkError::Io { path: path.display().to_string(), source }))
+            .await
+            .map_err(|e| SinkError::Config(format!("file writer task failed: {e}")))?
+    }
+}
+
+/// Append `data` in one go. The file is opened for every batch so that a log
+/// rotation (move or delete) is followed. On a failed write the file is cut
+/// back to its previous length, so a retry never leaves a torn line.
+fn append(path: &Path, data: &[u8], fsync: bool) -> io::Result<()> {
+    let existed = path.exists();
+    let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let start = file.metadata()?.len();
+    let written = file.write_all(data).and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+    if let Err(err) = written {
+        let _ = file.set_len(start);
+        return Err(err);
+    }
+    if fsync && !existed {
+        // A new file's directory entry must reach the disk too.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_config_is_tagged_by_kind_and_rejects_unknown_keys() {
+        let c: SinkConfig = serde_json::from_str(r#"{"kind":"jsonl","path":"/tmp/x.jsonl"}"#).unwrap();
+        assert_eq!(c, SinkConfig::Jsonl(JsonlConfig { path: "/tmp/x.jsonl".into(), fsync: true }));
+        let c: SinkConfig = serde_json::from_str(r#"{"kind":"discard"}"#).unwrap();
+        assert_eq!(c, SinkConfig::Discard);
+        let err = serde_json::from_str::<SinkConfig>(r#"{"kind":"jsonl","path":"/x","fsynk":false}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `fsynk`"), "{err}");
+        let err = serde_json::from_str::<SinkConfig>(r#"{"kind":"kafka"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `kafka`"), "{err}");
+        assert_eq!(serde_json::to_string(&SinkConfig::Discard).unwrap(), r#"{"kind":"discard"}"#);
+    }
+
+    #[test]
+    fn retryable_classification() {
+        let status = |status| SinkError::Status { url: "u".into(), status, body: String::new(), retry_after: None };
+        assert!(status(503).is_retryable());
+        assert!(status(408).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(400).is_retryable());
+        assert!(!status(404).is_retryable());
+        let io = |kind| SinkError::Io { path: "p".into(), source: io::Error::from(kind) };
+        assert!(!io(io::ErrorKind::PermissionDenied).is_retryable());
+        assert!(io(io::ErrorKind::StorageFull).is_retryable());
+    }
+
+    #[test]
+    fn append_creates_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        append(&path, b"a\n", true).unwrap();
+        append(&path, b"b\n", false).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

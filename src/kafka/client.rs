@@ -1,0 +1,363 @@
+//! librdkafka client configuration for a poll job: connection and security
+//! settings from the [`JobSpec`], and the consumer settings that give
+//! at-least-once delivery.
+//!
+//! Offsets: `enable.auto.offset.store=false`, so nothing is committed unless
+//! the relay stored it with `store_offset` after the control plane acked every
+//! record before it; `enable.auto.commit=true` then commits the *stored*
+//! offsets every [`COMMIT_INTERVAL_MS`] in the background (the pattern of
+//! librdkafka's docs and rust-rdkafka's `at_least_once` example). That is one
+//! OffsetCommit request per second for all partitions of a job, well under
+//! OCI Streaming's 10 commits/s, and librdkafka skips partitions whose stored
+//! offset has not moved. The relay commits synchronously itself on revoke and
+//! on shutdown, where waiting for the next tick would lose progress.
+//!
+//! A [`ClientConfig`] holds the SASL password and the client key: never
+//! `Debug`-print it; log [`describe`] instead.
+
+use crate::kafka::truststore::{self, TruststoreError};
+use crate::protocol::job::{JobSpec, Partitions, Security, SecurityProtocol, StartPosition};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+
+/// How often stored offsets are committed (librdkafka auto-commit).
+pub const COMMIT_INTERVAL_MS: u32 = 1000;
+
+/// Longest time the broker holds an empty fetch. An idle partition is thus
+/// read at most twice a second, within OCI Streaming's 5 reads/s per
+/// partition and consumer group, while new records still arrive within
+/// half a second (a fetch returns as soon as it has data).
+pub const FETCH_WAIT_MAX_MS: u32 = 500;
+
+/// How often librdkafka reports statistics (high watermarks, lag) to the relay.
+pub const STATISTICS_INTERVAL_MS: u32 = 5000;
+
+/// Why a job's client configuration cannot be built. Permanent: retrying
+/// the same spec cannot help, the spec has to change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("job field {field} is empty; {fix}")]
+    Empty { field: &'static str, fix: &'static str },
+    #[error("job field {field} is {value}; {fix}")]
+    Invalid { field: &'static str, value: String, fix: &'static str },
+    #[error(
+        "security.protocol is {protocol} but no SASL settings are given; add security.sasl \
+         (mechanism, username, password) or choose SSL / PLAINTEXT"
+    )]
+    MissingSasl { protocol: &'static str },
+    #[error(
+        "security.sasl is given but security.protocol is {protocol}, which does not use SASL; \
+         choose SASL_SSL (OCI Streaming) or SASL_PLAINTEXT, or remove the SASL settings"
+    )]
+    UnusedSasl { protocol: &'static str },
+    #[error(
+        "security.{field} is given but security.protocol is {protocol}, which does not use TLS; \
+         choose SSL or SASL_SSL, or remove it"
+    )]
+    UnusedTls { field: &'static str, protocol: &'static str },
+    #[error("security.client_cert_pem and security.client_key_pem must be given together for mutual TLS")]
+    HalfClientCert,
+    #[error("{0}")]
+    Truststore(#[from] TruststoreError),
+}
+
+/// `security.protocol` as librdkafka spells it.
+pub fn protocol_name(p: SecurityProtocol) -> &'static str {
+    match p {
+        SecurityProtocol::Plaintext => "PLAINTEXT",
+        SecurityProtocol::Ssl => "SSL",
+        SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+        SecurityProtocol::SaslSsl => "SASL_SSL",
+    }
+}
+
+/// Whether the protocol uses TLS.
+pub fn uses_tls(p: SecurityProtocol) -> bool {
+    matches!(p, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+}
+
+fn uses_sasl(p: SecurityProtocol) -> bool {
+    matches!(p, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+}
+
+/// Checks the fields of a spec that librdkafka would otherwise reject with a
+/// less helpful message (or accept and then misbehave).
+pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
+    let empty = |field, fix| ConfigError::Empty { field, fix };
+    if spec.bootstrap_servers.trim().is_empty() {
+        return Err(empty("bootstrap_servers", "give host:port of the stream endpoint, e.g. cell-1.streaming.<region>.oci.oraclecloud.com:9092"));
+    }
+    if spec.topic.trim().is_empty() {
+        return Err(empty("topic", "give the stream (topic) name"));
+    }
+    let topic = &spec.topic;
+    if topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(ConfigError::Invalid {
+            field: "topic",
+            value: format!("{topic:?}"),
+            fix: "a Kafka topic name has at most 249 of the characters a-z A-Z 0-9 . _ - (on OCI Streaming: the stream name)",
+        });
+    }
+    if spec.consumer_group.trim().is_empty() {
+        return Err(empty("consumer_group", "give a consumer group name; agents of one group share its partitions"));
+    }
+    let positive = |field: &'static str, value: u64, fix| {
+        if value == 0 { Err(ConfigError::Invalid { field, value: "0".into(), fix }) } else { Ok(()) }
+    };
+    positive("max_records", spec.max_records.into(), "give at least 1 (default 500)")?;
+    positive("max_bytes", spec.max_bytes.into(), "give at least 1 (default 1048576)")?;
+    positive("window", spec.window.into(), "give at least 1 batch in flight (default 8)")?;
+    if !(1000..=3_600_000).contains(&spec.session_timeout_ms) {
+        return Err(ConfigError::Invalid {
+            field: "session_timeout_ms",
+            value: spec.session_timeout_ms.to_string(),
+            fix: "give 1000..3600000 milliseconds (default 6000), within the broker's group.min/max.session.timeout.ms",
+        });
+    }
+    if let Partitions::List(list) = &spec.partitions
+        && (list.is_empty() || list.iter().any(|p| *p < 0))
+    {
+        return Err(ConfigError::Invalid {
+            field: "partitions",
+            value: format!("{list:?}"),
+            fix: "give \"all\" or a non-empty list of partition numbers (0, 1, ...)",
+        });
+    }
+    validate_security(&spec.security)
+}
+
+/// Checks that the security settings fit together.
+pub fn validate_security(sec: &Security) -> Result<(), ConfigError> {
+    let name = protocol_name(sec.protocol);
+    match (&sec.sasl, uses_sasl(sec.protocol)) {
+        (None, true) => return Err(ConfigError::MissingSasl { protocol: name }),
+        (Some(_), false) => return Err(ConfigError::UnusedSasl { protocol: name }),
+        _ => {}
+    }
+    if !uses_tls(sec.protocol) {
+        for (field, given) in [
+            ("truststore", sec.truststore.is_some()),
+            ("client_cert_pem", sec.client_cert_pem.is_some()),
+            ("client_key_pem", sec.client_key_pem.is_some()),
+        ] {
+            if given {
+                return Err(ConfigError::UnusedTls { field, protocol: name });
+            }
+        }
+    }
+    if sec.client_cert_pem.is_some() != sec.client_key_pem.is_some() {
+        return Err(ConfigError::HalfClientCert);
+    }
+    Ok(())
+}
+
+/// Connection and security settings shared by the relay's consumer and the
+/// connection test: bootstrap servers, security protocol, SASL, TLS trust.
+pub fn connection_config(bootstrap_servers: &str, sec: &Security) -> Result<ClientConfig, ConfigError> {
+    validate_security(sec)?;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap_servers.trim())
+        .set("client.id", format!("connectivity-agent/{}", env!("CARGO_PKG_VERSION")))
+        .set("security.protocol", protocol_name(sec.protocol))
+        // Firewalls and NAT gateways in front of private endpoints drop idle
+        // connections silently; keepalives make that visible.
+        .set("socket.keepalive.enable", "true")
+        // Log lines reach the context's `log`, which keeps warnings for error
+        // classification; debug chatter is not wanted.
+        .set_log_level(RDKafkaLogLevel::Warning);
+    if let Some(sasl) = &sec.sasl {
+        c.set("sasl.mechanism", sasl.mechanism.as_kafka())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password.expose());
+    }
+    if uses_tls(sec.protocol) {
+        c.set("ssl.endpoint.identification.algorithm", "https");
+        match &sec.truststore {
+            Some(ts) => {
+                c.set("ssl.ca.pem", truststore::to_pem(ts)?);
+            }
+            // No truststore: the system's CAs (OCI Streaming's certificates are
+            // publicly trusted). The vendored OpenSSL does not know where the
+            // system keeps them, so librdkafka has to look.
+            None => {
+                c.set("ssl.ca.location", "probe");
+            }
+        }
+        if let (Some(cert), Some(key)) = (&sec.client_cert_pem, &sec.client_key_pem) {
+            c.set("ssl.certificate.pem", cert).set("ssl.key.pem", key.expose());
+        }
+    }
+    Ok(c)
+}
+
+/// The full consumer configuration of a poll job.
+pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
+    validate(spec)?;
+    let mut c = connection_config(&spec.bootstrap_servers, &spec.security)?;
+    let session = spec.session_timeout_ms;
+    // Prefetch at most a few batches' worth: memory stays bounded per job
+    // however far behind the control plane is.
+    let queued_kb = (u64::from(spec.max_bytes) * 4 / 1024).clamp(4096, 65536);
+    c.set("group.id", &spec.consumer_group)
+        .set("client.id", format!("connectivity-agent/{}/{}", env!("CARGO_PKG_VERSION"), spec.id))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", COMMIT_INTERVAL_MS.to_string())
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", match spec.start {
+            StartPosition::Latest => "latest",
+            // Explicit offsets apply only where the group has no committed
+            // offset; the relay sets them at assignment.
+            StartPosition::Earliest | StartPosition::Offsets(_) => "earliest",
+        })
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
+        // Moves only the partitions that must move when agents join or leave,
+        // so a rebalance does not revoke (and re-deliver) everything.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+        .set("fetch.error.backoff.ms", "500")
+        .set("queued.max.messages.kbytes", queued_kb.to_string())
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
+    Ok(c)
+}
+
+/// Keys whose values are secrets (rdkafka's own list misses `ssl.key.pem`).
+fn is_secret_key(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key == "ssl.key.pem" || key.ends_with(".jaas.config")
+}
+
+/// A one-line description of a client configuration for logs and
+/// diagnostics: secrets masked, PEM blobs summarised, keys sorted.
+pub fn describe(config: &ClientConfig) -> String {
+    config
+        .config_map()
+        .into_iter()
+        .map(|(k, v)| {
+            if is_secret_key(k) {
+                format!("{k}={}", crate::secret::MASK)
+            } else if k.ends_with(".pem") {
+                format!("{k}=<PEM, {} certificates>", v.matches("-----BEGIN CERTIFICATE-----").count())
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::job::{Sasl, SaslMechanism, Truststore, TruststoreFormat};
+    use crate::secret::Secret;
+
+    fn spec() -> JobSpec {
+        serde_json::from_str(
+            r#"{"id":"j1","bootstrap_servers":"k.example:9092","topic":"users","consumer_group":"g",
+                "security":{"protocol":"SASL_SSL","sasl":{"mechanism":"PLAIN","username":"t/u/ocid","password":"tok3n"}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn consumer_config_is_at_least_once() {
+        let c = consumer_config(&spec()).unwrap();
+        for (k, v) in [
+            ("bootstrap.servers", "k.example:9092"),
+            ("group.id", "g"),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "2000"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("fetch.wait.max.ms", "500"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", "t/u/ocid"),
+            ("sasl.password", "tok3n"),
+            ("ssl.ca.location", "probe"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+            ("queued.max.messages.kbytes", "4096"),
+        ] {
+            assert_eq!(c.get(k), Some(v), "{k}");
+        }
+        // librdkafka accepts every key and value.
+        assert!(c.create_native_config().is_ok());
+    }
+
+    #[test]
+    fn describe_masks_secrets() {
+        let mut s = spec();
+        s.security.client_cert_pem = Some("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n".into());
+        s.security.client_key_pem = Some(Secret::new("-----BEGIN PRIVATE KEY-----\nkeybytes\n"));
+        let d = describe(&consumer_config(&s).unwrap());
+        assert!(!d.contains("tok3n") && !d.contains("keybytes"), "{d}");
+        assert!(d.contains("sasl.password=******") && d.contains("ssl.key.pem=******"), "{d}");
+        assert!(d.contains("ssl.certificate.pem=<PEM, 1 certificates>"), "{d}");
+    }
+
+    #[test]
+    fn start_latest_and_plaintext() {
+        let mut s = spec();
+        s.start = StartPosition::Latest;
+        s.security = Security { protocol: SecurityProtocol::Plaintext, ..Default::default() };
+        let c = consumer_config(&s).unwrap();
+        assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(c.get("security.protocol"), Some("PLAINTEXT"));
+        assert_eq!(c.get("ssl.ca.location"), None);
+        assert_eq!(c.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn inconsistent_security_is_refused_with_the_fix() {
+        let mut s = spec();
+        s.security.sasl = None;
+        assert_eq!(
+            consumer_config(&s).unwrap_err().to_string(),
+            "security.protocol is SASL_SSL but no SASL settings are given; add security.sasl \
+             (mechanism, username, password) or choose SSL / PLAINTEXT"
+        );
+        let mut s = spec();
+        s.security.protocol = SecurityProtocol::Ssl;
+        assert!(consumer_config(&s).unwrap_err().to_string().starts_with("security.sasl is given but security.protocol is SSL"));
+        let mut s = spec();
+        s.security.protocol = SecurityProtocol::SaslPlaintext;
+        s.security.truststore = Some(Truststore { format: TruststoreFormat::Pem, data: Secret::new("x"), password: None });
+        assert!(consumer_config(&s).unwrap_err().to_string().starts_with("security.truststore is given but security.protocol is SASL_PLAINTEXT"));
+        let mut s = spec();
+        s.security.client_key_pem = Some(Secret::new("k"));
+        assert_eq!(consumer_config(&s).unwrap_err(), ConfigError::HalfClientCert);
+        let mut s = spec();
+        s.security.truststore = Some(Truststore { format: TruststoreFormat::Pem, data: Secret::new("x"), password: None });
+        assert!(matches!(consumer_config(&s).unwrap_err(), ConfigError::Truststore(_)));
+        let mut s = spec();
+        s.security.sasl = Some(Sasl { mechanism: SaslMechanism::ScramSha512, username: "u".into(), password: Secret::new("p") });
+        assert_eq!(consumer_config(&s).unwrap().get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+    }
+
+    #[test]
+    fn bad_numbers_are_named() {
+        let mut s = spec();
+        s.window = 0;
+        assert_eq!(validate(&s).unwrap_err().to_string(), "job field window is 0; give at least 1 batch in flight (default 8)");
+        let mut s = spec();
+        s.session_timeout_ms = 10;
+        assert!(validate(&s).unwrap_err().to_string().starts_with("job field session_timeout_ms is 10;"));
+        let mut s = spec();
+        s.partitions = Partitions::List(vec![]);
+        assert!(validate(&s).unwrap_err().to_string().starts_with("job field partitions is []"));
+        let mut s = spec();
+        s.topic = " ".into();
+        assert_eq!(validate(&s).unwrap_err().to_string(), "job field topic is empty; give the stream (topic) name");
+        // A NUL would panic inside rdkafka's topic lists: refused here.
+        s.topic = "us\0ers".into();
+        assert_eq!(
+            validate(&s).unwrap_err().to_string(),
+            "job field topic is \"us\\0ers\"; a Kafka topic name has at most 249 of the characters a-z A-Z 0-9 . _ - \
+             (on OCI Streaming: the stream name)"
+        );
+    }
+}

@@ -1,0 +1,567 @@
+//! The connection test behind the console's "Test" button, run on the agent
+//! (the only machine that can reach the private endpoint).
+//!
+//! It walks the layers in order and stops at the first that cannot work, so
+//! the report says *which* layer is broken: allow-list, DNS (each bootstrap
+//! host), TCP, TLS (a rustls handshake against the job's truststore, showing
+//! the certificate chain the endpoint sent, which is what people need when
+//! a truststore is wrong), and Kafka (librdkafka connects, authenticates and
+//! fetches the topic's metadata). Everything runs under one deadline.
+
+use crate::allowlist::{AllowList, split_host_port};
+use crate::kafka::client::{connection_config, protocol_name, uses_tls};
+use crate::kafka::context::CaptureContext;
+use crate::kafka::errors::{self, Target};
+use crate::kafka::metadata;
+use crate::kafka::truststore;
+use crate::protocol::job::{ErrorClass, JobError, JobSpec, Security};
+use rdkafka::consumer::BaseConsumer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What to test: a stream connection as the console holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionParams {
+    pub bootstrap_servers: String,
+    /// Topic whose metadata is fetched; without it only the connection and
+    /// authentication are tested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub security: Security,
+}
+
+impl From<&JobSpec> for ConnectionParams {
+    fn from(spec: &JobSpec) -> Self {
+        ConnectionParams {
+            bootstrap_servers: spec.bootstrap_servers.clone(),
+            topic: Some(spec.topic.clone()),
+            security: spec.security.clone(),
+        }
+    }
+}
+
+/// The layers tested, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    AllowList,
+    Dns,
+    Tcp,
+    Tls,
+    /// SASL authentication and the topic's metadata, through librdkafka.
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Passed,
+    Failed,
+    /// Not run: it does not apply (TLS on PLAINTEXT) or an earlier step failed.
+    Skipped,
+}
+
+/// A certificate the endpoint presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// RFC 3339, UTC.
+    pub not_before: String,
+    pub not_after: String,
+    pub expired: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub step: StepName,
+    pub status: StepStatus,
+    /// What was found (addresses, handshake, partitions) or why it was skipped.
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub elapsed_ms: u64,
+    /// The chain the endpoint sent (TLS step only), leaf first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertInfo>,
+}
+
+/// The result of a connection test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestReport {
+    /// No step failed.
+    pub ok: bool,
+    pub steps: Vec<Step>,
+    /// Partitions of the topic, when its metadata was fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<usize>,
+    pub elapsed_ms: u64,
+}
+
+impl TestReport {
+    pub fn step(&self, name: StepName) -> Option<&Step> {
+        self.steps.iter().find(|s| s.step == name)
+    }
+}
+
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+fn step(step: StepName, started: Instant, result: Result<String, JobError>) -> Step {
+    let (status, detail, error) = match result {
+        Ok(detail) => (StepStatus::Passed, detail, None),
+        Err(e) => (StepStatus::Failed, String::new(), Some(e)),
+    };
+    Step { step, status, detail, error, elapsed_ms: ms(started.elapsed()), certificates: Vec::new() }
+}
+
+fn skipped(step: StepName, why: &str) -> Step {
+    Step { step, status: StepStatus::Skipped, detail: why.to_owned(), error: None, elapsed_ms: 0, certificates: Vec::new() }
+}
+
+fn fail(class: ErrorClass, message: String) -> JobError {
+    JobError { class, message }
+}
+
+/// Run the connection test, all of it within `deadline`.
+pub async fn test_connection(params: &ConnectionParams, allow: &AllowList, deadline: Duration) -> TestReport {
+    let started = Instant::now();
+    let end = started + deadline;
+    let mut steps = Vec::new();
+    let mut partitions = None;
+    let later = |steps: &mut Vec<Step>, from: usize, why: &str| {
+        let all = [StepName::AllowList, StepName::Dns, StepName::Tcp, StepName::Tls, StepName::Kafka];
+        for name in &all[from..] {
+            steps.push(skipped(*name, why));
+        }
+    };
+
+    // Allow-list first: nothing may be contacted that the operator did not allow.
+    let t = Instant::now();
+    // The check may resolve names (CIDR rules): off the async threads.
+    let (a, bootstrap) = (allow.clone(), params.bootstrap_servers.clone());
+    let checked = tokio::task::spawn_blocking(move || a.check_bootstrap(&bootstrap))
+        .await
+        .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")));
+    let endpoints = match checked.and_then(|()| endpoints(&params.bootstrap_servers)) {
+        Ok(eps) => {
+            steps.push(step(StepName::AllowList, t, Ok(format!("{} allowed", params.bootstrap_servers.trim()))));
+            eps
+        }
+        Err(message) => {
+            let class = if message.contains("agent_ALLOWED_ENDPOINTS") { ErrorClass::NotAllowed } else { ErrorClass::Config };
+            steps.push(step(StepName::AllowList, t, Err(fail(class, message))));
+            later(&mut steps, 1, "the endpoint may not be contacted");
+            return finish(steps, None, started);
+        }
+    };
+
+    // DNS.
+    let t = Instant::now();
+    let mut resolved: Vec<(String, String, Vec<SocketAddr>)> = Vec::new();
+    let mut problems = Vec::new();
+    for (host, port) in &endpoints {
+        let budget = DNS_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(budget, tokio::net::lookup_host((host.as_str(), *port))).await {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                resolved.push((host.clone(), format!("{host}:{port}"), addrs));
+            }
+            Ok(Err(e)) => problems.push(format!("cannot resolve {host} ({e})")),
+            Err(_) => problems.push(format!("resolving {host} timed out after {budget:?}")),
+        }
+    }
+    let dns_ok = problems.is_empty();
+    steps.push(step(StepName::Dns, t, if dns_ok {
+        Ok(resolved.iter().map(|(_, ep, addrs)| format!("{ep} -> {}", join(addrs))).collect::<Vec<_>>().join("; "))
+    } else {
+        Err(fail(ErrorClass::Dns, format!(
+            "{}; check bootstrap_servers for typos and that this agent's DNS resolves the name \
+             (a private endpoint's FQDN needs the VCN's resolver)", problems.join("; "))))
+    }));
+    if !dns_ok {
+        later(&mut steps, 2, "DNS failed");
+        return finish(steps, None, started);
+    }
+
+    // TCP: every endpoint, first address that answers.
+    let t = Instant::now();
+    let mut connected: Vec<(String, String, tokio::net::TcpStream)> = Vec::new();
+    let mut problems = Vec::new();
+    let mut details = Vec::new();
+    for (host, ep, addrs) in &resolved {
+        let mut last = String::from("no address");
+        let mut ok = None;
+        for addr in addrs {
+            let budget = TCP_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
+            let t1 = Instant::now();
+            match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    details.push(format!("{ep} connected via {addr} in {} ms", t1.elapsed().as_millis()));
+                    ok = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: no answer within {budget:?}"),
+            }
+        }
+        match ok {
+            Some(s) => connected.push((host.clone(), ep.clone(), s)),
+            None => problems.push(format!("cannot connect to {ep} ({last})")),
+        }
+    }
+    let tcp_ok = problems.is_empty();
+    steps.push(step(StepName::Tcp, t, if tcp_ok {
+        Ok(details.join("; "))
+    } else {
+        Err(fail(ErrorClass::Tcp, format!(
+            "{}; check the port, that the endpoint is up, and that firewalls, security lists and routes \
+             let this agent reach it", problems.join("; "))))
+    }));
+    if connected.is_empty() {
+        later(&mut steps, 3, "no endpoint accepted a TCP connection");
+        return finish(steps, None, started);
+    }
+
+    // TLS: handshake with the first endpoint, as librdkafka will do it.
+    if uses_tls(params.security.protocol) {
+        let (host, ep, stream) = connected.swap_remove(0);
+        let budget = TLS_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
+        steps.push(tls_step(&params.security, &host, &ep, stream, budget).await);
+    } else {
+        steps.push(skipped(StepName::Tls, &format!("security.protocol {} does not use TLS", protocol_name(params.security.protocol))));
+    }
+    drop(connected);
+
+    // Kafka: authenticate and fetch metadata. Run even when our own TLS
+    // check failed: librdkafka (OpenSSL) is what the job will use.
+    let t = Instant::now();
+    let budget = end.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let result = kafka_step(params, budget).await;
+    if let Ok((_, n)) = &result {
+        partitions = *n;
+    }
+    steps.push(step(StepName::Kafka, t, result.map(|(d, _)| d)));
+    finish(steps, partitions, started)
+}
+
+fn finish(steps: Vec<Step>, partitions: Option<usize>, started: Instant) -> TestReport {
+    let ok = steps.iter().all(|s| s.status != StepStatus::Failed);
+    TestReport { ok, steps, partitions, elapsed_ms: ms(started.elapsed()) }
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn endpoints(bootstrap: &str) -> Result<Vec<(String, u16)>, String> {
+    let mut out = Vec::new();
+    for ep in bootstrap.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (host, port) = split_host_port(ep).ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
+        let port = port.parse().map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
+        out.push((host.trim_matches(['[', ']']).to_owned(), port));
+    }
+    if out.is_empty() {
+        return Err("bootstrap_servers is empty; give host:port of the stream endpoint".into());
+    }
+    Ok(out)
+}
+
+async fn tls_step(sec: &Security, host: &str, ep: &str, stream: tokio::net::TcpStream, budget: Duration) -> Step {
+    let t = Instant::now();
+    let seen = Arc::new(Mutex::new(Vec::<CertificateDer<'static>>::new()));
+    let result = tls_handshake(sec, host, ep, stream, budget, seen.clone()).await;
+    let mut s = step(StepName::Tls, t, result);
+    let chain = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    s.certificates = chain.iter().filter_map(|c| cert_info(c)).collect();
+    s
+}
+
+async fn tls_handshake(
+    sec: &Security,
+    host: &str,
+    ep: &str,
+    stream: tokio::net::TcpStream,
+    budget: Duration,
+    seen: Arc<Mutex<Vec<CertificateDer<'static>>>>,
+) -> Result<String, JobError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let source = match &sec.truststore {
+        Some(ts) => {
+            let certs = truststore::certificates(ts).map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
+            let n = certs.len();
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(fail(ErrorClass::Config, format!(
+                    "none of the {n} truststore certificates can be used as a trust anchor; export the stream's CA certificate again")));
+            }
+            format!("the truststore ({added} CA certificates)")
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            "the system's CA certificates".to_owned()
+        }
+    };
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| fail(ErrorClass::Config, format!("cannot use {source}: {e}")))?;
+    let verifier = Arc::new(Recording { inner, seen });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(ErrorClass::Other, format!("TLS setup failed: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match (&sec.client_cert_pem, &sec.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(ErrorClass::Config, format!("security.client_cert_pem is not PEM: {e}")))?;
+            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
+                .ok()
+                .flatten()
+                .ok_or_else(|| fail(ErrorClass::Config, "security.client_key_pem holds no PEM private key; give a PKCS#8, PKCS#1 or SEC1 key".into()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| fail(ErrorClass::Config, format!("client certificate and key do not fit together: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| fail(ErrorClass::Config, format!("{host} is not a valid TLS server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    match tokio::time::timeout(budget, connector.connect(name, stream)).await {
+        Err(_) => Err(fail(ErrorClass::Tls, format!(
+            "{ep} did not complete a TLS handshake within {budget:?}; check that the port is a TLS listener"))),
+        Ok(Ok(tls)) => {
+            let (_, conn) = tls.get_ref();
+            let version = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+            Ok(format!("{ep}: {version} handshake verified against {source}"))
+        }
+        Ok(Err(e)) => Err(tls_error(ep, host, &source, &e)),
+    }
+}
+
+fn tls_error(ep: &str, host: &str, source: &str, e: &std::io::Error) -> JobError {
+    use rustls::CertificateError as C;
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let message = match inner {
+        Some(rustls::Error::InvalidCertificate(C::UnknownIssuer)) => format!(
+            "{ep} sent a certificate chain that is not signed by a CA in {source} (see the certificates below); \
+             add the issuing CA to the truststore (openssl s_client -showcerts -connect {ep} prints the chain)"),
+        Some(rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => format!(
+            "{ep} sent a certificate that does not name {host}; connect by a name the certificate holds"),
+        Some(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => format!(
+            "{ep} sent an expired certificate; the endpoint's operator must renew it"),
+        Some(other) => format!("the TLS handshake with {ep} failed: {other}"),
+        None => format!(
+            "the TLS handshake with {ep} failed: {e}; check that the port is a TLS listener \
+             (OCI Streaming: SASL_SSL on port 9092)"),
+    };
+    fail(ErrorClass::Tls, message)
+}
+
+/// Verifies with webpki and remembers the chain it was shown, so the report
+/// can show it whether or not it verified.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    seen: Arc<Mutex<Vec<CertificateDer<'static>>>>,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.clear();
+        seen.push(end_entity.clone().into_owned());
+        seen.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        drop(seen);
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(m, c, d)
+    }
+
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let v = cert.validity();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Some(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: rfc3339(v.not_before.timestamp()),
+        not_after: rfc3339(v.not_after.timestamp()),
+        expired: v.not_after.timestamp() < now,
+    })
+}
+
+/// Unix seconds as RFC 3339 UTC.
+fn rfc3339(secs: i64) -> String {
+    crate::control_plane::timefmt::rfc3339_secs(secs)
+}
+
+/// Connect with librdkafka, authenticate, and fetch the topic's metadata.
+/// Returns the detail line and the partition count.
+async fn kafka_step(params: &ConnectionParams, budget: Duration) -> Result<(String, Option<usize>), JobError> {
+    let target = Target {
+        bootstrap: params.bootstrap_servers.trim().to_owned(),
+        topic: params.topic.clone().unwrap_or_default(),
+        group: String::new(),
+        protocol: protocol_name(params.security.protocol),
+        sasl: params.security.sasl.as_ref().map(|s| (s.mechanism.as_kafka(), s.username.clone())),
+    };
+    let secrets: Vec<String> = params.security.sasl.iter().map(|s| s.password.expose().to_owned()).collect();
+    let redact = |mut e: JobError| {
+        e.message = errors::redact(&e.message, &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+        e
+    };
+    let config = connection_config(&params.bootstrap_servers, &params.security)
+        .map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
+    let ctx = CaptureContext { label: "connection-test".into(), ..Default::default() };
+    let log = ctx.errors.clone();
+    // No group.id: the client's main queue is then polled by `poll` below,
+    // which serves librdkafka's error events while the metadata request waits.
+    let consumer: Arc<BaseConsumer<CaptureContext>> = Arc::new(
+        config.create_with_context(ctx).map_err(|e| redact(fail(ErrorClass::Config, format!("cannot create the Kafka client: {e}"))))?,
+    );
+    let topic = params.topic.clone();
+    let c2 = consumer.clone();
+    let timeout = budget.saturating_sub(Duration::from_millis(200)).max(Duration::from_millis(500));
+    let stop = metadata::StopOnDrop::default();
+    let stop_flag = stop.0.clone();
+    let mut meta = tokio::task::spawn_blocking(move || metadata::fetch(&*c2, topic.as_deref(), timeout, &stop_flag));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        tokio::select! {
+            r = &mut meta => break r,
+            _ = tick.tick() => {
+                // Serve error events; a definite cause (bad password,
+                // untrusted certificate, unknown host) ends the wait early.
+                serve_events(&consumer);
+                if let Some(e) = errors::definite(&log.snapshot(), &target) {
+                    drop(stop);
+                    break_blocking(consumer);
+                    return Err(redact(e));
+                }
+            }
+        }
+    };
+    serve_events(&consumer);
+    let reported = log.take();
+    let who = match &target.sasl {
+        Some((mech, user)) => format!("authenticated as {user:?} with SASL {mech}"),
+        None => format!("connected with {}", target.protocol),
+    };
+    match result {
+        Err(join) => Err(fail(ErrorClass::Other, format!("the metadata request failed: {join}"))),
+        Ok(Err(e)) => Err(redact(errors::classify(Some(&e), &reported, &target))),
+        Ok(Ok(metadata::Summary { brokers, topic: None })) => Ok((format!("{who}; {brokers} brokers in the cluster"), None)),
+        Ok(Ok(metadata::Summary { brokers, topic: Some((err, n)) })) => match err {
+            None => Ok((format!("{who}; topic {:?} has {n} partitions; {brokers} brokers", target.topic), Some(n))),
+            Some(code) => Err(redact(errors::classify_one(Some(code), "", &target))),
+        },
+    }
+}
+
+/// Serve the events librdkafka queued (errors, log lines) so the context
+/// records them; `poll` handles one event per call.
+fn serve_events(consumer: &BaseConsumer<CaptureContext>) {
+    for _ in 0..64 {
+        let _ = consumer.poll(Duration::ZERO);
+    }
+}
+
+/// Drop the client on a blocking thread: its destructor waits for the
+/// metadata request still in flight.
+fn break_blocking(consumer: Arc<BaseConsumer<CaptureContext>>) {
+    tokio::task::spawn_blocking(move || drop(consumer));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_764_118_922), "2025-11-26T01:02:02Z");
+        // Dates before 1970 (no real certificate has them) clamp to the epoch.
+        assert_eq!(rfc3339(-1), "1970-01-01T00:00:00Z");
+    }
+
+    #[tokio::test]
+    async fn not_allowed_endpoint_is_never_contacted() {
+        let params = ConnectionParams { bootstrap_servers: "kafka.internal:9092".into(), topic: None, security: Security::default() };
+        let report = test_connection(&params, &AllowList::default(), Duration::from_secs(5)).await;
+        assert!(!report.ok);
+        let s = report.step(StepName::AllowList).unwrap();
+        assert_eq!(s.error.as_ref().unwrap().class, ErrorClass::NotAllowed);
+        for name in [StepName::Dns, StepName::Tcp, StepName::Tls, StepName::Kafka] {
+            assert_eq!(report.step(name).unwrap().status, StepStatus::Skipped);
+        }
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["steps"][0]["step"], "allow_list");
+        assert_eq!(json["steps"][0]["error"]["class"], "not_allowed");
+        assert_eq!(json["steps"][1]["status"], "skipped");
+    }
+
+    #[tokio::test]
+    async fn unresolvable_host_fails_dns_and_skips_the_rest() {
+        let params = ConnectionParams { bootstrap_servers: "no-such-host.invalid:9092".into(), topic: None, security: Security::default() };
+        let allow = AllowList::parse("*.invalid:9092").unwrap();
+        let report = test_connection(&params, &allow, Duration::from_secs(10)).await;
+        let dns = report.step(StepName::Dns).unwrap();
+        assert_eq!(dns.status, StepStatus::Failed);
+        let e = dns.error.as_ref().unwrap();
+        assert_eq!(e.class, ErrorClass::Dns);
+        assert!(e.message.starts_with("cannot resolve no-such-host.invalid ("), "{}", e.message);
+        assert_eq!(report.step(StepName::Kafka).unwrap().status, StepStatus::Skipped);
+    }
+
+    #[tokio::test]
+    async fn closed_port_fails_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let params = ConnectionParams { bootstrap_servers: format!("127.0.0.1:{port}"), topic: None, security: Security::default() };
+        let allow = AllowList::parse("127.0.0.1:*").unwrap();
+        let report = test_connection(&params, &allow, Duration::from_secs(10)).await;
+        assert_eq!(report.step(StepName::Dns).unwrap().status, StepStatus::Passed);
+        let tcp = report.step(StepName::Tcp).unwrap();
+        assert_eq!(tcp.error.as_ref().unwrap().class, ErrorClass::Tcp, "{tcp:?}");
+        assert!(tcp.error.as_ref().unwrap().message.starts_with(&format!("cannot connect to 127.0.0.1:{port} (127.0.0.1:{port}: ")));
+    }
+}

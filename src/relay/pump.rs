@@ -1,0 +1,340 @@
+//! The loop of a running consumer: records into batches, batches out within
+//! the window, acks into stored offsets, session changes, pause and drain.
+//!
+//! One `select!` serves everything, in this order of priority: cancellation,
+//! control (session, pause, drain), acks, sending, the session grace, the
+//! batch timer, state reports, and last the consumer itself. The consumer is
+//! polled even while fetching is paused (window full, session away, paused
+//! by the operator): pausing is done per partition, so heartbeats and
+//! rebalances are still served and `max.poll.interval.ms` is never exceeded.
+
+use crate::kafka::errors::{self, ErrorLog};
+use crate::protocol::batch::BatchWriter;
+use crate::protocol::job::{ErrorClass, JobPhase};
+use crate::relay::Outbound;
+use crate::relay::consumer::{Building, Core, RelayContext, lock};
+use crate::relay::job::next_seq;
+use crate::relay::runner::{Exit, Runner};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Encoded size of a record in a batch frame (see `protocol::batch`).
+fn encoded_size(msg: &BorrowedMessage<'_>) -> usize {
+    let mut n = 4 + 8 + 8 + 4 + 4 + 2 + msg.key_len() + msg.payload_len();
+    if let Some(h) = msg.headers() {
+        for hdr in h.iter() {
+            n += 2 + hdr.key.len() + 4 + hdr.value.map_or(0, <[u8]>::len);
+        }
+    }
+    n
+}
+
+/// Failures a running consumer rides out (librdkafka reconnects by itself).
+fn transient(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::Tcp | ErrorClass::Dns)
+}
+
+async fn reserve(tx: Option<&mpsc::Sender<Outbound>>) -> Option<mpsc::Permit<'_, Outbound>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Runner {
+    /// The main loop of a running consumer.
+    pub(crate) async fn pump(&mut self, consumer: &Arc<StreamConsumer<RelayContext>>, core: &Arc<Mutex<Core>>, errors: &ErrorLog) -> Exit {
+        let window = self.spec.window as usize;
+        let max_wait = Duration::from_millis(self.spec.max_wait_ms);
+        let mut control = self.shared.control.subscribe();
+        let (mut session, mut session_gen, mut paused, mut draining) = {
+            let c = control.borrow_and_update();
+            (c.session.clone(), c.session_gen, c.paused, c.draining)
+        };
+        let mut lost_since: Option<Instant> = session.is_none().then(Instant::now);
+        let mut resend: VecDeque<u64> = VecDeque::new();
+        let mut fetching = true;
+        let mut tick = tokio::time::interval(self.settings.state_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            // Decide what may happen in this round.
+            let (sealed, build_deadline, has_building, rebalanced) = {
+                let mut c = lock(core);
+                if draining {
+                    c.seal();
+                }
+                let deadline = c.building.as_ref().filter(|b| !b.writer.is_empty()).map(|b| b.opened + max_wait);
+                (c.sealed.len(), deadline, c.building.is_some(), std::mem::take(&mut c.rebalanced))
+            };
+            if rebalanced {
+                self.report(Some(core), false);
+            }
+            let want_fetch = session.is_some() && !paused && !draining && self.unacked.len() + sealed < window;
+            if want_fetch != fetching {
+                fetching = want_fetch;
+                self.set_fetching(consumer, core, want_fetch);
+            }
+            if draining && sealed == 0 && !has_building && self.unacked.is_empty() {
+                return Exit::Stop;
+            }
+            let can_send = session.is_some() && (!resend.is_empty() || (sealed > 0 && self.unacked.len() < window));
+            let grace_end = lost_since.map(|t| t + self.settings.session_grace);
+            let phase = if self.error.is_some() {
+                JobPhase::Failed
+            } else if draining {
+                JobPhase::Draining
+            } else if paused {
+                JobPhase::Paused
+            } else {
+                JobPhase::Running
+            };
+            if phase != self.phase {
+                self.set(phase, self.error.clone(), Some(core));
+            }
+
+            // Cloned only when there is something to send (not per record).
+            let tx = if can_send { session.clone() } else { None };
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Exit::Stop,
+                r = control.changed() => {
+                    if r.is_err() {
+                        return Exit::Stop;
+                    }
+                    let c = control.borrow_and_update().clone();
+                    paused = c.paused;
+                    draining = c.draining;
+                    if c.session.is_some() && c.session_gen != session_gen {
+                        // A new session: everything unacked goes again, in order.
+                        resend = self.unacked.iter().map(|(s, _)| *s).collect();
+                        session_gen = c.session_gen;
+                        lost_since = None;
+                        session = c.session;
+                        info!(resend = resend.len(), "session restored");
+                        self.last_sent = None;
+                        self.report(Some(core), false);
+                    } else if c.session.is_none() && session.is_some() {
+                        info!(grace = ?self.settings.session_grace, "session lost; fetching stopped");
+                        session = None;
+                        lost_since = Some(Instant::now());
+                        resend.clear();
+                    }
+                }
+                _ = self.shared.wake.notified() => self.process_acks(consumer, core),
+                permit = reserve(tx.as_ref()), if can_send => match permit {
+                    Some(permit) => self.send_one(permit, core, &mut resend),
+                    None => {
+                        // The session's receiver is gone: same as a lost session.
+                        session = None;
+                        lost_since = Some(Instant::now());
+                        resend.clear();
+                    }
+                },
+                _ = sleep_until_opt(grace_end) => return Exit::SessionGone,
+                _ = sleep_until_opt(build_deadline) => lock(core).seal(),
+                // Before `recv`: a busy stream must not starve the reports.
+                _ = tick.tick() => {
+                    let broker_up = lock(core).broker_up;
+                    if broker_up == Some(true) && self.error.as_ref().is_some_and(|e| transient(e.class)) {
+                        info!("brokers reachable again");
+                        self.error = None;
+                    }
+                    lock(core).rebalanced = false;
+                    self.report(Some(core), true);
+                }
+                msg = consumer.recv() => match msg {
+                    Ok(m) => {
+                        self.on_message(&m, core);
+                        if self.error.as_ref().is_some_and(|e| transient(e.class)) {
+                            self.error = None;
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(exit) = self.on_error(e, errors, core) {
+                            return exit;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Pause or resume every assigned partition; new assignments follow
+    /// `core.paused` (see the rebalance callback).
+    fn set_fetching(&self, consumer: &StreamConsumer<RelayContext>, core: &Mutex<Core>, fetch: bool) {
+        lock(core).paused = !fetch;
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot read the assignment");
+                return;
+            }
+        };
+        if assignment.count() == 0 {
+            return;
+        }
+        let r = if fetch { consumer.resume(&assignment) } else { consumer.pause(&assignment) };
+        match r {
+            Ok(()) => debug!(fetch, "fetching {}", if fetch { "resumed" } else { "paused" }),
+            Err(e) => warn!(error = %e, fetch, "pause/resume failed"),
+        }
+    }
+
+    /// Append a record to the batch being built, straight from librdkafka's
+    /// buffer into the frame.
+    fn on_message(&mut self, msg: &BorrowedMessage<'_>, core: &Mutex<Core>) {
+        let (p, o) = (msg.partition(), msg.offset());
+        let max_records = self.spec.max_records;
+        let max_bytes = self.spec.max_bytes as usize;
+        let size = encoded_size(msg);
+        let mut c = lock(core);
+        if !c.assigned.contains(&p) {
+            // Left over from a revoked partition: its new owner reads it.
+            return;
+        }
+        if c.building.as_ref().is_some_and(|b| !b.writer.is_empty() && b.writer.encoded_len() + size > max_bytes) {
+            c.seal();
+        }
+        let b = c.building.get_or_insert_with(|| {
+            let seq = next_seq();
+            Building {
+                seq,
+                writer: BatchWriter::new(&self.spec.id, seq, &self.spec.topic, max_bytes.min(256 * 1024)),
+                parts: Vec::new(),
+                opened: Instant::now(),
+            }
+        });
+        let headers = msg.headers();
+        b.writer.push(
+            p,
+            o,
+            msg.timestamp().to_millis(),
+            msg.key(),
+            msg.payload(),
+            headers.iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value)),
+        );
+        match b.parts.iter_mut().find(|(q, _)| *q == p) {
+            Some(e) => e.1 = e.1.max(o),
+            None => b.parts.push((p, o)),
+        }
+        let full = b.writer.len() >= max_records || b.writer.encoded_len() >= max_bytes;
+        if let Some(s) = c.parts.get_mut(&p) {
+            s.fetched = s.fetched.max(o + 1);
+        }
+        if full {
+            c.seal();
+        }
+    }
+
+    /// A consumer error: fatal or blocking ones end this consumer (retried
+    /// with backoff); connectivity ones are reported while librdkafka
+    /// reconnects on its own.
+    fn on_error(&mut self, e: KafkaError, errors: &ErrorLog, core: &Mutex<Core>) -> Option<Exit> {
+        let seen = errors.take();
+        let je = self.redacted(errors::classify(Some(&e), &seen, &self.target));
+        if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+            return Some(Exit::Failed(je));
+        }
+        match je.class {
+            ErrorClass::Sasl | ErrorClass::Tls | ErrorClass::Authorization | ErrorClass::TopicMissing | ErrorClass::Config => {
+                Some(Exit::Failed(je))
+            }
+            // A name that resolved a moment ago, a broker restarting: librdkafka
+            // reconnects by itself, and the preflight of a new consumer would
+            // meet the same trouble.
+            ErrorClass::Tcp | ErrorClass::Dns => {
+                if self.error.is_none() {
+                    warn!(error = %je.message, "stream unreachable; librdkafka keeps reconnecting");
+                }
+                lock(core).broker_up = None;
+                self.set(JobPhase::Failed, Some(je), Some(core));
+                None
+            }
+            _ => {
+                warn!(error = %je.message, "consumer error");
+                None
+            }
+        }
+    }
+
+    /// Send the next frame: a resend first, else the oldest sealed batch.
+    fn send_one(&mut self, permit: mpsc::Permit<'_, Outbound>, core: &Mutex<Core>, resend: &mut VecDeque<u64>) {
+        while let Some(seq) = resend.pop_front() {
+            if let Some((_, frame)) = self.unacked.iter().find(|(s, _)| *s == seq) {
+                permit.send(Outbound::Batch { job_id: self.spec.id.clone(), batch_seq: seq, frame: frame.clone() });
+                return;
+            }
+        }
+        let mut c = lock(core);
+        let Some(sealed) = c.sealed.pop_front() else { return };
+        c.tracker.sent(sealed.seq, sealed.parts.iter().copied());
+        for (p, o) in &sealed.parts {
+            if let Some(s) = c.parts.get_mut(p) {
+                s.relayed = s.relayed.max(o + 1);
+            }
+        }
+        drop(c);
+        // Registered before the send, so an ack cannot beat it.
+        self.shared.expect_ack(sealed.seq);
+        self.records_relayed += u64::from(sealed.records);
+        self.bytes_relayed += sealed.frame.len() as u64;
+        self.unacked.push_back((sealed.seq, sealed.frame.clone()));
+        permit.send(Outbound::Batch { job_id: self.spec.id.clone(), batch_seq: sealed.seq, frame: sealed.frame });
+    }
+
+    /// Apply acks: move watermarks and store the new offsets (committed by
+    /// librdkafka's auto-commit within a second).
+    fn process_acks(&mut self, consumer: &StreamConsumer<RelayContext>, core: &Mutex<Core>) {
+        let acks = self.shared.take_acks();
+        if acks.is_empty() {
+            return;
+        }
+        let mut moved: BTreeMap<i32, i64> = BTreeMap::new();
+        {
+            let mut c = lock(core);
+            for seq in acks {
+                if let Some(i) = self.unacked.iter().position(|(s, _)| *s == seq) {
+                    self.unacked.remove(i);
+                    self.batches_acked += 1;
+                }
+                for (p, w) in c.tracker.ack(seq) {
+                    moved.insert(p, w);
+                }
+            }
+            for (p, w) in &moved {
+                if let Some(s) = c.parts.get_mut(p) {
+                    s.acked = *w;
+                }
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, w) in &moved {
+            let _ = tpl.add_partition_offset(&self.spec.topic, *p, Offset::Offset(*w));
+        }
+        // `store_offsets` stores the offsets as given: the watermark is
+        // already the next offset to read (last acked + 1).
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            warn!(error = %e, offsets = ?moved, "storing offsets failed");
+        }
+    }
+
+}

@@ -1,0 +1,115 @@
+//! TLS settings shared by both binaries, always with certificate verification.
+//!
+//! The agent trusts the system roots plus an optional CA file (`oic_CA_FILE`);
+//! there is deliberately no switch that turns verification off. The crypto
+//! provider is `ring`, chosen explicitly so no build needs aws-lc's toolchain.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} holds no PEM certificate; give a file with -----BEGIN CERTIFICATE----- blocks")]
+    NoCertificate { path: String },
+    #[error("{path} holds no PEM private key; give a PKCS#8, PKCS#1 or SEC1 key file")]
+    NoKey { path: String },
+    #[error("{path}: certificate rejected: {source}")]
+    BadCertificate { path: String, source: rustls::Error },
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Read every certificate in a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let shown = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::NoCertificate { path: shown });
+    }
+    Ok(certs)
+}
+
+/// Read the first private key in a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    let shown = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?
+        .ok_or(TlsConfigError::NoKey { path: shown })
+}
+
+/// Root store: the system's trusted CAs plus those in `extra_ca`.
+pub fn root_store(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    // Unreadable system certificates are skipped: a broken system bundle must
+    // not stop an agent that was given its own CA file.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        for cert in read_certs(path)? {
+            roots.add(cert).map_err(|source| TlsConfigError::BadCertificate {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Client configuration that verifies servers against [`root_store`].
+pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let roots = root_store(extra_ca)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Server configuration from PEM certificate chain and key files.
+pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let certs = read_certs(cert_file)?;
+    let key = read_key(key_file)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Make `ring` the process-wide default provider, for libraries (reqwest)
+/// that look it up. Safe to call more than once.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_pem_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("empty.pem");
+        std::fs::write(&f, "not a certificate\n").unwrap();
+        let err = client_config(Some(&f)).unwrap_err().to_string();
+        assert_eq!(err, format!("{} holds no PEM certificate; give a file with -----BEGIN CERTIFICATE----- blocks", f.display()));
+        let err = read_key(&f).unwrap_err().to_string();
+        assert!(err.contains("holds no PEM private key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,5 @@
+pub mod kafka;
+pub mod tls;
+pub mod control_plane;
+pub mod proxy;
+pub mod e2e;
