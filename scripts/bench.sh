@@ -10,13 +10,14 @@
 #             nothing about speed. Built with the dev profile and run against
 #             the test broker (target/kafka-test), which scripts/test.sh
 #             has already started.
-#   (full)    about 20 minutes; release build, its own broker in
+#   (full)    about 16 minutes plus builds; release build, its own broker in
 #             target/bench/kafka (stopped again at the end), so that other
 #             tests do not share the broker while it is measured.
 #
 # Other ARGS go to the benchmark (`--only latency,idle`, `--sizes 1024`,
 # `--partitions 1`, `--scale 0.2`, `--soak-secs 60`, `--help`).
-# Results: target/bench/results/ (report.md, results.json, *.svg, logs).
+# Results: target/bench/results/ (report.md, results.json, *.svg, logs);
+# the short form writes to target/bench/short/.
 # Environment: BENCH_KAFKA_DIR (broker directory), BENCH_PROFILE (cargo
 # profile), BENCH_OUT (results directory).
 set -euo pipefail
@@ -28,6 +29,7 @@ for a in "$@"; do
 done
 
 if [ "$short" = 1 ]; then
+  export BENCH_OUT=${BENCH_OUT:-target/bench/short}
   profile=${BENCH_PROFILE:-dev}
   kafka_dir=${BENCH_KAFKA_DIR:-target/kafka-test}
 else

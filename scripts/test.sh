@@ -14,6 +14,9 @@ command -v java >/dev/null || need_pkgs+=(openjdk-17-jdk-headless)
 # librdkafka 2.12 includes curl.h even when built with our static curl; the header package makes the build independent of that.
 [ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || need_pkgs+=(libcurl4-openssl-dev)
 command -v mvn >/dev/null || need_pkgs+=(maven)
+# The short benchmark below: kcat is its second ceiling, ss counts requests.
+command -v kcat >/dev/null || need_pkgs+=(kcat)
+command -v ss >/dev/null || need_pkgs+=(iproute2)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: the tests need these Debian packages: ${need_pkgs[*]}; install them (sudo apt-get install ${need_pkgs[*]}) and run again" >&2
@@ -28,7 +31,12 @@ scripts/kafka-broker.sh start
 stop_broker() { scripts/kafka-broker.sh stop >/dev/null 2>&1 || true; }
 if [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
 
-# Benchmarks are not tests: they run as scripts/bench.sh (docs/PERFORMANCE.md).
 cargo build --lib --bins --tests
 cargo test --lib --bins --tests -- "$@"
 scripts/check-unit.sh "${CARGO_TARGET_DIR:-target}/debug/connectivity-agent"
+# The benchmark's short form, so that its harness cannot rot: every part
+# for a few seconds against the same broker; it asserts nothing about speed
+# (docs/PERFORMANCE.md). Skipped when only some tests were asked for.
+if [ $# -eq 0 ]; then
+  scripts/bench.sh --short
+fi

@@ -408,6 +408,34 @@ async fn a_full_window_stops_fetching_until_an_ack_frees_a_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_record_goes_out_at_once_and_records_gather_while_the_window_is_full() {
+    logs();
+    let b = kafka::broker();
+    let topic = kafka::unique_topic("relay-eager");
+    kafka::create_topic(&b, &topic, 1).await;
+    seed(&b, &topic, 0, 1).await;
+    let group = kafka::unique_topic("group-eager");
+    // max_wait_ms of two minutes: only "send when nothing else is waiting"
+    // gets the record out within the wait below.
+    let (h, mut cp, _tx) = spawn(JobSpec { max_wait_ms: 120_000, window: 1, ..spec("e", &b.plaintext, &topic, &group) });
+    let b1 = cp.batch(Duration::from_secs(20)).await.expect("a lone record is sent without waiting for max_wait_ms");
+    assert_eq!(b1.records.len(), 1);
+
+    // The window (1 batch) is full: what is produced now waits, then goes
+    // out as one batch as soon as the ack frees the window.
+    seed(&b, &topic, 1, 30).await;
+    let extra = cp.quiet_for(Duration::from_secs(3)).await;
+    assert!(extra.is_empty(), "{} batches beyond the window of 1", extra.len());
+    h.ack(b1.batch_seq);
+    let b2 = cp.batch(Duration::from_secs(20)).await.expect("the waiting records are sent when the ack frees the window");
+    let offsets: Vec<i64> = b2.records.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (1..31).collect::<Vec<i64>>(), "one batch with every waiting record");
+    h.ack(b2.batch_seq);
+    wait_committed(&b, &group, &topic, &[31]).await;
+    h.drain(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_fails_as_sasl_while_another_job_keeps_working() {
     logs();
     let b = kafka::broker();

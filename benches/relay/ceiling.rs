@@ -114,6 +114,7 @@ fn thread_cpu_s() -> f64 {
 /// `kcat -C -o beginning -e`: every partition from the start to the end,
 /// payloads to /dev/null. The time includes kcat's start-up (about 0.1 s).
 pub fn kcat(broker: &Broker, topic: &str, expected: u64) -> anyhow::Result<Drained> {
+    let cpu0 = children_cpu_s();
     let start = Instant::now();
     let out = Command::new("kcat")
         .args(["-C", "-b", &broker.bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-c", &expected.to_string()])
@@ -125,16 +126,14 @@ pub fn kcat(broker: &Broker, topic: &str, expected: u64) -> anyhow::Result<Drain
     if !out.status.success() {
         bail!("kcat failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
-    // kcat's CPU: what this process's children used.
-    let cpu_s = children_cpu_s();
+    // kcat's CPU: the only child reaped meanwhile.
+    let cpu_s = children_cpu_s() - cpu0;
     Ok(Drained { records: expected, bytes: 0, secs, cpu_s })
 }
 
-/// CPU seconds of waited-for children so far (cutime + cstime), as a
-/// difference between calls.
+/// CPU seconds of the children this process has waited for (cutime + cstime).
 fn children_cpu_s() -> f64 {
-    static LAST: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
-    let now = std::fs::read_to_string("/proc/self/stat")
+    std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1.to_owned();
@@ -142,11 +141,7 @@ fn children_cpu_s() -> f64 {
             // cutime and cstime are fields 16 and 17; `rest` starts at field 3.
             Some((f.get(13)? + f.get(14)?) / crate::procstat::clock_ticks())
         })
-        .unwrap_or(0.0);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    let d = now - *last;
-    *last = now;
-    d
+        .unwrap_or(0.0)
 }
 
 /// A bare consumer that feeds `meter` until `stop`: the latency floor that

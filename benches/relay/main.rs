@@ -76,6 +76,14 @@ struct Args {
     /// Diagnosis: the relay jobs' `max_records`.
     #[arg(long)]
     max_records: Option<u32>,
+    /// Measure nothing: render report.md and the charts of an earlier
+    /// run's results.json (into --out).
+    #[arg(long)]
+    render: Option<PathBuf>,
+    /// Add the relay of another run to the throughput chart:
+    /// `LABEL=path/to/results.json` (repeatable).
+    #[arg(long)]
+    compare: Vec<String>,
     /// Set TCP_NODELAY on the control plane's listening socket (a diagnosis).
     #[arg(long)]
     cp_nodelay: bool,
@@ -139,19 +147,18 @@ fn plan(args: &Args) -> Plan {
         Plan {
             sizes: args.sizes.clone().unwrap_or(vec![100, 1024, 10240]),
             partitions: args.partitions.clone().unwrap_or(vec![1, 6]),
-            // Half a minute or so for the relay as it is (tens of
-            // thousands of records/s); the bare consumer takes under a
-            // second, so it is measured twice and the better run counts.
+            // A few seconds for the relay, about a second for the bare
+            // consumer (measured twice; the better run counts): long
+            // enough that start-up (the first fetch) is a small part.
             records: |size| match size {
-                0..=200 => 600_000,
-                201..=2048 => 300_000,
-                _ => 60_000,
+                0..=200 => 1_500_000,
+                201..=2048 => 1_000_000,
+                _ => 100_000,
             },
-            // The relay over 50 ms moves a few thousand records/s.
             distance_records: |size| match size {
-                0..=200 => 100_000,
-                201..=2048 => 60_000,
-                _ => 15_000,
+                0..=200 => 1_000_000,
+                201..=2048 => 500_000,
+                _ => 60_000,
             },
             distance_partitions: 6,
             latency_rates: args.rates.clone().unwrap_or(vec![1000, 10_000]),
@@ -191,6 +198,12 @@ async fn self_check() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.render {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: report::Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        std::fs::create_dir_all(&args.out)?;
+        return write(&args, &args.out, &results);
+    }
     let plan = plan(&args);
     let mut results_note = None;
     let started = Instant::now();
@@ -308,10 +321,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ctx.system.stop().await;
     results.machine.loadavg_end = procstat::loadavg();
     results.notes.push(format!("Whole run: {:.0} s.", started.elapsed().as_secs_f64()));
+    write(&args, &out, &results)
+}
+
+/// report.md, results.json and the charts, into `out`.
+fn write(args: &Args, out: &std::path::Path, results: &report::Results) -> anyhow::Result<()> {
     let md = results.markdown();
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    std::fs::write(out.join("throughput.svg"), results.throughput_svg())?;
+    let mut others = Vec::new();
+    for c in &args.compare {
+        let (label, path) = c.split_once('=').with_context(|| format!("--compare {c}: write LABEL=path/to/results.json"))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        others.push((label.to_owned(), serde_json::from_str::<report::Results>(&text).with_context(|| format!("parsing {path}"))?));
+    }
+    std::fs::write(out.join("throughput.svg"), results.throughput_svg(&others))?;
     if let Some(svg) = results.soak_svg() {
         std::fs::write(out.join("soak-rss.svg"), svg)?;
     }

@@ -2,7 +2,7 @@
 //! plane's sink once the sink accepted them), and the produce-to-here
 //! latency of the records in a measured range.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,7 @@ impl Meter {
 }
 
 /// Percentiles of produce-to-sink latency, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub samples: usize,
     pub p50_ms: f64,

@@ -3,7 +3,7 @@
 //! facts every report starts with.
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -76,7 +76,7 @@ pub fn data_segments_to(pid: u32, port: u16) -> anyhow::Result<u64> {
 }
 
 /// Facts about the machine, printed with every result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,

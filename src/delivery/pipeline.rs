@@ -508,7 +508,12 @@ impl Worker {
         loop {
             let active = self.config.borrow_and_update().clone();
             // Built per attempt: a value format changed meanwhile applies.
-            let batch = OutBatch::new(&self.job_id, topic, records, active.stored.definition.value_format);
+            // The discard sink never looks at records: no encoding for it.
+            let batch = if active.sink.reads_records() {
+                OutBatch::new(&self.job_id, topic, records, active.stored.definition.value_format)
+            } else {
+                OutBatch::bare(&self.job_id, topic)
+            };
             let err = match active.sink.deliver(&batch).await {
                 Ok(()) => {
                     lock(&self.shared.stats).sink_state = SinkState::Ok;

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::io::Write as _;
 
 /// How a job's record values are handed to its sink.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +135,11 @@ pub struct OutBatch {
 }
 
 impl OutBatch {
+    /// A batch without records, for a sink that does not look at them.
+    pub fn bare(job_id: &str, topic: &str) -> OutBatch {
+        OutBatch { job_id: job_id.to_owned(), topic: topic.to_owned(), records: Vec::new() }
+    }
+
     pub fn new(job_id: &str, topic: &str, records: &[Record], format: ValueFormat) -> OutBatch {
         OutBatch {
             job_id: job_id.to_owned(),
@@ -184,9 +190,12 @@ impl OutBatch {
 pub fn write_record(out: &mut Vec<u8>, topic: &str, r: &OutRecord) {
     out.extend_from_slice(b"{\"topic\":");
     push_str(out, topic);
-    out.extend_from_slice(format!(",\"partition\":{},\"offset\":{},\"timestamp\":", r.partition, r.offset).as_bytes());
+    // Writing into a Vec cannot fail; no String per field.
+    let _ = write!(out, ",\"partition\":{},\"offset\":{},\"timestamp\":", r.partition, r.offset);
     match r.timestamp {
-        Some(ts) => out.extend_from_slice(ts.to_string().as_bytes()),
+        Some(ts) => {
+            let _ = write!(out, "{ts}");
+        }
         None => out.extend_from_slice(b"null"),
     }
     write_payload(out, "key", r.key.as_ref());
@@ -218,13 +227,13 @@ pub fn write_record(out: &mut Vec<u8>, topic: &str, r: &OutRecord) {
 
 fn write_payload(out: &mut Vec<u8>, field: &str, p: Option<&Payload>) {
     if let Some(enc) = p.and_then(Payload::encoding) {
-        out.extend_from_slice(format!(",\"{field}_encoding\":\"{enc}\"").as_bytes());
+        let _ = write!(out, ",\"{field}_encoding\":\"{enc}\"");
     }
-    out.extend_from_slice(format!(",\"{field}\":").as_bytes());
+    let _ = write!(out, ",\"{field}\":");
     match p {
         None => out.extend_from_slice(b"null"),
         Some(Payload::Json(b)) => out.extend_from_slice(b),
-        // Text was checked to be UTF-8 when classified.
+        // Text was checked to be UTF-8 when classified (lossy is a no-op).
         Some(Payload::Text(b)) => push_str(out, &String::from_utf8_lossy(b)),
         Some(Payload::Binary(b)) => {
             out.push(b'"');

@@ -145,6 +145,11 @@ impl Sink {
     }
 
     /// Hand over a batch. `Ok` means the sink accepted every record in it.
+    /// Whether the sink uses the records of a batch (all but discard).
+    pub fn reads_records(&self) -> bool {
+        !matches!(self, Sink::Discard)
+    }
+
     pub async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
         match self {
             Sink::Jsonl(s) => s.deliver(batch).await,

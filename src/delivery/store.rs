@@ -129,6 +129,16 @@ impl Store {
                         return;
                     }
                 };
+                // Checkpoints (the only fsyncs in WAL mode with
+                // synchronous=NORMAL) run beside the writer, so that a
+                // commit, and the ack waiting for it, never pays for one.
+                // Without the checkpointer, commits keep checkpointing.
+                let _checkpoints = checkpointer(&thread_path);
+                if _checkpoints.is_some() {
+                    if let Err(err) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+                        tracing::warn!(%err, "cannot move WAL checkpoints off the writer; commits checkpoint themselves");
+                    }
+                }
                 // Ends when every Store handle is dropped.
                 while let Some(call) = rx.blocking_recv() {
                     call(&mut conn);
@@ -297,6 +307,37 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(conn)
+}
+
+/// How often the checkpointer moves the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A thread with its own connection that checkpoints the WAL every
+/// [`CHECKPOINT_EVERY`] (PASSIVE: it never blocks the writer). It stops when
+/// the returned sender is dropped, with the store thread. `None` (and a
+/// warning) if it cannot start: the writer then keeps checkpointing itself.
+fn checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let conn = Connection::open(path).and_then(|c| c.busy_timeout(std::time::Duration::from_secs(5)).map(|()| c));
+    let started = conn.map_err(|e| e.to_string()).and_then(|conn| {
+        std::thread::Builder::new()
+            .name("delivery-store-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(%err, "WAL checkpoint failed; retried in a second");
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())
+    });
+    match started {
+        Ok(_) => Some(stop),
+        Err(err) => {
+            tracing::warn!(%err, "cannot start the WAL checkpointer");
+            None
+        }
+    }
 }
 
 type RowFields = (String, String, String, String, String, bool, i64, i64);

@@ -40,7 +40,7 @@ pub struct JobSpec {
 /// Defaults for job fields, documented in docs/JOBS.md.
 pub mod defaults {
     pub fn max_records() -> u32 {
-        500
+        2000
     }
     pub fn max_bytes() -> u32 {
         1024 * 1024
@@ -49,7 +49,7 @@ pub mod defaults {
         100
     }
     pub fn window() -> u32 {
-        8
+        32
     }
     pub fn session_timeout_ms() -> u32 {
         6000
@@ -337,7 +337,7 @@ mod tests {
                 "security":{"protocol":"SASL_SSL","sasl":{"mechanism":"SCRAM-SHA-512","username":"u","password":"p4ss"}}}"#,
         )
         .unwrap();
-        assert_eq!(job.max_records, 500);
+        assert_eq!(job.max_records, 2000);
         assert_eq!(job.start, StartPosition::Earliest);
         assert_eq!(job.security.sasl.as_ref().unwrap().mechanism, SaslMechanism::ScramSha512);
         assert!(!format!("{job:?}").contains("p4ss"));

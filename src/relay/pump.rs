@@ -3,10 +3,14 @@
 //!
 //! One `select!` serves everything, in this order of priority: cancellation,
 //! control (session, pause, drain), acks, sending, the session grace, the
-//! batch timer, state reports, and last the consumer itself. The consumer is
-//! polled even while fetching is paused (window full, session away, paused
-//! by the operator): pausing is done per partition, so heartbeats and
-//! rebalances are still served and `max.poll.interval.ms` is never exceeded.
+//! batch timer, state reports, and last the consumer itself, from which every
+//! record already fetched is taken in one round. The consumer is polled even
+//! while fetching is paused (session away, paused by the operator): pausing is
+//! done per partition, so heartbeats and rebalances are still served and
+//! `max.poll.interval.ms` is never exceeded. A full window is the exception:
+//! records then stay in librdkafka's bounded queue (the fetcher stops by
+//! itself), and only after [`LONG_STALL`] are the partitions paused and the
+//! consumer polled again (docs/JOBS.md, "Batches and the window").
 
 use crate::kafka::errors::{self, ErrorLog};
 use crate::protocol::batch::BatchWriter;
@@ -22,14 +26,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Encoded size of a record in a batch frame (see `protocol::batch`).
-fn encoded_size(msg: &BorrowedMessage<'_>) -> usize {
+fn encoded_size(msg: &BorrowedMessage<'_>, headers: Option<&rdkafka::message::BorrowedHeaders>) -> usize {
     let mut n = 4 + 8 + 8 + 4 + 4 + 2 + msg.key_len() + msg.payload_len();
-    if let Some(h) = msg.headers() {
+    if let Some(h) = headers {
         for hdr in h.iter() {
             n += 2 + hdr.key.len() + 4 + hdr.value.map_or(0, <[u8]>::len);
         }
@@ -49,6 +54,28 @@ async fn reserve(tx: Option<&mpsc::Sender<Outbound>>) -> Option<mpsc::Permit<'_,
     }
 }
 
+/// How long a full window may hold records in librdkafka's queue before
+/// the partitions are paused instead.
+const LONG_STALL: Duration = Duration::from_secs(10);
+
+/// Batches in flight below which a partial batch is sent as soon as no
+/// record is waiting (Nagle's rule, with a few batches instead of one):
+/// a record at a low rate goes out at once, and at a high rate records
+/// gather while acks are due instead of becoming one tiny batch each, which
+/// the control plane would pay for per batch.
+const EAGER: usize = 4;
+
+/// Records taken from librdkafka per `select!` round at most, so that acks
+/// and sends are served in between.
+const DRAIN_MAX: usize = 1024;
+
+/// Records appended to batches under one lock of the job's core.
+const CHUNK: usize = 128;
+
+/// Bytes in flight per job (sent and unacked, plus sealed and waiting) at
+/// most, whatever the window: memory stays bounded with large records.
+pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
+
 pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -60,6 +87,8 @@ impl Runner {
     /// The main loop of a running consumer.
     pub(crate) async fn pump(&mut self, consumer: &Arc<StreamConsumer<RelayContext>>, core: &Arc<Mutex<Core>>, errors: &ErrorLog) -> Exit {
         let window = self.spec.window as usize;
+        let eager = window.min(EAGER);
+        let max_records = self.spec.max_records as usize;
         let max_wait = Duration::from_millis(self.spec.max_wait_ms);
         let mut control = self.shared.control.subscribe();
         let (mut session, mut session_gen, mut paused, mut draining) = {
@@ -69,27 +98,48 @@ impl Runner {
         let mut lost_since: Option<Instant> = session.is_none().then(Instant::now);
         let mut resend: VecDeque<u64> = VecDeque::new();
         let mut fetching = true;
+        // A full window leaves records in librdkafka's (bounded) queue rather
+        // than pausing the partitions: a pause drops what was prefetched, and
+        // after a resume the fetcher idles up to `fetch.queue.backoff.ms`.
+        // Only a window full for LONG_STALL pauses (and serves rebalances).
+        let mut full_since: Option<Instant> = None;
+        let mut records = consumer.stream();
+        let mut chunk: Vec<BorrowedMessage<'_>> = Vec::with_capacity(CHUNK);
         let mut tick = tokio::time::interval(self.settings.state_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // Decide what may happen in this round.
-            let (sealed, build_deadline, has_building, rebalanced) = {
+            let (sealed, sealed_bytes, build_deadline, has_building, rebalanced, building_records) = {
                 let mut c = lock(core);
                 if draining {
                     c.seal();
                 }
                 let deadline = c.building.as_ref().filter(|b| !b.writer.is_empty()).map(|b| b.opened + max_wait);
-                (c.sealed.len(), deadline, c.building.is_some(), std::mem::take(&mut c.rebalanced))
+                let bytes: usize = c.sealed.iter().map(|s| s.frame.len()).sum();
+                let building_records = c.building.as_ref().map_or(0, |b| b.writer.len() as usize);
+                (c.sealed.len(), bytes, deadline, c.building.is_some(), std::mem::take(&mut c.rebalanced), building_records)
             };
             if rebalanced {
                 self.report(Some(core), false);
             }
-            let want_fetch = session.is_some() && !paused && !draining && self.unacked.len() + sealed < window;
-            if want_fetch != fetching {
-                fetching = want_fetch;
-                self.set_fetching(consumer, core, want_fetch);
+            let in_flight = self.unacked.len() + sealed;
+            let in_flight_bytes = sealed_bytes + self.unacked.iter().map(|(_, f)| f.len()).sum::<usize>();
+            let window_full = session.is_some() && !paused && !draining && (in_flight >= window || in_flight_bytes >= WINDOW_BYTES);
+            let want_fetch = session.is_some() && !paused && !draining && !window_full;
+            if window_full {
+                full_since.get_or_insert_with(Instant::now);
+            } else {
+                full_since = None;
             }
+            let long_stall = full_since.is_some_and(|t| t.elapsed() >= LONG_STALL);
+            let librdkafka_fetch = want_fetch || (window_full && !long_stall);
+            if librdkafka_fetch != fetching {
+                fetching = librdkafka_fetch;
+                self.set_fetching(consumer, core, librdkafka_fetch);
+            }
+            let take_records = !window_full || long_stall;
+            let stall_check = full_since.filter(|_| !long_stall).map(|t| t + LONG_STALL);
             if draining && sealed == 0 && !has_building && self.unacked.is_empty() {
                 return Exit::Stop;
             }
@@ -136,7 +186,13 @@ impl Runner {
                         resend.clear();
                     }
                 }
-                _ = self.shared.wake.notified() => self.process_acks(consumer, core),
+                _ = self.shared.wake.notified() => {
+                    self.process_acks(consumer, core);
+                    let mut c = lock(core);
+                    if self.unacked.len() + c.sealed.len() < eager && c.building.as_ref().is_some_and(|b| !b.writer.is_empty()) {
+                        c.seal();
+                    }
+                }
                 permit = reserve(tx.as_ref()), if can_send => match permit {
                     Some(permit) => self.send_one(permit, core, &mut resend),
                     None => {
@@ -148,6 +204,7 @@ impl Runner {
                 },
                 _ = sleep_until_opt(grace_end) => return Exit::SessionGone,
                 _ = sleep_until_opt(build_deadline) => lock(core).seal(),
+                _ = sleep_until_opt(stall_check) => {}
                 // Before `recv`: a busy stream must not starve the reports.
                 _ = tick.tick() => {
                     let broker_up = lock(core).broker_up;
@@ -158,19 +215,74 @@ impl Runner {
                     lock(core).rebalanced = false;
                     self.report(Some(core), true);
                 }
-                msg = consumer.recv() => match msg {
-                    Ok(m) => {
-                        self.on_message(&m, core);
-                        if self.error.as_ref().is_some_and(|e| transient(e.class)) {
-                            self.error = None;
+                Some(msg) = records.next(), if take_records => {
+                    // Take what librdkafka already holds in one go (one
+                    // `select!` round per record costs more than the record),
+                    // in chunks appended under one lock. The lock is not held
+                    // while polling: a poll may run the rebalance callback,
+                    // which takes it too.
+                    let mut next = Some(msg);
+                    let mut taken = 0;
+                    let mut in_flight = in_flight;
+                    let mut in_flight_bytes = in_flight_bytes;
+                    let mut dry = false;
+                    let mut failed = None;
+                    let mut building_records = building_records;
+                    'drain: loop {
+                        // Records that still fit in the window: a chunk never
+                        // seals batches beyond it.
+                        let room = window.saturating_sub(in_flight) * max_records - building_records.min(max_records);
+                        while let Some(msg) = next.take() {
+                            match msg {
+                                Ok(m) => {
+                                    in_flight_bytes += m.payload_len() + m.key_len();
+                                    chunk.push(m);
+                                }
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            taken += 1;
+                            if chunk.len() >= CHUNK.min(room) || taken >= DRAIN_MAX || in_flight_bytes >= WINDOW_BYTES {
+                                break;
+                            }
+                            next = records.next().now_or_never().flatten();
+                            dry = next.is_none();
+                        }
+                        if !chunk.is_empty() {
+                            let mut c = lock(core);
+                            for m in chunk.drain(..) {
+                                in_flight += self.on_message(&m, &mut c);
+                            }
+                            building_records = c.building.as_ref().map_or(0, |b| b.writer.len() as usize);
+                            drop(c);
+                            if self.error.as_ref().is_some_and(|e| transient(e.class)) {
+                                self.error = None;
+                            }
+                        }
+                        if let Some(e) = failed.take() {
+                            if let Some(exit) = self.on_error(e, errors, core) {
+                                return exit;
+                            }
+                            break 'drain;
+                        }
+                        if dry || taken >= DRAIN_MAX || in_flight >= window || in_flight_bytes >= WINDOW_BYTES {
+                            break 'drain;
+                        }
+                        next = records.next().now_or_never().flatten();
+                        dry = next.is_none();
+                        if dry {
+                            break 'drain;
                         }
                     }
-                    Err(e) => {
-                        if let Some(exit) = self.on_error(e, errors, core) {
-                            return exit;
-                        }
+                    // Nothing more is waiting and few batches are in flight:
+                    // send now rather than after `max_wait_ms`. Otherwise the
+                    // batch grows until an ack frees a slot (see below).
+                    if dry && in_flight < eager && !paused {
+                        lock(core).seal();
                     }
-                },
+                }
             }
         }
     }
@@ -197,30 +309,35 @@ impl Runner {
     }
 
     /// Append a record to the batch being built, straight from librdkafka's
-    /// buffer into the frame.
-    fn on_message(&mut self, msg: &BorrowedMessage<'_>, core: &Mutex<Core>) {
+    /// buffer into the frame; returns how many batches this sealed.
+    fn on_message(&self, msg: &BorrowedMessage<'_>, c: &mut Core) -> usize {
         let (p, o) = (msg.partition(), msg.offset());
         let max_records = self.spec.max_records;
         let max_bytes = self.spec.max_bytes as usize;
-        let size = encoded_size(msg);
-        let mut c = lock(core);
+        // librdkafka parses the headers on every call, so ask once.
+        let headers = msg.headers();
+        let size = encoded_size(msg, headers);
         if !c.assigned.contains(&p) {
             // Left over from a revoked partition: its new owner reads it.
-            return;
+            return 0;
         }
+        let mut sealed = 0;
         if c.building.as_ref().is_some_and(|b| !b.writer.is_empty() && b.writer.encoded_len() + size > max_bytes) {
             c.seal();
+            sealed += 1;
         }
         let b = c.building.get_or_insert_with(|| {
             let seq = next_seq();
             Building {
                 seq,
-                writer: BatchWriter::new(&self.spec.id, seq, &self.spec.topic, max_bytes.min(256 * 1024)),
+                // Small to start, grown as records come: a full-size buffer
+                // per batch cost an mmap and page faults for every small
+                // batch, and its memory while unacked.
+                writer: BatchWriter::new(&self.spec.id, seq, &self.spec.topic, max_bytes.min(16 * 1024)),
                 parts: Vec::new(),
                 opened: Instant::now(),
             }
         });
-        let headers = msg.headers();
         b.writer.push(
             p,
             o,
@@ -239,7 +356,9 @@ impl Runner {
         }
         if full {
             c.seal();
+            sealed += 1;
         }
+        sealed
     }
 
     /// A consumer error: fatal or blocking ones end this consumer (retried
