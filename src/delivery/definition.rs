@@ -111,14 +111,14 @@ impl JobDefinition {
             e.push(FieldError::new("spec.consumer_group", val(&s.consumer_group), "is empty", "name the Kafka consumer group the agents join"));
         }
         if s.max_records == 0 {
-            e.push(FieldError::new("spec.max_records", val("0"), "is zero", "give at least 1 (default 2000)"));
+            e.push(FieldError::new("spec.max_records", val("0"), "is zero", format!("give at least 1 (default {})", crate::protocol::job::defaults::max_records())));
         }
         let max_bytes_cap = (MAX_FRAME_BYTES / 2) as u32;
         if s.max_bytes == 0 || s.max_bytes > max_bytes_cap {
             e.push(FieldError::new("spec.max_bytes", Some(s.max_bytes.to_string()), "is out of range", format!("give 1 to {max_bytes_cap} bytes (half the largest frame; default 1048576)")));
         }
         if s.window == 0 || s.window > MAX_WINDOW {
-            e.push(FieldError::new("spec.window", Some(s.window.to_string()), "is out of range", format!("give 1 to {MAX_WINDOW} batches in flight (default 32)")));
+            e.push(FieldError::new("spec.window", Some(s.window.to_string()), "is out of range", format!("give 1 to {MAX_WINDOW} batches in flight (default {})", crate::protocol::job::defaults::window())));
         }
         match &s.partitions {
             Partitions::List(list) if list.is_empty() => {

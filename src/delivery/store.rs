@@ -133,8 +133,8 @@ impl Store {
                 // synchronous=NORMAL) run beside the writer, so that a
                 // commit, and the ack waiting for it, never pays for one.
                 // Without the checkpointer, commits keep checkpointing.
-                let _checkpoints = checkpointer(&thread_path);
-                if _checkpoints.is_some() {
+                let checkpoints = checkpointer(&thread_path);
+                if checkpoints.is_some() {
                     if let Err(err) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
                         tracing::warn!(%err, "cannot move WAL checkpoints off the writer; commits checkpoint themselves");
                     }
@@ -143,6 +143,8 @@ impl Store {
                 while let Some(call) = rx.blocking_recv() {
                     call(&mut conn);
                 }
+                // Stops the checkpointer with the writer.
+                drop(checkpoints);
             })
             .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         ready_rx.await.map_err(|_| StoreError::Closed)??;

@@ -74,7 +74,7 @@ const CHUNK: usize = 128;
 
 /// Bytes in flight per job (sent and unacked, plus sealed and waiting) at
 /// most, whatever the window: memory stays bounded with large records.
-pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
+const WINDOW_BYTES: usize = 16 * 1024 * 1024;
 
 pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
