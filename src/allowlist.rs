@@ -53,7 +53,10 @@ impl AllowList {
     /// address when `host` is an IP literal). Names matched only by a CIDR
     /// rule must be checked again with [`AllowList::allows_addr`] once resolved.
     pub fn allows_name(&self, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let ip: Option<IpAddr> = host.parse().ok();
         self.rules.iter().any(|r| {
             r.port.is_none_or(|p| p == port)
@@ -68,17 +71,21 @@ impl AllowList {
     /// Whether a resolved address is covered by a CIDR rule for `port`.
     pub fn allows_addr(&self, ip: IpAddr, port: u16) -> bool {
         self.rules.iter().any(|r| {
-            r.port.is_none_or(|p| p == port) && matches!(&r.host, Host::Net(net) if net.contains(&ip))
+            r.port.is_none_or(|p| p == port)
+                && matches!(&r.host, Host::Net(net) if net.contains(&ip))
         })
     }
 
     /// Check every `host:port` of a bootstrap list; the error names the first
     /// endpoint that is not allowed.
     pub fn check_bootstrap(&self, bootstrap: &str) -> Result<(), String> {
-        for ep in bootstrap.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (host, port) = split_host_port(ep).ok_or_else(|| {
-                format!("stream endpoint {ep:?} is not host:port")
-            })?;
+        for ep in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (host, port) = split_host_port(ep)
+                .ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
             let port: u16 = port
                 .parse()
                 .map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
@@ -129,15 +136,28 @@ pub fn split_host_port(s: &str) -> Option<(&str, &str)> {
 }
 
 fn parse_rule(item: &str) -> Result<Rule, String> {
-    let bad = |why: &str| format!("{item:?} {why}; write host:port, *.domain:port, host:*, or a CIDR range such as 10.0.0.0/8 or 10.0.0.0/8:9092");
+    let bad = |why: &str| {
+        format!(
+            "{item:?} {why}; write host:port, *.domain:port, host:*, or a CIDR range such as 10.0.0.0/8 or 10.0.0.0/8:9092"
+        )
+    };
     // A bare CIDR (v4 or v6) has no port.
     if let Ok(net) = item.trim_matches(['[', ']']).parse::<IpNet>() {
-        return Ok(Rule { host: Host::Net(net), port: None, text: item.to_owned() });
+        return Ok(Rule {
+            host: Host::Net(net),
+            port: None,
+            text: item.to_owned(),
+        });
     }
     let (host, port) = split_host_port(item).ok_or_else(|| bad("has no port"))?;
     let port = match port {
         "*" => None,
-        p => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad("has an invalid port"))?),
+        p => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("has an invalid port"))?,
+        ),
     };
     let host_inner = host.trim_matches(['[', ']']).to_ascii_lowercase();
     let host = if let Ok(net) = host_inner.parse::<IpNet>() {
@@ -154,7 +174,11 @@ fn parse_rule(item: &str) -> Result<Rule, String> {
     } else {
         Host::Exact(host_inner)
     };
-    Ok(Rule { host, port, text: item.to_owned() })
+    Ok(Rule {
+        host,
+        port,
+        text: item.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -163,7 +187,10 @@ mod tests {
 
     #[test]
     fn matches_exact_wildcard_and_cidr() {
-        let a = AllowList::parse("kafka.internal:9092, *.streaming.oci.example.com:9092, 10.0.0.0/8:9093, 127.0.0.1:*").unwrap();
+        let a = AllowList::parse(
+            "kafka.internal:9092, *.streaming.oci.example.com:9092, 10.0.0.0/8:9093, 127.0.0.1:*",
+        )
+        .unwrap();
         assert!(a.allows_name("kafka.internal", 9092));
         assert!(a.allows_name("KAFKA.internal", 9092));
         assert!(!a.allows_name("kafka.internal", 9093));
@@ -195,8 +222,20 @@ mod tests {
 
     #[test]
     fn bad_rules_are_named() {
-        assert!(AllowList::parse("kafka").unwrap_err().contains("\"kafka\" has no port"));
-        assert!(AllowList::parse("k:99999").unwrap_err().contains("invalid port"));
-        assert!(AllowList::parse("*.:1").unwrap_err().contains("invalid wildcard"));
+        assert!(
+            AllowList::parse("kafka")
+                .unwrap_err()
+                .contains("\"kafka\" has no port")
+        );
+        assert!(
+            AllowList::parse("k:99999")
+                .unwrap_err()
+                .contains("invalid port")
+        );
+        assert!(
+            AllowList::parse("*.:1")
+                .unwrap_err()
+                .contains("invalid wildcard")
+        );
     }
 }

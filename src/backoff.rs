@@ -19,7 +19,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The ceiling of the next delay (before jitter).
@@ -79,7 +83,10 @@ mod tests {
         for _ in 0..50 {
             let mut b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(60));
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(1000), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
             seen.insert(d.as_millis());
         }
         assert!(seen.len() > 10, "delays are not jittered: {seen:?}");

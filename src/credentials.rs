@@ -18,7 +18,9 @@
 //! it went; every other byte of the profile is kept. Because 3 and 4 are
 //! adjacent, moving a value never changes which value wins.
 
-use crate::config::{self, AgentConfig, ConfigError, Entry, Profile, SecretValues, DEFAULT_STATE_DIR, SECRET_KEYS};
+use crate::config::{
+    self, AgentConfig, ConfigError, DEFAULT_STATE_DIR, Entry, Profile, SECRET_KEYS, SecretValues,
+};
 use crate::secret::Secret;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -58,7 +60,11 @@ pub enum MigrateError {
 }
 
 /// Every secret with the source it came from, by the precedence above.
-pub fn resolve(profile: &Profile, state_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<SecretValues, ConfigError> {
+pub fn resolve(
+    profile: &Profile,
+    state_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SecretValues, ConfigError> {
     resolve_noting(profile, state_dir, env).map(|(secrets, _)| secrets)
 }
 
@@ -71,7 +77,9 @@ fn resolve_noting(
 ) -> Result<(SecretValues, Vec<String>), ConfigError> {
     let stored_path = state_dir.join(CREDENTIALS_FILE);
     let stored = read_stored(&stored_path)?;
-    let cred_dir = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()).map(PathBuf::from);
+    let cred_dir = env("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
     let mut secrets = SecretValues::default();
     let mut notes = Vec::new();
 
@@ -84,13 +92,25 @@ fn resolve_noting(
             }
         }
         if let Some(v) = env(key).filter(|v| !v.is_empty()) {
-            found.push((Secret::new(v), "environment", format!("environment variable {key}")));
+            found.push((
+                Secret::new(v),
+                "environment",
+                format!("environment variable {key}"),
+            ));
         }
         if let Some(v) = profile.get(key) {
-            found.push((Secret::new(v), "profile", profile.path.display().to_string()));
+            found.push((
+                Secret::new(v),
+                "profile",
+                profile.path.display().to_string(),
+            ));
         }
         if let Some(v) = stored.as_ref().and_then(|s| s.get(key)) {
-            found.push((Secret::new(v), "credentials file", stored_path.display().to_string()));
+            found.push((
+                Secret::new(v),
+                "credentials file",
+                stored_path.display().to_string(),
+            ));
         }
         let mut found = found.into_iter();
         if let Some((value, source, place)) = found.next() {
@@ -103,8 +123,17 @@ fn resolve_noting(
         }
     }
     if let Some(stored) = &stored {
-        for e in stored.entries.iter().filter(|e| !SECRET_KEYS.contains(&e.key.as_str())) {
-            notes.push(format!("{}:{}: {:?} is not a secret key and is ignored", stored_path.display(), e.line, e.key));
+        for e in stored
+            .entries
+            .iter()
+            .filter(|e| !SECRET_KEYS.contains(&e.key.as_str()))
+        {
+            notes.push(format!(
+                "{}:{}: {:?} is not a secret key and is ignored",
+                stored_path.display(),
+                e.line,
+                e.key
+            ));
         }
     }
     Ok((secrets, notes))
@@ -115,7 +144,14 @@ fn read_stored(path: &Path) -> Result<Option<Profile>, ConfigError> {
     match fs::read_to_string(path) {
         Ok(text) => Profile::parse(path, text).map(Some),
         // No state directory (yet): nothing stored.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(ConfigError::file(
             path,
             format!("cannot read the stored credentials: {e}"),
@@ -148,7 +184,11 @@ fn read_systemd_credential(path: &Path) -> Result<Option<Secret>, ConfigError> {
 /// Refuse a secrets file that anyone but its owner may read or write.
 pub fn check_permissions(path: &Path) -> Result<(), ConfigError> {
     let meta = fs::metadata(path).map_err(|e| {
-        ConfigError::file(path, format!("cannot read the file's permissions: {e}"), "check that the path exists and names a file")
+        ConfigError::file(
+            path,
+            format!("cannot read the file's permissions: {e}"),
+            "check that the path exists and names a file",
+        )
     })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
@@ -176,23 +216,41 @@ pub fn migrate(profile_path: &Path, state_dir: &Path) -> Result<MigrationReport,
 }
 
 /// [`migrate`] on a profile already read; also returns the rewritten profile.
-fn migrate_profile(profile: &Profile, state_dir: &Path) -> Result<(MigrationReport, Option<Profile>), MigrateError> {
+fn migrate_profile(
+    profile: &Profile,
+    state_dir: &Path,
+) -> Result<(MigrationReport, Option<Profile>), MigrateError> {
     let credentials_file = state_dir.join(CREDENTIALS_FILE);
     let date = utc_date(SystemTime::now());
-    let to_move: Vec<&Entry> =
-        profile.entries.iter().filter(|e| SECRET_KEYS.contains(&e.key.as_str()) && !e.value.is_empty()).collect();
-    let mut report = MigrationReport { moved: Vec::new(), credentials_file, date };
+    let to_move: Vec<&Entry> = profile
+        .entries
+        .iter()
+        .filter(|e| SECRET_KEYS.contains(&e.key.as_str()) && !e.value.is_empty())
+        .collect();
+    let mut report = MigrationReport {
+        moved: Vec::new(),
+        credentials_file,
+        date,
+    };
     if to_move.is_empty() {
         return Ok((report, None));
     }
     let io_err = |action: &'static str, path: &Path| {
         let path = path.to_owned();
-        move |source| MigrateError::Io { action, path, source }
+        move |source| MigrateError::Io {
+            action,
+            path,
+            source,
+        }
     };
 
     // The stored file first: if we stop between the two writes the profile
     // still holds the values and the next start moves them again.
-    DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io_err("create directory", state_dir))?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io_err("create directory", state_dir))?;
     let stored = read_stored(&report.credentials_file)?;
     let mut text = String::from(
         "# Secrets of connectivity-agent, moved here from its InstallerProfile.cfg.\n\
@@ -208,8 +266,13 @@ fn migrate_profile(profile: &Profile, state_dir: &Path) -> Result<(MigrationRepo
         }
     }
     let dir_meta = fs::metadata(state_dir).map_err(io_err("inspect", state_dir))?;
-    write_file_atomically(&report.credentials_file, text.as_bytes(), 0o600, owner_to_keep(&dir_meta))
-        .map_err(io_err("write", &report.credentials_file))?;
+    write_file_atomically(
+        &report.credentials_file,
+        text.as_bytes(),
+        0o600,
+        owner_to_keep(&dir_meta),
+    )
+    .map_err(io_err("write", &report.credentials_file))?;
     zeroize::Zeroize::zeroize(&mut text);
 
     let note = |key: &str| {
@@ -222,8 +285,13 @@ fn migrate_profile(profile: &Profile, state_dir: &Path) -> Result<(MigrationRepo
     let new_text = blank_secrets(profile, &to_move, note);
     let old_meta = fs::metadata(&profile.path).map_err(io_err("inspect", &profile.path))?;
     let mode = old_meta.permissions().mode() & 0o700;
-    write_file_atomically(&profile.path, new_text.as_bytes(), mode, owner_to_keep(&old_meta))
-        .map_err(io_err("rewrite", &profile.path))?;
+    write_file_atomically(
+        &profile.path,
+        new_text.as_bytes(),
+        mode,
+        owner_to_keep(&old_meta),
+    )
+    .map_err(io_err("rewrite", &profile.path))?;
 
     report.moved = to_move.iter().map(|e| e.key.clone()).collect();
     let rewritten = Profile::parse(&profile.path, new_text)?;
@@ -234,10 +302,16 @@ fn migrate_profile(profile: &Profile, state_dir: &Path) -> Result<(MigrationRepo
 /// above it (replacing the comment of an earlier move of the same key).
 fn blank_secrets(profile: &Profile, entries: &[&Entry], note: impl Fn(&str) -> String) -> String {
     let text = profile.text.as_str();
-    let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let bom = if text.starts_with('\u{feff}') {
+        '\u{feff}'.len_utf8()
+    } else {
+        0
+    };
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     for e in entries {
-        let line_start = text[..e.value_span.start].rfind('\n').map_or(bom, |i| i + 1);
+        let line_start = text[..e.value_span.start]
+            .rfind('\n')
+            .map_or(bom, |i| i + 1);
         let eol = match text[e.value_span.end..].find('\n') {
             Some(i) if text[..e.value_span.end + i].ends_with('\r') => "\r\n",
             Some(_) => "\n",
@@ -247,12 +321,18 @@ fn blank_secrets(profile: &Profile, entries: &[&Entry], note: impl Fn(&str) -> S
         let comment = note(&e.key);
         let previous = (line_start > bom).then(|| {
             let end = line_start - 1;
-            let end = if text[..end].ends_with('\r') { end - 1 } else { end };
+            let end = if text[..end].ends_with('\r') {
+                end - 1
+            } else {
+                end
+            };
             let start = text[..end].rfind('\n').map_or(bom, |i| i + 1);
             start..end
         });
         match previous {
-            Some(prev) if text[prev.clone()].starts_with(&format!("# {} moved to ", e.key)) => edits.push((prev, comment)),
+            Some(prev) if text[prev.clone()].starts_with(&format!("# {} moved to ", e.key)) => {
+                edits.push((prev, comment))
+            }
             _ => edits.push((line_start..line_start, format!("{comment}{eol}"))),
         }
         edits.push((e.value_span.clone(), String::new()));
@@ -280,16 +360,31 @@ fn owner_to_keep(meta: &fs::Metadata) -> Option<(u32, u32)> {
 /// never a mix: write a temporary file beside it (created with `mode`, so it
 /// is never more open than that), fsync, rename over `path`, fsync the
 /// directory. A running binary replaced this way keeps its old inode.
-pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub(crate) fn write_file_atomically(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp); // left over by a crash of this same pid
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         // The umask may have dropped bits of `mode` (0755 under umask 077).
         f.set_permissions(Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
@@ -314,7 +409,12 @@ pub fn state_dir(profile: &Profile, env: &dyn Fn(&str) -> Option<String>) -> Pat
         .get("agent_STATE_DIR")
         .map(PathBuf::from)
         .or_else(|| {
-            env("STATE_DIRECTORY").and_then(|s| s.split(':').next().filter(|d| !d.is_empty()).map(PathBuf::from))
+            env("STATE_DIRECTORY").and_then(|s| {
+                s.split(':')
+                    .next()
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+            })
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
@@ -323,7 +423,10 @@ pub fn state_dir(profile: &Profile, env: &dyn Fn(&str) -> Option<String>) -> Pat
 /// loose permissions, move secrets into the state directory (when it can),
 /// resolve secrets from all sources and validate. Notes about the move and
 /// about ignored duplicate secrets end up in [`AgentConfig::warnings`].
-pub fn load_agent_config(profile_path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigError> {
+pub fn load_agent_config(
+    profile_path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<AgentConfig, ConfigError> {
     let profile = Profile::read(profile_path)?;
     let state_dir = state_dir(&profile, env);
     check_permissions(profile_path)?;
@@ -346,7 +449,10 @@ pub fn load_agent_config(profile_path: &Path, env: &dyn Fn(&str) -> Option<Strin
         Ok((_, None)) => profile,
         Err(MigrateError::Config(e)) => return Err(e),
         Err(e @ MigrateError::Io { .. }) => {
-            notes.push(format!("secrets stay in {} for now: {e}", profile_path.display()));
+            notes.push(format!(
+                "secrets stay in {} for now: {e}",
+                profile_path.display()
+            ));
             profile
         }
     };
@@ -369,27 +475,50 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     fn profile(text: &str) -> Profile {
-        Profile::parse(Path::new("/etc/connectivity-agent/InstallerProfile.cfg"), text.to_owned()).unwrap()
+        Profile::parse(
+            Path::new("/etc/connectivity-agent/InstallerProfile.cfg"),
+            text.to_owned(),
+        )
+        .unwrap()
     }
 
     fn blank(text: &str) -> String {
         let p = profile(text);
-        let entries: Vec<&Entry> = p.entries.iter().filter(|e| SECRET_KEYS.contains(&e.key.as_str())).collect();
+        let entries: Vec<&Entry> = p
+            .entries
+            .iter()
+            .filter(|e| SECRET_KEYS.contains(&e.key.as_str()))
+            .collect();
         blank_secrets(&p, &entries, |k| format!("# {k} moved to X"))
     }
 
     #[test]
     fn utc_date_known_days() {
         assert_eq!(utc_date(UNIX_EPOCH), "1970-01-01");
-        assert_eq!(utc_date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29");
-        assert_eq!(utc_date(UNIX_EPOCH + Duration::from_secs(1_795_651_200)), "2026-11-26");
+        assert_eq!(
+            utc_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29"
+        );
+        assert_eq!(
+            utc_date(UNIX_EPOCH + Duration::from_secs(1_795_651_200)),
+            "2026-11-26"
+        );
     }
 
     #[test]
     fn blanking_keeps_line_ends_and_bom() {
-        assert_eq!(blank("\u{feff}oic_PASSWORD=pw\r\nx=1\r\n"), "\u{feff}# oic_PASSWORD moved to X\r\noic_PASSWORD=\r\nx=1\r\n");
-        assert_eq!(blank("a=1\noic_PASSWORD = pw  \n"), "a=1\n# oic_PASSWORD moved to X\noic_PASSWORD =   \n");
-        assert_eq!(blank("a=1\r\noic_PASSWORD=pw"), "a=1\r\n# oic_PASSWORD moved to X\r\noic_PASSWORD=");
+        assert_eq!(
+            blank("\u{feff}oic_PASSWORD=pw\r\nx=1\r\n"),
+            "\u{feff}# oic_PASSWORD moved to X\r\noic_PASSWORD=\r\nx=1\r\n"
+        );
+        assert_eq!(
+            blank("a=1\noic_PASSWORD = pw  \n"),
+            "a=1\n# oic_PASSWORD moved to X\noic_PASSWORD =   \n"
+        );
+        assert_eq!(
+            blank("a=1\r\noic_PASSWORD=pw"),
+            "a=1\r\n# oic_PASSWORD moved to X\r\noic_PASSWORD="
+        );
     }
 
     #[test]
@@ -403,8 +532,14 @@ mod tests {
     #[test]
     fn state_dir_precedence() {
         let env = |k: &str| (k == "STATE_DIRECTORY").then(|| "/var/lib/a:/var/lib/b".to_owned());
-        assert_eq!(state_dir(&profile("agent_STATE_DIR=/srv/x\n"), &env), PathBuf::from("/srv/x"));
+        assert_eq!(
+            state_dir(&profile("agent_STATE_DIR=/srv/x\n"), &env),
+            PathBuf::from("/srv/x")
+        );
         assert_eq!(state_dir(&profile(""), &env), PathBuf::from("/var/lib/a"));
-        assert_eq!(state_dir(&profile(""), &|_| None), PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            state_dir(&profile(""), &|_| None),
+            PathBuf::from(DEFAULT_STATE_DIR)
+        );
     }
 }

@@ -37,7 +37,8 @@ const GROUP: &str = "DEMO_GROUP";
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = TempDir::new()?;
     let mock = MockCluster::new(1).context("cannot start the in-process Kafka mock cluster")?;
-    mock.create_topic(TOPIC, 3, 1).context("cannot create the demo topic")?;
+    mock.create_topic(TOPIC, 3, 1)
+        .context("cannot create the demo topic")?;
     let bootstrap = mock.bootstrap_servers();
 
     let (cert, key, ca) = make_certificates(dir.path())?;
@@ -87,7 +88,8 @@ protocol = "PLAINTEXT"
     );
     let cp_path = dir.path().join("control-plane.toml");
     std::fs::write(&cp_path, cp_toml)?;
-    let cp_config = ControlPlaneConfig::load(&cp_path).map_err(|e| anyhow::anyhow!("demo control plane config: {e}"))?;
+    let cp_config = ControlPlaneConfig::load(&cp_path)
+        .map_err(|e| anyhow::anyhow!("demo control plane config: {e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let cp_stop = CancellationToken::new();
     let cp = ControlPlane::start(cp_config, listener, cp_stop.clone()).await?;
@@ -100,19 +102,27 @@ protocol = "PLAINTEXT"
         dir.path().join("agent").display()
     );
     let profile = Profile::parse(&dir.path().join("InstallerProfile.cfg"), profile_text)?;
-    let agent_config = config::validate(&profile, &SecretValues::from_profile(&profile), &|_| None)?;
+    let agent_config =
+        config::validate(&profile, &SecretValues::from_profile(&profile), &|_| None)?;
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(run_agent(agent_config, agent_stop.clone()));
 
     println!("connectivity-agent demo");
     println!("  Kafka (in-process mock)   {bootstrap}, topic {TOPIC} with 3 partitions");
-    println!("  control plane             https://localhost:{port} (console token {console_token})");
+    println!(
+        "  control plane             https://localhost:{port} (console token {console_token})"
+    );
     println!("  agent                     joined group {GROUP}, job users-to-integration");
     println!("  sink                      {}", sink.display());
-    println!("  try: curl -s --cacert {} -H 'Authorization: Bearer {console_token}' https://localhost:{port}/api/v1/jobs/users-to-integration", ca.display());
+    println!(
+        "  try: curl -s --cacert {} -H 'Authorization: Bearer {console_token}' https://localhost:{port}/api/v1/jobs/users-to-integration",
+        ca.display()
+    );
     println!("rows as the sink receives them (Kafka Connect payload only):");
 
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
     let mut produced = 0u64;
     let mut shown = 0u64;
     let mut read_pos = 0usize;
@@ -154,9 +164,16 @@ protocol = "PLAINTEXT"
 
 /// A USERS row as Kafka Connect's JsonConverter writes it (schemas.enable=true).
 fn users_row(id: u64) -> String {
-    let names = [("jdoe", "John", "Q", "Doe"), ("asmith", "Alice", "", "Smith"), ("bwong", "Bo", "", "Wong"), ("cgarcia", "Carmen", "M", "Garcia")];
+    let names = [
+        ("jdoe", "John", "Q", "Doe"),
+        ("asmith", "Alice", "", "Smith"),
+        ("bwong", "Bo", "", "Wong"),
+        ("cgarcia", "Carmen", "M", "Garcia"),
+    ];
     let (user, first, middle, last) = names[(id as usize - 1) % names.len()];
-    let field = |name: &str, ty: &str, optional: bool| format!(r#"{{"type":"{ty}","optional":{optional},"field":"{name}"}}"#);
+    let field = |name: &str, ty: &str, optional: bool| {
+        format!(r#"{{"type":"{ty}","optional":{optional},"field":"{name}"}}"#)
+    };
     let schema = format!(
         r#"{{"type":"struct","fields":[{},{},{},{},{},{},{}],"optional":false,"name":"USERS"}}"#,
         field("ID", "int64", false),
@@ -167,8 +184,15 @@ fn users_row(id: u64) -> String {
         field("AGE", "int32", true),
         r#"{"type":"int64","optional":true,"name":"org.apache.kafka.connect.data.Timestamp","version":1,"field":"CREATED_ON"}"#,
     );
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    let middle = if middle.is_empty() { "null".to_owned() } else { format!("\"{middle}\"") };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let middle = if middle.is_empty() {
+        "null".to_owned()
+    } else {
+        format!("\"{middle}\"")
+    };
     format!(
         r#"{{"schema":{schema},"payload":{{"ID":{id},"USERNAME":"{user}{id}","FIRST_NAME":"{first}","MIDDLE_NAME":{middle},"LAST_NAME":"{last}","AGE":{},"CREATED_ON":{now}}}}}"#,
         20 + id % 50
@@ -177,15 +201,22 @@ fn users_row(id: u64) -> String {
 
 fn render_line(line: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(line) {
-        Ok(v) => format!("  partition {} offset {:>3}  {}", v["partition"], v["offset"], v["value"]),
+        Ok(v) => format!(
+            "  partition {} offset {:>3}  {}",
+            v["partition"], v["offset"], v["value"]
+        ),
         Err(_) => format!("  {line}"),
     }
 }
 
 /// Complete lines appended to `path` since `pos`.
 fn read_new_lines(path: &Path, pos: &mut usize) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
-    let Some(end) = text.rfind('\n').map(|i| i + 1) else { return vec![] };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return vec![];
+    };
+    let Some(end) = text.rfind('\n').map(|i| i + 1) else {
+        return vec![];
+    };
     if end <= *pos {
         return vec![];
     }
@@ -201,19 +232,32 @@ fn random_token() -> String {
 
 /// A CA and a server certificate for localhost, as PEM files in `dir`.
 fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "connectivity-agent demo CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "connectivity-agent demo CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &issuer)?;
-    let (cert_path, key_path, ca_path) = (dir.join("server.pem"), dir.join("server-key.pem"), dir.join("ca.pem"));
+    let (cert_path, key_path, ca_path) = (
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+        dir.join("ca.pem"),
+    );
     std::fs::write(&cert_path, format!("{}{}", cert.pem(), ca_cert.pem()))?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
     std::fs::write(&ca_path, ca_cert.pem())?;
@@ -223,7 +267,13 @@ fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(data)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(data)
 }
 
 /// A private temporary directory, removed on drop.
@@ -231,7 +281,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> std::io::Result<Self> {
-        let path = std::env::temp_dir().join(format!("connectivity-agent-demo-{}-{}", std::process::id(), random_token()));
+        let path = std::env::temp_dir().join(format!(
+            "connectivity-agent-demo-{}-{}",
+            std::process::id(),
+            random_token()
+        ));
         crate::agent::identity::create_private_dir(&path)?;
         Ok(TempDir(path))
     }

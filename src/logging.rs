@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
-use tracing_subscriber::{EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
 
 static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
@@ -34,27 +36,45 @@ impl Write for TeeWriter {
 
 /// The most recent log lines, oldest first.
 pub fn recent_lines() -> Vec<String> {
-    RECENT.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    RECENT
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn filter(level: &str) -> EnvFilter {
     // Our crate at `level`; librdkafka's own chatter one step quieter.
-    EnvFilter::try_new(format!("{level},rdkafka=warn,librdkafka=warn,hyper=info,rustls=info,tungstenite=info"))
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+    EnvFilter::try_new(format!(
+        "{level},rdkafka=warn,librdkafka=warn,hyper=info,rustls=info,tungstenite=info"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Start logging at `level` (error, warn, info, debug, trace) unless
 /// `RUST_LOG` says otherwise. Calling it twice is harmless.
 pub fn init(level: &str) {
-    let env = std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok());
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok());
     let (layer, handle) = reload::Layer::new(env.unwrap_or_else(|| filter(level)));
     // Under systemd the journal adds its own timestamps.
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let fmt = fmt::layer().with_writer(|| TeeWriter).with_ansi(false).with_target(false);
+    let fmt = fmt::layer()
+        .with_writer(|| TeeWriter)
+        .with_ansi(false)
+        .with_target(false);
     let ok = if under_journal {
-        tracing_subscriber::registry().with(layer).with(fmt.without_time()).try_init().is_ok()
+        tracing_subscriber::registry()
+            .with(layer)
+            .with(fmt.without_time())
+            .try_init()
+            .is_ok()
     } else {
-        tracing_subscriber::registry().with(layer).with(fmt).try_init().is_ok()
+        tracing_subscriber::registry()
+            .with(layer)
+            .with(fmt)
+            .try_init()
+            .is_ok()
     };
     if ok {
         let _ = RELOAD.set(handle);
@@ -66,7 +86,9 @@ pub fn init(level: &str) {
 pub fn set_level(level: &str) -> Result<(), String> {
     let level = level.to_ascii_lowercase();
     if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
-        return Err(format!("{level:?} is not a log level; use error, warn, info, debug or trace"));
+        return Err(format!(
+            "{level:?} is not a log level; use error, warn, info, debug or trace"
+        ));
     }
     let handle = RELOAD.get().ok_or("logging is not initialised")?;
     handle.reload(filter(&level)).map_err(|e| e.to_string())

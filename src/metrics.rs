@@ -62,7 +62,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         session_connected: Gauge::default(),
         reconnects: Counter::default(),
         batch_rtt: Family::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         }),
         records: Family::default(),
         bytes: Family::default(),
@@ -78,19 +80,67 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         in_flight: Mutex::new(HashMap::new()),
         registry: Registry::default(),
     };
-    registry.register("session_connected", "1 while a control-plane session is established", m.session_connected.clone());
-    registry.register("reconnects", "Sessions lost and re-established", m.reconnects.clone());
-    registry.register("batch_round_trip_seconds", "Time from sending a batch to its ack", m.batch_rtt.clone());
-    registry.register("job_records_relayed", "Records sent to the control plane", m.records.clone());
-    registry.register("job_bytes_relayed", "Bytes of records sent to the control plane", m.bytes.clone());
-    registry.register("job_batches_acked", "Batches acked by the control plane", m.acks.clone());
+    registry.register(
+        "session_connected",
+        "1 while a control-plane session is established",
+        m.session_connected.clone(),
+    );
+    registry.register(
+        "reconnects",
+        "Sessions lost and re-established",
+        m.reconnects.clone(),
+    );
+    registry.register(
+        "batch_round_trip_seconds",
+        "Time from sending a batch to its ack",
+        m.batch_rtt.clone(),
+    );
+    registry.register(
+        "job_records_relayed",
+        "Records sent to the control plane",
+        m.records.clone(),
+    );
+    registry.register(
+        "job_bytes_relayed",
+        "Bytes of records sent to the control plane",
+        m.bytes.clone(),
+    );
+    registry.register(
+        "job_batches_acked",
+        "Batches acked by the control plane",
+        m.acks.clone(),
+    );
     registry.register("job_running", "1 while the job fetches", m.running.clone());
-    registry.register("job_errors", "Job errors by class (dns, tcp, tls, sasl, authorization, topic_missing, ...)", m.errors.clone());
-    registry.register("partition_fetched_offset", "Next offset the consumer fetches", m.fetched.clone());
-    registry.register("partition_relayed_offset", "Highest offset sent, plus one", m.relayed.clone());
-    registry.register("partition_acked_offset", "Watermark: every record below it is acked", m.acked.clone());
-    registry.register("partition_committed_offset", "Offset committed to the consumer group", m.committed.clone());
-    registry.register("partition_lag", "High watermark minus committed offset", m.lag.clone());
+    registry.register(
+        "job_errors",
+        "Job errors by class (dns, tcp, tls, sasl, authorization, topic_missing, ...)",
+        m.errors.clone(),
+    );
+    registry.register(
+        "partition_fetched_offset",
+        "Next offset the consumer fetches",
+        m.fetched.clone(),
+    );
+    registry.register(
+        "partition_relayed_offset",
+        "Highest offset sent, plus one",
+        m.relayed.clone(),
+    );
+    registry.register(
+        "partition_acked_offset",
+        "Watermark: every record below it is acked",
+        m.acked.clone(),
+    );
+    registry.register(
+        "partition_committed_offset",
+        "Offset committed to the consumer group",
+        m.committed.clone(),
+    );
+    registry.register(
+        "partition_lag",
+        "High watermark minus committed offset",
+        m.lag.clone(),
+    );
     Metrics { registry, ..m }
 });
 
@@ -121,25 +171,46 @@ pub fn batch_sent(job: &str, seq: u64) {
 
 /// The control plane acked a batch.
 pub fn batch_acked(job: &str, seq: u64) {
-    let sent = METRICS.in_flight.lock().ok().and_then(|mut m| m.remove(&(job.to_owned(), seq)));
+    let sent = METRICS
+        .in_flight
+        .lock()
+        .ok()
+        .and_then(|mut m| m.remove(&(job.to_owned(), seq)));
     if let Some(sent) = sent {
-        METRICS.batch_rtt.get_or_create(&JobLabels { job: job.to_owned() }).observe(sent.elapsed().as_secs_f64());
+        METRICS
+            .batch_rtt
+            .get_or_create(&JobLabels {
+                job: job.to_owned(),
+            })
+            .observe(sent.elapsed().as_secs_f64());
     }
 }
 
 /// Record a job state as it is reported to the control plane.
 pub fn observe_job(state: &JobState) {
     let m = &*METRICS;
-    let job = JobLabels { job: state.job_id.clone() };
+    let job = JobLabels {
+        job: state.job_id.clone(),
+    };
     m.records.get_or_create(&job).set(state.records_relayed);
     m.bytes.get_or_create(&job).set(state.bytes_relayed);
     m.acks.get_or_create(&job).set(state.batches_acked);
-    m.running.get_or_create(&job).set(i64::from(state.phase == JobPhase::Running));
+    m.running
+        .get_or_create(&job)
+        .set(i64::from(state.phase == JobPhase::Running));
     if let Ok(mut last) = m.last_error.lock() {
         match &state.error {
             Some(e) if last.get(&state.job_id) != Some(&e.message) => {
-                let class = serde_json::to_value(e.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                m.errors.get_or_create(&ErrorLabels { job: state.job_id.clone(), class }).inc();
+                let class = serde_json::to_value(e.class)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                m.errors
+                    .get_or_create(&ErrorLabels {
+                        job: state.job_id.clone(),
+                        class,
+                    })
+                    .inc();
                 last.insert(state.job_id.clone(), e.message.clone());
             }
             Some(_) => {}
@@ -149,13 +220,18 @@ pub fn observe_job(state: &JobState) {
         }
     }
     for p in &state.partitions {
-        let l = PartitionLabels { job: state.job_id.clone(), partition: p.partition.to_string() };
+        let l = PartitionLabels {
+            job: state.job_id.clone(),
+            partition: p.partition.to_string(),
+        };
         m.fetched.get_or_create(&l).set(p.fetched);
         m.relayed.get_or_create(&l).set(p.relayed);
         m.acked.get_or_create(&l).set(p.acked);
         m.committed.get_or_create(&l).set(p.committed);
         if let Some(hw) = p.high_watermark {
-            m.lag.get_or_create(&l).set((hw - p.committed.max(0)).max(0));
+            m.lag
+                .get_or_create(&l)
+                .set((hw - p.committed.max(0)).max(0));
         }
     }
 }
@@ -168,14 +244,22 @@ pub fn render() -> String {
 }
 
 /// Serve `/metrics` and `/healthz` on `addr` until `shutdown`.
-pub async fn serve(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SocketAddr> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(|| async { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], render()) }),
+            get(|| async {
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    render(),
+                )
+            }),
         )
         .route(
             "/healthz",
@@ -183,12 +267,17 @@ pub async fn serve(addr: SocketAddr, shutdown: tokio_util::sync::CancellationTok
                 if session_connected() {
                     (axum::http::StatusCode::OK, "ok: session established\n")
                 } else {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ok: no control-plane session\n")
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "not ok: no control-plane session\n",
+                    )
                 }
             }),
         );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
     });
     Ok(local)
 }

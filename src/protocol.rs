@@ -127,7 +127,10 @@ pub enum ControlMessage {
         protocol_version: u32,
     },
     /// The hello was refused; the control plane closes the socket after this.
-    Rejected { reason: RejectReason, message: String },
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
     /// Sent every heartbeat interval.
     Heartbeat { seq: u64 },
     /// Start (or replace) a poll job on this agent.
@@ -138,7 +141,10 @@ pub enum ControlMessage {
     /// agent count its records as delivered.
     Ack { job_id: String, batch_seq: u64 },
     /// An operator's command; the agent answers with a `command_result`.
-    Command { command_id: String, command: Command },
+    Command {
+        command_id: String,
+        command: Command,
+    },
     /// The peer sent something this side cannot accept.
     ProtocolError { message: String },
     /// The control plane closes the session on purpose.
@@ -168,7 +174,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, DecodeErr
 /// Encode a control message as JSON text.
 pub fn encode<T: Serialize>(msg: &T) -> String {
     // Serializing these plain enums cannot fail: no maps with non-string keys.
-    serde_json::to_string(msg).unwrap_or_else(|e| format!("{{\"type\":\"protocol_error\",\"message\":\"encode: {e}\"}}"))
+    serde_json::to_string(msg)
+        .unwrap_or_else(|e| format!("{{\"type\":\"protocol_error\",\"message\":\"encode: {e}\"}}"))
 }
 
 #[cfg(test)]
@@ -194,7 +201,11 @@ mod tests {
     #[test]
     fn unknown_type_is_a_malformed_error_naming_the_variant() {
         let err = decode::<ControlMessage>(r#"{"type":"launch_missiles"}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `launch_missiles`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown variant `launch_missiles`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub fn watchdog_ping() {
 /// one late tick does not get the agent killed. `None` when no watchdog is
 /// set for this process.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| d / 2)
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 2)
 }
 
 fn send(state: &[NotifyState], what: &'static str) {
@@ -65,7 +67,13 @@ mod tests {
     fn run_child(test: &str, socket: &std::path::Path, watchdog_usec: &str) {
         let exe = std::env::current_exe().expect("test binary path");
         let out = Command::new(exe)
-            .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                test,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("NOTIFY_SOCKET", socket)
             .env("WATCHDOG_USEC", watchdog_usec)
             .env_remove("WATCHDOG_PID")
@@ -77,7 +85,10 @@ mod tests {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "child ran no test");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "child ran no test"
+        );
     }
 
     #[test]
@@ -85,9 +96,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
 
-        run_child("service::tests::child_sends_notifications", &path, "10000000");
+        run_child(
+            "service::tests::child_sends_notifications",
+            &path,
+            "10000000",
+        );
 
         let mut got = Vec::new();
         let mut buf = [0u8; 512];
@@ -95,7 +111,15 @@ mod tests {
             let n = sock.recv(&mut buf).expect("a notification from the child");
             got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
-        assert_eq!(got, ["READY=1\n", "STATUS=connected to cp 2 jobs\n", "WATCHDOG=1\n", "STOPPING=1\n"]);
+        assert_eq!(
+            got,
+            [
+                "READY=1\n",
+                "STATUS=connected to cp 2 jobs\n",
+                "WATCHDOG=1\n",
+                "STOPPING=1\n"
+            ]
+        );
     }
 
     #[test]
@@ -115,6 +139,10 @@ mod tests {
     fn unreachable_socket_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         // Nobody listens there: sends fail, the calls must still return.
-        run_child("service::tests::child_sends_notifications", &dir.path().join("absent.sock"), "10000000");
+        run_child(
+            "service::tests::child_sends_notifications",
+            &dir.path().join("absent.sock"),
+            "10000000",
+        );
     }
 }

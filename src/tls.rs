@@ -13,7 +13,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} holds no PEM certificate; give a file with -----BEGIN CERTIFICATE----- blocks")]
     NoCertificate { path: String },
     #[error("{path} holds no PEM private key; give a PKCS#8, PKCS#1 or SEC1 key file")]
@@ -31,10 +34,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Read every certificate in a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
     let shown = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?;
+    let data = std::fs::read(path).map_err(|source| TlsConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?;
+        .map_err(|source| TlsConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
     if certs.is_empty() {
         return Err(TlsConfigError::NoCertificate { path: shown });
     }
@@ -44,9 +53,15 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfig
 /// Read the first private key in a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
     let shown = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?;
+    let data = std::fs::read(path).map_err(|source| TlsConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|source| TlsConfigError::Read { path: shown.clone(), source })?
+        .map_err(|source| TlsConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?
         .ok_or(TlsConfigError::NoKey { path: shown })
 }
 
@@ -59,10 +74,12 @@ pub fn root_store(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsConfigErr
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra_ca {
         for cert in read_certs(path)? {
-            roots.add(cert).map_err(|source| TlsConfigError::BadCertificate {
-                path: path.display().to_string(),
-                source,
-            })?;
+            roots
+                .add(cert)
+                .map_err(|source| TlsConfigError::BadCertificate {
+                    path: path.display().to_string(),
+                    source,
+                })?;
         }
     }
     Ok(roots)
@@ -79,7 +96,10 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsCo
 }
 
 /// Server configuration from PEM certificate chain and key files.
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsConfigError> {
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let certs = read_certs(cert_file)?;
     let key = read_key(key_file)?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -107,7 +127,13 @@ mod tests {
         let f = dir.join("empty.pem");
         std::fs::write(&f, "not a certificate\n").unwrap();
         let err = client_config(Some(&f)).unwrap_err().to_string();
-        assert_eq!(err, format!("{} holds no PEM certificate; give a file with -----BEGIN CERTIFICATE----- blocks", f.display()));
+        assert_eq!(
+            err,
+            format!(
+                "{} holds no PEM certificate; give a file with -----BEGIN CERTIFICATE----- blocks",
+                f.display()
+            )
+        );
         let err = read_key(&f).unwrap_err().to_string();
         assert!(err.contains("holds no PEM private key"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

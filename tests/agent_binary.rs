@@ -35,8 +35,15 @@ fn profile(cp: &TestControlPlane, dir: &Path, password: &str) -> PathBuf {
 #[test]
 fn bad_profile_exits_64_with_the_exact_message() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_profile(dir.path(), "oic_URL=http://cp.example.com:80\nagent_GROUP_IDENTIFIER=G\noic_USER=u\noic_PASSWORD=secret-value\n");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let path = write_profile(
+        dir.path(),
+        "oic_URL=http://cp.example.com:80\nagent_GROUP_IDENTIFIER=G\noic_USER=u\noic_PASSWORD=secret-value\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -51,11 +58,20 @@ fn bad_profile_exits_64_with_the_exact_message() {
 
 #[test]
 fn missing_profile_exits_64_and_says_how_to_fix() {
-    let out = Command::new(BIN).args(["run", "--config", "/nonexistent/InstallerProfile.cfg"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", "/nonexistent/InstallerProfile.cfg"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("error: /nonexistent/InstallerProfile.cfg: cannot read the file"), "{stderr}");
-    assert!(stderr.contains("fix: create it from InstallerProfile.cfg.example"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: /nonexistent/InstallerProfile.cfg: cannot read the file"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fix: create it from InstallerProfile.cfg.example"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -63,11 +79,26 @@ async fn check_passes_every_step_against_a_live_control_plane() {
     let cp = TestControlPlane::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = profile(&cp, dir.path(), cp::PASSWORD);
-    let out = tokio::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for step in ["config", "DNS", "TCP", "TLS", "auth", "hello"] {
-        assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains(step)), "step {step} missing:\n{stdout}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(step)),
+            "step {step} missing:\n{stdout}"
+        );
     }
     assert!(stdout.ends_with("all checks passed\n"), "{stdout}");
     cp.stop().await;
@@ -78,21 +109,43 @@ async fn check_names_the_failing_step() {
     let cp = TestControlPlane::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = profile(&cp, dir.path(), "wrong-password");
-    let out = tokio::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let last = stdout.lines().last().unwrap();
-    assert!(last.starts_with("FAIL auth   the control plane refused the credentials (HTTP 401)"), "{stdout}");
+    assert!(
+        last.starts_with("FAIL auth   the control plane refused the credentials (HTTP 401)"),
+        "{stdout}"
+    );
 
     // Nothing listening: the TCP step fails.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&path).unwrap().replace(&cp.base_url(), &format!("https://127.0.0.1:{port}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&cp.base_url(), &format!("https://127.0.0.1:{port}"));
     let path = write_profile(dir.path(), &text);
-    let out = tokio::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let last = stdout.lines().last().unwrap();
-    assert!(last.starts_with(&format!("FAIL TCP    cannot connect to 127.0.0.1:{port}")), "{stdout}");
+    assert!(
+        last.starts_with(&format!("FAIL TCP    cannot connect to 127.0.0.1:{port}")),
+        "{stdout}"
+    );
     cp.stop().await;
 }
 
@@ -102,15 +155,27 @@ async fn refused_credentials_exit_78_without_retrying() {
     let dir = tempfile::tempdir().unwrap();
     let path = profile(&cp, dir.path(), "wrong-password");
     let started = Instant::now();
-    let out = tokio::time::timeout(WAIT, tokio::process::Command::new(BIN).args(["run", "--config"]).arg(&path).output())
-        .await
-        .expect("agent kept retrying refused credentials")
-        .unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .output(),
+    )
+    .await
+    .expect("agent kept retrying refused credentials")
+    .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(started.elapsed() < WAIT);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("the control plane refused the credentials (HTTP 401)"), "{stderr}");
-    assert!(!stderr.contains("wrong-password"), "secret in the log: {stderr}");
+    assert!(
+        stderr.contains("the control plane refused the credentials (HTTP 401)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-password"),
+        "secret in the log: {stderr}"
+    );
     cp.stop().await;
 }
 
@@ -130,7 +195,10 @@ async fn sigterm_stops_the_agent_within_the_drain_deadline() {
     let deadline = Instant::now() + WAIT;
     loop {
         let (_, body) = cp.console_get("/api/v1/agents").await;
-        if body["agents"].as_array().is_some_and(|a| a.iter().any(|a| a["state"] == "connected")) {
+        if body["agents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["state"] == "connected"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "agent never connected: {body}");
@@ -138,9 +206,18 @@ async fn sigterm_stops_the_agent_within_the_drain_deadline() {
     }
     let pid = child.id().unwrap();
     let stop_sent = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     // Drain deadline is 5 s in this profile.
-    let status = tokio::time::timeout(Duration::from_secs(6), child.wait()).await.expect("agent outlived its drain deadline").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(6), child.wait())
+        .await
+        .expect("agent outlived its drain deadline")
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(stop_sent.elapsed() < Duration::from_secs(6));
     // The control plane heard the goodbye: the agent is disconnected at once,

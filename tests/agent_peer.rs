@@ -6,7 +6,10 @@
 mod common;
 
 use common::tls::TestPki;
-use connectivity_agent::agent::{self, jobs::{JobHost, Outbound}};
+use connectivity_agent::agent::{
+    self,
+    jobs::{JobHost, Outbound},
+};
 use connectivity_agent::config::{self, Profile, SecretValues};
 use connectivity_agent::protocol::{self, AgentMessage, ControlMessage, JobSpec, PROTOCOL_VERSION};
 use futures_util::future::BoxFuture;
@@ -52,19 +55,31 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             let events = events.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
                 let _ = events.send("connected".into());
-                let Some(Ok(Message::Text(hello))) = ws.next().await else { return };
-                assert!(matches!(protocol::decode::<AgentMessage>(&hello), Ok(AgentMessage::Hello(_))));
+                let Some(Ok(Message::Text(hello))) = ws.next().await else {
+                    return;
+                };
+                assert!(matches!(
+                    protocol::decode::<AgentMessage>(&hello),
+                    Ok(AgentMessage::Hello(_))
+                ));
                 if let Behaviour::RefuseVersion = behaviour {
                     let no = ControlMessage::Rejected {
                         reason: connectivity_agent::protocol::RejectReason::VersionRefused,
-                        message: "protocol version 1 is not supported; this control plane speaks 2".into(),
+                        message: "protocol version 1 is not supported; this control plane speaks 2"
+                            .into(),
                     };
                     let _ = ws.send(Message::text(protocol::encode(&no))).await;
                     let _ = ws.close(None).await;
@@ -77,7 +92,9 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
                     heartbeat_timeout_ms: 400,
                     protocol_version: PROTOCOL_VERSION,
                 };
-                ws.send(Message::text(protocol::encode(&welcome))).await.unwrap();
+                ws.send(Message::text(protocol::encode(&welcome)))
+                    .await
+                    .unwrap();
                 match behaviour {
                     Behaviour::RefuseVersion => {}
                     Behaviour::Silent => {
@@ -87,8 +104,12 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
                     }
                     Behaviour::Garbage => {
                         ws.send(Message::text("{not json")).await.unwrap();
-                        ws.send(Message::text(r#"{"type":"self_destruct"}"#)).await.unwrap();
-                        ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+                        ws.send(Message::text(r#"{"type":"self_destruct"}"#))
+                            .await
+                            .unwrap();
+                        ws.send(Message::Binary(vec![1, 2, 3].into()))
+                            .await
+                            .unwrap();
                         loop {
                             tokio::select! {
                                 m = ws.next() => match m {
@@ -175,12 +196,23 @@ async fn garbage_from_the_peer_is_answered_and_the_session_goes_on() {
     let handle = tokio::spawn(async move { agent::run(cfg, &NoJobs, s).await });
     next_event(&mut rx, "connected").await;
     let seen = next_event(&mut rx, "protocol_error: malformed message").await;
-    let seen2 = next_event(&mut rx, "protocol_error: malformed message: unknown variant `self_destruct`").await;
-    let seen3 = next_event(&mut rx, "protocol_error: unexpected binary frame of 3 bytes").await;
+    let seen2 = next_event(
+        &mut rx,
+        "protocol_error: malformed message: unknown variant `self_destruct`",
+    )
+    .await;
+    let seen3 = next_event(
+        &mut rx,
+        "protocol_error: unexpected binary frame of 3 bytes",
+    )
+    .await;
     // Still alive: heartbeats keep coming after the garbage.
     next_event(&mut rx, "heartbeat").await;
     next_event(&mut rx, "heartbeat").await;
-    assert!(!handle.is_finished(), "agent stopped: {seen:?} {seen2:?} {seen3:?}");
+    assert!(
+        !handle.is_finished(),
+        "agent stopped: {seen:?} {seen2:?} {seen3:?}"
+    );
     stop.cancel();
     assert!(handle.await.unwrap().is_ok());
 }
@@ -192,10 +224,15 @@ async fn refused_protocol_version_stops_the_agent_for_good() {
     let port = fake_control_plane(&pki, Behaviour::RefuseVersion, tx).await;
     let state = tempfile::tempdir().unwrap();
     let cfg = config_for(&pki, port, state.path());
-    let result = tokio::time::timeout(Duration::from_secs(10), agent::run(cfg, &NoJobs, CancellationToken::new()))
-        .await
-        .expect("agent kept retrying a refused version");
-    let Err(agent::AgentError::Refused(msg)) = result else { panic!("expected a refusal, got {result:?}") };
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        agent::run(cfg, &NoJobs, CancellationToken::new()),
+    )
+    .await
+    .expect("agent kept retrying a refused version");
+    let Err(agent::AgentError::Refused(msg)) = result else {
+        panic!("expected a refusal, got {result:?}")
+    };
     assert_eq!(
         msg,
         "control plane refused the agent (VersionRefused): protocol version 1 is not supported; this control plane speaks 2"

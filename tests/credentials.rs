@@ -28,7 +28,11 @@ fn setup(text: &str) -> Setup {
     fs::write(&profile, text).unwrap();
     fs::set_permissions(&profile, fs::Permissions::from_mode(0o600)).unwrap();
     let state = dir.path().join("state");
-    Setup { _dir: dir, profile, state }
+    Setup {
+        _dir: dir,
+        profile,
+        state,
+    }
 }
 
 fn mode(p: &Path) -> u32 {
@@ -108,7 +112,10 @@ fn first_start_moves_secrets_and_keeps_every_other_byte_crlf_bom() {
     assert_eq!(mode(&s.state), 0o700);
     // No temporary file is left beside either file.
     assert_eq!(fs::read_dir(&s.state).unwrap().count(), 1);
-    assert_eq!(fs::read_dir(s.profile.parent().unwrap()).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_dir(s.profile.parent().unwrap()).unwrap().count(),
+        1
+    );
 }
 
 #[test]
@@ -126,7 +133,10 @@ fn first_start_lf_secret_on_last_line_without_newline() {
             moved_note("oic_CLIENT_SECRET", &report)
         )
     );
-    assert_eq!(fs::read_to_string(s.state.join(CREDENTIALS_FILE)).unwrap(), format!("{STORED_HEADER}oic_CLIENT_SECRET=csec\n"));
+    assert_eq!(
+        fs::read_to_string(s.state.join(CREDENTIALS_FILE)).unwrap(),
+        format!("{STORED_HEADER}oic_CLIENT_SECRET=csec\n")
+    );
 }
 
 #[test]
@@ -140,8 +150,15 @@ fn second_start_with_blank_values_changes_nothing() {
     let report = migrate(&s);
     assert!(report.moved.is_empty());
     assert_eq!(fs::read(&s.profile).unwrap(), profile_after_first);
-    assert_eq!(fs::read(s.state.join(CREDENTIALS_FILE)).unwrap(), stored_after_first);
-    assert_eq!(fs::metadata(&s.profile).unwrap().ino(), inode, "the profile was rewritten");
+    assert_eq!(
+        fs::read(s.state.join(CREDENTIALS_FILE)).unwrap(),
+        stored_after_first
+    );
+    assert_eq!(
+        fs::metadata(&s.profile).unwrap().ino(),
+        inode,
+        "the profile was rewritten"
+    );
 }
 
 #[test]
@@ -150,7 +167,11 @@ fn new_value_in_profile_rotates_the_stored_one() {
     let first = migrate(&s);
     // The operator writes a new password on the blanked line.
     let blanked = fs::read_to_string(&s.profile).unwrap();
-    fs::write(&s.profile, blanked.replace("oic_PASSWORD =  \r\n", "oic_PASSWORD=n3w\r\n")).unwrap();
+    fs::write(
+        &s.profile,
+        blanked.replace("oic_PASSWORD =  \r\n", "oic_PASSWORD=n3w\r\n"),
+    )
+    .unwrap();
 
     let second = migrate(&s);
     assert_eq!(second.moved, ["oic_PASSWORD"]);
@@ -162,14 +183,19 @@ fn new_value_in_profile_rotates_the_stored_one() {
     // One comment per secret, however often it is rotated.
     let expected = blanked
         .replace("oic_PASSWORD =  \r\n", "oic_PASSWORD=\r\n")
-        .replace(&moved_note("oic_PASSWORD", &first), &moved_note("oic_PASSWORD", &second));
+        .replace(
+            &moved_note("oic_PASSWORD", &first),
+            &moved_note("oic_PASSWORD", &second),
+        );
     assert_eq!(fs::read_to_string(&s.profile).unwrap(), expected);
     assert_eq!(expected.matches("# oic_PASSWORD moved to").count(), 1);
 
     let state = s.state.display().to_string();
     let env = move |k: &str| (k == "STATE_DIRECTORY").then(|| state.clone());
     let config = credentials::load_agent_config(&s.profile, &env).unwrap();
-    assert!(matches!(config.credentials, Credentials::Basic { ref password, .. } if password.expose() == "n3w"));
+    assert!(
+        matches!(config.credentials, Credentials::Basic { ref password, .. } if password.expose() == "n3w")
+    );
 }
 
 #[test]
@@ -178,8 +204,21 @@ fn load_agent_config_moves_secrets_then_reads_them_back() {
     let env = |k: &str| (k == "STATE_DIRECTORY").then(|| s.state.display().to_string());
 
     let config = credentials::load_agent_config(&s.profile, &env).unwrap();
-    assert!(matches!(&config.credentials, Credentials::Basic { user, password } if user == "agent" && password.expose() == "s3cret"));
-    assert_eq!(config.proxy.as_ref().unwrap().auth.as_ref().unwrap().1.expose(), "pp#not-a-comment");
+    assert!(
+        matches!(&config.credentials, Credentials::Basic { user, password } if user == "agent" && password.expose() == "s3cret")
+    );
+    assert_eq!(
+        config
+            .proxy
+            .as_ref()
+            .unwrap()
+            .auth
+            .as_ref()
+            .unwrap()
+            .1
+            .expose(),
+        "pp#not-a-comment"
+    );
     assert_eq!(config.state_dir, s.state);
     assert_eq!(
         config.warnings,
@@ -190,11 +229,16 @@ fn load_agent_config_moves_secrets_then_reads_them_back() {
         )]
     );
     let shown = format!("{config:?}");
-    assert!(!shown.contains("s3cret") && !shown.contains("pp#not"), "{shown}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("pp#not"),
+        "{shown}"
+    );
 
     // Second start: the profile has blanks, the stored file supplies them.
     let config = credentials::load_agent_config(&s.profile, &env).unwrap();
-    assert!(matches!(&config.credentials, Credentials::Basic { password, .. } if password.expose() == "s3cret"));
+    assert!(
+        matches!(&config.credentials, Credentials::Basic { password, .. } if password.expose() == "s3cret")
+    );
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     let profile = Profile::read(&s.profile).unwrap();
     let secrets = credentials::resolve(&profile, &s.state, &no_env).unwrap();
@@ -210,20 +254,34 @@ fn profile_readable_by_others_is_refused_with_the_fix() {
     let p = s.profile.display();
     assert_eq!(
         err.to_string(),
-        format!("{p}: is readable by other users (mode 0644); it holds secrets\n  fix: chmod 600 {p}")
+        format!(
+            "{p}: is readable by other users (mode 0644); it holds secrets\n  fix: chmod 600 {p}"
+        )
     );
-    assert_eq!(fs::read_to_string(&s.profile).unwrap(), CRLF_PROFILE, "nothing is moved before the check passes");
+    assert_eq!(
+        fs::read_to_string(&s.profile).unwrap(),
+        CRLF_PROFILE,
+        "nothing is moved before the check passes"
+    );
     assert!(!s.state.exists());
 
     fs::set_permissions(&s.profile, fs::Permissions::from_mode(0o620)).unwrap();
     assert_eq!(
-        credentials::check_permissions(&s.profile).unwrap_err().to_string(),
-        format!("{p}: is writable by other users (mode 0620); it holds secrets\n  fix: chmod 600 {p}")
+        credentials::check_permissions(&s.profile)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "{p}: is writable by other users (mode 0620); it holds secrets\n  fix: chmod 600 {p}"
+        )
     );
     fs::set_permissions(&s.profile, fs::Permissions::from_mode(0o666)).unwrap();
     assert_eq!(
-        credentials::check_permissions(&s.profile).unwrap_err().to_string(),
-        format!("{p}: is readable and writable by other users (mode 0666); it holds secrets\n  fix: chmod 600 {p}")
+        credentials::check_permissions(&s.profile)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "{p}: is readable and writable by other users (mode 0666); it holds secrets\n  fix: chmod 600 {p}"
+        )
     );
     fs::set_permissions(&s.profile, fs::Permissions::from_mode(0o400)).unwrap();
     credentials::check_permissions(&s.profile).unwrap();
@@ -238,7 +296,12 @@ fn credentials_file_readable_by_group_is_refused() {
     fs::set_permissions(&stored, fs::Permissions::from_mode(0o640)).unwrap();
     let err = credentials::load_agent_config(&s.profile, &env).unwrap_err();
     let p = stored.display();
-    assert_eq!(err.to_string(), format!("{p}: is readable by other users (mode 0640); it holds secrets\n  fix: chmod 600 {p}"));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{p}: is readable by other users (mode 0640); it holds secrets\n  fix: chmod 600 {p}"
+        )
+    );
 }
 
 #[test]
@@ -246,7 +309,11 @@ fn precedence_systemd_credential_then_env_then_profile_then_stored() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     fs::create_dir(&state).unwrap();
-    fs::write(state.join(CREDENTIALS_FILE), "oic_PASSWORD=stored\noic_CLIENT_SECRET=stored\nproxy_PASSWORD=stored\n").unwrap();
+    fs::write(
+        state.join(CREDENTIALS_FILE),
+        "oic_PASSWORD=stored\noic_CLIENT_SECRET=stored\nproxy_PASSWORD=stored\n",
+    )
+    .unwrap();
     let creds = dir.path().join("creds");
     fs::create_dir(&creds).unwrap();
     // As `echo secret > file` writes it: the line end is not part of the secret.
@@ -257,27 +324,48 @@ fn precedence_systemd_credential_then_env_then_profile_then_stored() {
         "oic_PASSWORD" | "oic_CLIENT_SECRET" => Some("from-env".to_owned()),
         _ => None,
     };
-    let profile = |text: &str| Profile::parse(&dir.path().join("InstallerProfile.cfg"), text.to_owned()).unwrap();
+    let profile = |text: &str| {
+        Profile::parse(&dir.path().join("InstallerProfile.cfg"), text.to_owned()).unwrap()
+    };
     let sources = |p: &Profile, env: &dyn Fn(&str) -> Option<String>| {
         let s = credentials::resolve(p, &state, env).unwrap();
-        ["oic_PASSWORD", "oic_CLIENT_SECRET", "proxy_PASSWORD"]
-            .map(|k| (s.get(k).map(|v| v.expose().to_owned()), s.source(k).map(str::to_owned)))
+        ["oic_PASSWORD", "oic_CLIENT_SECRET", "proxy_PASSWORD"].map(|k| {
+            (
+                s.get(k).map(|v| v.expose().to_owned()),
+                s.source(k).map(str::to_owned),
+            )
+        })
     };
     let v = |value: &str, source: &str| (Some(value.to_owned()), Some(source.to_owned()));
     let all_in_profile = profile("oic_PASSWORD=p1\noic_CLIENT_SECRET=p2\nproxy_PASSWORD=p3\n");
 
     assert_eq!(
         sources(&all_in_profile, &env),
-        [v("from-credential", "systemd credential"), v("from-env", "environment"), v("p3", "profile")]
+        [
+            v("from-credential", "systemd credential"),
+            v("from-env", "environment"),
+            v("p3", "profile")
+        ]
     );
     assert_eq!(
         sources(&profile("oic_PASSWORD=\n"), &env),
-        [v("from-credential", "systemd credential"), v("from-env", "environment"), v("stored", "credentials file")]
+        [
+            v("from-credential", "systemd credential"),
+            v("from-env", "environment"),
+            v("stored", "credentials file")
+        ]
     );
-    assert_eq!(sources(&all_in_profile, &no_env), [v("p1", "profile"), v("p2", "profile"), v("p3", "profile")]);
+    assert_eq!(
+        sources(&all_in_profile, &no_env),
+        [v("p1", "profile"), v("p2", "profile"), v("p3", "profile")]
+    );
     assert_eq!(
         sources(&profile(""), &no_env),
-        [v("stored", "credentials file"), v("stored", "credentials file"), v("stored", "credentials file")]
+        [
+            v("stored", "credentials file"),
+            v("stored", "credentials file"),
+            v("stored", "credentials file")
+        ]
     );
     // Empty credential files and environment variables count as unset.
     fs::write(creds.join("oic_PASSWORD"), "\n").unwrap();
@@ -287,12 +375,17 @@ fn precedence_systemd_credential_then_env_then_profile_then_stored() {
         "oic_PASSWORD" => Some(String::new()),
         _ => None,
     };
-    assert_eq!(sources(&profile(""), &empty_env)[0], v("stored", "credentials file"));
+    assert_eq!(
+        sources(&profile(""), &empty_env)[0],
+        v("stored", "credentials file")
+    );
 }
 
 #[test]
 fn a_shadowed_secret_is_reported_without_its_value_and_never_flips() {
-    let s = setup("oic_URL=https://cp.example.com:7443\nagent_GROUP_IDENTIFIER=G\noic_USER=agent\noic_PASSWORD=0ld-pw-zq\n");
+    let s = setup(
+        "oic_URL=https://cp.example.com:7443\nagent_GROUP_IDENTIFIER=G\noic_USER=agent\noic_PASSWORD=0ld-pw-zq\n",
+    );
     let creds = s.state.with_file_name("creds");
     fs::create_dir(&creds).unwrap();
     fs::write(creds.join("oic_PASSWORD"), "m4naged-zq").unwrap();
@@ -311,9 +404,18 @@ fn a_shadowed_secret_is_reported_without_its_value_and_never_flips() {
     // First start (the profile value is moved) and later starts agree.
     for start in 0..2 {
         let config = credentials::load_agent_config(&s.profile, &env).unwrap();
-        assert!(matches!(&config.credentials, Credentials::Basic { password, .. } if password.expose() == "m4naged-zq"));
+        assert!(
+            matches!(&config.credentials, Credentials::Basic { password, .. } if password.expose() == "m4naged-zq")
+        );
         assert_eq!(config.warnings.last(), Some(&shadowed), "start {start}");
-        assert!(!config.warnings.iter().any(|w| w.contains("0ld-pw-zq") || w.contains("m4naged-zq")), "{:?}", config.warnings);
+        assert!(
+            !config
+                .warnings
+                .iter()
+                .any(|w| w.contains("0ld-pw-zq") || w.contains("m4naged-zq")),
+            "{:?}",
+            config.warnings
+        );
     }
 }
 
@@ -326,11 +428,17 @@ fn unwritable_state_dir_keeps_secrets_in_profile_and_says_so() {
     let bad = bad_state.display().to_string();
     let env = move |k: &str| (k == "STATE_DIRECTORY").then(|| bad.clone());
     let config = credentials::load_agent_config(&s.profile, &env).unwrap();
-    assert!(matches!(&config.credentials, Credentials::Basic { password, .. } if password.expose() == "s3cret"));
+    assert!(
+        matches!(&config.credentials, Credentials::Basic { password, .. } if password.expose() == "s3cret")
+    );
     assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
     let w = &config.warnings[0];
     assert!(
-        w.starts_with(&format!("secrets stay in {} for now: cannot create directory {}: ", s.profile.display(), bad_state.display())),
+        w.starts_with(&format!(
+            "secrets stay in {} for now: cannot create directory {}: ",
+            s.profile.display(),
+            bad_state.display()
+        )),
         "{w}"
     );
     assert_eq!(fs::read_to_string(&s.profile).unwrap(), CRLF_PROFILE);

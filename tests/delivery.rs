@@ -31,7 +31,9 @@ fn options(ca: Option<&Path>) -> DeliveryOptions {
 }
 
 async fn open(dir: &Path) -> Delivery {
-    Delivery::open(Store::open_in(dir).await.unwrap(), options(None)).await.unwrap()
+    Delivery::open(Store::open_in(dir).await.unwrap(), options(None))
+        .await
+        .unwrap()
 }
 
 fn job(id: &str, sink: Value, value_format: &str) -> JobDefinition {
@@ -57,23 +59,45 @@ fn batch(job: &str, seq: u64, records: &[(i32, i64)]) -> Batch {
     let mut w = BatchWriter::new(job, seq, "USERS", 256);
     for &(p, o) in records {
         let value = format!("{{\"n\":{o}}}");
-        w.push(p, o, Some(1_700_000_000_000 + o), None, Some(value.as_bytes()), []);
+        w.push(
+            p,
+            o,
+            Some(1_700_000_000_000 + o),
+            None,
+            Some(value.as_bytes()),
+            [],
+        );
     }
     decode(w.finish()).unwrap()
 }
 
 fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn offsets(records: &[Value]) -> Vec<(i64, i64)> {
-    records.iter().map(|r| (r["partition"].as_i64().unwrap(), r["offset"].as_i64().unwrap())).collect()
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_i64().unwrap(),
+                r["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -119,17 +143,39 @@ impl Hook {
     }
     /// Records of the requests that were answered 2xx, in order.
     fn accepted_records(&self) -> Vec<Value> {
-        self.received().into_iter().filter(|r| r.accepted).flat_map(|r| r.body["records"].as_array().unwrap().clone()).collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.accepted)
+            .flat_map(|r| r.body["records"].as_array().unwrap().clone())
+            .collect()
     }
     async fn wait_requests(&self, n: usize) {
         let mut rx = self.state.count.subscribe();
-        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|c| *c >= n)).await.expect("webhook requests").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|c| *c >= n))
+            .await
+            .expect("webhook requests")
+            .unwrap();
     }
 }
 
-async fn handle(State(state): State<Arc<HookState>>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    let reply = state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.default.lock().unwrap().clone());
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+async fn handle(
+    State(state): State<Arc<HookState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| state.default.lock().unwrap().clone());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     assert_eq!(header("content-type"), "application/json");
     let (status, text) = match &reply {
         Reply::Status(s, t) => (*s, *t),
@@ -159,7 +205,9 @@ fn hook_state(script: Vec<Reply>) -> Arc<HookState> {
 }
 
 fn hook_app(state: Arc<HookState>) -> axum::Router {
-    axum::Router::new().route("/hook", axum::routing::post(handle)).with_state(state)
+    axum::Router::new()
+        .route("/hook", axum::routing::post(handle))
+        .with_state(state)
 }
 
 /// Plain HTTP webhook on 127.0.0.1:0 (allowed for loopback only).
@@ -178,12 +226,21 @@ async fn https_hook(dir: &Path) -> (Hook, std::path::PathBuf) {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
-    let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("hook.pem"), dir.join("hook.key"));
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("hook.pem"),
+        dir.join("hook.key"),
+    );
     std::fs::write(&ca_file, ca.pem()).unwrap();
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(connectivity_agent::tls::server_config(&cert_file, &key_file).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        connectivity_agent::tls::server_config(&cert_file, &key_file).unwrap(),
+    );
 
     let state = hook_state(vec![]);
     let app = hook_app(state.clone());
@@ -193,13 +250,19 @@ async fn https_hook(dir: &Path) -> (Hook, std::path::PathBuf) {
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    use tower_service::Service;
-                    let mut app = app.clone();
-                    async move { app.call(req.map(axum::body::Body::new)).await }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        use tower_service::Service;
+                        let mut app = app.clone();
+                        async move { app.call(req.map(axum::body::Body::new)).await }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
             });
         }
     });
@@ -213,14 +276,38 @@ async fn jsonl_sink_writes_exactly_the_expected_lines() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("users.jsonl");
     let d = open(dir.path()).await;
-    d.create_job(job("users", jsonl(&out), "raw")).await.unwrap();
+    d.create_job(job("users", jsonl(&out), "raw"))
+        .await
+        .unwrap();
 
     let mut w = BatchWriter::new("users", 1, "USERS", 256);
-    w.push(0, 0, Some(1_700_000_000_000), Some(b"1"), Some(br#"{"ID":1,"USERNAME":"jdoe"}"#), [("source", Some(&b"db"[..]))]);
-    w.push(0, 1, Some(1_700_000_000_001), Some(b"user-2"), Some(b"plain text"), []);
+    w.push(
+        0,
+        0,
+        Some(1_700_000_000_000),
+        Some(b"1"),
+        Some(br#"{"ID":1,"USERNAME":"jdoe"}"#),
+        [("source", Some(&b"db"[..]))],
+    );
+    w.push(
+        0,
+        1,
+        Some(1_700_000_000_001),
+        Some(b"user-2"),
+        Some(b"plain text"),
+        [],
+    );
     w.push(1, 0, None, None, Some(&[0xff, 0x00]), [("bin", None)]);
     let ack = d.deliver(decode(w.finish()).unwrap()).await.unwrap();
-    assert_eq!((ack.job_id.as_str(), ack.batch_seq, ack.delivered, ack.duplicates), ("users", 1, 3, 0));
+    assert_eq!(
+        (
+            ack.job_id.as_str(),
+            ack.batch_seq,
+            ack.delivered,
+            ack.duplicates
+        ),
+        ("users", 1, 3, 0)
+    );
 
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
@@ -235,7 +322,10 @@ async fn jsonl_sink_writes_exactly_the_expected_lines() {
         )
     );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     d.shutdown().await;
 }
 
@@ -244,7 +334,9 @@ async fn connect_payload_unwraps_a_users_record() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("users.jsonl");
     let d = open(dir.path()).await;
-    d.create_job(job("users", jsonl(&out), "connect_payload")).await.unwrap();
+    d.create_job(job("users", jsonl(&out), "connect_payload"))
+        .await
+        .unwrap();
     let value = concat!(
         r#"{"schema":{"type":"struct","fields":[{"type":"int32","optional":false,"field":"ID"},"#,
         r#"{"type":"string","optional":true,"field":"USERNAME"},{"type":"string","optional":true,"field":"FIRST_NAME"},"#,
@@ -265,7 +357,11 @@ async fn connect_payload_unwraps_a_users_record() {
         "{}",
         got[0]
     );
-    assert!(got[1].ends_with(r#","value":{"ID":2,"payload":"x"}}"#), "{}", got[1]);
+    assert!(
+        got[1].ends_with(r#","value":{"ID":2,"payload":"x"}}"#),
+        "{}",
+        got[1]
+    );
     d.shutdown().await;
 }
 
@@ -284,10 +380,20 @@ async fn same_batch_twice_reaches_the_sink_once_and_both_are_acked() {
     let mut again = b.clone();
     again.batch_seq = 7;
     let second = d.deliver(again).await.unwrap();
-    assert_eq!((second.batch_seq, second.delivered, second.duplicates), (7, 0, 3));
+    assert_eq!(
+        (second.batch_seq, second.delivered, second.duplicates),
+        (7, 0, 3)
+    );
     assert_eq!(offsets(&lines(&out)), vec![(0, 10), (0, 11), (1, 5)]);
     let stats = d.stats("j").unwrap();
-    assert_eq!((stats.records_delivered, stats.duplicates_dropped, stats.batches_acked), (3, 3, 2));
+    assert_eq!(
+        (
+            stats.records_delivered,
+            stats.duplicates_dropped,
+            stats.batches_acked
+        ),
+        (3, 3, 2)
+    );
     assert_eq!(stats.watermarks, [(0, 12), (1, 6)].into());
     d.shutdown().await;
 }
@@ -300,12 +406,34 @@ async fn overlapping_batches_from_two_agents_deliver_each_offset_once() {
     d.create_job(job("j", jsonl(&out), "raw")).await.unwrap();
     // Agent A delivers partition 0 up to offset 4, then the partition moves to
     // agent B, which starts from A's last commit (offset 2).
-    d.deliver(batch("j", 1, &[(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)])).await.unwrap();
-    let ack = d.deliver(batch("j", 1, &[(0, 2), (0, 3), (0, 4), (0, 5), (0, 6), (2, 0)])).await.unwrap();
+    d.deliver(batch("j", 1, &[(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]))
+        .await
+        .unwrap();
+    let ack = d
+        .deliver(batch(
+            "j",
+            1,
+            &[(0, 2), (0, 3), (0, 4), (0, 5), (0, 6), (2, 0)],
+        ))
+        .await
+        .unwrap();
     assert_eq!((ack.delivered, ack.duplicates), (3, 3));
     // A gap (compaction, transaction markers) is accepted.
     d.deliver(batch("j", 2, &[(0, 40)])).await.unwrap();
-    assert_eq!(offsets(&lines(&out)), vec![(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (0, 6), (2, 0), (0, 40)]);
+    assert_eq!(
+        offsets(&lines(&out)),
+        vec![
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (0, 3),
+            (0, 4),
+            (0, 5),
+            (0, 6),
+            (2, 0),
+            (0, 40)
+        ]
+    );
     d.shutdown().await;
 }
 
@@ -331,7 +459,10 @@ async fn watermarks_survive_a_restart() {
 
     // An explicit reset (replay) delivers again.
     d.reset_watermarks("j").await.unwrap();
-    assert_eq!(d.deliver(batch("j", 3, &[(0, 0)])).await.unwrap().delivered, 1);
+    assert_eq!(
+        d.deliver(batch("j", 3, &[(0, 0)])).await.unwrap().delivered,
+        1
+    );
     d.shutdown().await;
 }
 
@@ -341,10 +472,15 @@ async fn batches_of_a_job_reach_the_sink_in_arrival_order() {
     let out = dir.path().join("out.jsonl");
     let d = open(dir.path()).await;
     d.create_job(job("j", jsonl(&out), "raw")).await.unwrap();
-    let batches: Vec<Batch> = (0..20).map(|i| batch("j", i, &[(0, 2 * i as i64), (0, 2 * i as i64 + 1)])).collect();
+    let batches: Vec<Batch> = (0..20)
+        .map(|i| batch("j", i, &[(0, 2 * i as i64), (0, 2 * i as i64 + 1)]))
+        .collect();
     let acks = futures_util::future::join_all(batches.into_iter().map(|b| d.deliver(b))).await;
     assert!(acks.iter().all(|a| a.as_ref().unwrap().delivered == 2));
-    assert_eq!(offsets(&lines(&out)), (0..40).map(|o| (0, o)).collect::<Vec<_>>());
+    assert_eq!(
+        offsets(&lines(&out)),
+        (0..40).map(|o| (0, o)).collect::<Vec<_>>()
+    );
     d.shutdown().await;
 }
 
@@ -358,20 +494,36 @@ async fn webhook_503_twice_then_200_delivers_once() {
     let sink = json!({"kind": "webhook", "url": hook.url("http"), "headers": {"Authorization": "Bearer s3cret"}, "timeout_ms": 2000});
     d.create_job(job("j", sink, "raw")).await.unwrap();
 
-    let ack = d.deliver(batch("j", 1, &[(0, 5), (0, 6), (1, 0)])).await.unwrap();
+    let ack = d
+        .deliver(batch("j", 1, &[(0, 5), (0, 6), (1, 0)]))
+        .await
+        .unwrap();
     assert_eq!(ack.delivered, 3);
     let got = hook.received();
     assert_eq!(got.len(), 3);
-    assert!(got.iter().all(|r| r.idempotency_key == "j/USERS/0:5-6,1:0-0" && r.authorization == "Bearer s3cret"));
-    assert!(got.iter().all(|r| r.body == got[0].body), "every retry sends the same body");
+    assert!(
+        got.iter()
+            .all(|r| r.idempotency_key == "j/USERS/0:5-6,1:0-0"
+                && r.authorization == "Bearer s3cret")
+    );
+    assert!(
+        got.iter().all(|r| r.body == got[0].body),
+        "every retry sends the same body"
+    );
     assert_eq!(got[2].body["job_id"], "j");
-    assert_eq!(offsets(&hook.accepted_records()), vec![(0, 5), (0, 6), (1, 0)]);
+    assert_eq!(
+        offsets(&hook.accepted_records()),
+        vec![(0, 5), (0, 6), (1, 0)]
+    );
     assert_eq!(hook.accepted_records()[0]["value"], json!({"n": 5}));
 
     let stats = d.stats("j").unwrap();
     assert_eq!((stats.sink_errors, stats.sink_state), (2, SinkState::Ok));
     let last = stats.last_sink_error.unwrap();
-    assert_eq!(last.message, format!("webhook {} answered HTTP 503: busy", hook.url("http")));
+    assert_eq!(
+        last.message,
+        format!("webhook {} answered HTTP 503: busy", hook.url("http"))
+    );
     assert!(last.retryable);
     // The secret header never shows in the job's debug output.
     assert!(!format!("{:?}", d.job("j").unwrap()).contains("s3cret"));
@@ -383,7 +535,13 @@ async fn webhook_timeout_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let hook = http_hook(vec![Reply::Stall(Duration::from_secs(3))]).await;
     let d = open(dir.path()).await;
-    d.create_job(job("j", json!({"kind": "webhook", "url": hook.url("http"), "timeout_ms": 300}), "raw")).await.unwrap();
+    d.create_job(job(
+        "j",
+        json!({"kind": "webhook", "url": hook.url("http"), "timeout_ms": 300}),
+        "raw",
+    ))
+    .await
+    .unwrap();
 
     let ack = d.deliver(batch("j", 1, &[(0, 0)])).await.unwrap();
     assert_eq!(ack.delivered, 1);
@@ -392,7 +550,12 @@ async fn webhook_timeout_is_retried() {
     assert_eq!(got[0].idempotency_key, got[1].idempotency_key);
     let last = d.stats("j").unwrap().last_sink_error.unwrap();
     assert!(last.retryable);
-    assert!(last.message.starts_with(&format!("webhook {} unreachable: ", hook.url("http"))), "{}", last.message);
+    assert!(
+        last.message
+            .starts_with(&format!("webhook {} unreachable: ", hook.url("http"))),
+        "{}",
+        last.message
+    );
     assert!(last.message.contains("timed out"), "{}", last.message);
     d.shutdown().await;
 }
@@ -403,12 +566,22 @@ async fn webhook_400_is_a_permanent_error_but_nothing_is_skipped() {
     let hook = http_hook(vec![]).await;
     hook.set_default(Reply::Status(400, "missing field ID"));
     let d = open(dir.path()).await;
-    d.create_job(job("j", json!({"kind": "webhook", "url": hook.url("http")}), "raw")).await.unwrap();
+    d.create_job(job(
+        "j",
+        json!({"kind": "webhook", "url": hook.url("http")}),
+        "raw",
+    ))
+    .await
+    .unwrap();
 
     let d2 = d.clone();
     let both = tokio::spawn(async move {
         // Polled in order: batch 1 is queued before batch 2.
-        futures_util::future::join(d2.deliver(batch("j", 1, &[(0, 0), (0, 1)])), d2.deliver(batch("j", 2, &[(0, 2)]))).await
+        futures_util::future::join(
+            d2.deliver(batch("j", 1, &[(0, 0), (0, 1)])),
+            d2.deliver(batch("j", 2, &[(0, 2)])),
+        )
+        .await
     });
     hook.wait_requests(3).await;
     let stats = d.stats("j").unwrap();
@@ -416,17 +589,33 @@ async fn webhook_400_is_a_permanent_error_but_nothing_is_skipped() {
     assert!(stats.sink_errors >= 2);
     assert_eq!(stats.queued_batches, 1, "batch 2 waits behind batch 1");
     let last = stats.last_sink_error.unwrap();
-    assert_eq!(last.message, format!("webhook {} answered HTTP 400: missing field ID", hook.url("http")));
+    assert_eq!(
+        last.message,
+        format!(
+            "webhook {} answered HTTP 400: missing field ID",
+            hook.url("http")
+        )
+    );
     assert!(!last.retryable);
     assert!(!both.is_finished(), "a failed batch must not be acked");
     // Every attempt so far was batch 1: batch 2 never overtook it.
-    assert!(hook.received().iter().all(|r| r.idempotency_key == "j/USERS/0:0-1"));
+    assert!(
+        hook.received()
+            .iter()
+            .all(|r| r.idempotency_key == "j/USERS/0:0-1")
+    );
 
     // The receiver gets fixed: batch 1 then batch 2 arrive, nothing skipped.
     hook.set_default(Reply::Status(200, ""));
-    let (a, b) = tokio::time::timeout(Duration::from_secs(10), both).await.unwrap().unwrap();
+    let (a, b) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((a.unwrap().delivered, b.unwrap().delivered), (2, 1));
-    assert_eq!(offsets(&hook.accepted_records()), vec![(0, 0), (0, 1), (0, 2)]);
+    assert_eq!(
+        offsets(&hook.accepted_records()),
+        vec![(0, 0), (0, 1), (0, 2)]
+    );
     assert_eq!(d.stats("j").unwrap().sink_state, SinkState::Ok);
     d.shutdown().await;
 }
@@ -441,7 +630,11 @@ async fn fixing_the_sink_config_retries_the_stuck_batch_at_once() {
     let mut opts = options(None);
     opts.permanent_retry_interval = Duration::from_secs(3600);
     let d = Delivery::open(store, opts).await.unwrap();
-    let def = job("j", json!({"kind": "webhook", "url": broken.url("http"), "headers": {"X-Token": "t0k"}}), "raw");
+    let def = job(
+        "j",
+        json!({"kind": "webhook", "url": broken.url("http"), "headers": {"X-Token": "t0k"}}),
+        "raw",
+    );
     d.create_job(def.clone()).await.unwrap();
 
     let d2 = d.clone();
@@ -450,16 +643,25 @@ async fn fixing_the_sink_config_retries_the_stuck_batch_at_once() {
     // The console sends back the redacted view with only the URL changed;
     // the masked header value is restored from the stored job.
     let mut edited = def.redacted();
-    let connectivity_agent::delivery::SinkConfig::Webhook(w) = &mut edited.sink else { unreachable!() };
+    let connectivity_agent::delivery::SinkConfig::Webhook(w) = &mut edited.sink else {
+        unreachable!()
+    };
     w.url = good.url("http");
     edited.spec.security.sasl.as_mut().unwrap().password = "******".into();
     let up = d.put_job(edited).await.unwrap();
     assert!(!up.created && !up.watermarks_cleared);
-    let ack = tokio::time::timeout(Duration::from_secs(10), pending).await.unwrap().unwrap().unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ack.delivered, 1);
     assert_eq!(good.received()[0].body["records"][0]["offset"], 0);
     let stored = d.store().get_job("j").await.unwrap().unwrap().definition;
-    assert_eq!(stored.spec.security.sasl.unwrap().password.expose(), "auth-token");
+    assert_eq!(
+        stored.spec.security.sasl.unwrap().password.expose(),
+        "auth-token"
+    );
     d.shutdown().await;
 }
 
@@ -470,21 +672,47 @@ async fn webhook_over_https_with_a_private_ca() {
     let sink = json!({"kind": "webhook", "url": hook.url("https"), "headers": {"Authorization": "Bearer s3cret"}});
 
     // Without the CA the certificate is refused: retried, never accepted.
-    let untrusting = Delivery::open(Store::open(dir.path().join("a.db")).await.unwrap(), options(None)).await.unwrap();
-    untrusting.create_job(job("j", sink.clone(), "raw")).await.unwrap();
+    let untrusting = Delivery::open(
+        Store::open(dir.path().join("a.db")).await.unwrap(),
+        options(None),
+    )
+    .await
+    .unwrap();
+    untrusting
+        .create_job(job("j", sink.clone(), "raw"))
+        .await
+        .unwrap();
     let u2 = untrusting.clone();
     let pending = tokio::spawn(async move { u2.deliver(batch("j", 1, &[(0, 0)])).await });
-    wait_until("a TLS failure", || untrusting.stats("j").unwrap().sink_errors >= 1).await;
+    wait_until("a TLS failure", || {
+        untrusting.stats("j").unwrap().sink_errors >= 1
+    })
+    .await;
     let last = untrusting.stats("j").unwrap().last_sink_error.unwrap();
-    assert!(last.retryable && last.message.contains("certificate"), "{}", last.message);
+    assert!(
+        last.retryable && last.message.contains("certificate"),
+        "{}",
+        last.message
+    );
     untrusting.shutdown().await;
-    assert!(matches!(pending.await.unwrap(), Err(DeliveryError::ShuttingDown { .. })));
+    assert!(matches!(
+        pending.await.unwrap(),
+        Err(DeliveryError::ShuttingDown { .. })
+    ));
     assert!(hook.received().is_empty());
 
     // With it: delivered.
-    let d = Delivery::open(Store::open(dir.path().join("b.db")).await.unwrap(), options(Some(&ca))).await.unwrap();
+    let d = Delivery::open(
+        Store::open(dir.path().join("b.db")).await.unwrap(),
+        options(Some(&ca)),
+    )
+    .await
+    .unwrap();
     d.create_job(job("j", sink, "raw")).await.unwrap();
-    assert_eq!(d.deliver(batch("j", 1, &[(0, 0)])).await.unwrap().delivered, 1);
+    assert_eq!(
+        d.deliver(batch("j", 1, &[(0, 0)])).await.unwrap().delivered,
+        1
+    );
     assert_eq!(hook.received()[0].authorization, "Bearer s3cret");
     d.shutdown().await;
 }
@@ -496,7 +724,11 @@ async fn bad_jobs_and_batches_are_refused_with_the_exact_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = open(dir.path()).await;
 
-    let mut bad = job("j", json!({"kind": "webhook", "url": "http://hooks.example.com/x"}), "raw");
+    let mut bad = job(
+        "j",
+        json!({"kind": "webhook", "url": "http://hooks.example.com/x"}),
+        "raw",
+    );
     bad.spec.topic.clear();
     let err = d.create_job(bad).await.unwrap_err();
     assert_eq!(
@@ -507,12 +739,27 @@ async fn bad_jobs_and_batches_are_refused_with_the_exact_error() {
 
     let out = dir.path().join("out.jsonl");
     d.create_job(job("a", jsonl(&out), "raw")).await.unwrap();
-    assert!(matches!(d.create_job(job("a", jsonl(&out), "raw")).await, Err(AdminError::AlreadyExists { .. })));
-    let err = d.create_job(job("b", jsonl(&out), "raw")).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("sink.path {:?} is already used by job \"a\"; give each job its own file", out.display().to_string()));
+    assert!(matches!(
+        d.create_job(job("a", jsonl(&out), "raw")).await,
+        Err(AdminError::AlreadyExists { .. })
+    ));
+    let err = d
+        .create_job(job("b", jsonl(&out), "raw"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "sink.path {:?} is already used by job \"a\"; give each job its own file",
+            out.display().to_string()
+        )
+    );
 
     let err = d.deliver(batch("nope", 4, &[(0, 0)])).await.unwrap_err();
-    assert_eq!(err.to_string(), "batch 4 is for unknown job \"nope\" (deleted or never created)");
+    assert_eq!(
+        err.to_string(),
+        "batch 4 is for unknown job \"nope\" (deleted or never created)"
+    );
     let mut wrong = batch("a", 5, &[(0, 0)]);
     wrong.topic = "ORDERS".into();
     assert_eq!(
@@ -520,7 +767,10 @@ async fn bad_jobs_and_batches_are_refused_with_the_exact_error() {
         "batch 5 of job \"a\" is from topic \"ORDERS\" but the job consumes \"USERS\"; the agent runs an outdated job definition"
     );
     assert_eq!(
-        d.deliver(batch("a", 6, &[(0, -1)])).await.unwrap_err().to_string(),
+        d.deliver(batch("a", 6, &[(0, -1)]))
+            .await
+            .unwrap_err()
+            .to_string(),
         "batch 6 of job \"a\" holds a record with a negative offset"
     );
 
@@ -529,7 +779,10 @@ async fn bad_jobs_and_batches_are_refused_with_the_exact_error() {
     assert!(d.job("a").unwrap().definition.paused);
     d.delete_job("a").await.unwrap();
     assert!(d.store().watermarks("a").await.unwrap().is_empty());
-    assert!(matches!(d.deliver(batch("a", 8, &[(0, 1)])).await, Err(DeliveryError::UnknownJob { .. })));
+    assert!(matches!(
+        d.deliver(batch("a", 8, &[(0, 1)])).await,
+        Err(DeliveryError::UnknownJob { .. })
+    ));
     d.shutdown().await;
 }
 
@@ -560,7 +813,13 @@ async fn measure_jsonl_fsync_cost() {
     for fsync in [false, true] {
         let id = format!("fsync-{fsync}");
         let out = dir.path().join(format!("{id}.jsonl"));
-        d.create_job(job(&id, json!({"kind": "jsonl", "path": out, "fsync": fsync}), "raw")).await.unwrap();
+        d.create_job(job(
+            &id,
+            json!({"kind": "jsonl", "path": out, "fsync": fsync}),
+            "raw",
+        ))
+        .await
+        .unwrap();
         let start = std::time::Instant::now();
         let n = 200;
         for i in 0..n {

@@ -16,18 +16,30 @@ async fn demo_delivers_users_rows_to_the_sink() {
     .expect("demo did not finish")
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with("partition")).collect();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("partition"))
+        .collect();
     assert!(rows.len() >= 5, "{stdout}");
     // The sink got the Kafka Connect payload only, not the envelope.
     for row in &rows {
-        assert!(row.contains("\"USERNAME\"") && !row.contains("\"schema\""), "{row}");
+        assert!(
+            row.contains("\"USERNAME\"") && !row.contains("\"schema\""),
+            "{row}"
+        );
     }
     let mut ids: Vec<u64> = rows
         .iter()
         .map(|r| {
             let json = &r[r.find('{').unwrap()..];
-            serde_json::from_str::<serde_json::Value>(json).unwrap()["ID"].as_u64().unwrap()
+            serde_json::from_str::<serde_json::Value>(json).unwrap()["ID"]
+                .as_u64()
+                .unwrap()
         })
         .collect();
     ids.sort();

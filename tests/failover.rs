@@ -24,7 +24,13 @@ fn holders(view: &Value) -> Vec<(String, BTreeSet<i64>)> {
         .into_iter()
         .filter(|a| a["agent_state"] == "connected" && a["phase"] == "running")
         .map(|a| {
-            let parts = a["partitions"].as_array().cloned().unwrap_or_default().iter().filter_map(|p| p["partition"].as_i64()).collect();
+            let parts = a["partitions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p["partition"].as_i64())
+                .collect();
             (a["agent_id"].as_str().unwrap_or_default().to_owned(), parts)
         })
         .filter(|(_, p): &(String, BTreeSet<i64>)| !p.is_empty())
@@ -157,19 +163,27 @@ async fn agent_that_loses_only_its_session_gives_up_its_partitions_after_the_gra
     let relay = Cuttable::start(t.cp.addr).await;
     let cut_state = t.dir.path().join("cut");
     std::fs::create_dir_all(&cut_state).unwrap();
-    let text = t.profile_text(&cut_state).replace(&t.cp.base_url(), &format!("https://127.0.0.1:{}", relay.port));
-    let profile = connectivity_agent::config::Profile::parse(std::path::Path::new("cut.cfg"), text).unwrap();
+    let text = t.profile_text(&cut_state).replace(
+        &t.cp.base_url(),
+        &format!("https://127.0.0.1:{}", relay.port),
+    );
+    let profile =
+        connectivity_agent::config::Profile::parse(std::path::Path::new("cut.cfg"), text).unwrap();
     let secrets = connectivity_agent::config::SecretValues::from_profile(&profile);
     let cfg = connectivity_agent::config::validate(&profile, &secrets, &|_| None).unwrap();
     let grace = cfg.session_grace;
     let cut_stop = tokio_util::sync::CancellationToken::new();
     let s = cut_stop.clone();
-    let cut_agent = tokio::spawn(async move { connectivity_agent::agent::runner::run_agent(cfg, s).await });
+    let cut_agent =
+        tokio::spawn(async move { connectivity_agent::agent::runner::run_agent(cfg, s).await });
 
     let stays = t.spawn_agent("stays");
     t.create_job(&t.job("cut", &topic)).await;
     wait_split(&t, "cut").await;
-    let stays_id = std::fs::read_to_string(t.dir.path().join("stays").join("agent-id")).unwrap().trim().to_owned();
+    let stays_id = std::fs::read_to_string(t.dir.path().join("stays").join("agent-id"))
+        .unwrap()
+        .trim()
+        .to_owned();
 
     relay.cut();
     let cut_at = Instant::now();
@@ -177,15 +191,24 @@ async fn agent_that_loses_only_its_session_gives_up_its_partitions_after_the_gra
     // must stop fetching and, after the grace, leave the group.
     let moved_in = wait_single_holder(&t, "cut", &stays_id, cut_at).await;
     eprintln!("partitions moved {moved_in:?} after the session was cut (grace {grace:?})");
-    assert!(moved_in >= grace, "partitions moved before the grace ended: {moved_in:?}");
-    assert!(moved_in < FAILOVER_LIMIT + grace, "failover took {moved_in:?}");
+    assert!(
+        moved_in >= grace,
+        "partitions moved before the grace ended: {moved_in:?}"
+    );
+    assert!(
+        moved_in < FAILOVER_LIMIT + grace,
+        "failover took {moved_in:?}"
+    );
 
     let more = numbered(300, 300);
     let at_more = produce(&t.broker, &topic, &more).await;
     produced.extend(positions(&more, &at_more));
     let got = t.wait_records("cut", produced.len()).await;
     assert_exactly_once_in_order(&got, &produced);
-    assert!(!cut_agent.is_finished(), "the cut agent must keep retrying, not stop");
+    assert!(
+        !cut_agent.is_finished(),
+        "the cut agent must keep retrying, not stop"
+    );
     cut_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), cut_agent).await;
     stays.stop().await;

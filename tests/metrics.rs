@@ -16,7 +16,11 @@ async fn get(url: &str) -> (u16, String) {
 }
 
 fn value_of(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -26,18 +30,27 @@ async fn agent_serves_metrics_and_health() {
     kafka::create_topic(&t.broker, &topic, 2).await;
     produce(&t.broker, &topic, &numbered(0, 200)).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let state = t.dir.path().join("agent");
     std::fs::create_dir_all(&state).unwrap();
     let mut cfg = t.agent_config(&state);
     cfg.metrics_address = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
-    let agent = tokio::spawn(async move { connectivity_agent::agent::runner::run_agent(cfg, s).await });
+    let agent =
+        tokio::spawn(async move { connectivity_agent::agent::runner::run_agent(cfg, s).await });
 
     t.create_job(&t.job("m", &topic)).await;
     let mut bad = t.job("unreachable", &topic);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     bad["spec"]["bootstrap_servers"] = format!("127.0.0.1:{closed}").into();
     t.create_job(&bad).await;
     t.wait_records("m", 200).await;
@@ -48,21 +61,59 @@ async fn agent_serves_metrics_and_health() {
         let (status, body) = get(&format!("{base}/metrics")).await;
         let committed: f64 = body
             .lines()
-            .filter(|l| l.starts_with("connectivity_agent_partition_committed_offset{") && l.contains("job=\"m\""))
+            .filter(|l| {
+                l.starts_with("connectivity_agent_partition_committed_offset{")
+                    && l.contains("job=\"m\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         // Lag needs the high watermark, from librdkafka statistics every 5 s.
-        if status == 200 && committed >= 200.0 && body.contains("class=\"tcp\"") && body.contains("connectivity_agent_partition_lag{") {
+        if status == 200
+            && committed >= 200.0
+            && body.contains("class=\"tcp\"")
+            && body.contains("connectivity_agent_partition_lag{")
+        {
             break body;
         }
-        assert!(Instant::now() < deadline, "metrics never showed the relay:\n{body}");
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the relay:\n{body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(value_of(&metrics, "connectivity_agent_session_connected "), Some(1.0), "{metrics}");
-    assert_eq!(value_of(&metrics, "connectivity_agent_job_records_relayed{job=\"m\"}"), Some(200.0), "{metrics}");
-    assert!(value_of(&metrics, "connectivity_agent_batch_round_trip_seconds_count{job=\"m\"}").unwrap_or(0.0) >= 1.0, "{metrics}");
-    assert!(metrics.lines().any(|l| l.starts_with("connectivity_agent_job_errors_total{") && l.contains("job=\"unreachable\"")), "{metrics}");
-    assert!(metrics.contains("connectivity_agent_partition_lag{"), "{metrics}");
+    assert_eq!(
+        value_of(&metrics, "connectivity_agent_session_connected "),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value_of(
+            &metrics,
+            "connectivity_agent_job_records_relayed{job=\"m\"}"
+        ),
+        Some(200.0),
+        "{metrics}"
+    );
+    assert!(
+        value_of(
+            &metrics,
+            "connectivity_agent_batch_round_trip_seconds_count{job=\"m\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("connectivity_agent_job_errors_total{")
+                && l.contains("job=\"unreachable\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("connectivity_agent_partition_lag{"),
+        "{metrics}"
+    );
     let (status, body) = get(&format!("{base}/healthz")).await;
     assert_eq!((status, body.as_str()), (200, "ok: session established\n"));
 
@@ -74,7 +125,10 @@ async fn agent_serves_metrics_and_health() {
         if status == 503 {
             break;
         }
-        assert!(Instant::now() < deadline, "healthz stayed {status} without a session");
+        assert!(
+            Instant::now() < deadline,
+            "healthz stayed {status} without a session"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();

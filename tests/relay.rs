@@ -9,8 +9,8 @@ use common::kafka::{self, TestBroker};
 use connectivity_agent::allowlist::AllowList;
 use connectivity_agent::protocol::batch::{self, Batch};
 use connectivity_agent::protocol::job::{
-    ErrorClass, JobPhase, JobSpec, JobState, Partitions, Sasl, SaslMechanism, Security, SecurityProtocol,
-    StartPosition, Truststore, TruststoreFormat,
+    ErrorClass, JobPhase, JobSpec, JobState, Partitions, Sasl, SaslMechanism, Security,
+    SecurityProtocol, StartPosition, Truststore, TruststoreFormat,
 };
 use connectivity_agent::relay::{self, JobHandle, Jobs, Outbound, RelaySettings};
 use connectivity_agent::secret::Secret;
@@ -60,7 +60,10 @@ fn spec(id: &str, bootstrap: &str, topic: &str, group: &str) -> JobSpec {
         max_wait_ms: 50,
         window: 8,
         session_timeout_ms: 6000,
-        security: Security { protocol: SecurityProtocol::Plaintext, ..Default::default() },
+        security: Security {
+            protocol: SecurityProtocol::Plaintext,
+            ..Default::default()
+        },
     }
 }
 
@@ -73,14 +76,26 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn new(rx: mpsc::Receiver<Outbound>) -> Self {
-        ControlPlane { rx, stash: VecDeque::new(), states: HashMap::new() }
+        ControlPlane {
+            rx,
+            stash: VecDeque::new(),
+            states: HashMap::new(),
+        }
     }
 
     fn take(&mut self, o: Outbound) {
         match o {
-            Outbound::Batch { job_id, batch_seq, frame } => {
+            Outbound::Batch {
+                job_id,
+                batch_seq,
+                frame,
+            } => {
                 let b = batch::decode(frame).expect("a valid batch frame");
-                assert_eq!((b.job_id.as_str(), b.batch_seq), (job_id.as_str(), batch_seq), "frame header matches");
+                assert_eq!(
+                    (b.job_id.as_str(), b.batch_seq),
+                    (job_id.as_str(), batch_seq),
+                    "frame header matches"
+                );
                 self.stash.push_back(b);
             }
             Outbound::State(s) => {
@@ -104,7 +119,12 @@ impl ControlPlane {
     }
 
     /// Wait for a state of `job` matching `pred` (batches are stashed).
-    async fn state(&mut self, job: &str, within: Duration, pred: impl Fn(&JobState) -> bool) -> JobState {
+    async fn state(
+        &mut self,
+        job: &str,
+        within: Duration,
+        pred: impl Fn(&JobState) -> bool,
+    ) -> JobState {
         let end = tokio::time::Instant::now() + within;
         loop {
             if let Some(s) = self.states.get(job).filter(|s| pred(s)) {
@@ -112,7 +132,10 @@ impl ControlPlane {
             }
             match tokio::time::timeout_at(end, self.rx.recv()).await {
                 Ok(Some(o)) => self.take(o),
-                _ => panic!("no matching state of {job} within {within:?}; last: {:#?}", self.states.get(job)),
+                _ => panic!(
+                    "no matching state of {job} within {within:?}; last: {:#?}",
+                    self.states.get(job)
+                ),
             }
         }
     }
@@ -133,9 +156,17 @@ type Seeded = BTreeMap<(i32, i64), (Vec<u8>, Vec<u8>)>;
 /// Produce `n` keyed JSON records; returns (partition, offset) -> (key, value).
 async fn seed(b: &TestBroker, topic: &str, from: usize, n: usize) -> Seeded {
     let owned: Vec<(Vec<u8>, Vec<u8>)> = (from..from + n)
-        .map(|i| (format!("key-{i}").into_bytes(), format!(r#"{{"schema":{{}},"payload":{{"ID":{i}}}}}"#).into_bytes()))
+        .map(|i| {
+            (
+                format!("key-{i}").into_bytes(),
+                format!(r#"{{"schema":{{}},"payload":{{"ID":{i}}}}}"#).into_bytes(),
+            )
+        })
         .collect();
-    let recs: Vec<(Option<&[u8]>, &[u8])> = owned.iter().map(|(k, v)| (Some(k.as_slice()), v.as_slice())).collect();
+    let recs: Vec<(Option<&[u8]>, &[u8])> = owned
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), v.as_slice()))
+        .collect();
     let delivered = kafka::produce(b, topic, &recs).await;
     delivered.into_iter().zip(owned).collect()
 }
@@ -154,10 +185,12 @@ async fn committed(b: &TestBroker, group: &str, topic: &str, n: i32) -> Vec<i64>
         }
         let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
         (0..n)
-            .map(|p| match got.find_partition(&topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1,
-            })
+            .map(
+                |p| match got.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                },
+            )
             .collect()
     })
     .await
@@ -172,7 +205,10 @@ async fn wait_committed(b: &TestBroker, group: &str, topic: &str, want: &[i64]) 
         if got == want {
             return;
         }
-        assert!(Instant::now() < end, "committed offsets {got:?}, want {want:?}");
+        assert!(
+            Instant::now() < end,
+            "committed offsets {got:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -180,33 +216,53 @@ async fn wait_committed(b: &TestBroker, group: &str, topic: &str, want: &[i64]) 
 /// Next offset per partition after the seeded records.
 fn highs(seeded: &Seeded, partitions: i32) -> Vec<i64> {
     (0..partitions)
-        .map(|p| seeded.keys().filter(|(q, _)| *q == p).map(|(_, o)| o + 1).max().unwrap_or(0))
+        .map(|p| {
+            seeded
+                .keys()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, o)| o + 1)
+                .max()
+                .unwrap_or(0)
+        })
         .collect()
 }
 
 /// Receive and ack (in pairs, swapped: out of order) until `n` records
 /// arrived; checks every record against what was produced, no duplicates,
 /// offsets in order per partition. Returns the batches seen.
-async fn deliver_all(
-    cp: &mut ControlPlane,
-    ack: impl Fn(u64),
-    seeded: &Seeded,
-    n: usize,
-) -> usize {
+async fn deliver_all(cp: &mut ControlPlane, ack: impl Fn(u64), seeded: &Seeded, n: usize) -> usize {
     let mut seen: BTreeMap<(i32, i64), ()> = BTreeMap::new();
     let mut last: HashMap<i32, i64> = HashMap::new();
     let mut held: Option<u64> = None;
     let mut batches = 0;
     while seen.len() < n {
-        let b = cp.batch(WAIT).await.unwrap_or_else(|| panic!("only {} of {n} records arrived", seen.len()));
+        let b = cp
+            .batch(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("only {} of {n} records arrived", seen.len()));
         batches += 1;
         for r in &b.records {
-            let (k, v) = seeded.get(&(r.partition, r.offset)).expect("a produced record");
-            assert_eq!((r.key.as_deref(), r.value.as_deref()), (Some(k.as_slice()), Some(v.as_slice())));
+            let (k, v) = seeded
+                .get(&(r.partition, r.offset))
+                .expect("a produced record");
+            assert_eq!(
+                (r.key.as_deref(), r.value.as_deref()),
+                (Some(k.as_slice()), Some(v.as_slice()))
+            );
             assert!(r.timestamp.is_some());
-            assert!(seen.insert((r.partition, r.offset), ()).is_none(), "duplicate {}/{}", r.partition, r.offset);
+            assert!(
+                seen.insert((r.partition, r.offset), ()).is_none(),
+                "duplicate {}/{}",
+                r.partition,
+                r.offset
+            );
             let prev = last.insert(r.partition, r.offset).unwrap_or(-1);
-            assert!(r.offset > prev, "partition {} went from {prev} to {}", r.partition, r.offset);
+            assert!(
+                r.offset > prev,
+                "partition {} went from {prev} to {}",
+                r.partition,
+                r.offset
+            );
         }
         match held.take() {
             None => held = Some(b.batch_seq),
@@ -224,7 +280,13 @@ async fn deliver_all(
 
 fn spawn(spec: JobSpec) -> (JobHandle, ControlPlane, mpsc::Sender<Outbound>) {
     let (tx, rx) = mpsc::channel(16);
-    let h = relay::spawn(spec, &allow(), settings(), tx.clone(), CancellationToken::new());
+    let h = relay::spawn(
+        spec,
+        &allow(),
+        settings(),
+        tx.clone(),
+        CancellationToken::new(),
+    );
     (h, ControlPlane::new(rx), tx)
 }
 
@@ -236,7 +298,10 @@ async fn plaintext_three_partitions_thousand_records_all_delivered_and_committed
     kafka::create_topic(&b, &topic, 3).await;
     let seeded = seed(&b, &topic, 0, 1000).await;
     let want = highs(&seeded, 3);
-    assert!(want.iter().all(|h| *h > 100), "keys spread over partitions: {want:?}");
+    assert!(
+        want.iter().all(|h| *h > 100),
+        "keys spread over partitions: {want:?}"
+    );
     let group = kafka::unique_topic("group-a");
 
     let started = Instant::now();
@@ -249,7 +314,11 @@ async fn plaintext_three_partitions_thousand_records_all_delivered_and_committed
         started.elapsed()
     );
 
-    let s = cp.state("a", WAIT, |s| s.batches_acked as usize == batches && s.partitions.iter().all(|p| p.committed >= 0)).await;
+    let s = cp
+        .state("a", WAIT, |s| {
+            s.batches_acked as usize == batches && s.partitions.iter().all(|p| p.committed >= 0)
+        })
+        .await;
     assert_eq!(s.phase, JobPhase::Running);
     assert_eq!(s.records_relayed, 1000);
     let acked: Vec<i64> = s.partitions.iter().map(|p| p.acked).collect();
@@ -265,14 +334,21 @@ async fn run_secure(b: &TestBroker, prefix: &str, security: Security) {
     kafka::create_topic(b, &topic, 1).await;
     let seeded = seed(b, &topic, 0, 25).await;
     let group = kafka::unique_topic("group-sec");
-    let (h, mut cp, _tx) = spawn(JobSpec { security, ..spec(prefix, &b.sasl_ssl, &topic, &group) });
+    let (h, mut cp, _tx) = spawn(JobSpec {
+        security,
+        ..spec(prefix, &b.sasl_ssl, &topic, &group)
+    });
     deliver_all(&mut cp, |s| h.ack(s), &seeded, 25).await;
     wait_committed(b, &group, &topic, &[25]).await;
     h.drain(Duration::from_secs(10)).await;
 }
 
 fn sasl(b: &TestBroker, mechanism: SaslMechanism, password: &str) -> Option<Sasl> {
-    Some(Sasl { mechanism, username: b.sasl_user.clone(), password: Secret::new(password) })
+    Some(Sasl {
+        mechanism,
+        username: b.sasl_user.clone(),
+        password: Secret::new(password),
+    })
 }
 
 fn b64_file(p: &std::path::Path) -> Secret {
@@ -338,7 +414,10 @@ async fn withheld_ack_holds_the_commit_and_a_restart_redelivers_from_the_gap() {
     kafka::create_topic(&b, &topic, 1).await;
     let seeded = seed(&b, &topic, 0, 30).await;
     let group = kafka::unique_topic("group-gap");
-    let job = JobSpec { max_records: 10, ..spec("gap", &b.plaintext, &topic, &group) };
+    let job = JobSpec {
+        max_records: 10,
+        ..spec("gap", &b.plaintext, &topic, &group)
+    };
 
     let (h, mut cp, _tx) = spawn(job.clone());
     let mut got = Vec::new();
@@ -354,8 +433,16 @@ async fn withheld_ack_holds_the_commit_and_a_restart_redelivers_from_the_gap() {
     }
     wait_committed(&b, &group, &topic, &[gap_start]).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(committed(&b, &group, &topic, 1).await, vec![gap_start], "nothing past the gap is committed");
-    let s = cp.state("gap", WAIT, |s| s.partitions.first().is_some_and(|p| p.relayed == 30)).await;
+    assert_eq!(
+        committed(&b, &group, &topic, 1).await,
+        vec![gap_start],
+        "nothing past the gap is committed"
+    );
+    let s = cp
+        .state("gap", WAIT, |s| {
+            s.partitions.first().is_some_and(|p| p.relayed == 30)
+        })
+        .await;
     assert_eq!(s.partitions[0].acked, gap_start);
     // Stop without the missing ack (the drain deadline passes).
     h.drain(Duration::from_secs(1)).await;
@@ -363,8 +450,11 @@ async fn withheld_ack_holds_the_commit_and_a_restart_redelivers_from_the_gap() {
 
     // A new job in the same group starts at the gap: the unacked records come again.
     let (h, mut cp, _tx) = spawn(job);
-    let again: Seeded =
-        seeded.iter().filter(|((_, o), _)| *o >= gap_start).map(|(k, v)| (*k, v.clone())).collect();
+    let again: Seeded = seeded
+        .iter()
+        .filter(|((_, o), _)| *o >= gap_start)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
     let first = cp.batch(WAIT).await.expect("redelivery");
     assert_eq!(first.records[0].offset, gap_start);
     cp.stash.push_front(first);
@@ -381,20 +471,35 @@ async fn a_full_window_stops_fetching_until_an_ack_frees_a_slot() {
     kafka::create_topic(&b, &topic, 1).await;
     let seeded = seed(&b, &topic, 0, 60).await;
     let group = kafka::unique_topic("group-window");
-    let (h, mut cp, _tx) = spawn(JobSpec { max_records: 5, window: 2, ..spec("w", &b.plaintext, &topic, &group) });
+    let (h, mut cp, _tx) = spawn(JobSpec {
+        max_records: 5,
+        window: 2,
+        ..spec("w", &b.plaintext, &topic, &group)
+    });
 
     let b1 = cp.batch(WAIT).await.expect("batch 1");
     let b2 = cp.batch(WAIT).await.expect("batch 2");
     assert_eq!((b1.records.len(), b2.records.len()), (5, 5));
     let extra = cp.quiet_for(Duration::from_secs(3)).await;
-    assert!(extra.is_empty(), "{} batches beyond the window of 2", extra.len());
+    assert!(
+        extra.is_empty(),
+        "{} batches beyond the window of 2",
+        extra.len()
+    );
     let s = cp.state("w", WAIT, |_| true).await;
-    assert!(s.partitions[0].fetched <= 20, "fetching paused while full: {:?}", s.partitions);
+    assert!(
+        s.partitions[0].fetched <= 20,
+        "fetching paused while full: {:?}",
+        s.partitions
+    );
 
     h.ack(b2.batch_seq);
     let b3 = cp.batch(WAIT).await.expect("batch 3 after an ack");
     assert_eq!(b3.records[0].offset, 10);
-    assert!(cp.quiet_for(Duration::from_secs(2)).await.is_empty(), "one ack frees one slot");
+    assert!(
+        cp.quiet_for(Duration::from_secs(2)).await.is_empty(),
+        "one ack frees one slot"
+    );
     // The out-of-order ack did not commit past batch 1.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(committed(&b, &group, &topic, 1).await, vec![-1]);
@@ -417,19 +522,37 @@ async fn a_lone_record_goes_out_at_once_and_records_gather_while_the_window_is_f
     let group = kafka::unique_topic("group-eager");
     // max_wait_ms of two minutes: only "send when nothing else is waiting"
     // gets the record out within the wait below.
-    let (h, mut cp, _tx) = spawn(JobSpec { max_wait_ms: 120_000, window: 1, ..spec("e", &b.plaintext, &topic, &group) });
-    let b1 = cp.batch(Duration::from_secs(20)).await.expect("a lone record is sent without waiting for max_wait_ms");
+    let (h, mut cp, _tx) = spawn(JobSpec {
+        max_wait_ms: 120_000,
+        window: 1,
+        ..spec("e", &b.plaintext, &topic, &group)
+    });
+    let b1 = cp
+        .batch(Duration::from_secs(20))
+        .await
+        .expect("a lone record is sent without waiting for max_wait_ms");
     assert_eq!(b1.records.len(), 1);
 
     // The window (1 batch) is full: what is produced now waits, then goes
     // out as one batch as soon as the ack frees the window.
     seed(&b, &topic, 1, 30).await;
     let extra = cp.quiet_for(Duration::from_secs(3)).await;
-    assert!(extra.is_empty(), "{} batches beyond the window of 1", extra.len());
+    assert!(
+        extra.is_empty(),
+        "{} batches beyond the window of 1",
+        extra.len()
+    );
     h.ack(b1.batch_seq);
-    let b2 = cp.batch(Duration::from_secs(20)).await.expect("the waiting records are sent when the ack frees the window");
+    let b2 = cp
+        .batch(Duration::from_secs(20))
+        .await
+        .expect("the waiting records are sent when the ack frees the window");
     let offsets: Vec<i64> = b2.records.iter().map(|r| r.offset).collect();
-    assert_eq!(offsets, (1..31).collect::<Vec<i64>>(), "one batch with every waiting record");
+    assert_eq!(
+        offsets,
+        (1..31).collect::<Vec<i64>>(),
+        "one batch with every waiting record"
+    );
     h.ack(b2.batch_seq);
     wait_committed(&b, &group, &topic, &[31]).await;
     h.drain(Duration::from_secs(10)).await;
@@ -458,10 +581,20 @@ async fn wrong_password_fails_as_sasl_while_another_job_keeps_working() {
             }),
             ..Default::default()
         },
-        ..spec("bad", &b.sasl_ssl, &topic, &kafka::unique_topic("group-bad"))
+        ..spec(
+            "bad",
+            &b.sasl_ssl,
+            &topic,
+            &kafka::unique_topic("group-bad"),
+        )
     };
     jobs.assign(bad);
-    jobs.assign(spec("good", &b.plaintext, &topic, &kafka::unique_topic("group-good")));
+    jobs.assign(spec(
+        "good",
+        &b.plaintext,
+        &topic,
+        &kafka::unique_topic("group-good"),
+    ));
 
     let started = Instant::now();
     let s = cp.state("bad", WAIT, |s| s.phase == JobPhase::Failed).await;
@@ -469,7 +602,10 @@ async fn wrong_password_fails_as_sasl_while_another_job_keeps_working() {
     let e = s.error.unwrap();
     assert_eq!(e.class, ErrorClass::Sasl);
     assert!(
-        e.message.starts_with(&format!("the stream endpoint {} rejected user \"alice\" with SASL PLAIN (librdkafka: ", b.sasl_ssl)),
+        e.message.starts_with(&format!(
+            "the stream endpoint {} rejected user \"alice\" with SASL PLAIN (librdkafka: ",
+            b.sasl_ssl
+        )),
         "{}",
         e.message
     );
@@ -480,7 +616,14 @@ async fn wrong_password_fails_as_sasl_while_another_job_keeps_working() {
 
     deliver_all(&mut cp, |s| jobs.ack("good", s), &seeded, 40).await;
     // Still failing (retried with backoff), never delivered anything.
-    assert_eq!(jobs.states().iter().find(|s| s.job_id == "bad").unwrap().records_relayed, 0);
+    assert_eq!(
+        jobs.states()
+            .iter()
+            .find(|s| s.job_id == "bad")
+            .unwrap()
+            .records_relayed,
+        0
+    );
     assert_eq!(jobs.job_ids(), vec!["bad".to_string(), "good".to_string()]);
     jobs.drain_all(Duration::from_secs(5)).await;
 }
@@ -502,13 +645,25 @@ async fn untrusted_certificate_fails_as_tls() {
             }),
             ..Default::default()
         },
-        ..spec("badca", &b.sasl_ssl, &topic, &kafka::unique_topic("group-badca"))
+        ..spec(
+            "badca",
+            &b.sasl_ssl,
+            &topic,
+            &kafka::unique_topic("group-badca"),
+        )
     };
     let (h, mut cp, _tx) = spawn(job);
-    let s = cp.state("badca", WAIT, |s| s.phase == JobPhase::Failed).await;
+    let s = cp
+        .state("badca", WAIT, |s| s.phase == JobPhase::Failed)
+        .await;
     let e = s.error.unwrap();
     assert_eq!(e.class, ErrorClass::Tls, "{}", e.message);
-    assert!(e.message.contains("its certificate is not signed by a CA in the truststore"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("its certificate is not signed by a CA in the truststore"),
+        "{}",
+        e.message
+    );
     h.drain(Duration::from_secs(2)).await;
 }
 
@@ -517,11 +672,25 @@ async fn missing_topic_fails_as_topic_missing() {
     logs();
     let b = kafka::broker();
     let topic = kafka::unique_topic("relay-nothere");
-    let (h, mut cp, _tx) = spawn(spec("missing", &b.plaintext, &topic, &kafka::unique_topic("group-m")));
-    let s = cp.state("missing", WAIT, |s| s.phase == JobPhase::Failed).await;
+    let (h, mut cp, _tx) = spawn(spec(
+        "missing",
+        &b.plaintext,
+        &topic,
+        &kafka::unique_topic("group-m"),
+    ));
+    let s = cp
+        .state("missing", WAIT, |s| s.phase == JobPhase::Failed)
+        .await;
     let e = s.error.unwrap();
     assert_eq!(e.class, ErrorClass::TopicMissing);
-    assert!(e.message.starts_with(&format!("topic {topic:?} does not exist on {}", b.plaintext)), "{}", e.message);
+    assert!(
+        e.message.starts_with(&format!(
+            "topic {topic:?} does not exist on {}",
+            b.plaintext
+        )),
+        "{}",
+        e.message
+    );
     h.drain(Duration::from_secs(2)).await;
 }
 
@@ -532,7 +701,13 @@ async fn endpoint_outside_the_allow_list_is_refused() {
     let (tx, rx) = mpsc::channel(16);
     let mut cp = ControlPlane::new(rx);
     let only = AllowList::parse("kafka.internal:9092").unwrap();
-    let h = relay::spawn(spec("na", &b.plaintext, "t", "g"), &only, settings(), tx, CancellationToken::new());
+    let h = relay::spawn(
+        spec("na", &b.plaintext, "t", "g"),
+        &only,
+        settings(),
+        tx,
+        CancellationToken::new(),
+    );
     let s = cp.state("na", WAIT, |s| s.phase == JobPhase::Failed).await;
     let e = s.error.unwrap();
     assert_eq!(e.class, ErrorClass::NotAllowed);
@@ -555,7 +730,11 @@ async fn session_restored_within_grace_resends_unacked_batches_in_order() {
     kafka::create_topic(&b, &topic, 1).await;
     let seeded = seed(&b, &topic, 0, 30).await;
     let group = kafka::unique_topic("group-resend");
-    let (h, mut cp, _tx) = spawn(JobSpec { max_records: 10, window: 3, ..spec("r", &b.plaintext, &topic, &group) });
+    let (h, mut cp, _tx) = spawn(JobSpec {
+        max_records: 10,
+        window: 3,
+        ..spec("r", &b.plaintext, &topic, &group)
+    });
     let mut first = Vec::new();
     for _ in 0..3 {
         first.push(cp.batch(WAIT).await.expect("batch"));
@@ -569,8 +748,14 @@ async fn session_restored_within_grace_resends_unacked_batches_in_order() {
     let mut cp2 = ControlPlane::new(rx2);
     let r1 = cp2.batch(WAIT).await.expect("resent batch");
     let r2 = cp2.batch(WAIT).await.expect("resent batch");
-    assert_eq!((r1.batch_seq, r2.batch_seq), (first[1].batch_seq, first[2].batch_seq));
-    assert_eq!((r1.records.clone(), r2.records.clone()), (first[1].records.clone(), first[2].records.clone()));
+    assert_eq!(
+        (r1.batch_seq, r2.batch_seq),
+        (first[1].batch_seq, first[2].batch_seq)
+    );
+    assert_eq!(
+        (r1.records.clone(), r2.records.clone()),
+        (first[1].records.clone(), first[2].records.clone())
+    );
     h.ack(r1.batch_seq);
     h.ack(r2.batch_seq);
     wait_committed(&b, &group, &topic, &[30]).await;
@@ -597,7 +782,10 @@ async fn session_lost_past_grace_leaves_the_group_and_rejoins_on_restore() {
     // Past the grace (2 s) the job commits and leaves: a new member of the
     // group gets *both* partitions (with the job still in, it would get one).
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(cp.quiet_for(Duration::from_millis(100)).await.is_empty(), "nothing sent without a session");
+    assert!(
+        cp.quiet_for(Duration::from_millis(100)).await.is_empty(),
+        "nothing sent without a session"
+    );
     let mut cfg = b.plaintext_config();
     cfg.set("group.id", &group)
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -608,8 +796,14 @@ async fn session_lost_past_grace_leaves_the_group_and_rejoins_on_restore() {
     let mut got = 0;
     let end = tokio::time::Instant::now() + WAIT;
     while got < more.len() {
-        let m = tokio::time::timeout_at(end, other.recv()).await.expect("the other member reads").unwrap();
-        assert!(more.contains_key(&(m.partition(), m.offset())), "starts from the committed offsets");
+        let m = tokio::time::timeout_at(end, other.recv())
+            .await
+            .expect("the other member reads")
+            .unwrap();
+        assert!(
+            more.contains_key(&(m.partition(), m.offset())),
+            "starts from the committed offsets"
+        );
         got += 1;
     }
     assert_eq!(other.assignment().unwrap().count(), 2);
@@ -641,21 +835,35 @@ async fn listed_partition_with_an_explicit_start_offset() {
         ..spec("list", &b.plaintext, &topic, &group)
     };
     let (h, mut cp, _tx) = spawn(job);
-    let want: BTreeMap<_, _> = seeded.iter().filter(|((p, o), _)| *p == 1 && *o >= 5).map(|(k, v)| (*k, v.clone())).collect();
+    let want: BTreeMap<_, _> = seeded
+        .iter()
+        .filter(|((p, o), _)| *p == 1 && *o >= 5)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
     let first = cp.batch(WAIT).await.expect("a batch");
-    assert_eq!((first.records[0].partition, first.records[0].offset), (1, 5));
+    assert_eq!(
+        (first.records[0].partition, first.records[0].offset),
+        (1, 5)
+    );
     cp.stash.push_front(first);
     deliver_all(&mut cp, |s| h.ack(s), &want, want.len()).await;
     let high = highs(&seeded, 3)[1];
     wait_committed(&b, &group, &topic, &[-1, high, -1]).await;
     h.drain(Duration::from_secs(10)).await;
 
-    let job = JobSpec { partitions: Partitions::List(vec![7]), ..spec("list7", &b.plaintext, &topic, &group) };
+    let job = JobSpec {
+        partitions: Partitions::List(vec![7]),
+        ..spec("list7", &b.plaintext, &topic, &group)
+    };
     let (h, mut cp, _tx) = spawn(job);
-    let s = cp.state("list7", WAIT, |s| s.phase == JobPhase::Failed).await;
+    let s = cp
+        .state("list7", WAIT, |s| s.phase == JobPhase::Failed)
+        .await;
     assert_eq!(
         s.error.unwrap().message,
-        format!("partition 7 does not exist: topic {topic:?} has 3 partitions (0..=2); fix the job's partitions")
+        format!(
+            "partition 7 does not exist: topic {topic:?} has 3 partitions (0..=2); fix the job's partitions"
+        )
     );
     h.drain(Duration::from_secs(2)).await;
 }
@@ -670,14 +878,23 @@ async fn unreachable_broker_fails_as_tcp_and_is_retried() {
     let bootstrap = format!("127.0.0.1:{port}");
     let started = Instant::now();
     let (h, mut cp, _tx) = spawn(spec("down", &bootstrap, "t", "g"));
-    let s = cp.state("down", WAIT, |s| s.phase == JobPhase::Failed).await;
+    let s = cp
+        .state("down", WAIT, |s| s.phase == JobPhase::Failed)
+        .await;
     eprintln!("unreachable broker reported after {:?}", started.elapsed());
     let e = s.error.unwrap();
     assert_eq!(e.class, ErrorClass::Tcp, "{}", e.message);
-    assert!(e.message.starts_with(&format!("{bootstrap} refused the connection (librdkafka: ")), "{}", e.message);
+    assert!(
+        e.message
+            .starts_with(&format!("{bootstrap} refused the connection (librdkafka: ")),
+        "{}",
+        e.message
+    );
     // Retried: it goes back to Starting (keeping the last error) and fails again.
-    cp.state("down", WAIT, |s| s.phase == JobPhase::Starting).await;
-    cp.state("down", WAIT, |s| s.phase == JobPhase::Failed).await;
+    cp.state("down", WAIT, |s| s.phase == JobPhase::Starting)
+        .await;
+    cp.state("down", WAIT, |s| s.phase == JobPhase::Failed)
+        .await;
     h.drain(Duration::from_secs(2)).await;
 }
 
@@ -694,7 +911,10 @@ async fn pause_stops_fetching_and_resume_continues() {
     h.pause();
     cp.state("p", WAIT, |s| s.phase == JobPhase::Paused).await;
     let more = seed(&b, &topic, 10, 10).await;
-    assert!(cp.quiet_for(Duration::from_secs(2)).await.is_empty(), "paused: nothing fetched");
+    assert!(
+        cp.quiet_for(Duration::from_secs(2)).await.is_empty(),
+        "paused: nothing fetched"
+    );
     h.resume();
     deliver_all(&mut cp, |s| h.ack(s), &more, 10).await;
     assert_eq!(h.state().phase, JobPhase::Running);
@@ -714,8 +934,17 @@ async fn rebalance_commits_the_revoked_partition_so_the_new_owner_starts_after_t
     // No periodic commits: only the commit on revoke can tell the new owner
     // where to start.
     let (tx, rx) = mpsc::channel(16);
-    let no_auto = RelaySettings { commit_interval: Duration::from_secs(3600), ..settings() };
-    let h = relay::spawn(spec("rb", &b.plaintext, &topic, &group), &allow(), no_auto, tx, CancellationToken::new());
+    let no_auto = RelaySettings {
+        commit_interval: Duration::from_secs(3600),
+        ..settings()
+    };
+    let h = relay::spawn(
+        spec("rb", &b.plaintext, &topic, &group),
+        &allow(),
+        no_auto,
+        tx,
+        CancellationToken::new(),
+    );
     let mut cp = ControlPlane::new(rx);
     deliver_all(&mut cp, |s| h.ack(s), &seeded, 40).await;
 
@@ -739,19 +968,32 @@ async fn rebalance_commits_the_revoked_partition_so_the_new_owner_starts_after_t
 
     // Scoped: a message still alive would keep the consumer from closing.
     let (moved, offset) = {
-        let m = tokio::time::timeout_at(end, other.recv()).await.expect("the new member reads").unwrap();
+        let m = tokio::time::timeout_at(end, other.recv())
+            .await
+            .expect("the new member reads")
+            .unwrap();
         (m.partition(), m.offset())
     };
-    assert_eq!(offset, first[moved as usize], "starts right after the records the job had acked: none lost, none repeated");
+    assert_eq!(
+        offset, first[moved as usize],
+        "starts right after the records the job had acked: none lost, none repeated"
+    );
     let mut other_got = 1;
     let want_other = more.keys().filter(|(p, _)| *p == moved).count();
     while other_got < want_other {
-        let m = tokio::time::timeout_at(end, other.recv()).await.expect("more").unwrap();
+        let m = tokio::time::timeout_at(end, other.recv())
+            .await
+            .expect("more")
+            .unwrap();
         assert_eq!(m.partition(), moved);
         other_got += 1;
     }
     // The job keeps the other partition and relays only that one.
-    let kept: Seeded = more.iter().filter(|((p, _), _)| *p != moved).map(|(k, v)| (*k, v.clone())).collect();
+    let kept: Seeded = more
+        .iter()
+        .filter(|((p, _), _)| *p != moved)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
     deliver_all(&mut cp, |s| h.ack(s), &kept, kept.len()).await;
     let s = cp.state("rb", WAIT, |s| s.partitions.len() == 1).await;
     assert_eq!(s.partitions[0].partition, 1 - moved);

@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::e2e::{self, E2e, agents, assert_exactly_once_in_order, committed_reached, counts, numbered, positions, produce, read_jsonl};
+use common::e2e::{
+    self, E2e, agents, assert_exactly_once_in_order, committed_reached, counts, numbered,
+    positions, produce, read_jsonl,
+};
 use common::kafka::{self, path_str};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -32,7 +35,11 @@ async fn every_record_of_a_multi_partition_topic_arrives_once_in_order_across_tw
     let records = numbered(0, 300);
     let at = produce(&t.broker, &topic, &records).await;
     let ends = counts(&at);
-    assert_eq!(ends.len(), 3, "the keys spread the records over every partition: {ends:?}");
+    assert_eq!(
+        ends.len(),
+        3,
+        "the keys spread the records over every partition: {ends:?}"
+    );
 
     let a = t.spawn_agent("agent-a");
     let b = t.spawn_agent("agent-b");
@@ -44,10 +51,20 @@ async fn every_record_of_a_multi_partition_topic_arrives_once_in_order_across_tw
     // Both agents run the job as members of one consumer group: Kafka
     // gives each a share of the partitions, and the offsets get committed.
     let view = t
-        .wait_job("multi", "both agents holding partitions, everything committed", |v| {
-            let holders = agents(v).iter().filter(|a| a["phase"] == "running" && a["partitions"].as_array().is_some_and(|p| !p.is_empty())).count();
-            holders == 2 && committed_reached(v, &ends)
-        })
+        .wait_job(
+            "multi",
+            "both agents holding partitions, everything committed",
+            |v| {
+                let holders = agents(v)
+                    .iter()
+                    .filter(|a| {
+                        a["phase"] == "running"
+                            && a["partitions"].as_array().is_some_and(|p| !p.is_empty())
+                    })
+                    .count();
+                holders == 2 && committed_reached(v, &ends)
+            },
+        )
         .await;
     assert_eq!(view["delivery"]["records_delivered"], 300, "{view:#}");
     assert_eq!(view["delivery"]["sink_state"], "ok");
@@ -80,18 +97,33 @@ async fn start_positions_earliest_latest_and_explicit_offsets() {
     // earliest: everything. explicit: partition 0 from offset 5, partition 1
     // (not listed) from the beginning.
     assert_exactly_once_in_order(&t.wait_records("earliest", 40).await, &all);
-    let from_five: BTreeMap<(i32, i64), Value> = all.iter().filter(|((p, o), _)| *p != 0 || *o >= 5).map(|(k, v)| (*k, v.clone())).collect();
-    assert_exactly_once_in_order(&t.wait_records("explicit", from_five.len()).await, &from_five);
+    let from_five: BTreeMap<(i32, i64), Value> = all
+        .iter()
+        .filter(|((p, o), _)| *p != 0 || *o >= 5)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    assert_exactly_once_in_order(
+        &t.wait_records("explicit", from_five.len()).await,
+        &from_five,
+    );
 
     // latest: nothing from before it joined; what comes after arrives. When
     // the consumer's position is fixed is not observable from outside, so
     // keep producing until something arrives, then check.
-    t.wait_job("latest", "running with its partitions", |v| agents(v).iter().any(|a| a["phase"] == "running" && a["partitions"].as_array().is_some_and(|p| p.len() == 2))).await;
+    t.wait_job("latest", "running with its partitions", |v| {
+        agents(v).iter().any(|a| {
+            a["phase"] == "running" && a["partitions"].as_array().is_some_and(|p| p.len() == 2)
+        })
+    })
+    .await;
     let mut after = Vec::new();
     let mut after_at = Vec::new();
     let deadline = Instant::now() + e2e::E2E_WAIT;
     while read_jsonl(&t.sink_path("latest")).is_empty() {
-        assert!(Instant::now() < deadline, "nothing produced after the job started reached the latest job");
+        assert!(
+            Instant::now() < deadline,
+            "nothing produced after the job started reached the latest job"
+        );
         let batch = numbered(1000 + after.len(), 4);
         after_at.extend(produce(&t.broker, &topic, &batch).await);
         after.extend(batch);
@@ -106,14 +138,24 @@ async fn start_positions_earliest_latest_and_explicit_offsets() {
         if last_20_in {
             break got;
         }
-        assert!(Instant::now() < deadline, "the records produced last did not all arrive: {} lines", got.len());
+        assert!(
+            Instant::now() < deadline,
+            "the records produced last did not all arrive: {} lines",
+            got.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(got.iter().all(|r| r["value"]["n"].as_u64().is_some_and(|n| n >= 1000)), "the latest job got records from before it started");
+    assert!(
+        got.iter()
+            .all(|r| r["value"]["n"].as_u64().is_some_and(|n| n >= 1000)),
+        "the latest job got records from before it started"
+    );
     // Markers produced before its position was fixed may be skipped (that
     // is what latest means); the rest arrives once, in order.
-    let arrived: BTreeMap<(i32, i64), Value> =
-        positions(&after, &after_at).into_iter().filter(|((p, o), _)| more_arrived(&got, &[(*p, *o)])).collect();
+    let arrived: BTreeMap<(i32, i64), Value> = positions(&after, &after_at)
+        .into_iter()
+        .filter(|((p, o), _)| more_arrived(&got, &[(*p, *o)]))
+        .collect();
     assert_exactly_once_in_order(&got, &arrived);
     agent.stop().await;
     t.cp.stop().await;
@@ -121,7 +163,10 @@ async fn start_positions_earliest_latest_and_explicit_offsets() {
 }
 
 fn more_arrived(got: &[Value], at: &[(i32, i64)]) -> bool {
-    at.iter().all(|(p, o)| got.iter().any(|r| r["partition"].as_i64() == Some(*p as i64) && r["offset"].as_i64() == Some(*o)))
+    at.iter().all(|(p, o)| {
+        got.iter()
+            .any(|r| r["partition"].as_i64() == Some(*p as i64) && r["offset"].as_i64() == Some(*o))
+    })
 }
 
 #[tokio::test]
@@ -134,7 +179,10 @@ async fn a_restarted_agent_resumes_its_consumer_group_without_redelivery() {
     let agent = t.spawn_agent("agent");
     t.create_job(&t.job("resume", &topic)).await;
     t.wait_records("resume", 100).await;
-    t.wait_job("resume", "offsets committed", |v| committed_reached(v, &counts(&first_at))).await;
+    t.wait_job("resume", "offsets committed", |v| {
+        committed_reached(v, &counts(&first_at))
+    })
+    .await;
     agent.stop().await;
 
     let second = numbered(100, 60);
@@ -148,7 +196,9 @@ async fn a_restarted_agent_resumes_its_consumer_group_without_redelivery() {
     for (p, n) in counts(&second_at) {
         *ends.entry(p).or_default() += n;
     }
-    let view = t.wait_job("resume", "all committed", |v| committed_reached(v, &ends)).await;
+    let view = t
+        .wait_job("resume", "all committed", |v| committed_reached(v, &ends))
+        .await;
     // The agent started from the committed offsets: the control plane's
     // duplicate filter had nothing to drop.
     assert_eq!(view["delivery"]["duplicates_dropped"], 0, "{view:#}");
@@ -172,31 +222,58 @@ async fn pause_resume_and_edit_through_the_console_lose_and_repeat_nothing() {
 
     // Pause: the agent drains, commits and stops; the job stays defined.
     let (status, view) = t.cp.console("POST", "/api/v1/jobs/pause/pause", None).await;
-    assert_eq!((status, &view["definition"]["paused"]), (200, &Value::Bool(true)));
-    t.wait_job("pause", "the agent stopped the job", |v| !agents(v).is_empty() && agents(v).iter().all(|a| a["phase"] == "stopped")).await;
-    let group = view["definition"]["spec"]["consumer_group"].as_str().unwrap().to_owned();
-    assert_eq!(e2e::kafka_committed(&t.broker, &group, &topic, 2).await, counts(&at), "a paused job has committed everything it relayed");
+    assert_eq!(
+        (status, &view["definition"]["paused"]),
+        (200, &Value::Bool(true))
+    );
+    t.wait_job("pause", "the agent stopped the job", |v| {
+        !agents(v).is_empty() && agents(v).iter().all(|a| a["phase"] == "stopped")
+    })
+    .await;
+    let group = view["definition"]["spec"]["consumer_group"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        e2e::kafka_committed(&t.broker, &group, &topic, 2).await,
+        counts(&at),
+        "a paused job has committed everything it relayed"
+    );
     let more = numbered(80, 40);
     at.extend(produce(&t.broker, &topic, &more).await);
     records.extend(more);
 
     // Resume, then edit (smaller batches): the agent restarts the job from
     // the committed offsets each time.
-    assert_eq!(t.cp.console("POST", "/api/v1/jobs/pause/resume", None).await.0, 200);
+    assert_eq!(
+        t.cp.console("POST", "/api/v1/jobs/pause/resume", None)
+            .await
+            .0,
+        200
+    );
     t.wait_records("pause", 120).await;
     let (_, view) = t.cp.console("GET", "/api/v1/jobs/pause", None).await;
     let mut edited = view["definition"].clone();
     edited["spec"]["max_records"] = 5.into();
-    let (status, body) = t.cp.console("PUT", "/api/v1/jobs/pause", Some(&edited)).await;
+    let (status, body) =
+        t.cp.console("PUT", "/api/v1/jobs/pause", Some(&edited))
+            .await;
     assert_eq!(status, 200, "{body}");
     let last = numbered(120, 30);
     at.extend(produce(&t.broker, &topic, &last).await);
     records.extend(last);
     let got = t.wait_records("pause", 150).await;
     assert_exactly_once_in_order(&got, &positions(&records, &at));
-    let view = t.wait_job("pause", "all committed", |v| committed_reached(v, &counts(&at))).await;
+    let view = t
+        .wait_job("pause", "all committed", |v| {
+            committed_reached(v, &counts(&at))
+        })
+        .await;
     assert_eq!(view["delivery"]["records_delivered"], 150);
-    eprintln!("duplicates dropped by the control plane across pause, resume and edit: {}", view["delivery"]["duplicates_dropped"]);
+    eprintln!(
+        "duplicates dropped by the control plane across pause, resume and edit: {}",
+        view["delivery"]["duplicates_dropped"]
+    );
     agent.stop().await;
     t.cp.stop().await;
     eprintln!("took {:?}", started.elapsed());
@@ -208,23 +285,48 @@ async fn pause_resume_and_edit_through_the_console_lose_and_repeat_nothing() {
 /// `storetype` adds `-storetype <it>`; without it, keytool since Java 9
 /// writes PKCS#12 whatever the file is called.
 fn seed_truststore(dir: &Path, sasl_ssl: &str, storetype: Option<&str>) -> Vec<u8> {
-    let port = sasl_ssl.rsplit_once(':').map(|(_, p)| p).expect("host:port");
-    let storetype = storetype.map(|t| format!(" -storetype {t}")).unwrap_or_default();
+    let port = sasl_ssl
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .expect("host:port");
+    let storetype = storetype
+        .map(|t| format!(" -storetype {t}"))
+        .unwrap_or_default();
     let script = format!(
         "rm -f app_streaming_truststore.jks && \
          openssl s_client -connect localhost:{port} </dev/null 2>/dev/null | sed -ne '/-BEGIN CERTIFICATE-/,/-END CERTIFICATE-/p' > app-streaming.cert && \
          keytool -keystore app_streaming_truststore.jks -alias OSSStream -import -file app-streaming.cert -storepass changeit -noprompt{storetype}"
     );
-    let out = std::process::Command::new("bash").arg("-c").arg(&script).current_dir(dir).output().expect("bash");
-    assert!(out.status.success(), "{script}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cert = std::fs::read_to_string(dir.join("app-streaming.cert")).unwrap();
-    assert_eq!(cert.matches("BEGIN CERTIFICATE").count(), 1, "s_client shows the leaf only");
+    assert_eq!(
+        cert.matches("BEGIN CERTIFICATE").count(),
+        1,
+        "s_client shows the leaf only"
+    );
     std::fs::read(dir.join("app_streaming_truststore.jks")).unwrap()
 }
 
 /// `[[jobs]]` for the SASL_SSL listener (PLAIN, as OCI Streaming) with the
 /// truststore given as a file, the way docs/control-plane.toml.example shows.
-fn sasl_ssl_job_toml(t_dir: &Path, broker: &kafka::TestBroker, id: &str, topic: &str, truststore: &str) -> String {
+fn sasl_ssl_job_toml(
+    t_dir: &Path,
+    broker: &kafka::TestBroker,
+    id: &str,
+    topic: &str,
+    truststore: &str,
+) -> String {
     format!(
         r#"
 [[jobs]]
@@ -260,11 +362,47 @@ async fn sasl_ssl_with_pem_pkcs12_and_ca_jks_truststores() {
     kafka::create_topic(&broker, &topic, 2).await;
     let pw = &broker.truststore_password;
     let mut toml = String::new();
-    toml += &sasl_ssl_job_toml(dir.path(), &broker, "pem", &topic, &format!(r#"{{ format = "pem", file = "{}" }}"#, path_str(&broker.ca_pem)));
-    toml += &sasl_ssl_job_toml(dir.path(), &broker, "p12", &topic, &format!(r#"{{ format = "pkcs12", file = "{}", password = "{pw}" }}"#, path_str(&broker.truststore_p12)));
-    toml += &sasl_ssl_job_toml(dir.path(), &broker, "jks", &topic, &format!(r#"{{ format = "jks", file = "{}", password = "{pw}" }}"#, path_str(&broker.truststore_jks)));
+    toml += &sasl_ssl_job_toml(
+        dir.path(),
+        &broker,
+        "pem",
+        &topic,
+        &format!(
+            r#"{{ format = "pem", file = "{}" }}"#,
+            path_str(&broker.ca_pem)
+        ),
+    );
+    toml += &sasl_ssl_job_toml(
+        dir.path(),
+        &broker,
+        "p12",
+        &topic,
+        &format!(
+            r#"{{ format = "pkcs12", file = "{}", password = "{pw}" }}"#,
+            path_str(&broker.truststore_p12)
+        ),
+    );
+    toml += &sasl_ssl_job_toml(
+        dir.path(),
+        &broker,
+        "jks",
+        &topic,
+        &format!(
+            r#"{{ format = "jks", file = "{}", password = "{pw}" }}"#,
+            path_str(&broker.truststore_jks)
+        ),
+    );
     // The CA's JKS read without its password (integrity not checked), like `keytool -list` without -storepass.
-    toml += &sasl_ssl_job_toml(dir.path(), &broker, "jks-nopw", &topic, &format!(r#"{{ format = "jks", file = "{}" }}"#, path_str(&broker.truststore_jks)));
+    toml += &sasl_ssl_job_toml(
+        dir.path(),
+        &broker,
+        "jks-nopw",
+        &topic,
+        &format!(
+            r#"{{ format = "jks", file = "{}" }}"#,
+            path_str(&broker.truststore_jks)
+        ),
+    );
     let t = E2e::start_with_toml(toml).await;
     let records = numbered(0, 30);
     let at = produce(&t.broker, &topic, &records).await;
@@ -274,7 +412,10 @@ async fn sasl_ssl_with_pem_pkcs12_and_ca_jks_truststores() {
         assert_exactly_once_in_order(&got, &positions(&records, &at));
         let view = t.job_view(id).await;
         assert_eq!(view["defined_in"], "config");
-        assert_eq!(view["definition"]["spec"]["security"]["truststore"]["data"], "******");
+        assert_eq!(
+            view["definition"]["spec"]["security"]["truststore"]["data"],
+            "******"
+        );
         assert!(!view.to_string().contains(&broker.sasl_password), "{view}");
     }
     agent.stop().await;
@@ -289,7 +430,12 @@ async fn wait_file(path: &Path, n: usize) -> Vec<Value> {
         if got.len() >= n {
             return got;
         }
-        assert!(Instant::now() < deadline, "{}: {} of {n} records", path.display(), got.len());
+        assert!(
+            Instant::now() < deadline,
+            "{}: {} of {n} records",
+            path.display(),
+            got.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -309,27 +455,57 @@ async fn sasl_ssl_with_the_seed_recipe_truststore_holding_the_leaf_certificate()
     let at = produce(&t.broker, &topic, &records).await;
     let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
     let verbatim = b64(seed_truststore(t.dir.path(), &t.broker.sasl_ssl, None));
-    let real_jks = b64(seed_truststore(t.dir.path(), &t.broker.sasl_ssl, Some("JKS")));
+    let real_jks = b64(seed_truststore(
+        t.dir.path(),
+        &t.broker.sasl_ssl,
+        Some("JKS"),
+    ));
     let mut outcomes = Vec::new();
     // Java 17's keytool encrypts the certificates of a PKCS#12 store: without
     // its password even keytool -list shows 0 entries, so the job must be
     // refused with a message that asks for the password.
     let variants = [
-        ("seed-as-jks", json!({"format": "jks", "data": verbatim, "password": "changeit"})),
-        ("seed-as-pkcs12", json!({"format": "pkcs12", "data": verbatim, "password": "changeit"})),
-        ("seed-storetype-jks", json!({"format": "jks", "data": real_jks, "password": "changeit"})),
-        ("seed-storetype-jks-nopw", json!({"format": "jks", "data": real_jks})),
+        (
+            "seed-as-jks",
+            json!({"format": "jks", "data": verbatim, "password": "changeit"}),
+        ),
+        (
+            "seed-as-pkcs12",
+            json!({"format": "pkcs12", "data": verbatim, "password": "changeit"}),
+        ),
+        (
+            "seed-storetype-jks",
+            json!({"format": "jks", "data": real_jks, "password": "changeit"}),
+        ),
+        (
+            "seed-storetype-jks-nopw",
+            json!({"format": "jks", "data": real_jks}),
+        ),
     ];
     for (id, truststore) in [
-        ("seed-as-jks-nopw", json!({"format": "jks", "data": verbatim})),
-        ("seed-as-pkcs12-nopw", json!({"format": "pkcs12", "data": verbatim})),
+        (
+            "seed-as-jks-nopw",
+            json!({"format": "jks", "data": verbatim}),
+        ),
+        (
+            "seed-as-pkcs12-nopw",
+            json!({"format": "pkcs12", "data": verbatim}),
+        ),
     ] {
         let mut job = t.job(id, &topic);
         job["spec"]["security"] = json!({"protocol": "SSL", "truststore": truststore});
         let (status, body) = t.cp.console("POST", "/api/v1/jobs", Some(&job)).await;
-        let problem = body["fields"][0]["problem"].as_str().unwrap_or_default().to_owned();
-        if status != 400 || body["fields"][0]["field"] != "spec.security.truststore" || !problem.to_lowercase().contains("password") {
-            outcomes.push(format!("{id}: expected 400 asking for the truststore password, got {status}: {body}"));
+        let problem = body["fields"][0]["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if status != 400
+            || body["fields"][0]["field"] != "spec.security.truststore"
+            || !problem.to_lowercase().contains("password")
+        {
+            outcomes.push(format!(
+                "{id}: expected 400 asking for the truststore password, got {status}: {body}"
+            ));
         }
     }
     let agent = t.spawn_agent("agent");
@@ -346,7 +522,10 @@ async fn sasl_ssl_with_the_seed_recipe_truststore_holding_the_leaf_certificate()
         if status == 201 {
             created.push(*id);
         } else {
-            outcomes.push(format!("{id}: refused by the control plane ({status}): {}", body["error"]));
+            outcomes.push(format!(
+                "{id}: refused by the control plane ({status}): {}",
+                body["error"]
+            ));
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -359,7 +538,10 @@ async fn sasl_ssl_with_the_seed_recipe_truststore_holding_the_leaf_certificate()
             } else if Instant::now() >= deadline {
                 let view = t.job_view(id).await;
                 let errors: Vec<Value> = agents(&view).iter().map(|a| a["error"].clone()).collect();
-                outcomes.push(format!("{id}: no records in 30 s; agent errors: {}", Value::Array(errors)));
+                outcomes.push(format!(
+                    "{id}: no records in 30 s; agent errors: {}",
+                    Value::Array(errors)
+                ));
                 created.retain(|c| *c != id);
             }
         }
@@ -368,7 +550,11 @@ async fn sasl_ssl_with_the_seed_recipe_truststore_holding_the_leaf_certificate()
     agent.stop().await;
     t.cp.stop().await;
     eprintln!("took {:?}", started.elapsed());
-    assert!(outcomes.is_empty(), "the seed's truststore does not work every way:\n{}", outcomes.join("\n"));
+    assert!(
+        outcomes.is_empty(),
+        "the seed's truststore does not work every way:\n{}",
+        outcomes.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -388,11 +574,17 @@ async fn job_errors_are_classified_and_shown_in_the_console() {
         });
         j
     };
-    t.create_job(&sasl_ssl("wrong-password", "not-the-password-4711", &ca)).await;
-    t.create_job(&sasl_ssl("wrong-ca", &t.broker.sasl_password, &other_ca)).await;
-    t.create_job(&t.job("no-topic", "e2e-no-such-topic-4711")).await;
+    t.create_job(&sasl_ssl("wrong-password", "not-the-password-4711", &ca))
+        .await;
+    t.create_job(&sasl_ssl("wrong-ca", &t.broker.sasl_password, &other_ca))
+        .await;
+    t.create_job(&t.job("no-topic", "e2e-no-such-topic-4711"))
+        .await;
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut unreachable = t.job("unreachable", &topic);
     unreachable["spec"]["bootstrap_servers"] = closed.to_string().into();
     t.create_job(&unreachable).await;
@@ -410,7 +602,10 @@ async fn job_errors_are_classified_and_shown_in_the_console() {
     let e = t.wait_job_error("wrong-password", "sasl").await;
     let message = e["message"].as_str().unwrap();
     assert!(
-        message.starts_with(&format!("the stream endpoint {} rejected user \"{}\" with SASL PLAIN", t.broker.sasl_ssl, t.broker.sasl_user)),
+        message.starts_with(&format!(
+            "the stream endpoint {} rejected user \"{}\" with SASL PLAIN",
+            t.broker.sasl_ssl, t.broker.sasl_user
+        )),
         "{message}"
     );
     assert!(message.ends_with("; check the username and password (OCI Streaming: username <tenancy>/<user>/<stream pool OCID>, password an auth token of that user)"), "{message}");
@@ -419,18 +614,37 @@ async fn job_errors_are_classified_and_shown_in_the_console() {
     assert!(message.starts_with(&format!("the TLS handshake with {} failed: its certificate is not signed by a CA in the truststore", t.broker.sasl_ssl)), "{message}");
     let e = t.wait_job_error("no-topic", "topic_missing").await;
     assert!(
-        e["message"].as_str().unwrap().starts_with(&format!("topic \"e2e-no-such-topic-4711\" does not exist on {}", t.broker.plaintext)),
+        e["message"].as_str().unwrap().starts_with(&format!(
+            "topic \"e2e-no-such-topic-4711\" does not exist on {}",
+            t.broker.plaintext
+        )),
         "{e}"
     );
     let e = t.wait_job_error("unreachable", "tcp").await;
-    assert!(e["message"].as_str().unwrap().contains(&closed.to_string()), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains(&closed.to_string()),
+        "{e}"
+    );
 
     // No secret in any view, and the failed jobs are still defined.
     let (_, list) = t.cp.console("GET", "/api/v1/jobs", None).await;
     let text = list.to_string();
-    assert!(!text.contains("not-the-password-4711") && !text.contains(&t.broker.sasl_password), "{text}");
+    assert!(
+        !text.contains("not-the-password-4711") && !text.contains(&t.broker.sasl_password),
+        "{text}"
+    );
     assert_eq!(list["jobs"].as_array().unwrap().len(), 5);
-    eprintln!("errors: {:#}", list["jobs"].as_array().unwrap().iter().map(|j| json!({"id": j["id"], "error": agents(j).first().map(|a| a["error"].clone())})).collect::<Vec<_>>().into_iter().collect::<Value>());
+    eprintln!(
+        "errors: {:#}",
+        list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| json!({"id": j["id"], "error": agents(j).first().map(|a| a["error"].clone())}))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect::<Value>()
+    );
     agent.stop().await;
     t.cp.stop().await;
     eprintln!("took {:?}", started.elapsed());
@@ -447,7 +661,10 @@ struct Hook {
 
 async fn start_hook(fail: usize) -> (String, Arc<Mutex<Hook>>) {
     use axum::http::{HeaderMap, StatusCode};
-    let hook = Arc::new(Mutex::new(Hook { fail, ..Hook::default() }));
+    let hook = Arc::new(Mutex::new(Hook {
+        fail,
+        ..Hook::default()
+    }));
     let h = hook.clone();
     let app = axum::Router::new().route(
         "/hook",
@@ -459,14 +676,24 @@ async fn start_hook(fail: usize) -> (String, Arc<Mutex<Hook>>) {
                 if hook.requests <= hook.fail {
                     return StatusCode::INTERNAL_SERVER_ERROR;
                 }
-                hook.keys.push(headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned());
-                hook.bodies.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                hook.keys.push(
+                    headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+                hook.bodies
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
                 StatusCode::OK
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, hook)
 }
@@ -485,18 +712,36 @@ async fn a_webhook_answering_500_then_200_loses_nothing() {
     let agent = t.spawn_agent("agent");
     t.create_job(&job).await;
 
-    let view = t.wait_job("hook", "every record delivered", |v| v["delivery"]["records_delivered"] == 100).await;
+    let view = t
+        .wait_job("hook", "every record delivered", |v| {
+            v["delivery"]["records_delivered"] == 100
+        })
+        .await;
     assert_eq!(view["delivery"]["sink_errors"], 3, "{view:#}");
     assert_eq!(view["delivery"]["sink_state"], "ok");
-    assert!(view["delivery"]["last_sink_error"]["message"].as_str().unwrap().contains("answered HTTP 500"), "{view:#}");
+    assert!(
+        view["delivery"]["last_sink_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered HTTP 500"),
+        "{view:#}"
+    );
     let (got, keys) = {
         let h = hook.lock().unwrap();
         assert_eq!(h.requests, 3 + h.bodies.len());
-        let got: Vec<Value> = h.bodies.iter().flat_map(|b| b["records"].as_array().cloned().unwrap_or_default()).collect();
+        let got: Vec<Value> = h
+            .bodies
+            .iter()
+            .flat_map(|b| b["records"].as_array().cloned().unwrap_or_default())
+            .collect();
         (got, h.keys.clone())
     };
     assert_exactly_once_in_order(&got, &positions(&records, &at));
-    assert!(keys.iter().all(|k| k.starts_with(&format!("hook/{topic}/"))), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with(&format!("hook/{topic}/"))),
+        "{keys:?}"
+    );
     agent.stop().await;
     t.cp.stop().await;
     eprintln!("took {:?}", started.elapsed());
@@ -536,12 +781,21 @@ async fn an_agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() 
     let status = agent.wait().expect("reap the agent");
     assert_eq!(status.code(), None, "killed by a signal: {status:?}");
     let mut agent = t.spawn_agent_binary("agent");
-    t.wait_binary_connected(&mut agent, "agent", Some(&first_session)).await;
+    t.wait_binary_connected(&mut agent, "agent", Some(&first_session))
+        .await;
     let (records, at) = producer.await.unwrap();
-    assert!(before_kill < records.len(), "the kill came mid-stream ({before_kill} of {})", records.len());
+    assert!(
+        before_kill < records.len(),
+        "the kill came mid-stream ({before_kill} of {})",
+        records.len()
+    );
     let got = t.wait_records("kill", records.len()).await;
     assert_exactly_once_in_order(&got, &positions(&records, &at));
-    let view = t.wait_job("kill", "all committed", |v| committed_reached(v, &counts(&at))).await;
+    let view = t
+        .wait_job("kill", "all committed", |v| {
+            committed_reached(v, &counts(&at))
+        })
+        .await;
     eprintln!(
         "killed after {before_kill} records; {} duplicates resent by the restarted agent were dropped by the control plane",
         view["delivery"]["duplicates_dropped"]
@@ -554,7 +808,10 @@ async fn an_agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() 
         if let Some(s) = agent.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "the agent did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status.code(), Some(0), "{status:?}");

@@ -22,13 +22,19 @@ fn b64(p: &Path) -> Secret {
 }
 
 fn ts(format: TruststoreFormat, data: Secret, password: Option<&str>) -> Truststore {
-    Truststore { format, data, password: password.map(Secret::from) }
+    Truststore {
+        format,
+        data,
+        password: password.map(Secret::from),
+    }
 }
 
 /// The DER certificates of a PEM file.
 fn pem_certs(p: &Path) -> Vec<CertificateDer<'static>> {
     let text = std::fs::read(p).unwrap();
-    let certs: Vec<_> = rustls_pemfile::certs(&mut text.as_slice()).collect::<Result<_, _>>().unwrap();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut text.as_slice())
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert!(!certs.is_empty(), "{} holds certificates", p.display());
     certs
 }
@@ -44,11 +50,17 @@ const WRONG_PASSWORD: &str = "truststore password is wrong: the truststore's int
 fn keytool_jks_with_and_without_the_password() {
     let b = kafka::broker();
     let data = b64(&b.truststore_jks);
-    let with = truststore::certificates(&ts(TruststoreFormat::Jks, data.clone(), Some(&b.truststore_password))).unwrap();
+    let with = truststore::certificates(&ts(
+        TruststoreFormat::Jks,
+        data.clone(),
+        Some(&b.truststore_password),
+    ))
+    .unwrap();
     assert_eq!(with, ca(&b));
     let without = truststore::certificates(&ts(TruststoreFormat::Jks, data.clone(), None)).unwrap();
     assert_eq!(without, ca(&b));
-    let err = truststore::certificates(&ts(TruststoreFormat::Jks, data, Some("not-it"))).unwrap_err();
+    let err =
+        truststore::certificates(&ts(TruststoreFormat::Jks, data, Some("not-it"))).unwrap_err();
     assert_eq!(err, TruststoreError::WrongPassword);
     assert_eq!(err.to_string(), WRONG_PASSWORD);
 }
@@ -62,7 +74,10 @@ fn jks_made_without_a_password() {
     };
     let data = b64(path);
     for password in [None, Some("")] {
-        assert_eq!(truststore::certificates(&ts(TruststoreFormat::Jks, data.clone(), password)).unwrap(), ca(&b));
+        assert_eq!(
+            truststore::certificates(&ts(TruststoreFormat::Jks, data.clone(), password)).unwrap(),
+            ca(&b)
+        );
     }
     assert_eq!(
         truststore::certificates(&ts(TruststoreFormat::Jks, data, Some("changeit"))),
@@ -74,9 +89,15 @@ fn jks_made_without_a_password() {
 fn keytool_pkcs12() {
     let b = kafka::broker();
     let data = b64(&b.truststore_p12);
-    let got = truststore::certificates(&ts(TruststoreFormat::Pkcs12, data.clone(), Some(&b.truststore_password))).unwrap();
+    let got = truststore::certificates(&ts(
+        TruststoreFormat::Pkcs12,
+        data.clone(),
+        Some(&b.truststore_password),
+    ))
+    .unwrap();
     assert_eq!(got, ca(&b));
-    let err = truststore::certificates(&ts(TruststoreFormat::Pkcs12, data, Some("not-it"))).unwrap_err();
+    let err =
+        truststore::certificates(&ts(TruststoreFormat::Pkcs12, data, Some("not-it"))).unwrap_err();
     assert_eq!(err.to_string(), WRONG_PASSWORD);
 }
 
@@ -84,15 +105,26 @@ fn keytool_pkcs12() {
 fn pem_files_one_and_several_certificates() {
     let b = kafka::broker();
     let one = std::fs::read_to_string(&b.ca_pem).unwrap();
-    assert_eq!(truststore::certificates(&ts(TruststoreFormat::Pem, Secret::new(one.clone()), None)).unwrap(), ca(&b));
+    assert_eq!(
+        truststore::certificates(&ts(TruststoreFormat::Pem, Secret::new(one.clone()), None))
+            .unwrap(),
+        ca(&b)
+    );
     let two = format!("{one}{}", std::fs::read_to_string(&b.other_ca_pem).unwrap());
     let got = truststore::certificates(&ts(TruststoreFormat::Pem, Secret::new(two), None)).unwrap();
     let mut want = ca(&b);
     want.extend(pem_certs(&b.other_ca_pem));
     assert_eq!(got, want);
     // What librdkafka gets: the same certificates, as PEM.
-    let pem = truststore::to_pem(&ts(TruststoreFormat::Jks, b64(&b.truststore_jks), Some("changeit"))).unwrap();
-    let back: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let pem = truststore::to_pem(&ts(
+        TruststoreFormat::Jks,
+        b64(&b.truststore_jks),
+        Some("changeit"),
+    ))
+    .unwrap();
+    let back: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(back, ca(&b));
 }
 
@@ -101,21 +133,52 @@ fn formats_mixed_up_are_named() {
     let b = kafka::broker();
     // keytool (Java 9+) writes PKCS#12 even into a file named .jks; like
     // Java (keystore.type.compat), "jks" accepts it.
-    let got = truststore::certificates(&ts(TruststoreFormat::Jks, b64(&b.truststore_p12), Some("changeit"))).unwrap();
+    let got = truststore::certificates(&ts(
+        TruststoreFormat::Jks,
+        b64(&b.truststore_p12),
+        Some("changeit"),
+    ))
+    .unwrap();
     assert_eq!(got, ca(&b));
-    let e = truststore::certificates(&ts(TruststoreFormat::Pkcs12, b64(&b.truststore_jks), None)).unwrap_err();
-    assert_eq!(e.to_string(), "truststore is not a PKCS#12 file (it is a JKS keystore); choose the format jks for it");
-    let e = truststore::certificates(&ts(TruststoreFormat::Pem, b64(&b.truststore_jks), None)).unwrap_err();
-    assert!(e.to_string().contains("looks like a base64 JKS file: choose the format jks"), "{e}");
-    let e = truststore::certificates(&ts(TruststoreFormat::Jks, Secret::new(std::fs::read_to_string(&b.ca_pem).unwrap()), None))
+    let e = truststore::certificates(&ts(TruststoreFormat::Pkcs12, b64(&b.truststore_jks), None))
         .unwrap_err();
-    assert!(e.to_string().contains("it is PEM text; choose the format pem for it"), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "truststore is not a PKCS#12 file (it is a JKS keystore); choose the format jks for it"
+    );
+    let e = truststore::certificates(&ts(TruststoreFormat::Pem, b64(&b.truststore_jks), None))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("looks like a base64 JKS file: choose the format jks"),
+        "{e}"
+    );
+    let e = truststore::certificates(&ts(
+        TruststoreFormat::Jks,
+        Secret::new(std::fs::read_to_string(&b.ca_pem).unwrap()),
+        None,
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("it is PEM text; choose the format pem for it"),
+        "{e}"
+    );
     // Truncated copies of the real file.
     let jks = std::fs::read(&b.truststore_jks).unwrap();
     for cut in [3, 11, 40, jks.len() / 2, jks.len() - 1] {
         let e = truststore::parse_jks(&jks[..cut], None).unwrap_err();
-        assert!(matches!(e, TruststoreError::Truncated(_) | TruststoreError::NotJks { .. }), "cut {cut}: {e}");
-        assert!(e.to_string().ends_with("copy the whole file again") || cut < 4, "{e}");
+        assert!(
+            matches!(
+                e,
+                TruststoreError::Truncated(_) | TruststoreError::NotJks { .. }
+            ),
+            "cut {cut}: {e}"
+        );
+        assert!(
+            e.to_string().ends_with("copy the whole file again") || cut < 4,
+            "{e}"
+        );
     }
 }
 
@@ -127,28 +190,71 @@ fn jks_with_a_private_key_entry() {
     let dir = tempfile::tempdir().unwrap();
     let ks = dir.path().join("ks.jks");
     let keytool = |args: &[&str]| {
-        let out = Command::new("keytool").args(args).output().expect("keytool (the harness needs it too)");
-        assert!(out.status.success(), "keytool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("keytool")
+            .args(args)
+            .output()
+            .expect("keytool (the harness needs it too)");
+        assert!(
+            out.status.success(),
+            "keytool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let ks_s = ks.to_str().unwrap();
     keytool(&[
-        "-genkeypair", "-alias", "me", "-keyalg", "EC", "-dname", "CN=me", "-validity", "2",
-        "-storetype", "JKS", "-keystore", ks_s, "-storepass", "changeit", "-keypass", "changeit",
+        "-genkeypair",
+        "-alias",
+        "me",
+        "-keyalg",
+        "EC",
+        "-dname",
+        "CN=me",
+        "-validity",
+        "2",
+        "-storetype",
+        "JKS",
+        "-keystore",
+        ks_s,
+        "-storepass",
+        "changeit",
+        "-keypass",
+        "changeit",
     ]);
     let file = std::fs::read(&ks).unwrap();
     assert_eq!(
-        truststore::parse_jks(&file, Some("changeit")).unwrap_err().to_string(),
+        truststore::parse_jks(&file, Some("changeit"))
+            .unwrap_err()
+            .to_string(),
         "truststore holds no trusted certificates (only private key entries: this is a keystore, not a truststore); \
          import the stream's CA certificate, for example keytool -keystore truststore.jks -alias OSSStream -importcert -file stream-ca.pem"
     );
     keytool(&[
-        "-importcert", "-noprompt", "-alias", "ossstream", "-file", b.ca_pem.to_str().unwrap(),
-        "-storetype", "JKS", "-keystore", ks_s, "-storepass", "changeit",
+        "-importcert",
+        "-noprompt",
+        "-alias",
+        "ossstream",
+        "-file",
+        b.ca_pem.to_str().unwrap(),
+        "-storetype",
+        "JKS",
+        "-keystore",
+        ks_s,
+        "-storepass",
+        "changeit",
     ]);
     let file = std::fs::read(&ks).unwrap();
     let got = truststore::parse_jks(&file, Some("changeit")).unwrap();
-    assert_eq!(got, ca(&b).iter().map(|c| c.as_ref().to_vec()).collect::<Vec<_>>());
-    assert_eq!(truststore::parse_jks(&file, Some("wrong!")), Err(TruststoreError::WrongPassword));
+    assert_eq!(
+        got,
+        ca(&b)
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        truststore::parse_jks(&file, Some("wrong!")),
+        Err(TruststoreError::WrongPassword)
+    );
 }
 
 // ---- the connection test against the broker ----
@@ -160,7 +266,11 @@ fn allow() -> AllowList {
 fn sasl_ssl(b: &TestBroker, password: &str, truststore: Truststore) -> Security {
     Security {
         protocol: SecurityProtocol::SaslSsl,
-        sasl: Some(Sasl { mechanism: SaslMechanism::Plain, username: b.sasl_user.clone(), password: Secret::new(password) }),
+        sasl: Some(Sasl {
+            mechanism: SaslMechanism::Plain,
+            username: b.sasl_user.clone(),
+            password: Secret::new(password),
+        }),
         truststore: Some(truststore),
         ..Default::default()
     }
@@ -174,7 +284,15 @@ async fn connection_test_passes_with_the_jks_truststore() {
     let params = ConnectionParams {
         bootstrap_servers: b.sasl_ssl.clone(),
         topic: Some(topic.clone()),
-        security: sasl_ssl(&b, &b.sasl_password, ts(TruststoreFormat::Jks, b64(&b.truststore_jks), Some("changeit"))),
+        security: sasl_ssl(
+            &b,
+            &b.sasl_password,
+            ts(
+                TruststoreFormat::Jks,
+                b64(&b.truststore_jks),
+                Some("changeit"),
+            ),
+        ),
     };
     let report = probe::test_connection(&params, &allow(), Duration::from_secs(30)).await;
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -182,17 +300,31 @@ async fn connection_test_passes_with_the_jks_truststore() {
     assert_eq!(report.partitions, Some(3));
     let tls = report.step(StepName::Tls).unwrap();
     assert_eq!(tls.status, StepStatus::Passed);
-    assert!(tls.detail.contains("handshake verified against the truststore (1 CA certificates)"), "{}", tls.detail);
+    assert!(
+        tls.detail
+            .contains("handshake verified against the truststore (1 CA certificates)"),
+        "{}",
+        tls.detail
+    );
     assert_eq!(tls.certificates[0].issuer, "CN=connectivity-agent test CA");
     assert!(!tls.certificates[0].expired);
     let kafka_step = report.step(StepName::Kafka).unwrap();
     assert_eq!(
         kafka_step.detail,
-        format!("authenticated as \"alice\" with SASL PLAIN; topic {topic:?} has 3 partitions; 1 brokers")
+        format!(
+            "authenticated as \"alice\" with SASL PLAIN; topic {topic:?} has 3 partitions; 1 brokers"
+        )
     );
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["steps"][3]["certificates"][0]["issuer"], "CN=connectivity-agent test CA");
-    assert!(!serde_json::to_string(&report).unwrap().contains(&b.sasl_password));
+    assert_eq!(
+        json["steps"][3]["certificates"][0]["issuer"],
+        "CN=connectivity-agent test CA"
+    );
+    assert!(
+        !serde_json::to_string(&report)
+            .unwrap()
+            .contains(&b.sasl_password)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,8 +341,18 @@ async fn connection_test_shows_the_chain_when_the_ca_is_not_trusted() {
     let tls = report.step(StepName::Tls).unwrap();
     let e = tls.error.as_ref().unwrap();
     assert_eq!(e.class, ErrorClass::Tls);
-    assert!(e.message.starts_with(&format!("{} sent a certificate chain that is not signed by a CA in the truststore", b.sasl_ssl)), "{}", e.message);
-    assert_eq!(tls.certificates[0].issuer, "CN=connectivity-agent test CA", "the chain is shown");
+    assert!(
+        e.message.starts_with(&format!(
+            "{} sent a certificate chain that is not signed by a CA in the truststore",
+            b.sasl_ssl
+        )),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        tls.certificates[0].issuer, "CN=connectivity-agent test CA",
+        "the chain is shown"
+    );
     // librdkafka agrees.
     let k = report.step(StepName::Kafka).unwrap();
     assert_eq!(k.error.as_ref().unwrap().class, ErrorClass::Tls, "{k:#?}");
@@ -222,16 +364,32 @@ async fn connection_test_names_a_wrong_password() {
     let params = ConnectionParams {
         bootstrap_servers: b.sasl_ssl.clone(),
         topic: None,
-        security: sasl_ssl(&b, "wrong-secret", ts(TruststoreFormat::Pkcs12, b64(&b.truststore_p12), Some("changeit"))),
+        security: sasl_ssl(
+            &b,
+            "wrong-secret",
+            ts(
+                TruststoreFormat::Pkcs12,
+                b64(&b.truststore_p12),
+                Some("changeit"),
+            ),
+        ),
     };
     let started = std::time::Instant::now();
     let report = probe::test_connection(&params, &allow(), Duration::from_secs(30)).await;
     eprintln!("wrong password found in {:?}", started.elapsed());
-    assert_eq!(report.step(StepName::Tls).unwrap().status, StepStatus::Passed);
+    assert_eq!(
+        report.step(StepName::Tls).unwrap().status,
+        StepStatus::Passed
+    );
     let k = report.step(StepName::Kafka).unwrap();
     let e = k.error.as_ref().unwrap();
     assert_eq!(e.class, ErrorClass::Sasl);
-    assert!(e.message.contains("rejected user \"alice\" with SASL PLAIN"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("rejected user \"alice\" with SASL PLAIN"),
+        "{}",
+        e.message
+    );
     assert!(!e.message.contains("wrong-secret"));
 }
 
@@ -242,10 +400,20 @@ async fn connection_test_plaintext_missing_topic() {
     let params = ConnectionParams {
         bootstrap_servers: b.plaintext.clone(),
         topic: Some(topic.clone()),
-        security: Security { protocol: SecurityProtocol::Plaintext, ..Default::default() },
+        security: Security {
+            protocol: SecurityProtocol::Plaintext,
+            ..Default::default()
+        },
     };
     let report = probe::test_connection(&params, &allow(), Duration::from_secs(30)).await;
-    assert_eq!(report.step(StepName::Tls).unwrap().status, StepStatus::Skipped);
+    assert_eq!(
+        report.step(StepName::Tls).unwrap().status,
+        StepStatus::Skipped
+    );
     let k = report.step(StepName::Kafka).unwrap();
-    assert_eq!(k.error.as_ref().unwrap().class, ErrorClass::TopicMissing, "{k:#?}");
+    assert_eq!(
+        k.error.as_ref().unwrap().class,
+        ErrorClass::TopicMissing,
+        "{k:#?}"
+    );
 }

@@ -46,7 +46,10 @@ impl Agent {
             ),
         )?;
         // The agent refuses a profile holding a password that others can read.
-        std::fs::set_permissions(&profile, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        std::fs::set_permissions(
+            &profile,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         let log = dir.join("agent.log");
         let out = std::fs::File::create(&log)?;
         // BENCH_AGENT_WRAPPER runs the agent under a profiler, e.g.
@@ -62,7 +65,10 @@ impl Agent {
             }
             None => Command::new(bin),
         };
-        cmd.arg("run").arg("--config").arg(&profile).env_remove("RUST_LOG");
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&profile)
+            .env_remove("RUST_LOG");
         // BENCH_AGENT_LOG (a RUST_LOG filter, e.g. connectivity_agent::relay=debug)
         // shows the relay's pauses and batches: for diagnosis, not for measuring.
         if let Ok(filter) = std::env::var("BENCH_AGENT_LOG") {

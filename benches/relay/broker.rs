@@ -41,11 +41,21 @@ pub struct Broker {
 
 impl Broker {
     pub fn from_env_file(path: &Path) -> anyhow::Result<Broker> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}; start the broker with scripts/kafka-broker.sh start", path.display()))?;
-        let vars: HashMap<&str, &str> =
-            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
-        let bootstrap = vars.get("KAFKA_PLAINTEXT").with_context(|| format!("{} has no KAFKA_PLAINTEXT", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read {}; start the broker with scripts/kafka-broker.sh start",
+                path.display()
+            )
+        })?;
+        let vars: HashMap<&str, &str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        let bootstrap = vars
+            .get("KAFKA_PLAINTEXT")
+            .with_context(|| format!("{} has no KAFKA_PLAINTEXT", path.display()))?;
         Ok(Broker {
             bootstrap: (*bootstrap).to_owned(),
             pid: vars.get("KAFKA_BROKER_PID").and_then(|p| p.parse().ok()),
@@ -61,7 +71,13 @@ impl Broker {
     pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for r in admin.create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &opts).await? {
+        for r in admin
+            .create_topics(
+                &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+                &opts,
+            )
+            .await?
+        {
             if let Err((t, code)) = r {
                 bail!("cannot create topic {t}: {code}");
             }
@@ -97,7 +113,13 @@ impl Broker {
 
     /// Write `count` records of `size` bytes, spread evenly over the
     /// partitions, as fast as the broker takes them. Blocking.
-    pub fn fill(&self, topic: &str, partitions: i32, size: usize, count: u64) -> anyhow::Result<Duration> {
+    pub fn fill(
+        &self,
+        topic: &str,
+        partitions: i32,
+        size: usize,
+        count: u64,
+    ) -> anyhow::Result<Duration> {
         let producer = self.producer(20)?;
         let started = Instant::now();
         let mut value = record(0, 0, size);
@@ -105,7 +127,11 @@ impl Broker {
             stamp(&mut value, seq, now_us());
             let p = (seq % partitions as u64) as i32;
             loop {
-                match producer.send(BaseRecord::<(), [u8]>::to(topic).partition(p).payload(&value)) {
+                match producer.send(
+                    BaseRecord::<(), [u8]>::to(topic)
+                        .partition(p)
+                        .payload(&value),
+                ) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         producer.poll(Duration::from_millis(5));
@@ -117,7 +143,9 @@ impl Broker {
                 producer.poll(Duration::ZERO);
             }
         }
-        producer.flush(Duration::from_secs(120)).context("flushing the filler")?;
+        producer
+            .flush(Duration::from_secs(120))
+            .context("flushing the filler")?;
         Ok(started.elapsed())
     }
 
@@ -131,7 +159,11 @@ impl Broker {
 
     /// What `group` has committed on each partition (-1 for nothing).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
-        let c: BaseConsumer = self.config().set("group.id", group).set("enable.auto.commit", "false").create()?;
+        let c: BaseConsumer = self
+            .config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition(topic, p);
@@ -147,7 +179,9 @@ impl Broker {
 }
 
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A record value of exactly `size` bytes (at least [`MIN_RECORD`]).
@@ -170,7 +204,9 @@ pub fn stamp(value: &mut [u8], seq: u64, ts_us: u64) {
 pub fn parse(value: &[u8]) -> Option<(u64, u64)> {
     let digits = |r: std::ops::Range<usize>| -> Option<u64> {
         let s = value.get(r)?;
-        s.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+        s.iter().try_fold(0u64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+        })
     };
     Some((digits(TS_AT)?, digits(SEQ_AT)?))
 }
@@ -181,7 +217,10 @@ pub fn self_check() -> anyhow::Result<()> {
         let mut v = record(0, 0, size);
         anyhow::ensure!(v.len() == size, "record of {size} bytes has {}", v.len());
         stamp(&mut v, 42, 1_700_000_000_123_456);
-        anyhow::ensure!(parse(&v) == Some((1_700_000_000_123_456, 42)), "stamped record does not parse back");
+        anyhow::ensure!(
+            parse(&v) == Some((1_700_000_000_123_456, 42)),
+            "stamped record does not parse back"
+        );
         serde_json::from_slice::<serde_json::Value>(&v).context("record is not JSON")?;
     }
     Ok(())

@@ -5,7 +5,9 @@
 use crate::broker::{self, Broker};
 use crate::meter::Meter;
 use anyhow::{Context, bail};
-use connectivity_agent::protocol::job::{JobSpec, Partitions, Security, SecurityProtocol, StartPosition};
+use connectivity_agent::protocol::job::{
+    JobSpec, Partitions, Security, SecurityProtocol, StartPosition,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -53,20 +55,34 @@ pub fn job_spec(id: &str, broker: &Broker, topic: &str, group: &str) -> JobSpec 
         max_wait_ms: connectivity_agent::protocol::job::defaults::max_wait_ms(),
         window: connectivity_agent::protocol::job::defaults::window(),
         session_timeout_ms: connectivity_agent::protocol::job::defaults::session_timeout_ms(),
-        security: Security { protocol: SecurityProtocol::Plaintext, ..Default::default() },
+        security: Security {
+            protocol: SecurityProtocol::Plaintext,
+            ..Default::default()
+        },
     }
 }
 
-fn consumer_config(broker: &Broker, topic: &str, group: &str, settings: Settings) -> anyhow::Result<ClientConfig> {
+fn consumer_config(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    settings: Settings,
+) -> anyhow::Result<ClientConfig> {
     Ok(match settings {
         Settings::Defaults => {
             let mut c = broker.config();
-            c.set("group.id", group).set("auto.offset.reset", "earliest").set("enable.auto.commit", "false");
+            c.set("group.id", group)
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false");
             c
         }
-        Settings::Agent => connectivity_agent::kafka::client::consumer_config(&job_spec("ceiling", broker, topic, group))?,
+        Settings::Agent => connectivity_agent::kafka::client::consumer_config(&job_spec(
+            "ceiling", broker, topic, group,
+        ))?,
         Settings::AgentQueueBackoff(ms) => {
-            let mut c = connectivity_agent::kafka::client::consumer_config(&job_spec("ceiling", broker, topic, group))?;
+            let mut c = connectivity_agent::kafka::client::consumer_config(&job_spec(
+                "ceiling", broker, topic, group,
+            ))?;
             c.set("fetch.queue.backoff.ms", ms.to_string());
             c
         }
@@ -75,7 +91,13 @@ fn consumer_config(broker: &Broker, topic: &str, group: &str, settings: Settings
 
 /// Drain `expected` records of `topic` with a bare `BaseConsumer` poll loop
 /// (the fastest way to use rdkafka). Blocking.
-pub fn rdkafka(broker: &Broker, topic: &str, group: &str, expected: u64, settings: Settings) -> anyhow::Result<Drained> {
+pub fn rdkafka(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    expected: u64,
+    settings: Settings,
+) -> anyhow::Result<Drained> {
     let consumer: BaseConsumer = consumer_config(broker, topic, group, settings)?.create()?;
     consumer.subscribe(&[topic])?;
     let cpu0 = thread_cpu_s();
@@ -94,7 +116,9 @@ pub fn rdkafka(broker: &Broker, topic: &str, group: &str, expected: u64, setting
                 last_progress = Instant::now();
             }
             Some(Err(e)) => bail!("bare consumer: {e}"),
-            None if last_progress.elapsed() > PATIENCE => bail!("bare consumer stuck at {records} of {expected} records"),
+            None if last_progress.elapsed() > PATIENCE => {
+                bail!("bare consumer stuck at {records} of {expected} records")
+            }
             None => {}
         }
     }
@@ -102,7 +126,12 @@ pub fn rdkafka(broker: &Broker, topic: &str, group: &str, expected: u64, setting
     // librdkafka's own threads count too: take the whole process.
     let cpu_s = thread_cpu_s() - cpu0;
     drop(consumer);
-    Ok(Drained { records, bytes, secs, cpu_s })
+    Ok(Drained {
+        records,
+        bytes,
+        secs,
+        cpu_s,
+    })
 }
 
 /// CPU seconds of this whole process (the bare consumer runs alone in it
@@ -117,18 +146,39 @@ pub fn kcat(broker: &Broker, topic: &str, expected: u64) -> anyhow::Result<Drain
     let cpu0 = children_cpu_s();
     let start = Instant::now();
     let out = Command::new("kcat")
-        .args(["-C", "-b", &broker.bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-c", &expected.to_string()])
+        .args([
+            "-C",
+            "-b",
+            &broker.bootstrap,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-c",
+            &expected.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .context("running kcat (apt-get install kcat)")?;
     let secs = start.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("kcat failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "kcat failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     // kcat's CPU: the only child reaped meanwhile.
     let cpu_s = children_cpu_s() - cpu0;
-    Ok(Drained { records: expected, bytes: 0, secs, cpu_s })
+    Ok(Drained {
+        records: expected,
+        bytes: 0,
+        secs,
+        cpu_s,
+    })
 }
 
 /// CPU seconds of the children this process has waited for (cutime + cstime).
@@ -137,7 +187,10 @@ fn children_cpu_s() -> f64 {
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1.to_owned();
-            let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
             // cutime and cstime are fields 16 and 17; `rest` starts at field 3.
             Some((f.get(13)? + f.get(14)?) / crate::procstat::clock_ticks())
         })
@@ -146,7 +199,14 @@ fn children_cpu_s() -> f64 {
 
 /// A bare consumer that feeds `meter` until `stop`: the latency floor that
 /// Kafka and librdkafka alone give. Blocking; run it on its own thread.
-pub fn consume_into(broker: &Broker, topic: &str, group: &str, settings: Settings, meter: Arc<Meter>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn consume_into(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    settings: Settings,
+    meter: Arc<Meter>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = consumer_config(broker, topic, group, settings)?.create()?;
     consumer.subscribe(&[topic])?;
     while !stop.load(Ordering::Relaxed) {

@@ -34,17 +34,28 @@ use std::time::{Duration, Instant};
 use system::SinkKind;
 
 #[derive(Parser, Debug)]
-#[command(name = "relay", about = "Relay benchmark (run it through scripts/bench.sh)")]
+#[command(
+    name = "relay",
+    about = "Relay benchmark (run it through scripts/bench.sh)"
+)]
 struct Args {
     /// A few seconds of everything, for CI: proves the harness works, says
     /// nothing about speed.
     #[arg(long)]
     short: bool,
     /// `broker.env` of the broker to use (scripts/kafka-broker.sh writes it).
-    #[arg(long, env = "BENCH_BROKER_ENV", default_value = "target/bench/kafka/broker.env")]
+    #[arg(
+        long,
+        env = "BENCH_BROKER_ENV",
+        default_value = "target/bench/kafka/broker.env"
+    )]
     broker_env: PathBuf,
     /// The agent binary to run.
-    #[arg(long, env = "BENCH_AGENT_BIN", default_value = "target/release/connectivity-agent")]
+    #[arg(
+        long,
+        env = "BENCH_AGENT_BIN",
+        default_value = "target/release/connectivity-agent"
+    )]
     agent_bin: PathBuf,
     /// Where results, charts, logs and JSONL files go.
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results")]
@@ -177,7 +188,9 @@ fn wanted(args: &Args, part: &str) -> bool {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     // `cargo bench` passes --bench; `cargo test --all-targets` passes test
     // harness arguments instead (filters, --nocapture), which are not ours:
     // then only the pure parts are checked, with no broker.
@@ -199,32 +212,55 @@ async fn self_check() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.render {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let results: report::Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: report::Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         std::fs::create_dir_all(&args.out)?;
         return write(&args, &args.out, &results);
     }
     let plan = plan(&args);
     let mut results_note = None;
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let out = std::path::absolute(&args.out)?;
     for old in ["agents", "sink"] {
         let _ = std::fs::remove_dir_all(out.join(old));
     }
     let machine = procstat::Machine::now(&args.profile);
-    println!("machine: {} x {}, {}, load {}", machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg_start);
+    println!(
+        "machine: {} x {}, {}, load {}",
+        machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg_start
+    );
     if procstat::load1() > machine.nproc as f64 / 2.0 && !args.short {
-        println!("warning: the machine is busy (load {}); numbers will be low and noisy", machine.loadavg_start);
+        println!(
+            "warning: the machine is busy (load {}); numbers will be low and noisy",
+            machine.loadavg_start
+        );
     }
     let broker = broker::Broker::from_env_file(&args.broker_env)?;
-    anyhow::ensure!(args.agent_bin.is_file(), "agent binary {} not found; build it (scripts/bench.sh does)", args.agent_bin.display());
+    anyhow::ensure!(
+        args.agent_bin.is_file(),
+        "agent binary {} not found; build it (scripts/bench.sh does)",
+        args.agent_bin.display()
+    );
     let system = system::System::start(&out.join("control-plane"), args.cp_nodelay).await?;
     if args.cp_nodelay {
         results_note = Some("Diagnosis run: the control plane's sockets have TCP_NODELAY (set on the listener by the bench).".to_owned());
     }
-    let tuning = scenarios::Tuning { window: args.window, max_wait_ms: args.max_wait_ms, max_records: args.max_records };
-    let ctx = Ctx::new(broker, system, args.agent_bin.clone(), out.clone(), tuning.clone())?;
+    let tuning = scenarios::Tuning {
+        window: args.window,
+        max_wait_ms: args.max_wait_ms,
+        max_records: args.max_records,
+    };
+    let ctx = Ctx::new(
+        broker,
+        system,
+        args.agent_bin.clone(),
+        out.clone(),
+        tuning.clone(),
+    )?;
     let mut results = report::Results {
         machine,
         command: args.command.clone(),
@@ -236,20 +272,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         notes: Vec::new(),
     };
     if args.short {
-        results.notes.push("Short run (CI): tiny volumes, numbers mean nothing.".into());
+        results
+            .notes
+            .push("Short run (CI): tiny volumes, numbers mean nothing.".into());
     }
     results.notes.extend(results_note);
     if args.window.is_some() || args.max_wait_ms.is_some() || args.max_records.is_some() {
-        results.notes.push(format!("Diagnosis run: relay jobs changed from their defaults: {tuning:?}."));
+        results.notes.push(format!(
+            "Diagnosis run: relay jobs changed from their defaults: {tuning:?}."
+        ));
     }
 
-    let print = |r: &report::Run| println!("   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s)", r.consumer, r.rec_per_s, r.mib_per_s, r.secs);
+    let print = |r: &report::Run| {
+        println!(
+            "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s)",
+            r.consumer, r.rec_per_s, r.mib_per_s, r.secs
+        )
+    };
     let relay_only = args.only.iter().any(|o| o == "relay");
     if wanted(&args, "throughput") || relay_only {
         for &size in &plan.sizes {
             for &partitions in &plan.partitions {
                 let n = ((plan.records)(size) as f64 * args.scale).max(1000.0) as u64;
-                println!("\n== throughput: {size} B records, {partitions} partitions: filling {n} records");
+                println!(
+                    "\n== throughput: {size} B records, {partitions} partitions: filling {n} records"
+                );
                 let f = scenarios::fill(&ctx, size, partitions, n).await?;
                 println!("   filled at {:.0} records/s", f.fill_rec_per_s);
                 let mut runs = Vec::new();
@@ -257,16 +304,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     // Only the relay (for profiling it).
                     runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Discard, None).await?);
                 } else {
-                    runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?);
+                    runs.push(
+                        scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?,
+                    );
                     runs.push(scenarios::drain_kcat(&ctx, &f).await?);
                     runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Agent).await?);
                     for ms in &args.queue_backoff {
-                        runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::AgentQueueBackoff(*ms)).await?);
+                        runs.push(
+                            scenarios::drain_rdkafka(
+                                &ctx,
+                                &f,
+                                ceiling::Settings::AgentQueueBackoff(*ms),
+                            )
+                            .await?,
+                        );
                     }
                     runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Discard, None).await?);
                     runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Jsonl, None).await?);
                     if plan.ceiling_twice {
-                        runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?);
+                        runs.push(
+                            scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?,
+                        );
                     }
                 }
                 for r in runs {
@@ -281,7 +339,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for &size in &plan.sizes {
             let n = ((plan.distance_records)(size) as f64 * args.scale).max(1000.0) as u64;
             let partitions = plan.distance_partitions;
-            println!("\n== distance: {size} B records, {partitions} partitions: filling {n} records");
+            println!(
+                "\n== distance: {size} B records, {partitions} partitions: filling {n} records"
+            );
             let f = scenarios::fill(&ctx, size, partitions, n).await?;
             for one_way in [None, Some(Duration::from_millis(25))] {
                 let mut r = scenarios::drain_relay(&ctx, &f, SinkKind::Discard, one_way).await?;
@@ -296,9 +356,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for &rate in &plan.latency_rates {
             for &partitions in &plan.latency_partitions {
                 for consumer in [Consumer::Bare, Consumer::Relay] {
-                    println!("\n== latency: {rate} records/s of 1 KiB, {partitions} partitions, {consumer:?}");
-                    let l = scenarios::latency(&ctx, 1024, partitions, rate, plan.latency_secs, consumer, plan.settle).await?;
-                    println!("   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)", l.latency.p50_ms, l.latency.p99_ms, l.latency.max_ms, l.latency.samples);
+                    println!(
+                        "\n== latency: {rate} records/s of 1 KiB, {partitions} partitions, {consumer:?}"
+                    );
+                    let l = scenarios::latency(
+                        &ctx,
+                        1024,
+                        partitions,
+                        rate,
+                        plan.latency_secs,
+                        consumer,
+                        plan.settle,
+                    )
+                    .await?;
+                    println!(
+                        "   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)",
+                        l.latency.p50_ms, l.latency.p99_ms, l.latency.max_ms, l.latency.samples
+                    );
                     results.latency.push(l);
                 }
             }
@@ -307,20 +381,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wanted(&args, "idle") {
         println!("\n== idle agent, {:.0} s", plan.idle_secs);
         let i = scenarios::idle(&ctx, 6, plan.idle_secs).await?;
-        println!("   {:.2}% of a core, at most {:.2} requests/s to the broker", i.cpu_pct_of_core, i.requests_per_s_max);
+        println!(
+            "   {:.2}% of a core, at most {:.2} requests/s to the broker",
+            i.cpu_pct_of_core, i.requests_per_s_max
+        );
         results.idle.push(i);
     }
     if wanted(&args, "soak") && plan.soak_secs > 0.0 {
-        println!("\n== memory over {:.0} s at 10,000 records/s of 1 KiB", plan.soak_secs);
+        println!(
+            "\n== memory over {:.0} s at 10,000 records/s of 1 KiB",
+            plan.soak_secs
+        );
         let every = Duration::from_secs_f64((plan.soak_secs / 120.0).clamp(0.2, 5.0));
         let k = scenarios::soak(&ctx, 1024, 6, 10_000, plan.soak_secs, every).await?;
-        println!("   RSS {:.1} -> {:.1} MiB, peak {:.1} MiB, trend {:+.2} MiB/10 min", k.rss_after_1min_mib, k.rss_end_mib, k.hwm_mib, k.slope_mib_per_10min);
+        println!(
+            "   RSS {:.1} -> {:.1} MiB, peak {:.1} MiB, trend {:+.2} MiB/10 min",
+            k.rss_after_1min_mib, k.rss_end_mib, k.hwm_mib, k.slope_mib_per_10min
+        );
         results.soak = Some(k);
     }
 
     ctx.system.stop().await;
     results.machine.loadavg_end = procstat::loadavg();
-    results.notes.push(format!("Whole run: {:.0} s.", started.elapsed().as_secs_f64()));
+    results.notes.push(format!(
+        "Whole run: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    ));
     write(&args, &out, &results)
 }
 
@@ -328,18 +414,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn write(args: &Args, out: &std::path::Path, results: &report::Results) -> anyhow::Result<()> {
     let md = results.markdown();
     std::fs::write(out.join("report.md"), &md)?;
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
     let mut others = Vec::new();
     for c in &args.compare {
-        let (label, path) = c.split_once('=').with_context(|| format!("--compare {c}: write LABEL=path/to/results.json"))?;
+        let (label, path) = c
+            .split_once('=')
+            .with_context(|| format!("--compare {c}: write LABEL=path/to/results.json"))?;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        others.push((label.to_owned(), serde_json::from_str::<report::Results>(&text).with_context(|| format!("parsing {path}"))?));
+        others.push((
+            label.to_owned(),
+            serde_json::from_str::<report::Results>(&text)
+                .with_context(|| format!("parsing {path}"))?,
+        ));
     }
     std::fs::write(out.join("throughput.svg"), results.throughput_svg(&others))?;
     if let Some(svg) = results.soak_svg() {
         std::fs::write(out.join("soak-rss.svg"), svg)?;
     }
     println!("\n{md}");
-    println!("written: {}/report.md, results.json, throughput.svg{}", out.display(), if results.soak.is_some() { ", soak-rss.svg" } else { "" });
+    println!(
+        "written: {}/report.md, results.json, throughput.svg{}",
+        out.display(),
+        if results.soak.is_some() {
+            ", soak-rss.svg"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

@@ -78,7 +78,8 @@ impl Meter {
         if let Some((from, to)) = m.window {
             for &(ts, seq) in stamps {
                 if (from..to).contains(&seq) {
-                    m.latencies_us.push(now_us.saturating_sub(ts).min(u64::from(u32::MAX)) as u32);
+                    m.latencies_us
+                        .push(now_us.saturating_sub(ts).min(u64::from(u32::MAX)) as u32);
                 }
             }
         }
@@ -86,7 +87,12 @@ impl Meter {
 
     pub fn count(&self) -> Count {
         let m = self.lock();
-        Count { records: m.records, bytes: m.bytes, first: m.first, last: m.last }
+        Count {
+            records: m.records,
+            bytes: m.bytes,
+            first: m.first,
+            last: m.last,
+        }
     }
 
     /// Latencies recorded so far in the window.
@@ -115,14 +121,25 @@ impl Latency {
         }
         us.sort_unstable();
         // Nearest rank: the smallest value with at least q of the samples at or below it.
-        let rank = |q: f64| us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1] as f64 / 1000.0;
-        Latency { samples: us.len(), p50_ms: rank(0.50), p99_ms: rank(0.99), max_ms: *us.last().unwrap_or(&0) as f64 / 1000.0 }
+        let rank = |q: f64| {
+            us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1] as f64 / 1000.0
+        };
+        Latency {
+            samples: us.len(),
+            p50_ms: rank(0.50),
+            p99_ms: rank(0.99),
+            max_ms: *us.last().unwrap_or(&0) as f64 / 1000.0,
+        }
     }
 }
 
 /// Wait until `done` holds, checking every 10 ms; false after `patience`
 /// without `progress` changing.
-pub async fn wait_for(mut done: impl FnMut() -> bool, mut progress: impl FnMut() -> u64, patience: Duration) -> bool {
+pub async fn wait_for(
+    mut done: impl FnMut() -> bool,
+    mut progress: impl FnMut() -> u64,
+    patience: Duration,
+) -> bool {
     let mut last = progress();
     let mut since = Instant::now();
     loop {
@@ -143,12 +160,26 @@ pub async fn wait_for(mut done: impl FnMut() -> bool, mut progress: impl FnMut()
 /// Checks run under `cargo test`.
 pub fn self_check() -> anyhow::Result<()> {
     let l = Latency::of((1..=1000).map(|ms| ms * 1000).collect());
-    anyhow::ensure!((l.p50_ms, l.p99_ms, l.max_ms, l.samples) == (500.0, 990.0, 1000.0, 1000), "percentiles: {l:?}");
+    anyhow::ensure!(
+        (l.p50_ms, l.p99_ms, l.max_ms, l.samples) == (500.0, 990.0, 1000.0, 1000),
+        "percentiles: {l:?}"
+    );
     let m = Meter::default();
     m.measure(10, 20);
-    m.add(3, 300, &[(super::broker::now_us() - 5_000, 9), (super::broker::now_us() - 5_000, 10), (0, 20)]);
+    m.add(
+        3,
+        300,
+        &[
+            (super::broker::now_us() - 5_000, 9),
+            (super::broker::now_us() - 5_000, 10),
+            (0, 20),
+        ],
+    );
     anyhow::ensure!(m.count().records == 3 && m.measured() == 1, "meter counts");
     let l = m.latency();
-    anyhow::ensure!(l.p50_ms >= 5.0 && l.p50_ms < 1000.0, "latency of a 5 ms old record: {l:?}");
+    anyhow::ensure!(
+        l.p50_ms >= 5.0 && l.p50_ms < 1000.0,
+        "latency of a 5 ms old record: {l:?}"
+    );
     Ok(())
 }

@@ -23,7 +23,13 @@ pub struct Paced {
 
 /// Start producing `rate` records/s of `size` bytes to `topic`, round-robin
 /// over its partitions, sequence numbers from 0.
-pub fn start(broker: &Broker, topic: &str, partitions: i32, size: usize, rate: u64) -> anyhow::Result<Paced> {
+pub fn start(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    size: usize,
+    rate: u64,
+) -> anyhow::Result<Paced> {
     // librdkafka's default linger (5 ms): with none, 10,000 records/s
     // become 10,000 produce requests/s and the broker, not the relay, sets
     // the latency. The linger is part of what is measured, for the bare
@@ -33,34 +39,45 @@ pub fn start(broker: &Broker, topic: &str, partitions: i32, size: usize, rate: u
     let stop = Arc::new(AtomicBool::new(false));
     let (s, st, topic) = (sent.clone(), stop.clone(), topic.to_owned());
     let started = Instant::now();
-    let thread = std::thread::Builder::new().name("paced-producer".into()).spawn(move || {
-        let mut value = broker::record(0, 0, size);
-        let mut seq = 0u64;
-        while !st.load(Ordering::Relaxed) {
-            let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            broker::stamp(&mut value, seq, broker::now_us());
-            let p = (seq % partitions as u64) as i32;
-            loop {
-                match producer.send(BaseRecord::<(), [u8]>::to(&topic).partition(p).payload(&value)) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        producer.poll(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => bail!("paced producer: {e}"),
+    let thread = std::thread::Builder::new()
+        .name("paced-producer".into())
+        .spawn(move || {
+            let mut value = broker::record(0, 0, size);
+            let mut seq = 0u64;
+            while !st.load(Ordering::Relaxed) {
+                let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
                 }
+                broker::stamp(&mut value, seq, broker::now_us());
+                let p = (seq % partitions as u64) as i32;
+                loop {
+                    match producer.send(
+                        BaseRecord::<(), [u8]>::to(&topic)
+                            .partition(p)
+                            .payload(&value),
+                    ) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            producer.poll(Duration::from_millis(1));
+                        }
+                        Err((e, _)) => bail!("paced producer: {e}"),
+                    }
+                }
+                producer.poll(Duration::ZERO);
+                seq += 1;
+                s.store(seq, Ordering::Relaxed);
             }
-            producer.poll(Duration::ZERO);
-            seq += 1;
-            s.store(seq, Ordering::Relaxed);
-        }
-        producer.flush(Duration::from_secs(30))?;
-        Ok(())
-    })?;
-    Ok(Paced { sent, stop, started, thread })
+            producer.flush(Duration::from_secs(30))?;
+            Ok(())
+        })?;
+    Ok(Paced {
+        sent,
+        stop,
+        started,
+        thread,
+    })
 }
 
 impl Paced {

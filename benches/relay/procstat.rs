@@ -33,13 +33,19 @@ pub fn clock_ticks() -> f64 {
 
 /// `pid` may be `"self"`.
 pub fn sample(pid: &str) -> anyhow::Result<Sample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name, which may hold spaces and parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib = |key: &str| -> u64 {
         status
             .lines()
@@ -47,7 +53,11 @@ pub fn sample(pid: &str) -> anyhow::Result<Sample> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     };
-    Ok(Sample { cpu_s: ticks / clock_ticks(), rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") })
+    Ok(Sample {
+        cpu_s: ticks / clock_ticks(),
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+    })
 }
 
 /// TCP segments carrying data that `pid` sent to `port` (all its sockets),
@@ -55,7 +65,17 @@ pub fn sample(pid: &str) -> anyhow::Result<Sample> {
 /// small segment, so the difference between two readings bounds the number
 /// of requests from above.
 pub fn data_segments_to(pid: u32, port: u16) -> anyhow::Result<u64> {
-    let out = Command::new("ss").args(["-tinpH", "state", "established", "dport", "=", &format!(":{port}")]).output().context("running ss (iproute2)")?;
+    let out = Command::new("ss")
+        .args([
+            "-tinpH",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .context("running ss (iproute2)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // Each socket is a line with the addresses and users:(...), followed by
     // an indented line with the TCP info.
@@ -67,7 +87,10 @@ pub fn data_segments_to(pid: u32, port: u16) -> anyhow::Result<u64> {
             mine = line.contains(&needle);
         }
         if mine {
-            if let Some(v) = line.split_whitespace().find_map(|w| w.strip_prefix("data_segs_out:")) {
+            if let Some(v) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("data_segs_out:"))
+            {
                 total += v.parse::<u64>().unwrap_or(0);
             }
         }
@@ -91,12 +114,18 @@ pub struct Machine {
 }
 
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// The 1-minute load average.
 pub fn load1() -> f64 {
-    loadavg().split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    loadavg()
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -105,8 +134,17 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_owned()
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
         })
         .unwrap_or_else(|| format!("{cmd} not found"))
 }
@@ -125,11 +163,20 @@ impl Machine {
             .arg("-V")
             .output()
             .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("Version")).map(str::to_owned))
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .find(|l| l.starts_with("Version"))
+                    .map(str::to_owned)
+            })
             .unwrap_or(kcat);
         Machine {
             nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_model: cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()).unwrap_or_default(),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+                .unwrap_or_default(),
             kernel: first_line("uname", &["-sr"]),
             memory_gib: mem_kib / 1024.0 / 1024.0,
             loadavg_start: loadavg(),

@@ -53,7 +53,9 @@ pub async fn start(upstream: SocketAddr, one_way: Duration) -> anyhow::Result<De
             };
             let s = s.clone();
             tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(upstream).await else { return };
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
@@ -76,7 +78,11 @@ async fn delay_line(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Dura
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send((Instant::now() + delay, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    if tx
+                        .send((Instant::now() + delay, Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -120,6 +126,9 @@ pub async fn self_check() -> anyhow::Result<()> {
     c.read_exact(&mut got).await?;
     let rtt = t.elapsed();
     anyhow::ensure!(&got == b"ping", "proxy changed the bytes: {got:?}");
-    anyhow::ensure!(rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(400), "round trip through the proxy took {rtt:?}, expected about 40 ms");
+    anyhow::ensure!(
+        rtt >= Duration::from_millis(40) && rtt < Duration::from_millis(400),
+        "round trip through the proxy took {rtt:?}, expected about 40 ms"
+    );
     Ok(())
 }

@@ -50,8 +50,16 @@ impl Run {
     pub fn set_rate(&mut self, records: u64, bytes: u64, secs: f64) {
         self.records = records;
         self.secs = secs;
-        self.rec_per_s = if secs > 0.0 { records as f64 / secs } else { 0.0 };
-        self.mib_per_s = if secs > 0.0 { bytes as f64 / MIB / secs } else { 0.0 };
+        self.rec_per_s = if secs > 0.0 {
+            records as f64 / secs
+        } else {
+            0.0
+        };
+        self.mib_per_s = if secs > 0.0 {
+            bytes as f64 / MIB / secs
+        } else {
+            0.0
+        };
     }
 }
 
@@ -106,19 +114,31 @@ fn slope_per_10min(points: &[(f64, f64)]) -> f64 {
         return 0.0;
     }
     let n = points.len() as f64;
-    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
     let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     if sxx > 0.0 { sxy / sxx * 600.0 } else { 0.0 }
 }
 
 impl Soak {
-    pub fn new(rate: u64, size: usize, partitions: i32, rss: Vec<(f64, f64)>, hwm_mib: f64, records: u64, cpu_s: f64) -> Soak {
+    pub fn new(
+        rate: u64,
+        size: usize,
+        partitions: i32,
+        rss: Vec<(f64, f64)>,
+        hwm_mib: f64,
+        records: u64,
+        cpu_s: f64,
+    ) -> Soak {
         let secs = rss.last().map_or(0.0, |p| p.0);
         let warm = 60f64.min(secs / 5.0);
         let after: Vec<(f64, f64)> = rss.iter().copied().filter(|p| p.0 >= warm).collect();
         let slope = slope_per_10min(&after);
-        let second_half: Vec<(f64, f64)> = rss.iter().copied().filter(|p| p.0 >= secs / 2.0).collect();
+        let second_half: Vec<(f64, f64)> =
+            rss.iter().copied().filter(|p| p.0 >= secs / 2.0).collect();
         Soak {
             rate,
             size,
@@ -130,7 +150,11 @@ impl Soak {
             slope_mib_per_10min: slope,
             slope_second_half_mib_per_10min: slope_per_10min(&second_half),
             records,
-            cpu_s_per_m: if records > 0 { cpu_s / (records as f64 / 1e6) } else { 0.0 },
+            cpu_s_per_m: if records > 0 {
+                cpu_s / (records as f64 / 1e6)
+            } else {
+                0.0
+            },
             rss,
         }
     }
@@ -152,7 +176,9 @@ pub struct Results {
 fn f0(v: f64) -> String {
     let s = format!("{:.0}", v);
     // Thousands separators make rates readable.
-    let (neg, digits) = s.strip_prefix('-').map_or((false, s.as_str()), |d| (true, d));
+    let (neg, digits) = s
+        .strip_prefix('-')
+        .map_or((false, s.as_str()), |d| (true, d));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
@@ -168,7 +194,11 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 fn size_name(size: usize) -> String {
-    if size >= 1024 && size % 1024 == 0 { format!("{} KiB", size / 1024) } else { format!("{size} B") }
+    if size >= 1024 && size % 1024 == 0 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
 }
 
 impl Results {
@@ -177,18 +207,37 @@ impl Results {
     }
 
     fn part_runs(&self, part: &str, size: usize, partitions: i32, consumer: &str) -> Vec<&Run> {
-        self.runs.iter().filter(|r| r.part == part && r.size == size && r.partitions == partitions && r.consumer == consumer).collect()
+        self.runs
+            .iter()
+            .filter(|r| {
+                r.part == part
+                    && r.size == size
+                    && r.partitions == partitions
+                    && r.consumer == consumer
+            })
+            .collect()
     }
 
     /// The distance topics: (size, partitions, relay without delay, with).
     fn distance(&self) -> Vec<(usize, i32, f64, f64)> {
-        let mut keys: Vec<(usize, i32)> = self.runs.iter().filter(|r| r.part == DISTANCE).map(|r| (r.size, r.partitions)).collect();
+        let mut keys: Vec<(usize, i32)> = self
+            .runs
+            .iter()
+            .filter(|r| r.part == DISTANCE)
+            .map(|r| (r.size, r.partitions))
+            .collect();
         keys.sort();
         keys.dedup();
         keys.into_iter()
             .filter_map(|(z, p)| {
-                let a = self.part_runs(DISTANCE, z, p, RELAY_DISCARD).first()?.rec_per_s;
-                let b = self.part_runs(DISTANCE, z, p, RELAY_DISCARD_RTT).first()?.rec_per_s;
+                let a = self
+                    .part_runs(DISTANCE, z, p, RELAY_DISCARD)
+                    .first()?
+                    .rec_per_s;
+                let b = self
+                    .part_runs(DISTANCE, z, p, RELAY_DISCARD_RTT)
+                    .first()?
+                    .rec_per_s;
                 Some((z, p, a, b))
             })
             .collect()
@@ -203,11 +252,18 @@ impl Results {
     }
 
     fn best(&self, size: usize, partitions: i32, consumer: &str) -> Option<&Run> {
-        self.runs_of(size, partitions, consumer).into_iter().max_by(|a, b| a.rec_per_s.total_cmp(&b.rec_per_s))
+        self.runs_of(size, partitions, consumer)
+            .into_iter()
+            .max_by(|a, b| a.rec_per_s.total_cmp(&b.rec_per_s))
     }
 
     fn topics(&self) -> Vec<(usize, i32)> {
-        let mut t: Vec<(usize, i32)> = self.runs.iter().filter(|r| r.part == THROUGHPUT).map(|r| (r.size, r.partitions)).collect();
+        let mut t: Vec<(usize, i32)> = self
+            .runs
+            .iter()
+            .filter(|r| r.part == THROUGHPUT)
+            .map(|r| (r.size, r.partitions))
+            .collect();
         t.sort();
         t.dedup();
         t
@@ -222,9 +278,21 @@ impl Results {
         let _ = writeln!(s, "| CPU | {} × {} |", m.nproc, m.cpu_model);
         let _ = writeln!(s, "| memory | {:.1} GiB |", m.memory_gib);
         let _ = writeln!(s, "| kernel | {} |", m.kernel);
-        let _ = writeln!(s, "| load average (1, 5, 15 min) | start {}, end {} |", m.loadavg_start, m.loadavg_end);
-        let _ = writeln!(s, "| toolchain | {}, build profile `{}` |", m.rustc, m.profile);
-        let _ = writeln!(s, "| librdkafka | {} (agent and bare consumer); kcat: {} |", m.librdkafka, m.kcat);
+        let _ = writeln!(
+            s,
+            "| load average (1, 5, 15 min) | start {}, end {} |",
+            m.loadavg_start, m.loadavg_end
+        );
+        let _ = writeln!(
+            s,
+            "| toolchain | {}, build profile `{}` |",
+            m.rustc, m.profile
+        );
+        let _ = writeln!(
+            s,
+            "| librdkafka | {} (agent and bare consumer); kcat: {} |",
+            m.librdkafka, m.kcat
+        );
         let _ = writeln!(s, "| command | `{}` |\n", self.command);
 
         let _ = writeln!(s, "### Throughput: draining a filled topic\n");
@@ -234,7 +302,10 @@ impl Results {
              accepted (each batch acked); after the last ack the run waits until the agent's consumer group has committed the end \
              of every partition (\"commit +s\"). Ratio = relay / bare rdkafka consumer (the best of its runs, with librdkafka's default settings or the agent's) in the same run.\n"
         );
-        let _ = writeln!(s, "| record | partitions | records | rdkafka | kcat | rdkafka, agent settings | relay -> discard | ratio | relay -> jsonl | ratio | commit +s | agent CPU s / M rec | agent peak RSS MiB |");
+        let _ = writeln!(
+            s,
+            "| record | partitions | records | rdkafka | kcat | rdkafka, agent settings | relay -> discard | ratio | relay -> jsonl | ratio | commit +s | agent CPU s / M rec | agent peak RSS MiB |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (size, p) in self.topics() {
             let ceil = self.ceiling(size, p);
@@ -244,7 +315,10 @@ impl Results {
                 _ => "-".into(),
             };
             let relay = self.best(size, p, RELAY_DISCARD);
-            let records = self.runs_of(size, p, RDKAFKA).first().map_or(0, |r| r.records);
+            let records = self
+                .runs_of(size, p, RDKAFKA)
+                .first()
+                .map_or(0, |r| r.records);
             let _ = writeln!(
                 s,
                 "| {} | {p} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
@@ -264,16 +338,32 @@ impl Results {
         }
         let distance = self.distance();
         if !distance.is_empty() {
-            let _ = writeln!(s, "\n### Distance: 50 ms round trip between agent and control plane\n");
+            let _ = writeln!(
+                s,
+                "\n### Distance: 50 ms round trip between agent and control plane\n"
+            );
             let _ = writeln!(
                 s,
                 "A delaying TCP proxy in the bench adds 25 ms each way; both runs drain the same (smaller) topic; the job's \
                  default in-flight window.\n"
             );
-            let _ = writeln!(s, "| record | partitions | relay, no delay | relay, +50 ms RTT | ratio |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "| record | partitions | relay, no delay | relay, +50 ms RTT | ratio |\n|---|---|---|---|---|"
+            );
             for (size, p, a, b) in distance {
-                let ratio = if a > 0.0 { format!("**{:.0}%**", b / a * 100.0) } else { "-".into() };
-                let _ = writeln!(s, "| {} | {p} | {} | {} | {ratio} |", size_name(size), f0(a), f0(b));
+                let ratio = if a > 0.0 {
+                    format!("**{:.0}%**", b / a * 100.0)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {p} | {} | {} | {ratio} |",
+                    size_name(size),
+                    f0(a),
+                    f0(b)
+                );
             }
         }
         if !self.latency.is_empty() {
@@ -285,7 +375,10 @@ impl Results {
                  part of what is measured for both.\n",
                 crate::paced::PRODUCER_LINGER_MS
             );
-            let _ = writeln!(s, "| rate /s | achieved /s | record | partitions | consumer | samples | p50 ms | p99 ms | max ms | agent CPU % of a core | agent peak RSS MiB |");
+            let _ = writeln!(
+                s,
+                "| rate /s | achieved /s | record | partitions | consumer | samples | p50 ms | p99 ms | max ms | agent CPU % of a core | agent peak RSS MiB |"
+            );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
             for l in &self.latency {
                 let _ = writeln!(
@@ -339,11 +432,15 @@ impl Results {
         let _ = writeln!(s, "\n### Targets\n");
         let _ = writeln!(s, "| target | measured | met |\n|---|---|---|");
         for (t, measured, met) in self.targets() {
-            let _ = writeln!(s, "| {t} | {measured} | {} |", match met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "not measured",
-            });
+            let _ = writeln!(
+                s,
+                "| {t} | {measured} | {} |",
+                match met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "not measured",
+                }
+            );
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n### Notes\n");
@@ -352,7 +449,10 @@ impl Results {
             }
         }
         let _ = writeln!(s, "\n<details><summary>Every run</summary>\n");
-        let _ = writeln!(s, "| part | record | partitions | consumer | records | s | rec/s | MiB/s | consumer CPU s | control plane CPU s | broker CPU s | commit +s | stop s |");
+        let _ = writeln!(
+            s,
+            "| part | record | partitions | consumer | records | s | rec/s | MiB/s | consumer CPU s | control plane CPU s | broker CPU s | commit +s | stop s |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.runs {
             let _ = writeln!(
@@ -385,25 +485,56 @@ impl Results {
                 .topics()
                 .into_iter()
                 .filter(|(z, _)| *z == size)
-                .filter_map(|(z, p)| Some((p, self.best(z, p, RELAY_DISCARD)?.rec_per_s / self.ceiling(z, p)?)))
+                .filter_map(|(z, p)| {
+                    Some((
+                        p,
+                        self.best(z, p, RELAY_DISCARD)?.rec_per_s / self.ceiling(z, p)?,
+                    ))
+                })
                 .collect();
-            let measured = ratios.iter().map(|(p, r)| format!("{p} partitions: {:.0}%", r * 100.0)).collect::<Vec<_>>().join(", ");
+            let measured = ratios
+                .iter()
+                .map(|(p, r)| format!("{p} partitions: {:.0}%", r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ");
             t.push((
-                format!("relay throughput at {} ≥ {:.0}% of the bare rdkafka consumer", size_name(size), floor * 100.0),
-                if measured.is_empty() { "-".into() } else { measured },
+                format!(
+                    "relay throughput at {} ≥ {:.0}% of the bare rdkafka consumer",
+                    size_name(size),
+                    floor * 100.0
+                ),
+                if measured.is_empty() {
+                    "-".into()
+                } else {
+                    measured
+                },
                 (!ratios.is_empty()).then(|| ratios.iter().all(|(_, r)| *r >= floor)),
             ));
         }
-        let rtt: Vec<(usize, i32, f64)> = self.distance().into_iter().map(|(z, p, a, b)| (z, p, b / a)).collect();
+        let rtt: Vec<(usize, i32, f64)> = self
+            .distance()
+            .into_iter()
+            .map(|(z, p, a, b)| (z, p, b / a))
+            .collect();
         t.push((
             "with 50 ms RTT ≥ 80% of the no-delay relay".into(),
-            rtt.iter().map(|(z, p, r)| format!("{} {p}p: {:.0}%", size_name(*z), r * 100.0)).collect::<Vec<_>>().join(", "),
+            rtt.iter()
+                .map(|(z, p, r)| format!("{} {p}p: {:.0}%", size_name(*z), r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
             (!rtt.is_empty()).then(|| rtt.iter().all(|r| r.2 >= 0.8)),
         ));
-        let lat: Vec<&LatencyRun> = self.latency.iter().filter(|l| l.rate == 10_000 && l.consumer == RELAY_DISCARD).collect();
+        let lat: Vec<&LatencyRun> = self
+            .latency
+            .iter()
+            .filter(|l| l.rate == 10_000 && l.consumer == RELAY_DISCARD)
+            .collect();
         t.push((
             "latency at 10,000 rec/s: p99 < 50 ms".into(),
-            lat.iter().map(|l| format!("{}p: p99 {:.1} ms", l.partitions, l.latency.p99_ms)).collect::<Vec<_>>().join(", "),
+            lat.iter()
+                .map(|l| format!("{}p: p99 {:.1} ms", l.partitions, l.latency.p99_ms))
+                .collect::<Vec<_>>()
+                .join(", "),
             (!lat.is_empty()).then(|| lat.iter().all(|l| l.latency.p99_ms < 50.0)),
         ));
         let peak = self
@@ -432,10 +563,16 @@ impl Results {
             self.soak.as_ref().filter(|k| k.secs >= 590.0).map(|k| k.slope_second_half_mib_per_10min.abs() < 1.0),
         ));
         let idle = self.idle.first();
-        t.push(("idle agent < 1% of a core".into(), idle.map_or("-".into(), |i| format!("{:.2}%", i.cpu_pct_of_core)), idle.map(|i| i.cpu_pct_of_core < 1.0)));
+        t.push((
+            "idle agent < 1% of a core".into(),
+            idle.map_or("-".into(), |i| format!("{:.2}%", i.cpu_pct_of_core)),
+            idle.map(|i| i.cpu_pct_of_core < 1.0),
+        ));
         t.push((
             "idle: ≤ 5 reads/s per consumer group per partition (OCI)".into(),
-            idle.map_or("-".into(), |i| format!("≤ {:.2} requests/s in total", i.requests_per_s_max)),
+            idle.map_or("-".into(), |i| {
+                format!("≤ {:.2} requests/s in total", i.requests_per_s_max)
+            }),
             idle.map(|i| i.requests_per_s_max <= 5.0),
         ));
         t
@@ -446,15 +583,27 @@ impl Results {
     /// ceiling), labelled.
     pub fn throughput_svg(&self, others: &[(String, Results)]) -> String {
         let topics = self.topics();
-        let groups: Vec<String> = topics.iter().map(|(z, p)| format!("{}, {p}p", size_name(*z))).collect();
-        let mut series: Vec<(String, &Results, &str)> =
-            [KCAT, RELAY_DISCARD, RELAY_JSONL].iter().map(|c| (c.to_string(), self, *c)).collect();
+        let groups: Vec<String> = topics
+            .iter()
+            .map(|(z, p)| format!("{}, {p}p", size_name(*z)))
+            .collect();
+        let mut series: Vec<(String, &Results, &str)> = [KCAT, RELAY_DISCARD, RELAY_JSONL]
+            .iter()
+            .map(|c| (c.to_string(), self, *c))
+            .collect();
         for (label, r) in others {
             series.push((format!("{RELAY_DISCARD} ({label})"), r, RELAY_DISCARD));
         }
         let values: Vec<Vec<Option<f64>>> = topics
             .iter()
-            .map(|(z, p)| series.iter().map(|(_, r, c)| Some(r.best(*z, *p, c)?.rec_per_s / r.ceiling(*z, *p)? * 100.0)).collect())
+            .map(|(z, p)| {
+                series
+                    .iter()
+                    .map(|(_, r, c)| {
+                        Some(r.best(*z, *p, c)?.rec_per_s / r.ceiling(*z, *p)? * 100.0)
+                    })
+                    .collect()
+            })
             .collect();
         let names: Vec<&str> = series.iter().map(|s| s.0.as_str()).collect();
         svg::bars(
@@ -463,14 +612,23 @@ impl Results {
             &groups,
             &names,
             &values,
-            &[(100.0, "bare consumer"), (80.0, "target 1 KiB: 80%"), (60.0, "target 100 B: 60%")],
+            &[
+                (100.0, "bare consumer"),
+                (80.0, "target 1 KiB: 80%"),
+                (60.0, "target 100 B: 60%"),
+            ],
         )
     }
 
     pub fn soak_svg(&self) -> Option<String> {
         let k = self.soak.as_ref()?;
         Some(svg::lines(
-            &format!("Agent RSS at {} records/s of {} ({} partitions)", f0(k.rate as f64), size_name(k.size), k.partitions),
+            &format!(
+                "Agent RSS at {} records/s of {} ({} partitions)",
+                f0(k.rate as f64),
+                size_name(k.size),
+                k.partitions
+            ),
             "seconds",
             "RSS MiB",
             &[("VmRSS", k.rss.clone())],

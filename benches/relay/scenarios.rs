@@ -42,14 +42,38 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(broker: Broker, system: System, agent_bin: PathBuf, out: PathBuf, tuning: Tuning) -> anyhow::Result<Ctx> {
-        let broker_port = broker.bootstrap.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).context("broker address has no port")?;
+    pub fn new(
+        broker: Broker,
+        system: System,
+        agent_bin: PathBuf,
+        out: PathBuf,
+        tuning: Tuning,
+    ) -> anyhow::Result<Ctx> {
+        let broker_port = broker
+            .bootstrap
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .context("broker address has no port")?;
         let stamp = format!("{:x}", broker::now_us() / 1_000_000);
-        Ok(Ctx { broker, tuning, broker_port, system, agent_bin, out, seq: AtomicU64::new(0), stamp })
+        Ok(Ctx {
+            broker,
+            tuning,
+            broker_port,
+            system,
+            agent_bin,
+            out,
+            seq: AtomicU64::new(0),
+            stamp,
+        })
     }
 
     /// The spec of a relay job: defaults, plus any [`Tuning`].
-    fn job_spec(&self, id: &str, topic: &str, group: &str) -> connectivity_agent::protocol::JobSpec {
+    fn job_spec(
+        &self,
+        id: &str,
+        topic: &str,
+        group: &str,
+    ) -> connectivity_agent::protocol::JobSpec {
         let mut spec = ceiling::job_spec(id, &self.broker, topic, group);
         let t = &self.tuning;
         spec.window = t.window.unwrap_or(spec.window);
@@ -60,11 +84,18 @@ impl Ctx {
 
     /// A name no earlier run against the same broker used.
     pub fn unique(&self, what: &str) -> String {
-        format!("bench-{what}-{}-{}", self.stamp, self.seq.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "bench-{what}-{}-{}",
+            self.stamp,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     fn broker_cpu(&self) -> Option<f64> {
-        self.broker.pid.and_then(|p| procstat::sample(&p.to_string()).ok()).map(|s| s.cpu_s)
+        self.broker
+            .pid
+            .and_then(|p| procstat::sample(&p.to_string()).ok())
+            .map(|s| s.cpu_s)
     }
 
     fn start_agent(&self, name: &str, url: String) -> anyhow::Result<Agent> {
@@ -105,22 +136,48 @@ pub async fn fill(ctx: &Ctx, size: usize, partitions: i32, records: u64) -> anyh
     if total as u64 != records {
         bail!("topic {topic} holds {total} records after filling {records}");
     }
-    Ok(Filled { topic, size, partitions, records, end, fill_rec_per_s: records as f64 / took.as_secs_f64() })
+    Ok(Filled {
+        topic,
+        size,
+        partitions,
+        records,
+        end,
+        fill_rec_per_s: records as f64 / took.as_secs_f64(),
+    })
 }
 
 fn run(f: &Filled, consumer: &str) -> report::Run {
-    report::Run { part: report::THROUGHPUT.into(), size: f.size, partitions: f.partitions, consumer: consumer.to_owned(), records: f.records, ..Default::default() }
+    report::Run {
+        part: report::THROUGHPUT.into(),
+        size: f.size,
+        partitions: f.partitions,
+        consumer: consumer.to_owned(),
+        records: f.records,
+        ..Default::default()
+    }
 }
 
 /// A bare rdkafka consumer drains the topic.
-pub async fn drain_rdkafka(ctx: &Ctx, f: &Filled, settings: Settings) -> anyhow::Result<report::Run> {
-    let (b, t, g, n) = (ctx.broker.clone(), f.topic.clone(), ctx.unique("group"), f.records);
+pub async fn drain_rdkafka(
+    ctx: &Ctx,
+    f: &Filled,
+    settings: Settings,
+) -> anyhow::Result<report::Run> {
+    let (b, t, g, n) = (
+        ctx.broker.clone(),
+        f.topic.clone(),
+        ctx.unique("group"),
+        f.records,
+    );
     let broker0 = ctx.broker_cpu();
-    let d = tokio::task::spawn_blocking(move || ceiling::rdkafka(&b, &t, &g, n, settings)).await??;
+    let d =
+        tokio::task::spawn_blocking(move || ceiling::rdkafka(&b, &t, &g, n, settings)).await??;
     let name = match settings {
         Settings::Defaults => report::RDKAFKA.to_owned(),
         Settings::Agent => report::RDKAFKA_AGENT.to_owned(),
-        Settings::AgentQueueBackoff(ms) => format!("{} + fetch.queue.backoff.ms={ms}", report::RDKAFKA_AGENT),
+        Settings::AgentQueueBackoff(ms) => {
+            format!("{} + fetch.queue.backoff.ms={ms}", report::RDKAFKA_AGENT)
+        }
     };
     let mut r = run(f, &name);
     r.set_rate(d.records, d.bytes, d.secs);
@@ -143,16 +200,28 @@ fn delta(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// Wait until the group has committed the end of every partition.
-async fn wait_committed(ctx: &Ctx, group: &str, topic: &str, end: &[i64]) -> anyhow::Result<Instant> {
+async fn wait_committed(
+    ctx: &Ctx,
+    group: &str,
+    topic: &str,
+    end: &[i64],
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + COMMIT_PATIENCE;
     loop {
-        let (b, g, t, n) = (ctx.broker.clone(), group.to_owned(), topic.to_owned(), end.len() as i32);
+        let (b, g, t, n) = (
+            ctx.broker.clone(),
+            group.to_owned(),
+            topic.to_owned(),
+            end.len() as i32,
+        );
         let got = tokio::task::spawn_blocking(move || b.committed(&g, &t, n)).await??;
         if got.iter().zip(end).all(|(c, e)| c >= e) {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("group {group} committed {got:?}, expected {end:?}, {COMMIT_PATIENCE:?} after the last ack");
+            bail!(
+                "group {group} committed {got:?}, expected {end:?}, {COMMIT_PATIENCE:?} after the last ack"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -161,20 +230,35 @@ async fn wait_committed(ctx: &Ctx, group: &str, topic: &str, end: &[i64]) -> any
 /// The relay drains the topic: agent process + control plane + `sink`,
 /// optionally `one_way` apart. Counts records the sink accepted (and so the
 /// control plane acked), then checks the agent committed all of them.
-pub async fn drain_relay(ctx: &Ctx, f: &Filled, sink: SinkKind, one_way: Option<Duration>) -> anyhow::Result<report::Run> {
+pub async fn drain_relay(
+    ctx: &Ctx,
+    f: &Filled,
+    sink: SinkKind,
+    one_way: Option<Duration>,
+) -> anyhow::Result<report::Run> {
     let meter = ctx.system.meter();
     meter.reset();
     let (job, group) = (ctx.unique("job"), ctx.unique("group"));
-    let sink_path = ctx.system.add_job(&job, &ctx.job_spec(&job, &f.topic, &group), sink, &ctx.out).await?;
+    let sink_path = ctx
+        .system
+        .add_job(&job, &ctx.job_spec(&job, &f.topic, &group), sink, &ctx.out)
+        .await?;
     let proxy = match one_way {
         Some(d) => Some(proxy::start(ctx.system.addr(), d).await?),
         None => None,
     };
-    let url = format!("https://127.0.0.1:{}", proxy.as_ref().map_or(ctx.system.addr(), |p| p.addr).port());
+    let url = format!(
+        "https://127.0.0.1:{}",
+        proxy.as_ref().map_or(ctx.system.addr(), |p| p.addr).port()
+    );
     let mut agent = ctx.start_agent(&job, url)?;
 
     // Resources from the first record out to the last.
-    let (mut at_first, mut self_first, mut broker_first): (Option<Sample>, Option<f64>, Option<f64>) = (None, None, None);
+    let (mut at_first, mut self_first, mut broker_first): (
+        Option<Sample>,
+        Option<f64>,
+        Option<f64>,
+    ) = (None, None, None);
     let mut last_progress = (0u64, Instant::now());
     loop {
         let c = meter.count();
@@ -189,7 +273,12 @@ pub async fn drain_relay(ctx: &Ctx, f: &Filled, sink: SinkKind, one_way: Option<
         if c.records != last_progress.0 {
             last_progress = (c.records, Instant::now());
         } else if last_progress.1.elapsed() > PATIENCE {
-            bail!("relay stuck at {} of {} records; agent log:\n{}", c.records, f.records, agent.log_tail());
+            bail!(
+                "relay stuck at {} of {} records; agent log:\n{}",
+                c.records,
+                f.records,
+                agent.log_tail()
+            );
         }
         if !agent.alive() {
             bail!("agent exited; its log:\n{}", agent.log_tail());
@@ -197,7 +286,10 @@ pub async fn drain_relay(ctx: &Ctx, f: &Filled, sink: SinkKind, one_way: Option<
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let at_last = agent.sample()?;
-    let (self_last, broker_last) = (procstat::sample("self").ok().map(|s| s.cpu_s), ctx.broker_cpu());
+    let (self_last, broker_last) = (
+        procstat::sample("self").ok().map(|s| s.cpu_s),
+        ctx.broker_cpu(),
+    );
     let c = meter.count();
     let committed_at = wait_committed(ctx, &group, &f.topic, &f.end).await?;
     let name = match (sink, one_way) {
@@ -214,7 +306,9 @@ pub async fn drain_relay(ctx: &Ctx, f: &Filled, sink: SinkKind, one_way: Option<
     r.peak_rss_mib = Some(at_last.hwm_kib as f64 / 1024.0);
     r.cp_cpu_s = delta(self_first, self_last);
     r.broker_cpu_s = delta(broker_first, broker_last);
-    r.commit_after_s = c.last.map(|l| committed_at.saturating_duration_since(l).as_secs_f64());
+    r.commit_after_s = c
+        .last
+        .map(|l| committed_at.saturating_duration_since(l).as_secs_f64());
     let stop = tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await??;
     r.stop_s = Some(stop.as_secs_f64());
     drop(proxy);
@@ -235,7 +329,15 @@ pub enum Consumer {
 
 /// Records produced at `rate`/s; the latency of `rate * secs` of them from
 /// produce to the sink (relay) or to the consumer (bare).
-pub async fn latency(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f64, consumer: Consumer, settle: Duration) -> anyhow::Result<report::LatencyRun> {
+pub async fn latency(
+    ctx: &Ctx,
+    size: usize,
+    partitions: i32,
+    rate: u64,
+    secs: f64,
+    consumer: Consumer,
+    settle: Duration,
+) -> anyhow::Result<report::LatencyRun> {
     let topic = ctx.unique(&format!("lat-{rate}"));
     ctx.broker.create_topic(&topic, partitions).await?;
     let meter = match consumer {
@@ -249,12 +351,27 @@ pub async fn latency(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f
     let mut job = None;
     let bare = match consumer {
         Consumer::Bare => {
-            let (b, t, g, m, s) = (ctx.broker.clone(), topic.clone(), group.clone(), meter.clone(), stop.clone());
-            Some(std::thread::spawn(move || ceiling::consume_into(&b, &t, &g, Settings::Defaults, m, s)))
+            let (b, t, g, m, s) = (
+                ctx.broker.clone(),
+                topic.clone(),
+                group.clone(),
+                meter.clone(),
+                stop.clone(),
+            );
+            Some(std::thread::spawn(move || {
+                ceiling::consume_into(&b, &t, &g, Settings::Defaults, m, s)
+            }))
         }
         Consumer::Relay => {
             let id = ctx.unique("job");
-            ctx.system.add_job(&id, &ctx.job_spec(&id, &topic, &group), SinkKind::Discard, &ctx.out).await?;
+            ctx.system
+                .add_job(
+                    &id,
+                    &ctx.job_spec(&id, &topic, &group),
+                    SinkKind::Discard,
+                    &ctx.out,
+                )
+                .await?;
             agent = Some(ctx.start_agent(&id, ctx.system.url())?);
             job = Some(id);
             None
@@ -271,18 +388,36 @@ pub async fn latency(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f
         meter.measure(from, from + want);
         let cpu0 = agent.as_ref().map(|a| a.sample()).transpose()?;
         let t0 = Instant::now();
-        if !meter::wait_for(|| meter.measured() as u64 >= want, || meter.measured() as u64, Duration::from_secs(30)).await {
-            bail!("only {} of {want} measured records arrived", meter.measured());
+        if !meter::wait_for(
+            || meter.measured() as u64 >= want,
+            || meter.measured() as u64,
+            Duration::from_secs(30),
+        )
+        .await
+        {
+            bail!(
+                "only {} of {want} measured records arrived",
+                meter.measured()
+            );
         }
         let took = t0.elapsed().as_secs_f64();
         let cpu1 = agent.as_ref().map(|a| a.sample()).transpose()?;
-        Ok((meter.latency(), cpu0.zip(cpu1).map(|(a, b)| ((b.cpu_s - a.cpu_s) / took * 100.0, b.hwm_kib as f64 / 1024.0))))
+        Ok((
+            meter.latency(),
+            cpu0.zip(cpu1).map(|(a, b)| {
+                (
+                    (b.cpu_s - a.cpu_s) / took * 100.0,
+                    b.hwm_kib as f64 / 1024.0,
+                )
+            }),
+        ))
     }
     .await;
     let (_, achieved) = producer.stop()?;
     stop.store(true, Ordering::Relaxed);
     if let Some(h) = bare {
-        h.join().map_err(|_| anyhow::anyhow!("bare consumer panicked"))??;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("bare consumer panicked"))??;
     }
     let log = agent.as_ref().map(Agent::log_tail).unwrap_or_default();
     if let Some(a) = agent {
@@ -292,7 +427,8 @@ pub async fn latency(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f
         ctx.system.remove_job(&j).await?;
     }
     ctx.broker.delete_topic(&topic).await?;
-    let (lat, agent_use): (Latency, Option<(f64, f64)>) = result.with_context(|| format!("latency at {rate}/s; agent log:\n{log}"))?;
+    let (lat, agent_use): (Latency, Option<(f64, f64)>) =
+        result.with_context(|| format!("latency at {rate}/s; agent log:\n{log}"))?;
     Ok(report::LatencyRun {
         rate,
         achieved_rate: achieved,
@@ -316,23 +452,44 @@ pub async fn idle(ctx: &Ctx, partitions: i32, secs: f64) -> anyhow::Result<repor
     let meter = ctx.system.meter();
     meter.reset();
     let (job, group) = (ctx.unique("job"), ctx.unique("group"));
-    ctx.system.add_job(&job, &ctx.job_spec(&job, &topic, &group), SinkKind::Discard, &ctx.out).await?;
+    ctx.system
+        .add_job(
+            &job,
+            &ctx.job_spec(&job, &topic, &group),
+            SinkKind::Discard,
+            &ctx.out,
+        )
+        .await?;
     let agent = ctx.start_agent(&job, ctx.system.url())?;
     // One record per partition proves the job runs; then let it settle
     // (batch sealed, acked, committed) before measuring.
     let b = ctx.broker.clone();
     let t = topic.clone();
     tokio::task::spawn_blocking(move || b.fill(&t, partitions, 100, partitions as u64)).await??;
-    let ok = meter::wait_for(|| meter.count().records >= partitions as u64, || meter.count().records, Duration::from_secs(60)).await;
+    let ok = meter::wait_for(
+        || meter.count().records >= partitions as u64,
+        || meter.count().records,
+        Duration::from_secs(60),
+    )
+    .await;
     let result = async {
         if !ok {
-            bail!("the idle job relayed {} of {partitions} records", meter.count().records);
+            bail!(
+                "the idle job relayed {} of {partitions} records",
+                meter.count().records
+            );
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (s0, seg0) = (agent.sample()?, procstat::data_segments_to(agent.pid, ctx.broker_port)?);
+        let (s0, seg0) = (
+            agent.sample()?,
+            procstat::data_segments_to(agent.pid, ctx.broker_port)?,
+        );
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let (s1, seg1) = (agent.sample()?, procstat::data_segments_to(agent.pid, ctx.broker_port)?);
+        let (s1, seg1) = (
+            agent.sample()?,
+            procstat::data_segments_to(agent.pid, ctx.broker_port)?,
+        );
         let took = t0.elapsed().as_secs_f64();
         Ok(report::IdleRun {
             partitions,
@@ -351,13 +508,27 @@ pub async fn idle(ctx: &Ctx, partitions: i32, secs: f64) -> anyhow::Result<repor
 }
 
 /// A long run at a fixed rate: the agent's memory every `every`.
-pub async fn soak(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f64, every: Duration) -> anyhow::Result<report::Soak> {
+pub async fn soak(
+    ctx: &Ctx,
+    size: usize,
+    partitions: i32,
+    rate: u64,
+    secs: f64,
+    every: Duration,
+) -> anyhow::Result<report::Soak> {
     let topic = ctx.unique("soak");
     ctx.broker.create_topic(&topic, partitions).await?;
     let meter = ctx.system.meter();
     meter.reset();
     let (job, group) = (ctx.unique("job"), ctx.unique("group"));
-    ctx.system.add_job(&job, &ctx.job_spec(&job, &topic, &group), SinkKind::Discard, &ctx.out).await?;
+    ctx.system
+        .add_job(
+            &job,
+            &ctx.job_spec(&job, &topic, &group),
+            SinkKind::Discard,
+            &ctx.out,
+        )
+        .await?;
     let mut agent = ctx.start_agent(&job, ctx.system.url())?;
     let producer = paced::start(&ctx.broker, &topic, partitions, size, rate)?;
     let result = async {
@@ -373,24 +544,43 @@ pub async fn soak(ctx: &Ctx, size: usize, partitions: i32, rate: u64, secs: f64,
             if !agent.alive() {
                 bail!("agent exited");
             }
-            tokio::time::sleep(every.min(Duration::from_secs_f64((secs - t0.elapsed().as_secs_f64()).max(0.01)))).await;
+            tokio::time::sleep(every.min(Duration::from_secs_f64(
+                (secs - t0.elapsed().as_secs_f64()).max(0.01),
+            )))
+            .await;
         }
         let end = agent.sample()?;
         samples.push((t0.elapsed().as_secs_f64(), end.rss_kib as f64 / 1024.0));
         let relayed = meter.count().records - rec0;
-        Ok(report::Soak::new(rate, size, partitions, samples, end.hwm_kib as f64 / 1024.0, relayed, end.cpu_s - cpu0))
+        Ok(report::Soak::new(
+            rate,
+            size,
+            partitions,
+            samples,
+            end.hwm_kib as f64 / 1024.0,
+            relayed,
+            end.cpu_s - cpu0,
+        ))
     }
     .await;
     let (produced, _) = producer.stop()?;
     let log = agent.log_tail();
     // Everything produced must come out, or the run proves nothing.
-    let drained = meter::wait_for(|| meter.count().records >= produced, || meter.count().records, Duration::from_secs(30)).await;
+    let drained = meter::wait_for(
+        || meter.count().records >= produced,
+        || meter.count().records,
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await??;
     ctx.system.remove_job(&job).await?;
     ctx.broker.delete_topic(&topic).await?;
     let soak = result.with_context(|| format!("soak; agent log:\n{log}"))?;
     if !drained {
-        bail!("soak: {} of {produced} records reached the sink", meter.count().records);
+        bail!(
+            "soak: {} of {produced} records reached the sink",
+            meter.count().records
+        );
     }
     Ok(soak)
 }

@@ -9,7 +9,9 @@
 
 use crate::meter::Meter;
 use anyhow::Context;
-use connectivity_agent::control_plane::{BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, SinkError, StartOptions};
+use connectivity_agent::control_plane::{
+    BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, SinkError, StartOptions,
+};
 use connectivity_agent::delivery::{Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat};
 use connectivity_agent::protocol::{Batch, JobSpec};
 use futures_util::future::BoxFuture;
@@ -50,29 +52,52 @@ struct MeteredSink {
 }
 
 impl BatchSink for MeteredSink {
-    fn deliver<'a>(&'a self, _origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn deliver<'a>(
+        &'a self,
+        _origin: &'a BatchOrigin,
+        batch: Batch,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let bytes: u64 = batch.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64)).sum();
+            let bytes: u64 = batch
+                .records
+                .iter()
+                .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64))
+                .sum();
             // Parsing produce times costs a little: only while latency is measured.
             let stamps: Vec<(u64, u64)> = if self.meter.wants_latency() {
-                batch.records.iter().filter_map(|r| crate::broker::parse(r.value.as_deref()?)).collect()
+                batch
+                    .records
+                    .iter()
+                    .filter_map(|r| crate::broker::parse(r.value.as_deref()?))
+                    .collect()
             } else {
                 Vec::new()
             };
             let arrived = self.started.elapsed();
             let (seq, n) = (batch.batch_seq, batch.records.len());
             let Some(delivery) = self.delivery.get() else {
-                return Err(SinkError::NoRoute { job_id: batch.job_id });
+                return Err(SinkError::NoRoute {
+                    job_id: batch.job_id,
+                });
             };
             match delivery.deliver(batch).await {
                 Ok(ack) => {
                     // Duplicates (a resend after a reconnect) are not counted twice.
-                    self.meter.add(ack.delivered as u64, if ack.duplicates == 0 { bytes } else { 0 }, &stamps);
+                    self.meter.add(
+                        ack.delivered as u64,
+                        if ack.duplicates == 0 { bytes } else { 0 },
+                        &stamps,
+                    );
                     if let Some(t) = &self.trace {
                         use std::io::Write;
                         let done = self.started.elapsed();
                         let mut f = t.lock().unwrap_or_else(|p| p.into_inner());
-                        let _ = writeln!(f, "{:.3} {:.3} {seq} {n}", arrived.as_secs_f64() * 1000.0, done.as_secs_f64() * 1000.0);
+                        let _ = writeln!(
+                            f,
+                            "{:.3} {:.3} {seq} {n}",
+                            arrived.as_secs_f64() * 1000.0,
+                            done.as_secs_f64() * 1000.0
+                        );
                     }
                     Ok(())
                 }
@@ -96,15 +121,27 @@ fn pki(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "relay bench CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.distinguished_name
+        .push(DnType::CommonName, "relay bench CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
     let cert = params.signed_by(&key, &issuer)?;
-    let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
     std::fs::write(&ca_file, ca_cert.pem())?;
     std::fs::write(&cert_file, format!("{}{}", cert.pem(), ca_cert.pem()))?;
     std::fs::write(&key_file, key.serialize_pem())?;
@@ -114,11 +151,14 @@ fn pki(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
 /// Argon2id with the smallest parameters: the bench measures relaying, not logins.
 fn weak_hash(secret: &str) -> anyhow::Result<String> {
     use argon2::password_hash::PasswordHasher;
-    let params = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(secret.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .to_string())
+    let params = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(secret.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_string(),
+    )
 }
 
 impl System {
@@ -165,7 +205,12 @@ token_hash = "{}"
             Some(p) => Some(std::sync::Mutex::new(std::fs::File::create(p)?)),
             None => None,
         };
-        let sink = Arc::new(MeteredSink { delivery: OnceLock::new(), meter: meter.clone(), trace, started: std::time::Instant::now() });
+        let sink = Arc::new(MeteredSink {
+            delivery: OnceLock::new(),
+            meter: meter.clone(),
+            trace,
+            started: std::time::Instant::now(),
+        });
         let socket = tokio::net::TcpSocket::new_v4()?;
         if nodelay {
             socket.set_nodelay(true)?;
@@ -173,11 +218,23 @@ token_hash = "{}"
         socket.bind("127.0.0.1:0".parse()?)?;
         let listener = socket.listen(1024)?;
         let shutdown = CancellationToken::new();
-        let options = StartOptions { sink: Some(sink.clone()), ..Default::default() };
-        let handle = ControlPlane::start_with(config, listener, shutdown.clone(), options).await.context("starting the control plane")?;
+        let options = StartOptions {
+            sink: Some(sink.clone()),
+            ..Default::default()
+        };
+        let handle = ControlPlane::start_with(config, listener, shutdown.clone(), options)
+            .await
+            .context("starting the control plane")?;
         let jobs = handle.jobs();
         let _ = sink.delivery.set(jobs.delivery().clone());
-        Ok(System { addr: handle.local_addr(), ca_file, meter, jobs, shutdown, handle: Some(handle) })
+        Ok(System {
+            addr: handle.local_addr(),
+            ca_file,
+            meter,
+            jobs,
+            shutdown,
+            handle: Some(handle),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -193,7 +250,11 @@ token_hash = "{}"
     }
 
     pub fn credentials(&self) -> Credentials {
-        Credentials { group: GROUP, user: USER, password: PASSWORD }
+        Credentials {
+            group: GROUP,
+            user: USER,
+            password: PASSWORD,
+        }
     }
 
     pub fn meter(&self) -> Arc<Meter> {
@@ -201,9 +262,17 @@ token_hash = "{}"
     }
 
     /// Create a job for the bench's agent group; returns the JSONL file, if any.
-    pub async fn add_job(&self, id: &str, spec: &JobSpec, sink: SinkKind, out: &Path) -> anyhow::Result<Option<PathBuf>> {
+    pub async fn add_job(
+        &self,
+        id: &str,
+        spec: &JobSpec,
+        sink: SinkKind,
+        out: &Path,
+    ) -> anyhow::Result<Option<PathBuf>> {
         let path = match sink {
-            SinkKind::Jsonl => Some(std::path::absolute(out.join("sink").join(format!("{id}.jsonl")))?),
+            SinkKind::Jsonl => Some(std::path::absolute(
+                out.join("sink").join(format!("{id}.jsonl")),
+            )?),
             SinkKind::Discard => None,
         };
         if let Some(p) = &path {
@@ -213,18 +282,27 @@ token_hash = "{}"
             spec: spec.clone(),
             group: GROUP.into(),
             sink: match &path {
-                Some(p) => SinkConfig::Jsonl(JsonlConfig { path: p.clone(), fsync: true }),
+                Some(p) => SinkConfig::Jsonl(JsonlConfig {
+                    path: p.clone(),
+                    fsync: true,
+                }),
                 None => SinkConfig::Discard,
             },
             value_format: ValueFormat::Raw,
             paused: false,
         };
-        self.jobs.create(def).await.map_err(|e| anyhow::anyhow!("creating job {id}: {e}"))?;
+        self.jobs
+            .create(def)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating job {id}: {e}"))?;
         Ok(path)
     }
 
     pub async fn remove_job(&self, id: &str) -> anyhow::Result<()> {
-        self.jobs.delete(id).await.map_err(|e| anyhow::anyhow!("deleting job {id}: {e}"))
+        self.jobs
+            .delete(id)
+            .await
+            .map_err(|e| anyhow::anyhow!("deleting job {id}: {e}"))
     }
 
     pub async fn stop(mut self) {

@@ -43,7 +43,11 @@ impl Authenticator {
             Credentials::Basic { .. } => None,
             Credentials::OAuth { token_url, .. } => Some(token_client(config, token_url)?),
         };
-        Ok(Authenticator { credentials: config.credentials.clone(), http, token: None })
+        Ok(Authenticator {
+            credentials: config.credentials.clone(),
+            http,
+            token: None,
+        })
     }
 
     /// The header value, fetching or refreshing a token when needed.
@@ -51,9 +55,17 @@ impl Authenticator {
         match &self.credentials {
             Credentials::Basic { user, password } => {
                 let raw = format!("{user}:{}", password.expose());
-                Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
+                Ok(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
             }
-            Credentials::OAuth { token_url, client_id, client_secret, scope } => {
+            Credentials::OAuth {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => {
                 let fresh = self
                     .token
                     .as_ref()
@@ -63,10 +75,16 @@ impl Authenticator {
                         message: "no HTTP client for the token endpoint".into(),
                         permanent: true,
                     })?;
-                    let token = fetch_token(http, token_url, client_id, client_secret, scope.as_deref()).await?;
+                    let token =
+                        fetch_token(http, token_url, client_id, client_secret, scope.as_deref())
+                            .await?;
                     self.token = Some(token);
                 }
-                let token = self.token.as_ref().map(|t| t.value.expose()).unwrap_or_default();
+                let token = self
+                    .token
+                    .as_ref()
+                    .map(|t| t.value.expose())
+                    .unwrap_or_default();
                 Ok(format!("Bearer {token}"))
             }
         }
@@ -84,14 +102,22 @@ impl Authenticator {
 }
 
 fn token_client(config: &AgentConfig, token_url: &Url) -> Result<reqwest::Client, AuthError> {
-    let setup = |e: String| AuthError { message: format!("cannot set up the OAuth token client: {e}"), permanent: true };
-    let tls = crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| setup(e.to_string()))?;
+    let setup = |e: String| AuthError {
+        message: format!("cannot set up the OAuth token client: {e}"),
+        permanent: true,
+    };
+    let tls =
+        crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| setup(e.to_string()))?;
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .no_proxy();
-    if let Some(proxy) = config.proxy.as_ref().filter(|p| p.applies_to(token_url.host_str().unwrap_or_default())) {
+    if let Some(proxy) = config
+        .proxy
+        .as_ref()
+        .filter(|p| p.applies_to(token_url.host_str().unwrap_or_default()))
+    {
         builder = builder.proxy(reqwest_proxy(proxy).map_err(|e| setup(e.to_string()))?);
     }
     builder.build().map_err(|e| setup(e.to_string()))
@@ -156,7 +182,10 @@ async fn fetch_token(
             permanent: false,
         })?;
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300));
-        return Ok(CachedToken { value: token.access_token, expires_at: started + lifetime });
+        return Ok(CachedToken {
+            value: token.access_token,
+            expires_at: started + lifetime,
+        });
     }
     let err: Option<TokenErrorResponse> = serde_json::from_slice(&body).ok();
     let what = err
@@ -166,11 +195,15 @@ async fn fetch_token(
             None => e.error.clone(),
         })
         .unwrap_or_else(|| format!("HTTP {status}"));
-    let refused = matches!(err.as_ref().map(|e| e.error.as_str()), Some("invalid_client" | "unauthorized_client" | "invalid_scope"))
-        || status.as_u16() == 401;
+    let refused = matches!(
+        err.as_ref().map(|e| e.error.as_str()),
+        Some("invalid_client" | "unauthorized_client" | "invalid_scope")
+    ) || status.as_u16() == 401;
     Err(AuthError {
         message: if refused {
-            format!("token endpoint {url} refused the client: {what}; check oic_CLIENT_ID, oic_CLIENT_SECRET and oic_SCOPE")
+            format!(
+                "token endpoint {url} refused the client: {what}; check oic_CLIENT_ID, oic_CLIENT_SECRET and oic_SCOPE"
+            )
         } else {
             format!("token endpoint {url} failed: {what}")
         },

@@ -4,7 +4,7 @@
 use super::connect::{Connector, STEP_TIMEOUT};
 use super::{auth, session};
 use crate::config::AgentConfig;
-use crate::protocol::{AgentMessage, HostFacts, Hello, PROTOCOL_VERSION};
+use crate::protocol::{AgentMessage, Hello, HostFacts, PROTOCOL_VERSION};
 use futures_util::SinkExt;
 use std::fmt::Write as _;
 
@@ -21,7 +21,11 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
     let mut results = Vec::new();
     let mut push = |step: &'static str, r: Result<String, String>| {
         let ok = r.is_ok();
-        results.push(StepResult { step, ok, detail: r.unwrap_or_else(|e| e) });
+        results.push(StepResult {
+            step,
+            ok,
+            detail: r.unwrap_or_else(|e| e),
+        });
         ok
     };
 
@@ -37,7 +41,11 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
         Some(p) => (p.host.clone(), p.port),
         None => (connector.host.clone(), connector.port),
     };
-    let dns = tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((first_host.as_str(), first_port))).await;
+    let dns = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::net::lookup_host((first_host.as_str(), first_port)),
+    )
+    .await;
     let dns = match dns {
         Err(_) => Err(format!("resolving {first_host} timed out")),
         Ok(Err(e)) => Err(format!("cannot resolve {first_host}: {e}")),
@@ -51,18 +59,32 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
     }
     let stream = connector.open_stream().await;
     let hop = match &connector.proxy {
-        Some(p) => format!("tunnel to {}:{} through proxy {}", connector.host, connector.port, p.address()),
+        Some(p) => format!(
+            "tunnel to {}:{} through proxy {}",
+            connector.host,
+            connector.port,
+            p.address()
+        ),
         None => format!("connected to {}:{}", connector.host, connector.port),
     };
-    let label = if connector.proxy.is_some() { "proxy" } else { "TCP" };
-    let Some(stream) = record(&mut push, label, stream.map(|s| (s, hop)).map_err(|e| e.message)) else {
+    let label = if connector.proxy.is_some() {
+        "proxy"
+    } else {
+        "TCP"
+    };
+    let Some(stream) = record(
+        &mut push,
+        label,
+        stream.map(|s| (s, hop)).map_err(|e| e.message),
+    ) else {
         return results;
     };
     let tls = connector.open_tls(stream).await;
     let Some(tls) = record(
         &mut push,
         "TLS",
-        tls.map(|s| (s, format!("certificate of {} verified", connector.host))).map_err(|e| e.message),
+        tls.map(|s| (s, format!("certificate of {} verified", connector.host)))
+            .map_err(|e| e.message),
     ) else {
         return results;
     };
@@ -81,8 +103,12 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
         }
     };
     let ws = connector.upgrade(tls, &authorization).await;
-    let Some(mut ws) = record(&mut push, "auth", ws.map(|w| (w, "credentials accepted".to_owned())).map_err(|e| e.message))
-    else {
+    let Some(mut ws) = record(
+        &mut push,
+        "auth",
+        ws.map(|w| (w, "credentials accepted".to_owned()))
+            .map_err(|e| e.message),
+    ) else {
         return results;
     };
     // The check uses the agent's real id when it has one, so the console
@@ -102,17 +128,33 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
     let est = session::handshake(&mut ws, hello).await;
     let ok = push(
         "hello",
-        est.map(|e| format!("joined agent group {} (session {})", config.group, e.session_id)).map_err(|e| e.to_string()),
+        est.map(|e| {
+            format!(
+                "joined agent group {} (session {})",
+                config.group, e.session_id
+            )
+        })
+        .map_err(|e| e.to_string()),
     );
     if ok {
-        let bye = AgentMessage::Goodbye { reason: "check finished".into() };
-        let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(crate::protocol::encode(&bye))).await;
+        let bye = AgentMessage::Goodbye {
+            reason: "check finished".into(),
+        };
+        let _ = ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                crate::protocol::encode(&bye),
+            ))
+            .await;
         let _ = ws.close(None).await;
     }
     results
 }
 
-fn record<T>(push: &mut impl FnMut(&'static str, Result<String, String>) -> bool, step: &'static str, r: Result<(T, String), String>) -> Option<T> {
+fn record<T>(
+    push: &mut impl FnMut(&'static str, Result<String, String>) -> bool,
+    step: &'static str,
+    r: Result<(T, String), String>,
+) -> Option<T> {
     match r {
         Ok((v, detail)) => {
             push(step, Ok(detail));
@@ -129,7 +171,13 @@ fn record<T>(push: &mut impl FnMut(&'static str, Result<String, String>) -> bool
 pub fn render(results: &[StepResult]) -> String {
     let mut s = String::new();
     for r in results {
-        let _ = writeln!(s, "{} {:<6} {}", if r.ok { "ok  " } else { "FAIL" }, r.step, r.detail);
+        let _ = writeln!(
+            s,
+            "{} {:<6} {}",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.step,
+            r.detail
+        );
     }
     if results.iter().all(|r| r.ok) && results.iter().any(|r| r.step == "hello") {
         s.push_str("all checks passed\n");

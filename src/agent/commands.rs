@@ -51,16 +51,34 @@ impl CommandContext {
 }
 
 /// Execute one command.
-pub async fn execute(ctx: &CommandContext, jobs: &dyn JobHost, command_id: String, command: Command) -> CommandResult {
-    let done = |ok: bool, message: String, data: Option<serde_json::Value>| CommandResult { command_id: command_id.clone(), ok, message, data };
+pub async fn execute(
+    ctx: &CommandContext,
+    jobs: &dyn JobHost,
+    command_id: String,
+    command: Command,
+) -> CommandResult {
+    let done = |ok: bool, message: String, data: Option<serde_json::Value>| CommandResult {
+        command_id: command_id.clone(),
+        ok,
+        message,
+        data,
+    };
     match command {
         Command::TestConnection { params, timeout_ms } => {
             let deadline = Duration::from_millis(timeout_ms).min(MAX_TEST_TIMEOUT);
-            let report = crate::kafka::probe::test_connection(&params, &ctx.config.allowed_endpoints, deadline).await;
+            let report = crate::kafka::probe::test_connection(
+                &params,
+                &ctx.config.allowed_endpoints,
+                deadline,
+            )
+            .await;
             let message = if report.ok {
                 format!("all steps passed in {} ms", report.elapsed_ms)
             } else {
-                let failed = report.steps.iter().find(|s| s.status == crate::kafka::probe::StepStatus::Failed);
+                let failed = report
+                    .steps
+                    .iter()
+                    .find(|s| s.status == crate::kafka::probe::StepStatus::Failed);
                 match failed {
                     Some(s) => format!("{:?} failed: {}", s.step, s.detail),
                     None => "test did not complete".to_owned(),
@@ -70,11 +88,27 @@ pub async fn execute(ctx: &CommandContext, jobs: &dyn JobHost, command_id: Strin
         }
         Command::PauseJob { job_id } => {
             let ok = jobs.pause(&job_id);
-            done(ok, if ok { format!("job {job_id} paused") } else { format!("job {job_id} does not run on this agent") }, None)
+            done(
+                ok,
+                if ok {
+                    format!("job {job_id} paused")
+                } else {
+                    format!("job {job_id} does not run on this agent")
+                },
+                None,
+            )
         }
         Command::ResumeJob { job_id } => {
             let ok = jobs.resume(&job_id);
-            done(ok, if ok { format!("job {job_id} resumed") } else { format!("job {job_id} does not run on this agent") }, None)
+            done(
+                ok,
+                if ok {
+                    format!("job {job_id} resumed")
+                } else {
+                    format!("job {job_id} does not run on this agent")
+                },
+                None,
+            )
         }
         Command::DrainJob { job_id } => {
             let known = jobs.job_ids().contains(&job_id);
@@ -83,14 +117,27 @@ pub async fn execute(ctx: &CommandContext, jobs: &dyn JobHost, command_id: Strin
             }
             done(
                 known,
-                if known { format!("job {job_id} draining: in-flight batches finish, offsets are committed, then it stops") } else { format!("job {job_id} does not run on this agent") },
+                if known {
+                    format!(
+                        "job {job_id} draining: in-flight batches finish, offsets are committed, then it stops"
+                    )
+                } else {
+                    format!("job {job_id} does not run on this agent")
+                },
                 None,
             )
         }
         Command::Restart => {
             ctx.restart_requested.store(true, Ordering::SeqCst);
             ctx.shutdown.cancel();
-            done(true, format!("restarting: draining, then exiting with code {} for the supervisor to start it again", crate::protocol::command::EX_RESTART), None)
+            done(
+                true,
+                format!(
+                    "restarting: draining, then exiting with code {} for the supervisor to start it again",
+                    crate::protocol::command::EX_RESTART
+                ),
+                None,
+            )
         }
         Command::SetLogLevel { level } => match crate::logging::set_level(&level) {
             Ok(()) => {
@@ -99,7 +146,11 @@ pub async fn execute(ctx: &CommandContext, jobs: &dyn JobHost, command_id: Strin
             }
             Err(e) => done(false, e, None),
         },
-        Command::Diagnostics => done(true, "diagnostics bundle".into(), Some(diagnostics(ctx, jobs))),
+        Command::Diagnostics => done(
+            true,
+            "diagnostics bundle".into(),
+            Some(diagnostics(ctx, jobs)),
+        ),
     }
 }
 
@@ -107,8 +158,15 @@ pub async fn execute(ctx: &CommandContext, jobs: &dyn JobHost, command_id: Strin
 pub fn diagnostics(ctx: &CommandContext, jobs: &dyn JobHost) -> serde_json::Value {
     let c = &ctx.config;
     let credentials = match &c.credentials {
-        Credentials::Basic { user, .. } => json!({"style": "basic", "user": user, "password": crate::secret::MASK}),
-        Credentials::OAuth { token_url, client_id, scope, .. } => json!({
+        Credentials::Basic { user, .. } => {
+            json!({"style": "basic", "user": user, "password": crate::secret::MASK})
+        }
+        Credentials::OAuth {
+            token_url,
+            client_id,
+            scope,
+            ..
+        } => json!({
             "style": "oauth2_client_credentials", "token_url": token_url.as_str(), "client_id": client_id,
             "client_secret": crate::secret::MASK, "scope": scope,
         }),

@@ -64,10 +64,18 @@ pub struct ConnectError {
 
 impl ConnectError {
     fn new(step: Step, message: impl Into<String>) -> Self {
-        ConnectError { step, message: message.into(), permanent: false }
+        ConnectError {
+            step,
+            message: message.into(),
+            permanent: false,
+        }
     }
     fn permanent(step: Step, message: impl Into<String>) -> Self {
-        ConnectError { step, message: message.into(), permanent: true }
+        ConnectError {
+            step,
+            message: message.into(),
+            permanent: true,
+        }
     }
 }
 
@@ -84,9 +92,16 @@ impl Connector {
     pub fn new(config: &AgentConfig) -> Result<Self, crate::tls::TlsConfigError> {
         let url = &config.control_plane;
         Ok(Connector {
-            host: url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned(),
+            host: url
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned(),
             port: url.port_or_known_default().unwrap_or(443),
-            proxy: config.proxy.clone().filter(|p| p.applies_to(url.host_str().unwrap_or_default())),
+            proxy: config
+                .proxy
+                .clone()
+                .filter(|p| p.applies_to(url.host_str().unwrap_or_default())),
             tls: crate::tls::client_config(config.ca_file.as_deref())?,
         })
     }
@@ -99,12 +114,16 @@ impl Connector {
     /// DNS, TCP and (through a proxy) CONNECT: a raw stream to the control plane.
     pub async fn open_stream(&self) -> Result<Box<dyn Io>, ConnectError> {
         match &self.proxy {
-            None => Ok(Box::new(tcp_connect(&self.host, self.port, Step::Tcp).await?)),
+            None => Ok(Box::new(
+                tcp_connect(&self.host, self.port, Step::Tcp).await?,
+            )),
             Some(proxy) => {
                 let tcp = tcp_connect(&proxy.host, proxy.port, Step::Proxy).await?;
                 let stream: Box<dyn Io> = match proxy.protocol {
                     ProxyProtocol::Http => Box::new(tcp),
-                    ProxyProtocol::Https => Box::new(self.tls_handshake(tcp, &proxy.host, Step::Proxy).await?),
+                    ProxyProtocol::Https => {
+                        Box::new(self.tls_handshake(tcp, &proxy.host, Step::Proxy).await?)
+                    }
                 };
                 http_connect(stream, proxy, &self.host, self.port).await
             }
@@ -117,11 +136,15 @@ impl Connector {
         host: &str,
         step: Step,
     ) -> Result<tokio_rustls::client::TlsStream<S>, ConnectError> {
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|_| ConnectError::permanent(step, format!("{host:?} is not a valid TLS server name")))?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            ConnectError::permanent(step, format!("{host:?} is not a valid TLS server name"))
+        })?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {
-            Err(_) => Err(ConnectError::new(step, format!("TLS handshake with {host} timed out after {STEP_TIMEOUT:?}"))),
+            Err(_) => Err(ConnectError::new(
+                step,
+                format!("TLS handshake with {host} timed out after {STEP_TIMEOUT:?}"),
+            )),
             Ok(Err(e)) => Err(ConnectError::new(step, describe_tls_error(host, &e))),
             Ok(Ok(s)) => Ok(s),
         }
@@ -129,18 +152,30 @@ impl Connector {
 
     /// TLS over `stream` to the control plane.
     pub async fn open_tls(&self, stream: Box<dyn Io>) -> Result<Box<dyn Io>, ConnectError> {
-        Ok(Box::new(self.tls_handshake(stream, &self.host, Step::Tls).await?))
+        Ok(Box::new(
+            self.tls_handshake(stream, &self.host, Step::Tls).await?,
+        ))
     }
 
     /// The WebSocket upgrade, with `authorization` as the `Authorization` header.
-    pub async fn upgrade(&self, stream: Box<dyn Io>, authorization: &str) -> Result<Channel, ConnectError> {
+    pub async fn upgrade(
+        &self,
+        stream: Box<dyn Io>,
+        authorization: &str,
+    ) -> Result<Channel, ConnectError> {
         let url = format!("wss://{}:{}{AGENT_PATH}", url_host(&self.host), self.port);
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ConnectError::permanent(Step::Auth, format!("cannot build the request for {url}: {e}")))?;
-        let value = HeaderValue::from_str(authorization)
-            .map_err(|_| ConnectError::permanent(Step::Auth, "credentials hold characters not allowed in an HTTP header"))?;
+        let mut request = url.as_str().into_client_request().map_err(|e| {
+            ConnectError::permanent(
+                Step::Auth,
+                format!("cannot build the request for {url}: {e}"),
+            )
+        })?;
+        let value = HeaderValue::from_str(authorization).map_err(|_| {
+            ConnectError::permanent(
+                Step::Auth,
+                "credentials hold characters not allowed in an HTTP header",
+            )
+        })?;
         request.headers_mut().insert("authorization", value);
         let config = ws_config();
         let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
@@ -154,21 +189,38 @@ impl Connector {
                     .as_deref()
                     .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
                     .unwrap_or_default();
-                let detail = if body.is_empty() { String::new() } else { format!(": {body}") };
+                let detail = if body.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {body}")
+                };
                 match status.as_u16() {
                     401 => Err(ConnectError::permanent(
                         Step::Auth,
-                        format!("the control plane refused the credentials (HTTP 401){detail}; check oic_USER/oic_PASSWORD or the OAuth client settings"),
+                        format!(
+                            "the control plane refused the credentials (HTTP 401){detail}; check oic_USER/oic_PASSWORD or the OAuth client settings"
+                        ),
                     )),
-                    403 => Err(ConnectError::permanent(Step::Auth, format!("the control plane forbids this agent (HTTP 403){detail}"))),
+                    403 => Err(ConnectError::permanent(
+                        Step::Auth,
+                        format!("the control plane forbids this agent (HTTP 403){detail}"),
+                    )),
                     404 => Err(ConnectError::permanent(
                         Step::Auth,
-                        format!("no agent endpoint at {url} (HTTP 404); check that oic_URL names the control plane"),
+                        format!(
+                            "no agent endpoint at {url} (HTTP 404); check that oic_URL names the control plane"
+                        ),
                     )),
-                    _ => Err(ConnectError::new(Step::Auth, format!("WebSocket upgrade refused with HTTP {status}{detail}"))),
+                    _ => Err(ConnectError::new(
+                        Step::Auth,
+                        format!("WebSocket upgrade refused with HTTP {status}{detail}"),
+                    )),
                 }
             }
-            Ok(Err(e)) => Err(ConnectError::new(Step::Auth, format!("WebSocket upgrade failed: {e}"))),
+            Ok(Err(e)) => Err(ConnectError::new(
+                Step::Auth,
+                format!("WebSocket upgrade failed: {e}"),
+            )),
         }
     }
 
@@ -188,19 +240,37 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 fn url_host(host: &str) -> String {
-    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// Resolve and connect, trying every address; `step` names the hop in errors.
 async fn tcp_connect(host: &str, port: u16, step: Step) -> Result<TcpStream, ConnectError> {
     let what = if step == Step::Proxy { "proxy " } else { "" };
-    let addrs: Vec<SocketAddr> = match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-        Err(_) => return Err(ConnectError::new(Step::Dns, format!("resolving {what}{host} timed out"))),
-        Ok(Err(e)) => return Err(ConnectError::new(Step::Dns, format!("cannot resolve {what}{host}: {e}"))),
-        Ok(Ok(a)) => a.collect(),
-    };
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Err(_) => {
+                return Err(ConnectError::new(
+                    Step::Dns,
+                    format!("resolving {what}{host} timed out"),
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(ConnectError::new(
+                    Step::Dns,
+                    format!("cannot resolve {what}{host}: {e}"),
+                ));
+            }
+            Ok(Ok(a)) => a.collect(),
+        };
     if addrs.is_empty() {
-        return Err(ConnectError::new(Step::Dns, format!("{what}{host} has no address")));
+        return Err(ConnectError::new(
+            Step::Dns,
+            format!("{what}{host} has no address"),
+        ));
     }
     let mut last = String::new();
     for addr in &addrs {
@@ -213,19 +283,33 @@ async fn tcp_connect(host: &str, port: u16, step: Step) -> Result<TcpStream, Con
             Err(_) => last = format!("{addr}: timed out after {STEP_TIMEOUT:?}"),
         }
     }
-    Err(ConnectError::new(step, format!("cannot connect to {what}{host}:{port} ({last})")))
+    Err(ConnectError::new(
+        step,
+        format!("cannot connect to {what}{host}:{port} ({last})"),
+    ))
 }
 
 /// Ask an HTTP proxy for a tunnel to `host:port`.
-async fn http_connect(mut stream: Box<dyn Io>, proxy: &ProxyConfig, host: &str, port: u16) -> Result<Box<dyn Io>, ConnectError> {
+async fn http_connect(
+    mut stream: Box<dyn Io>,
+    proxy: &ProxyConfig,
+    host: &str,
+    port: u16,
+) -> Result<Box<dyn Io>, ConnectError> {
     let target = format!("{}:{port}", url_host(host));
-    let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: connectivity-agent/{}\r\n", env!("CARGO_PKG_VERSION"));
+    let mut req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: connectivity-agent/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
     if let Some((user, password)) = &proxy.auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", password.expose()));
         req.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
     }
     req.push_str("\r\n");
-    let io_err = |e: std::io::Error| ConnectError::new(Step::Proxy, format!("proxy {}: {e}", proxy.address()));
+    let io_err = |e: std::io::Error| {
+        ConnectError::new(Step::Proxy, format!("proxy {}: {e}", proxy.address()))
+    };
     stream.write_all(req.as_bytes()).await.map_err(io_err)?;
     stream.flush().await.map_err(io_err)?;
 
@@ -249,7 +333,12 @@ async fn http_connect(mut stream: Box<dyn Io>, proxy: &ProxyConfig, host: &str, 
         Ok::<_, std::io::Error>(())
     };
     match tokio::time::timeout(STEP_TIMEOUT, read).await {
-        Err(_) => return Err(ConnectError::new(Step::Proxy, format!("proxy {} did not answer CONNECT", proxy.address()))),
+        Err(_) => {
+            return Err(ConnectError::new(
+                Step::Proxy,
+                format!("proxy {} did not answer CONNECT", proxy.address()),
+            ));
+        }
         Ok(Err(e)) => return Err(io_err(e)),
         Ok(Ok(())) => {}
     }
@@ -264,10 +353,20 @@ async fn http_connect(mut stream: Box<dyn Io>, proxy: &ProxyConfig, host: &str, 
                 proxy.address()
             ),
         )),
-        "" => Err(ConnectError::new(Step::Proxy, format!("proxy {} closed the connection without an answer", proxy.address()))),
+        "" => Err(ConnectError::new(
+            Step::Proxy,
+            format!(
+                "proxy {} closed the connection without an answer",
+                proxy.address()
+            ),
+        )),
         _ => Err(ConnectError::new(
             Step::Proxy,
-            format!("proxy {} refused CONNECT {target}: {}", proxy.address(), status_line.trim()),
+            format!(
+                "proxy {} refused CONNECT {target}: {}",
+                proxy.address(),
+                status_line.trim()
+            ),
         )),
     }
 }

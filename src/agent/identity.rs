@@ -23,14 +23,22 @@ pub fn load_or_create(state_dir: &Path) -> Result<String, String> {
     let tmp = state_dir.join(".agent-id.tmp");
     std::fs::write(&tmp, format!("{id}\n"))
         .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("cannot write {}: {e}; set agent_STATE_DIR to a writable directory", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot write {}: {e}; set agent_STATE_DIR to a writable directory",
+                path.display()
+            )
+        })?;
     Ok(id)
 }
 
 /// Create `dir` (and parents) readable by its owner only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -44,6 +52,11 @@ mod tests {
         assert_eq!(a, b);
         std::fs::write(state.join("agent-id"), "garbage").unwrap();
         let err = super::load_or_create(&state).unwrap_err();
-        assert!(err.ends_with("does not hold an agent id; delete it to let the agent create a new identity"), "{err}");
+        assert!(
+            err.ends_with(
+                "does not hold an agent id; delete it to let the agent create a new identity"
+            ),
+            "{err}"
+        );
     }
 }

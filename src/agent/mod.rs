@@ -18,7 +18,7 @@ pub mod session;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::protocol::{HostFacts, Hello, PROTOCOL_VERSION};
+use crate::protocol::{Hello, HostFacts, PROTOCOL_VERSION};
 use connect::Connector;
 use jobs::JobHost;
 use session::{SessionEnd, SessionError};
@@ -32,14 +32,22 @@ static PROGRESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Record that the main loop is alive.
 pub fn mark_progress() {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     PROGRESS_MS.store(now, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// How long ago the main loop last made progress.
 pub fn since_progress() -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    Duration::from_millis(now.saturating_sub(PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed)))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Duration::from_millis(
+        now.saturating_sub(PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed)),
+    )
 }
 
 /// Exit code for a permanent refusal (sysexits.h EX_CONFIG).
@@ -67,11 +75,19 @@ pub enum Stopped {
 }
 
 /// Run the agent until `shutdown` is cancelled or a permanent error occurs.
-pub async fn run(config: AgentConfig, jobs: &dyn JobHost, shutdown: CancellationToken) -> Result<Stopped, AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    jobs: &dyn JobHost,
+    shutdown: CancellationToken,
+) -> Result<Stopped, AgentError> {
     let agent_id = identity::load_or_create(&config.state_dir).map_err(AgentError::Setup)?;
     let ctx = commands::CommandContext::new(config.clone(), agent_id.clone(), shutdown.clone());
     let outcome = run_loop(&config, &agent_id, jobs, &ctx, &shutdown).await?;
-    Ok(if ctx.restart_requested() { Stopped::RestartRequested } else { outcome })
+    Ok(if ctx.restart_requested() {
+        Stopped::RestartRequested
+    } else {
+        outcome
+    })
 }
 
 async fn run_loop(
@@ -112,7 +128,10 @@ async fn run_loop(
             break;
         }
         let attempt = async {
-            let authorization = auth.authorization().await.map_err(|e| (e.permanent, e.message))?;
+            let authorization = auth
+                .authorization()
+                .await
+                .map_err(|e| (e.permanent, e.message))?;
             let mut ws = connector
                 .connect(&authorization)
                 .await
@@ -130,7 +149,11 @@ async fn run_loop(
             Err((permanent, message)) => {
                 // A refused bearer token may just have been revoked: fetch a
                 // new one once before calling it permanent.
-                if permanent && auth.is_oauth() && message.starts_with("auth: the control plane refused") && !oauth_retry_used {
+                if permanent
+                    && auth.is_oauth()
+                    && message.starts_with("auth: the control plane refused")
+                    && !oauth_retry_used
+                {
                     oauth_retry_used = true;
                     auth.invalidate();
                     warn!(%message, "token refused; fetching a new one");
@@ -166,7 +189,9 @@ async fn run_loop(
                     "reconnects": reconnects,
                 }));
                 crate::metrics::set_session_connected(true);
-                let result = session::run(ws, &est, jobs, ctx, shutdown, config.drain_timeout).instrument(span).await;
+                let result = session::run(ws, &est, jobs, ctx, shutdown, config.drain_timeout)
+                    .instrument(span)
+                    .await;
                 crate::metrics::set_session_connected(false);
                 if !matches!(result, Ok(SessionEnd::Shutdown)) {
                     crate::metrics::count_reconnect();

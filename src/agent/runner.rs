@@ -6,18 +6,34 @@ use crate::relay::{Jobs, RelaySettings};
 use tokio_util::sync::CancellationToken;
 
 /// Run the agent with real poll jobs until `shutdown` or a permanent error.
-pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<Stopped, AgentError> {
-    let settings = RelaySettings { session_grace: config.session_grace, ..RelaySettings::default() };
+pub async fn run_agent(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<Stopped, AgentError> {
+    let settings = RelaySettings {
+        session_grace: config.session_grace,
+        ..RelaySettings::default()
+    };
     // Jobs get their own token: they must outlive the session's shutdown
     // signal long enough to drain, and are stopped explicitly at the end.
     let jobs_cancel = CancellationToken::new();
-    let jobs = Jobs::new(config.allowed_endpoints.clone(), settings, jobs_cancel.clone());
+    let jobs = Jobs::new(
+        config.allowed_endpoints.clone(),
+        settings,
+        jobs_cancel.clone(),
+    );
     let watchdog = tokio::spawn(feed_watchdog());
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_address {
         match crate::metrics::serve(addr, metrics_stop.clone()).await {
-            Ok(local) => tracing::info!(address = %local, "metrics and health served on /metrics and /healthz"),
-            Err(e) => return Err(AgentError::Setup(format!("cannot serve metrics on {addr} (agent_METRICS_ADDRESS): {e}"))),
+            Ok(local) => {
+                tracing::info!(address = %local, "metrics and health served on /metrics and /healthz")
+            }
+            Err(e) => {
+                return Err(AgentError::Setup(format!(
+                    "cannot serve metrics on {addr} (agent_METRICS_ADDRESS): {e}"
+                )));
+            }
         }
     }
     let result = super::run(config, &jobs, shutdown).await;
@@ -31,7 +47,9 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Resu
 /// step of the loop has a timeout of at most 10 s, so a loop silent for a
 /// minute is stuck, and systemd should restart it.
 async fn feed_watchdog() {
-    let Some(interval) = crate::service::watchdog_interval() else { return };
+    let Some(interval) = crate::service::watchdog_interval() else {
+        return;
+    };
     loop {
         if super::since_progress() < std::time::Duration::from_secs(60) {
             crate::service::watchdog_ping();

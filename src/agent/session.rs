@@ -8,7 +8,9 @@
 use super::commands::CommandContext;
 use super::connect::Channel;
 use super::jobs::{JobHost, Outbound};
-use crate::protocol::{self, AgentMessage, Command, CommandResult, ControlMessage, Hello, RejectReason};
+use crate::protocol::{
+    self, AgentMessage, Command, CommandResult, ControlMessage, Hello, RejectReason,
+};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -41,7 +43,10 @@ pub enum SessionEnd {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("control plane refused the agent ({reason:?}): {message}")]
-    Rejected { reason: RejectReason, message: String },
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
     #[error("control plane did not answer the hello within {0:?}")]
     HelloTimeout(Duration),
     #[error("control plane silent for {0:?}: connection declared dead")]
@@ -82,28 +87,49 @@ pub async fn handshake(ws: &mut Channel, hello: Hello) -> Result<Established, Se
             Message::Text(t) => t,
             Message::Close(frame) => {
                 let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                return Err(SessionError::Io(format!("closed before answering the hello: {why}")));
+                return Err(SessionError::Io(format!(
+                    "closed before answering the hello: {why}"
+                )));
             }
-            Message::Binary(_) => return Err(SessionError::Protocol("binary frame before welcome".into())),
+            Message::Binary(_) => {
+                return Err(SessionError::Protocol("binary frame before welcome".into()));
+            }
             _ => continue,
         };
         match protocol::decode::<ControlMessage>(&text) {
-            Ok(ControlMessage::Welcome { session_id, heartbeat_interval_ms, heartbeat_timeout_ms, .. }) => {
+            Ok(ControlMessage::Welcome {
+                session_id,
+                heartbeat_interval_ms,
+                heartbeat_timeout_ms,
+                ..
+            }) => {
                 return Ok(Established {
                     session_id,
-                    heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.clamp(100, 300_000)),
-                    heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms.clamp(300, 900_000)),
+                    heartbeat_interval: Duration::from_millis(
+                        heartbeat_interval_ms.clamp(100, 300_000),
+                    ),
+                    heartbeat_timeout: Duration::from_millis(
+                        heartbeat_timeout_ms.clamp(300, 900_000),
+                    ),
                 });
             }
-            Ok(ControlMessage::Rejected { reason, message }) => return Err(SessionError::Rejected { reason, message }),
-            Ok(other) => return Err(SessionError::Protocol(format!("expected welcome, got {other:?}"))),
+            Ok(ControlMessage::Rejected { reason, message }) => {
+                return Err(SessionError::Rejected { reason, message });
+            }
+            Ok(other) => {
+                return Err(SessionError::Protocol(format!(
+                    "expected welcome, got {other:?}"
+                )));
+            }
             Err(e) => return Err(SessionError::Protocol(e.to_string())),
         }
     }
 }
 
 async fn send(ws: &mut Channel, msg: &AgentMessage) -> Result<(), SessionError> {
-    ws.send(Message::text(protocol::encode(msg))).await.map_err(|e| SessionError::Io(e.to_string()))
+    ws.send(Message::text(protocol::encode(msg)))
+        .await
+        .map_err(|e| SessionError::Io(e.to_string()))
 }
 
 /// Run an established session until it ends.
@@ -151,21 +177,30 @@ pub async fn run(
                     Message::text(protocol::encode(&AgentMessage::Heartbeat { seq }))
                 }
             };
-            sink.send(msg).await.map_err(|e| SessionError::Io(e.to_string()))?;
+            sink.send(msg)
+                .await
+                .map_err(|e| SessionError::Io(e.to_string()))?;
         }
         // Flush what the jobs queued while draining, then say goodbye.
         while let Ok(out) = out_rx.try_recv() {
             let msg = match out {
                 Outbound::Batch { frame, .. } => Message::Binary(frame),
-                Outbound::State(state) => Message::text(protocol::encode(&AgentMessage::JobState(state))),
+                Outbound::State(state) => {
+                    Message::text(protocol::encode(&AgentMessage::JobState(state)))
+                }
             };
             let _ = sink.send(msg).await;
         }
         if draining.is_cancelled() {
-            let bye = AgentMessage::Goodbye { reason: "agent shutting down".into() };
+            let bye = AgentMessage::Goodbye {
+                reason: "agent shutting down".into(),
+            };
             let _ = sink.send(Message::text(protocol::encode(&bye))).await;
             let _ = sink
-                .send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "agent shutting down".into() })))
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "agent shutting down".into(),
+                })))
                 .await;
         }
         let _ = sink.flush().await;
@@ -188,25 +223,33 @@ pub async fn run(
             let text = match msg {
                 Message::Text(t) => t,
                 Message::Close(frame) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "no reason given".into());
+                    let why = frame
+                        .map(|f| f.reason.to_string())
+                        .unwrap_or_else(|| "no reason given".into());
                     return Ok(SessionEnd::ClosedByPeer(why));
                 }
                 Message::Binary(b) => {
-                    let _ = reply_tx
-                        .try_send(AgentMessage::ProtocolError { message: format!("unexpected binary frame of {} bytes", b.len()) });
+                    let _ = reply_tx.try_send(AgentMessage::ProtocolError {
+                        message: format!("unexpected binary frame of {} bytes", b.len()),
+                    });
                     continue;
                 }
                 _ => continue,
             };
             match protocol::decode::<ControlMessage>(&text) {
-                Ok(ControlMessage::Command { command_id, command }) => {
+                Ok(ControlMessage::Command {
+                    command_id,
+                    command,
+                }) => {
                     protocol_errors = 0;
                     info!(command = %command_id, kind = command.kind(), "command received");
                     if cmd_tx.try_send((command_id.clone(), command)).is_err() {
                         let busy = CommandResult {
                             command_id,
                             ok: false,
-                            message: format!("agent busy: {MAX_CONCURRENT_COMMANDS} commands already running; try again"),
+                            message: format!(
+                                "agent busy: {MAX_CONCURRENT_COMMANDS} commands already running; try again"
+                            ),
                             data: None,
                         };
                         let _ = reply_tx.try_send(AgentMessage::CommandResult(busy));
@@ -221,9 +264,13 @@ pub async fn run(
                 Err(e) => {
                     protocol_errors += 1;
                     warn!(error = %e, "malformed message from control plane");
-                    let _ = reply_tx.try_send(AgentMessage::ProtocolError { message: e.to_string() });
+                    let _ = reply_tx.try_send(AgentMessage::ProtocolError {
+                        message: e.to_string(),
+                    });
                     if protocol_errors >= 10 {
-                        return Err(SessionError::Protocol(format!("10 malformed messages in a row, last: {e}")));
+                        return Err(SessionError::Protocol(format!(
+                            "10 malformed messages in a row, last: {e}"
+                        )));
                     }
                 }
             }
@@ -253,7 +300,9 @@ pub async fn run(
         shutdown.cancelled().await;
         info!(deadline = ?drain_timeout, "draining: finishing in-flight batches");
         crate::service::notify_stopping();
-        let _ = reply_tx.try_send(AgentMessage::Draining { deadline_ms: drain_timeout.as_millis() as u64 });
+        let _ = reply_tx.try_send(AgentMessage::Draining {
+            deadline_ms: drain_timeout.as_millis() as u64,
+        });
         draining.cancel();
         jobs.drain(drain_timeout).await;
         // Give the writer the chance to flush final job states.
@@ -286,7 +335,6 @@ pub async fn run(
 fn unreachable_end() -> Result<SessionEnd, SessionError> {
     Ok(SessionEnd::ClosedByPeer("command loop ended".into()))
 }
-
 
 /// Act on one control message; `Some` ends the session.
 fn dispatch(msg: ControlMessage, jobs: &dyn JobHost) -> Option<SessionEnd> {

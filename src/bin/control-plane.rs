@@ -14,10 +14,19 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "control-plane", version, about = "Reference control plane for connectivity agents")]
+#[command(
+    name = "control-plane",
+    version,
+    about = "Reference control plane for connectivity agents"
+)]
 struct Cli {
     /// Path of the TOML configuration (see docs/CONTROL_PLANE.md).
-    #[arg(long, short, default_value = "control-plane.toml", env = "CONTROL_PLANE_CONFIG")]
+    #[arg(
+        long,
+        short,
+        default_value = "control-plane.toml",
+        env = "CONTROL_PLANE_CONFIG"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,7 +45,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     connectivity_agent::tls::install_default_provider();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -88,7 +99,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
 async fn async_main(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (listen in {})", config.listen, config.path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen in {})",
+                config.listen,
+                config.path.display()
+            )
+        })?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
     control_plane::run(config, listener, shutdown).await
@@ -106,7 +123,10 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
                 _ = int.recv() => "SIGINT",
             };
             if round == 0 {
-                tracing::info!(signal = name, "stopping gracefully; send it again to stop at once");
+                tracing::info!(
+                    signal = name,
+                    "stopping gracefully; send it again to stop at once"
+                );
                 shutdown.cancel();
             } else {
                 tracing::warn!(signal = name, "stopping at once");
@@ -128,9 +148,14 @@ fn hash_password() -> ExitCode {
         eprintln!("error: cannot read stdin: {e}");
         return ExitCode::FAILURE;
     }
-    let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
     if password.is_empty() {
-        eprintln!("error: empty password; pipe it in, e.g. printf '%s' \"$PASSWORD\" | control-plane hash-password");
+        eprintln!(
+            "error: empty password; pipe it in, e.g. printf '%s' \"$PASSWORD\" | control-plane hash-password"
+        );
         return ExitCode::from(EX_USAGE as u8);
     }
     match auth::hash_password(password.as_bytes()) {

@@ -200,7 +200,8 @@ impl SecretValues {
     }
 
     pub fn set(&mut self, key: &str, value: Secret, source: &str) {
-        self.values.insert(key.to_owned(), (value, source.to_owned()));
+        self.values
+            .insert(key.to_owned(), (value, source.to_owned()));
     }
 
     pub fn get(&self, key: &str) -> Option<&Secret> {
@@ -240,10 +241,22 @@ pub fn validate(
         }
     }
 
-    let control_plane = v.https_url("oic_URL", true)?.ok_or_else(|| v.missing("oic_URL", "add oic_URL=https://<control plane host>:<port>"))?;
-    let group = v.required("agent_GROUP_IDENTIFIER", "add agent_GROUP_IDENTIFIER=<the agent group created in the console>")?;
-    if !group.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(v.bad("agent_GROUP_IDENTIFIER", "may only hold letters, digits, '-', '_' and '.'", "use the group identifier exactly as the console shows it"));
+    let control_plane = v
+        .https_url("oic_URL", true)?
+        .ok_or_else(|| v.missing("oic_URL", "add oic_URL=https://<control plane host>:<port>"))?;
+    let group = v.required(
+        "agent_GROUP_IDENTIFIER",
+        "add agent_GROUP_IDENTIFIER=<the agent group created in the console>",
+    )?;
+    if !group
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(v.bad(
+            "agent_GROUP_IDENTIFIER",
+            "may only hold letters, digits, '-', '_' and '.'",
+            "use the group identifier exactly as the console shows it",
+        ));
     }
 
     let credentials = v.credentials(secrets)?;
@@ -270,20 +283,39 @@ pub fn validate(
         .or_else(|| env("STATE_DIRECTORY").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
 
-    let log_level = profile.get("agent_LOG_LEVEL").unwrap_or("info").to_ascii_lowercase();
+    let log_level = profile
+        .get("agent_LOG_LEVEL")
+        .unwrap_or("info")
+        .to_ascii_lowercase();
     if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-        return Err(v.bad("agent_LOG_LEVEL", "is not a log level", "use one of error, warn, info, debug, trace"));
+        return Err(v.bad(
+            "agent_LOG_LEVEL",
+            "is not a log level",
+            "use one of error, warn, info, debug, trace",
+        ));
     }
 
     let allowed_endpoints = AllowList::parse(profile.get("agent_ALLOWED_ENDPOINTS").unwrap_or(""))
-        .map_err(|why| v.bad("agent_ALLOWED_ENDPOINTS", &why, "list the stream endpoints jobs may reach, comma-separated"))?;
+        .map_err(|why| {
+            v.bad(
+                "agent_ALLOWED_ENDPOINTS",
+                &why,
+                "list the stream endpoints jobs may reach, comma-separated",
+            )
+        })?;
 
     let drain_timeout = v.seconds("agent_DRAIN_TIMEOUT_SECONDS", 20, 1, 600)?;
     let session_grace = v.seconds("agent_SESSION_GRACE_SECONDS", 15, 0, 3600)?;
     let metrics_address = match profile.get("agent_METRICS_ADDRESS") {
         None => None,
         Some("off") => None,
-        Some(a) => Some(a.parse().map_err(|_| v.bad("agent_METRICS_ADDRESS", "is not an address", "write ip:port, for example 127.0.0.1:9464, or off"))?),
+        Some(a) => Some(a.parse().map_err(|_| {
+            v.bad(
+                "agent_METRICS_ADDRESS",
+                "is not an address",
+                "write ip:port, for example 127.0.0.1:9464, or off",
+            )
+        })?),
     };
 
     Ok(AgentConfig {
@@ -307,7 +339,12 @@ pub fn validate(
 fn unknown_key_warning(path: &Path, e: &Entry) -> String {
     let closest = KNOWN_KEYS
         .iter()
-        .map(|k| (strsim::jaro_winkler(&k.to_ascii_lowercase(), &e.key.to_ascii_lowercase()), k))
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&k.to_ascii_lowercase(), &e.key.to_ascii_lowercase()),
+                k,
+            )
+        })
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match closest {
         Some((score, k)) if score > 0.8 => format!(
@@ -337,7 +374,11 @@ impl Validator<'_> {
             line: entry.map(|e| e.line),
             key: Some(key.to_owned()),
             value: entry.map(|e| {
-                if SECRET_KEYS.contains(&key) { crate::secret::MASK.to_owned() } else { e.value.clone() }
+                if SECRET_KEYS.contains(&key) {
+                    crate::secret::MASK.to_owned()
+                } else {
+                    e.value.clone()
+                }
             }),
             problem: problem.to_owned(),
             fix: fix.to_owned(),
@@ -356,21 +397,37 @@ impl Validator<'_> {
     }
 
     fn required(&self, key: &str, fix: &str) -> Result<String, ConfigError> {
-        self.profile.get(key).map(str::to_owned).ok_or_else(|| self.missing(key, fix))
+        self.profile
+            .get(key)
+            .map(str::to_owned)
+            .ok_or_else(|| self.missing(key, fix))
     }
 
     /// An `https://host[:port]` URL; `None` when the key is absent.
     fn https_url(&self, key: &str, with_port_hint: bool) -> Result<Option<Url>, ConfigError> {
-        let Some(raw) = self.profile.get(key) else { return Ok(None) };
-        let fix = if with_port_hint { "write it as https://<host>:<port>" } else { "write it as https://<host>[:<port>]/<path>" };
+        let Some(raw) = self.profile.get(key) else {
+            return Ok(None);
+        };
+        let fix = if with_port_hint {
+            "write it as https://<host>:<port>"
+        } else {
+            "write it as https://<host>[:<port>]/<path>"
+        };
         // url's own error for a port above 65535 is vague; check it first.
         if let Some(port) = authority_port(raw) {
             match port.parse::<u32>() {
                 Ok(p) if (1..=65535).contains(&p) => {}
-                _ => return Err(self.bad(key, &format!("port {port} is out of range"), "use a port between 1 and 65535")),
+                _ => {
+                    return Err(self.bad(
+                        key,
+                        &format!("port {port} is out of range"),
+                        "use a port between 1 and 65535",
+                    ));
+                }
             }
         }
-        let url = Url::parse(raw).map_err(|e| self.bad(key, &format!("is not a URL ({e})"), fix))?;
+        let url =
+            Url::parse(raw).map_err(|e| self.bad(key, &format!("is not a URL ({e})"), fix))?;
         if url.scheme() != "https" {
             return Err(self.bad(key, &format!("uses {}://, but only https is allowed (credentials must not cross the network in clear text)", url.scheme()), fix));
         }
@@ -383,7 +440,9 @@ impl Validator<'_> {
     fn credentials(&self, secrets: &SecretValues) -> Result<Credentials, ConfigError> {
         let p = self.profile;
         let basic_keys = p.get("oic_USER").is_some() || secrets.get("oic_PASSWORD").is_some();
-        let oauth_keys = ["oic_IDCS_URL", "oic_CLIENT_ID", "oic_SCOPE"].iter().any(|k| p.get(k).is_some())
+        let oauth_keys = ["oic_IDCS_URL", "oic_CLIENT_ID", "oic_SCOPE"]
+            .iter()
+            .any(|k| p.get(k).is_some())
             || secrets.get("oic_CLIENT_SECRET").is_some();
         match (basic_keys, oauth_keys) {
             (true, true) => Err(ConfigError {
@@ -423,15 +482,27 @@ impl Validator<'_> {
         }
     }
 
-    fn proxy(&self, secrets: &SecretValues, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<ProxyConfig>, ConfigError> {
+    fn proxy(
+        &self,
+        secrets: &SecretValues,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<ProxyConfig>, ConfigError> {
         let p = self.profile;
         let non_proxy = |s: &str, sep: char| -> Vec<String> {
-            s.split(sep).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            s.split(sep)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
         };
         let Some(host) = p.get("proxy_HOST") else {
             for key in ["proxy_PORT", "proxy_USER", "proxy_PROTOCOL"] {
                 if p.get(key).is_some() {
-                    return Err(self.bad(key, "is set but proxy_HOST is not", "add proxy_HOST=<proxy host>, or remove the proxy_* lines"));
+                    return Err(self.bad(
+                        key,
+                        "is set but proxy_HOST is not",
+                        "add proxy_HOST=<proxy host>, or remove the proxy_* lines",
+                    ));
                 }
             }
             return self.proxy_from_env(env);
@@ -441,17 +512,43 @@ impl Validator<'_> {
             .parse::<u32>()
             .ok()
             .filter(|p| (1..=65535).contains(p))
-            .ok_or_else(|| self.bad("proxy_PORT", "is not a port between 1 and 65535", "set proxy_PORT to the proxy's port, for example 3128"))? as u16;
-        let protocol = match p.get("proxy_PROTOCOL").map(str::to_ascii_lowercase).as_deref() {
+            .ok_or_else(|| {
+                self.bad(
+                    "proxy_PORT",
+                    "is not a port between 1 and 65535",
+                    "set proxy_PORT to the proxy's port, for example 3128",
+                )
+            })? as u16;
+        let protocol = match p
+            .get("proxy_PROTOCOL")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("http") => ProxyProtocol::Http,
             Some("https") => ProxyProtocol::Https,
-            Some(_) => return Err(self.bad("proxy_PROTOCOL", "must be http or https", "set proxy_PROTOCOL=http (plain connection to the proxy) or https")),
+            Some(_) => {
+                return Err(self.bad(
+                    "proxy_PROTOCOL",
+                    "must be http or https",
+                    "set proxy_PROTOCOL=http (plain connection to the proxy) or https",
+                ));
+            }
         };
         let auth = match (p.get("proxy_USER"), secrets.get("proxy_PASSWORD")) {
             (Some(u), Some(pw)) => Some((u.to_owned(), pw.clone())),
             (None, None) => None,
-            (Some(_), None) => return Err(self.missing("proxy_PASSWORD", "add proxy_PASSWORD=<password> for proxy_USER, or remove proxy_USER")),
-            (None, Some(_)) => return Err(self.missing("proxy_USER", "add proxy_USER=<user> for proxy_PASSWORD, or remove proxy_PASSWORD")),
+            (Some(_), None) => {
+                return Err(self.missing(
+                    "proxy_PASSWORD",
+                    "add proxy_PASSWORD=<password> for proxy_USER, or remove proxy_USER",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.missing(
+                    "proxy_USER",
+                    "add proxy_USER=<user> for proxy_PASSWORD, or remove proxy_PASSWORD",
+                ));
+            }
         };
         Ok(Some(ProxyConfig {
             host: host.to_owned(),
@@ -464,7 +561,10 @@ impl Validator<'_> {
     }
 
     /// `HTTPS_PROXY` / `NO_PROXY` when the profile names no proxy.
-    fn proxy_from_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<ProxyConfig>, ConfigError> {
+    fn proxy_from_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<ProxyConfig>, ConfigError> {
         let Some((var, raw)) = ["HTTPS_PROXY", "https_proxy"]
             .iter()
             .find_map(|k| env(k).filter(|v| !v.trim().is_empty()).map(|v| (*k, v)))
@@ -479,30 +579,59 @@ impl Validator<'_> {
             problem,
             fix: format!("set {var} to http://[user:password@]host:port, or unset it"),
         };
-        let with_scheme = if raw.contains("://") { raw.clone() } else { format!("http://{raw}") };
-        let url = Url::parse(&with_scheme).map_err(|e| env_err(format!("is not a proxy URL ({e})")))?;
+        let with_scheme = if raw.contains("://") {
+            raw.clone()
+        } else {
+            format!("http://{raw}")
+        };
+        let url =
+            Url::parse(&with_scheme).map_err(|e| env_err(format!("is not a proxy URL ({e})")))?;
         let protocol = match url.scheme() {
             "http" => ProxyProtocol::Http,
             "https" => ProxyProtocol::Https,
-            s => return Err(env_err(format!("uses {s}://; only http and https proxies are supported"))),
+            s => {
+                return Err(env_err(format!(
+                    "uses {s}://; only http and https proxies are supported"
+                )));
+            }
         };
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| env_err("has no host".into()))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| env_err("has no host".into()))?;
         let auth = (!url.username().is_empty()).then(|| {
             let dec = |s: &str| percent_decode(s);
-            (dec(url.username()), Secret::new(dec(url.password().unwrap_or(""))))
+            (
+                dec(url.username()),
+                Secret::new(dec(url.password().unwrap_or(""))),
+            )
         });
-        let no_proxy = ["NO_PROXY", "no_proxy"].iter().find_map(|k| env(k)).unwrap_or_default();
+        let no_proxy = ["NO_PROXY", "no_proxy"]
+            .iter()
+            .find_map(|k| env(k))
+            .unwrap_or_default();
         Ok(Some(ProxyConfig {
             host: host.trim_matches(['[', ']']).to_owned(),
             port: url.port_or_known_default().unwrap_or(3128),
             protocol,
             auth,
-            non_proxy_hosts: no_proxy.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            non_proxy_hosts: no_proxy
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             source: format!("environment variable {var}"),
         }))
     }
 
-    fn seconds(&self, key: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    fn seconds(
+        &self,
+        key: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
         match self.profile.get(key) {
             None => Ok(Duration::from_secs(default)),
             Some(v) => v
@@ -510,7 +639,13 @@ impl Validator<'_> {
                 .ok()
                 .filter(|n| (min..=max).contains(n))
                 .map(Duration::from_secs)
-                .ok_or_else(|| self.bad(key, &format!("is not a whole number of seconds between {min} and {max}"), &format!("write a number such as {default}"))),
+                .ok_or_else(|| {
+                    self.bad(
+                        key,
+                        &format!("is not a whole number of seconds between {min} and {max}"),
+                        &format!("write a number such as {default}"),
+                    )
+                }),
         }
     }
 }
@@ -520,7 +655,11 @@ fn authority_port(raw: &str) -> Option<&str> {
     let rest = raw.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let port = if hostport.starts_with('[') { hostport.rsplit_once("]:")?.1 } else { hostport.rsplit_once(':')?.1 };
+    let port = if hostport.starts_with('[') {
+        hostport.rsplit_once("]:")?.1
+    } else {
+        hostport.rsplit_once(':')?.1
+    };
     Some(port)
 }
 

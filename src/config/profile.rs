@@ -105,7 +105,11 @@ impl Profile {
                 value_span: vstart..vstart + value.len(),
             });
         }
-        Ok(Profile { path: path.to_owned(), text, entries })
+        Ok(Profile {
+            path: path.to_owned(),
+            text,
+            entries,
+        })
     }
 
     /// The entry for `key`, if the file sets it.
@@ -115,7 +119,9 @@ impl Profile {
 
     /// The non-empty value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entry(key).map(|e| e.value.as_str()).filter(|v| !v.is_empty())
+        self.entry(key)
+            .map(|e| e.value.as_str())
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -129,7 +135,9 @@ mod tests {
 
     #[test]
     fn tolerates_bom_crlf_spaces_and_comments() {
-        let p = parse("\u{feff}# c\r\noic_URL = https://h:443 \r\n\r\n  agent_GROUP_IDENTIFIER=G1\r\n").unwrap();
+        let p =
+            parse("\u{feff}# c\r\noic_URL = https://h:443 \r\n\r\n  agent_GROUP_IDENTIFIER=G1\r\n")
+                .unwrap();
         assert_eq!(p.get("oic_URL"), Some("https://h:443"));
         assert_eq!(p.get("agent_GROUP_IDENTIFIER"), Some("G1"));
         let e = p.entry("oic_URL").unwrap();

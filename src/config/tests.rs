@@ -9,8 +9,13 @@ fn check(text: &str) -> Result<AgentConfig, ConfigError> {
 fn check_env(text: &str, vars: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
     let profile = Profile::parse(Path::new("/etc/ca/InstallerProfile.cfg"), text.to_owned())?;
     let secrets = SecretValues::from_profile(&profile);
-    let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    validate(&profile, &secrets, &move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    validate(&profile, &secrets, &move |k| {
+        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
 }
 
 fn err(text: &str) -> String {
@@ -22,7 +27,9 @@ fn minimal_basic_profile_is_valid_with_defaults() {
     let c = check(&format!("{BASE}oic_USER=agent\noic_PASSWORD=s3cret\n")).unwrap();
     assert_eq!(c.control_plane.as_str(), "https://cp.example.com:7443/");
     assert_eq!(c.group, "PRIVATE_GROUP");
-    assert!(matches!(&c.credentials, Credentials::Basic { user, password } if user == "agent" && password.expose() == "s3cret"));
+    assert!(
+        matches!(&c.credentials, Credentials::Basic { user, password } if user == "agent" && password.expose() == "s3cret")
+    );
     assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
     assert_eq!(c.log_level, "info");
     assert!(c.allowed_endpoints.is_empty());
@@ -37,7 +44,9 @@ fn oauth_profile_is_valid() {
         "{BASE}oic_IDCS_URL=https://idcs.example.com/oauth2/v1/token\noic_CLIENT_ID=cid\noic_CLIENT_SECRET=csec\noic_SCOPE=urn:agent\n"
     ))
     .unwrap();
-    assert!(matches!(&c.credentials, Credentials::OAuth { client_id, scope: Some(s), .. } if client_id == "cid" && s == "urn:agent"));
+    assert!(
+        matches!(&c.credentials, Credentials::OAuth { client_id, scope: Some(s), .. } if client_id == "cid" && s == "urn:agent")
+    );
 }
 
 #[test]
@@ -66,8 +75,15 @@ fn port_out_of_range_is_refused() {
 
 #[test]
 fn both_credential_styles_are_refused() {
-    let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=p\noic_CLIENT_ID=c\n"));
-    assert!(e.starts_with("/etc/ca/InstallerProfile.cfg:5: oic_USER / oic_IDCS_URL: both basic credentials"), "{e}");
+    let e = err(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=p\noic_CLIENT_ID=c\n"
+    ));
+    assert!(
+        e.starts_with(
+            "/etc/ca/InstallerProfile.cfg:5: oic_USER / oic_IDCS_URL: both basic credentials"
+        ),
+        "{e}"
+    );
     assert!(e.contains("fix: keep one style"), "{e}");
 }
 
@@ -82,19 +98,30 @@ fn no_credentials_is_refused() {
 #[test]
 fn user_without_password_names_the_missing_key() {
     let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=\n"));
-    assert!(e.starts_with("/etc/ca/InstallerProfile.cfg: oic_PASSWORD: is required but not set"), "{e}");
+    assert!(
+        e.starts_with("/etc/ca/InstallerProfile.cfg: oic_PASSWORD: is required but not set"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_secret_value_is_masked_in_errors() {
-    let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=topsecret\nproxy_USER=pu\nproxy_PASSWORD=proxysecret\n"));
-    assert!(e.contains("proxy_USER = \"pu\": is set but proxy_HOST is not"), "{e}");
+    let e = err(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=topsecret\nproxy_USER=pu\nproxy_PASSWORD=proxysecret\n"
+    ));
+    assert!(
+        e.contains("proxy_USER = \"pu\": is set but proxy_HOST is not"),
+        "{e}"
+    );
     assert!(!e.contains("topsecret") && !e.contains("proxysecret"));
 }
 
 #[test]
 fn unknown_key_warns_with_closest_known_key() {
-    let c = check(&format!("{BASE}oic_USER=u\noic_PASSWORD=p\noic_PASWORD=x\n")).unwrap();
+    let c = check(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=p\noic_PASWORD=x\n"
+    ))
+    .unwrap();
     assert_eq!(
         c.warnings,
         vec!["/etc/ca/InstallerProfile.cfg:5: unknown key \"oic_PASWORD\" is ignored; did you mean \"oic_PASSWORD\"?".to_string()]
@@ -108,7 +135,10 @@ fn proxy_from_profile_with_auth_and_non_proxy_hosts() {
     ))
     .unwrap();
     let p = c.proxy.unwrap();
-    assert_eq!((p.host.as_str(), p.port, p.protocol), ("proxy.corp", 3128, ProxyProtocol::Http));
+    assert_eq!(
+        (p.host.as_str(), p.port, p.protocol),
+        ("proxy.corp", 3128, ProxyProtocol::Http)
+    );
     assert_eq!(p.auth.as_ref().unwrap().1.expose(), "pp");
     assert!(p.applies_to("cp.example.com"));
     assert!(!p.applies_to("localhost"));
@@ -118,7 +148,9 @@ fn proxy_from_profile_with_auth_and_non_proxy_hosts() {
 
 #[test]
 fn proxy_port_out_of_range_is_refused() {
-    let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=p\nproxy_HOST=h\nproxy_PORT=0\n"));
+    let e = err(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=p\nproxy_HOST=h\nproxy_PORT=0\n"
+    ));
     assert_eq!(
         e,
         "/etc/ca/InstallerProfile.cfg:6: proxy_PORT = \"0\": is not a port between 1 and 65535\n  fix: set proxy_PORT to the proxy's port, for example 3128"
@@ -129,12 +161,18 @@ fn proxy_port_out_of_range_is_refused() {
 fn proxy_from_environment_when_profile_has_none() {
     let c = check_env(
         &format!("{BASE}oic_USER=u\noic_PASSWORD=p\n"),
-        &[("HTTPS_PROXY", "http://bob:pa%40ss@proxy:8080"), ("NO_PROXY", "localhost,.corp")],
+        &[
+            ("HTTPS_PROXY", "http://bob:pa%40ss@proxy:8080"),
+            ("NO_PROXY", "localhost,.corp"),
+        ],
     )
     .unwrap();
     let p = c.proxy.unwrap();
     assert_eq!((p.host.as_str(), p.port), ("proxy", 8080));
-    assert_eq!(p.auth.as_ref().map(|(u, s)| (u.as_str(), s.expose())), Some(("bob", "pa@ss")));
+    assert_eq!(
+        p.auth.as_ref().map(|(u, s)| (u.as_str(), s.expose())),
+        Some(("bob", "pa@ss"))
+    );
     assert!(!p.applies_to("a.corp"));
     assert!(p.applies_to("cp.example.com"));
     assert_eq!(p.source, "environment variable HTTPS_PROXY");
@@ -152,20 +190,33 @@ fn profile_proxy_wins_over_environment() {
 
 #[test]
 fn bad_allow_list_is_named() {
-    let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=p\nagent_ALLOWED_ENDPOINTS=kafka\n"));
+    let e = err(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=p\nagent_ALLOWED_ENDPOINTS=kafka\n"
+    ));
     assert!(e.starts_with("/etc/ca/InstallerProfile.cfg:5: agent_ALLOWED_ENDPOINTS = \"kafka\": \"kafka\" has no port"), "{e}");
 }
 
 #[test]
 fn bad_log_level_and_group_are_named() {
-    let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=p\nagent_LOG_LEVEL=loud\n"));
-    assert!(e.contains("agent_LOG_LEVEL = \"loud\": is not a log level"), "{e}");
-    let e = err("oic_URL=https://h:1\nagent_GROUP_IDENTIFIER=my group\noic_USER=u\noic_PASSWORD=p\n");
-    assert!(e.contains("agent_GROUP_IDENTIFIER = \"my group\": may only hold"), "{e}");
+    let e = err(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=p\nagent_LOG_LEVEL=loud\n"
+    ));
+    assert!(
+        e.contains("agent_LOG_LEVEL = \"loud\": is not a log level"),
+        "{e}"
+    );
+    let e =
+        err("oic_URL=https://h:1\nagent_GROUP_IDENTIFIER=my group\noic_USER=u\noic_PASSWORD=p\n");
+    assert!(
+        e.contains("agent_GROUP_IDENTIFIER = \"my group\": may only hold"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_ca_file_is_named() {
-    let e = err(&format!("{BASE}oic_USER=u\noic_PASSWORD=p\noic_CA_FILE=/nonexistent/ca.pem\n"));
+    let e = err(&format!(
+        "{BASE}oic_USER=u\noic_PASSWORD=p\noic_CA_FILE=/nonexistent/ca.pem\n"
+    ));
     assert!(e.starts_with("/etc/ca/InstallerProfile.cfg:5: oic_CA_FILE = \"/nonexistent/ca.pem\": cannot read the file"), "{e}");
 }

@@ -36,7 +36,9 @@ pub(crate) async fn upgrade(
             tracing::info!(%remote, %err, "agent authentication failed");
             // Remembered per principal so the console can say "auth failing".
             let who = match auth::presented(&headers, "") {
-                Ok(auth::Presented::Basic { user, .. }) => Some(auth::Principal::User(user).to_string()),
+                Ok(auth::Presented::Basic { user, .. }) => {
+                    Some(auth::Principal::User(user).to_string())
+                }
                 Ok(auth::Presented::Bearer(_)) => Some("bearer token".to_owned()),
                 Err(_) => None,
             };
@@ -50,12 +52,19 @@ pub(crate) async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            let message = format!("{AGENT_PATH} takes a WebSocket upgrade: {}", rejection.body_text());
+            let message = format!(
+                "{AGENT_PATH} takes a WebSocket upgrade: {}",
+                rejection.body_text()
+            );
             return ApiError::new(rejection.status(), message).into_response();
         }
     };
     if shared.shutdown.is_cancelled() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the control plane is shutting down; retry shortly").into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control plane is shutting down; retry shortly",
+        )
+        .into_response();
     }
     // Taken before the response goes out, so shutdown waits for the session.
     let tracked = shared.tasks.token();

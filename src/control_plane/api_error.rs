@@ -16,11 +16,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), challenge: None }
+        ApiError {
+            status,
+            message: message.into(),
+            challenge: None,
+        }
     }
 
     pub fn unauthorized(message: impl Into<String>, challenge: &'static str) -> Self {
-        ApiError { status: StatusCode::UNAUTHORIZED, message: message.into(), challenge: Some(challenge) }
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            challenge: Some(challenge),
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -30,9 +38,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let mut resp = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
         if let Some(c) = self.challenge {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         resp
     }

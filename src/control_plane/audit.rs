@@ -67,12 +67,23 @@ impl AuditLog {
             Err(e) => return Err(e),
         }
         open_append(&path)?;
-        Ok(AuditLog { path, recent: Mutex::new(recent) })
+        Ok(AuditLog {
+            path,
+            recent: Mutex::new(recent),
+        })
     }
 
     /// Record an action. A failed write is logged, not fatal: the action has
     /// already happened.
-    pub fn record(&self, who: &str, action: &str, target: &str, params: Value, ok: bool, message: &str) {
+    pub fn record(
+        &self,
+        who: &str,
+        action: &str,
+        target: &str,
+        params: Value,
+        ok: bool,
+        message: &str,
+    ) {
         let entry = AuditEntry {
             at: timefmt::rfc3339(SystemTime::now()),
             who: who.to_owned(),
@@ -97,7 +108,14 @@ impl AuditLog {
 
     /// The newest `limit` entries, newest first.
     pub fn newest(&self, limit: usize) -> Vec<AuditEntry> {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner).iter().rev().take(limit).cloned().collect()
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +125,11 @@ impl AuditLog {
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -119,8 +141,22 @@ mod tests {
     fn entries_are_appended_private_and_read_back_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
-        log.record("ops", "POST /api/v1/agents/{id}/restart", "agent:a1", serde_json::json!({}), true, "restarting");
-        log.record("ops", "PUT /api/v1/agents/{id}/log-level", "agent:a1", serde_json::json!({"level": "debug"}), false, "no");
+        log.record(
+            "ops",
+            "POST /api/v1/agents/{id}/restart",
+            "agent:a1",
+            serde_json::json!({}),
+            true,
+            "restarting",
+        );
+        log.record(
+            "ops",
+            "PUT /api/v1/agents/{id}/log-level",
+            "agent:a1",
+            serde_json::json!({"level": "debug"}),
+            false,
+            "no",
+        );
         let mode = std::fs::metadata(log.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = AuditLog::open(dir.path()).unwrap();

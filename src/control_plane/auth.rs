@@ -44,12 +44,20 @@ impl fmt::Debug for PasswordHash {
 impl PasswordHash {
     /// Parse a PHC string; the error says what is wrong with it.
     pub fn parse(phc: &str) -> Result<Self, String> {
-        let parsed = argon2::PasswordHash::new(phc.trim()).map_err(|e| format!("not an argon2 PHC hash string ({e})"))?;
+        let parsed = argon2::PasswordHash::new(phc.trim())
+            .map_err(|e| format!("not an argon2 PHC hash string ({e})"))?;
         if !parsed.algorithm.as_str().starts_with("argon2") {
-            return Err(format!("uses algorithm {:?}; only argon2id, argon2i and argon2d are supported", parsed.algorithm.as_str()));
+            return Err(format!(
+                "uses algorithm {:?}; only argon2id, argon2i and argon2d are supported",
+                parsed.algorithm.as_str()
+            ));
         }
-        let params = argon2::Params::try_from(&parsed).map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
-        if params.m_cost() > MAX_M_COST_KIB || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST {
+        let params = argon2::Params::try_from(&parsed)
+            .map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
+        if params.m_cost() > MAX_M_COST_KIB
+            || params.t_cost() > MAX_T_COST
+            || params.p_cost() > MAX_P_COST
+        {
             return Err(format!(
                 "asks for m={} t={} p={}, more than the allowed m={MAX_M_COST_KIB} t={MAX_T_COST} p={MAX_P_COST}",
                 params.m_cost(),
@@ -66,7 +74,9 @@ impl PasswordHash {
     /// Whether `password` matches. CPU-heavy: call from the blocking pool.
     pub fn verify(&self, password: &[u8]) -> bool {
         match argon2::PasswordHash::new(self.0.expose()) {
-            Ok(h) => argon2::Argon2::default().verify_password(password, &h).is_ok(),
+            Ok(h) => argon2::Argon2::default()
+                .verify_password(password, &h)
+                .is_ok(),
             Err(_) => false,
         }
     }
@@ -112,7 +122,10 @@ impl Principal {
     pub fn groups<'c>(&self, config: &'c ControlPlaneConfig) -> &'c [String] {
         match self {
             Principal::User(n) => config.user(n).map(|u| u.groups.as_slice()).unwrap_or(&[]),
-            Principal::Client(c) => config.oauth_client(c).map(|c| c.groups.as_slice()).unwrap_or(&[]),
+            Principal::Client(c) => config
+                .oauth_client(c)
+                .map(|c| c.groups.as_slice())
+                .unwrap_or(&[]),
         }
     }
 }
@@ -146,8 +159,12 @@ pub enum Presented {
 
 /// Read the `Authorization` header. `expected` names what to send, for messages.
 pub fn presented(headers: &HeaderMap, expected: &'static str) -> Result<Presented, AuthError> {
-    let value = headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing(expected))?;
-    let value = value.to_str().map_err(|_| AuthError::Malformed("not visible ASCII"))?;
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing(expected))?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("not visible ASCII"))?;
     let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -160,7 +177,10 @@ pub fn presented(headers: &HeaderMap, expected: &'static str) -> Result<Presente
         let (user, password) = decode_basic(rest)?;
         return Ok(Presented::Basic { user, password });
     }
-    Err(AuthError::UnsupportedScheme(scheme.chars().take(32).collect(), expected))
+    Err(AuthError::UnsupportedScheme(
+        scheme.chars().take(32).collect(),
+        expected,
+    ))
 }
 
 /// Decode the payload of a Basic header into user and password.
@@ -168,12 +188,12 @@ pub fn decode_basic(b64: &str) -> Result<(String, Secret), AuthError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| AuthError::Malformed("Basic credentials are not valid base64"))?;
-    let text = String::from_utf8(bytes).map_err(|_| AuthError::Malformed("Basic credentials are not UTF-8"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| AuthError::Malformed("Basic credentials are not UTF-8"))?;
     let secret = Secret::new(text);
-    let (user, password) = secret
-        .expose()
-        .split_once(':')
-        .ok_or(AuthError::Malformed("Basic credentials have no ':' between user and password"))?;
+    let (user, password) = secret.expose().split_once(':').ok_or(AuthError::Malformed(
+        "Basic credentials have no ':' between user and password",
+    ))?;
     Ok((user.to_owned(), Secret::new(password)))
 }
 
@@ -207,14 +227,25 @@ impl Authenticator {
                     Err(AuthError::BadPassword)
                 }
             }
-            Presented::Bearer(token) => self.tokens.lookup(token.expose()).map(Principal::Client).ok_or(AuthError::BadToken),
+            Presented::Bearer(token) => self
+                .tokens
+                .lookup(token.expose())
+                .map(Principal::Client)
+                .ok_or(AuthError::BadToken),
         }
     }
 
     /// Authenticate an OAuth client by id and secret; returns its id.
     pub async fn client(&self, client_id: &str, secret: Secret) -> Result<(), AuthError> {
-        let hash = self.config.oauth_client(client_id).map(|c| c.secret_hash.clone());
-        if self.verify(hash, secret).await { Ok(()) } else { Err(AuthError::BadClient) }
+        let hash = self
+            .config
+            .oauth_client(client_id)
+            .map(|c| c.secret_hash.clone());
+        if self.verify(hash, secret).await {
+            Ok(())
+        } else {
+            Err(AuthError::BadClient)
+        }
     }
 
     /// Authenticate a console API call; returns the token's name.
@@ -222,7 +253,9 @@ impl Authenticator {
         const EXPECTED: &str = "\"Authorization: Bearer <console token>\"";
         let token = match presented(headers, EXPECTED)? {
             Presented::Bearer(t) => t,
-            Presented::Basic { .. } => return Err(AuthError::UnsupportedScheme("Basic".into(), EXPECTED)),
+            Presented::Basic { .. } => {
+                return Err(AuthError::UnsupportedScheme("Basic".into(), EXPECTED));
+            }
         };
         let key = sha256(token.expose().as_bytes());
         if let Some(name) = self.cache().get(&key) {
@@ -250,8 +283,12 @@ impl Authenticator {
     /// name (`hash == None`) fails without hashing.
     async fn verify(&self, hash: Option<PasswordHash>, secret: Secret) -> bool {
         let Some(hash) = hash else { return false };
-        let Ok(_permit) = self.permits.acquire().await else { return false };
-        tokio::task::spawn_blocking(move || hash.verify(secret.expose().as_bytes())).await.unwrap_or(false)
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || hash.verify(secret.expose().as_bytes()))
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -289,7 +326,8 @@ mod tests {
     fn plain_password_or_other_algorithm_is_refused_with_the_reason() {
         let err = PasswordHash::parse("hunter2").unwrap_err();
         assert!(err.starts_with("not an argon2 PHC hash string"), "{err}");
-        let err = PasswordHash::parse("$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap_err();
+        let err =
+            PasswordHash::parse("$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap_err();
         assert!(err.contains("only argon2id"), "{err}");
     }
 
@@ -297,15 +335,29 @@ mod tests {
     fn basic_and_bearer_headers_are_read() {
         let b64 = base64::engine::general_purpose::STANDARD.encode("agent:pa:ss");
         match presented(&headers(&format!("Basic {b64}")), "x").unwrap() {
-            Presented::Basic { user, password } => assert_eq!((user.as_str(), password.expose()), ("agent", "pa:ss")),
+            Presented::Basic { user, password } => {
+                assert_eq!((user.as_str(), password.expose()), ("agent", "pa:ss"))
+            }
             p => panic!("{p:?}"),
         }
-        assert!(matches!(presented(&headers("bearer abc"), "x").unwrap(), Presented::Bearer(t) if t.expose() == "abc"));
-        assert_eq!(presented(&HeaderMap::new(), "creds").unwrap_err().to_string(), "missing Authorization header; send creds");
+        assert!(
+            matches!(presented(&headers("bearer abc"), "x").unwrap(), Presented::Bearer(t) if t.expose() == "abc")
+        );
         assert_eq!(
-            presented(&headers("Digest x"), "creds").unwrap_err().to_string(),
+            presented(&HeaderMap::new(), "creds")
+                .unwrap_err()
+                .to_string(),
+            "missing Authorization header; send creds"
+        );
+        assert_eq!(
+            presented(&headers("Digest x"), "creds")
+                .unwrap_err()
+                .to_string(),
             "unsupported authorization scheme \"Digest\"; send creds"
         );
-        assert_eq!(presented(&headers("Basic !!"), "x").unwrap_err(), AuthError::Malformed("Basic credentials are not valid base64"));
+        assert_eq!(
+            presented(&headers("Basic !!"), "x").unwrap_err(),
+            AuthError::Malformed("Basic credentials are not valid base64")
+        );
     }
 }

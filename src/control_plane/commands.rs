@@ -70,18 +70,30 @@ impl CommandHub {
     /// queue from now on (a replaced session's queue is dropped).
     pub fn attach(&self, agent_id: &str, session_id: &str) -> mpsc::Receiver<ControlMessage> {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        self.lock().links.insert(agent_id.to_owned(), Link { session_id: session_id.to_owned(), tx });
+        self.lock().links.insert(
+            agent_id.to_owned(),
+            Link {
+                session_id: session_id.to_owned(),
+                tx,
+            },
+        );
         rx
     }
 
     /// A session ended: its commands will never be answered.
     pub fn detach(&self, agent_id: &str, session_id: &str) {
         let mut inner = self.lock();
-        if inner.links.get(agent_id).is_some_and(|l| l.session_id == session_id) {
+        if inner
+            .links
+            .get(agent_id)
+            .is_some_and(|l| l.session_id == session_id)
+        {
             inner.links.remove(agent_id);
         }
         // Dropping the senders wakes the waiters with `Disconnected`.
-        inner.pending.retain(|_, p| !(p.agent_id == agent_id && p.session_id == session_id));
+        inner
+            .pending
+            .retain(|_, p| !(p.agent_id == agent_id && p.session_id == session_id));
     }
 
     /// Whether `agent_id` has a live session.
@@ -90,29 +102,55 @@ impl CommandHub {
     }
 
     /// Queue `command` for the agent's live session.
-    pub fn send(self: &Arc<Self>, agent_id: &str, command: Command) -> Result<PendingCommand, SendError> {
+    pub fn send(
+        self: &Arc<Self>,
+        agent_id: &str,
+        command: Command,
+    ) -> Result<PendingCommand, SendError> {
         let mut inner = self.lock();
         if inner.pending.len() >= MAX_PENDING {
             return Err(SendError::Busy);
         }
-        let link = inner.links.get(agent_id).ok_or_else(|| SendError::NotConnected(agent_id.to_owned()))?;
+        let link = inner
+            .links
+            .get(agent_id)
+            .ok_or_else(|| SendError::NotConnected(agent_id.to_owned()))?;
         let command_id = uuid::Uuid::new_v4().to_string();
         let session_id = link.session_id.clone();
-        match link.tx.try_send(ControlMessage::Command { command_id: command_id.clone(), command }) {
+        match link.tx.try_send(ControlMessage::Command {
+            command_id: command_id.clone(),
+            command,
+        }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::Busy),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::NotConnected(agent_id.to_owned())),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(SendError::NotConnected(agent_id.to_owned()));
+            }
         }
         let (tx, rx) = oneshot::channel();
-        inner.pending.insert(command_id.clone(), Pending { agent_id: agent_id.to_owned(), session_id, tx });
-        Ok(PendingCommand { command_id, rx, hub: self.clone() })
+        inner.pending.insert(
+            command_id.clone(),
+            Pending {
+                agent_id: agent_id.to_owned(),
+                session_id,
+                tx,
+            },
+        );
+        Ok(PendingCommand {
+            command_id,
+            rx,
+            hub: self.clone(),
+        })
     }
 
     /// An answer arrived from `agent_id`'s session `session_id`. Answers
     /// to unknown ids, or from another agent, are ignored (false).
     pub fn complete(&self, agent_id: &str, session_id: &str, result: CommandResult) -> bool {
         let mut inner = self.lock();
-        let ours = inner.pending.get(&result.command_id).is_some_and(|p| p.agent_id == agent_id && p.session_id == session_id);
+        let ours = inner
+            .pending
+            .get(&result.command_id)
+            .is_some_and(|p| p.agent_id == agent_id && p.session_id == session_id);
         if !ours {
             return false;
         }
@@ -157,7 +195,12 @@ mod tests {
     use super::*;
 
     fn answer(id: &str) -> CommandResult {
-        CommandResult { command_id: id.into(), ok: true, message: "done".into(), data: None }
+        CommandResult {
+            command_id: id.into(),
+            ok: true,
+            message: "done".into(),
+            data: None,
+        }
     }
 
     #[tokio::test]
@@ -165,28 +208,52 @@ mod tests {
         let hub = Arc::new(CommandHub::default());
         let mut rx = hub.attach("a1", "s1");
         let pending = hub.send("a1", Command::Restart).unwrap();
-        let Some(ControlMessage::Command { command_id, command: Command::Restart }) = rx.recv().await else { panic!("no command queued") };
+        let Some(ControlMessage::Command {
+            command_id,
+            command: Command::Restart,
+        }) = rx.recv().await
+        else {
+            panic!("no command queued")
+        };
         assert_eq!(command_id, pending.command_id);
-        assert!(!hub.complete("a2", "s1", answer(&command_id)), "another agent cannot answer");
-        assert!(!hub.complete("a1", "old", answer(&command_id)), "another session cannot answer");
+        assert!(
+            !hub.complete("a2", "s1", answer(&command_id)),
+            "another agent cannot answer"
+        );
+        assert!(
+            !hub.complete("a1", "old", answer(&command_id)),
+            "another session cannot answer"
+        );
         assert!(hub.complete("a1", "s1", answer(&command_id)));
-        assert_eq!(pending.wait(Duration::from_secs(1)).await.unwrap().message, "done");
+        assert_eq!(
+            pending.wait(Duration::from_secs(1)).await.unwrap().message,
+            "done"
+        );
         assert_eq!(hub.pending(), 0);
     }
 
     #[tokio::test]
     async fn session_end_fails_waiters_and_timeouts_clean_up() {
         let hub = Arc::new(CommandHub::default());
-        assert_eq!(hub.send("a1", Command::Diagnostics).err(), Some(SendError::NotConnected("a1".into())));
+        assert_eq!(
+            hub.send("a1", Command::Diagnostics).err(),
+            Some(SendError::NotConnected("a1".into()))
+        );
         let _rx = hub.attach("a1", "s1");
         let pending = hub.send("a1", Command::Diagnostics).unwrap();
         hub.detach("a1", "s1");
-        assert_eq!(pending.wait(Duration::from_secs(1)).await.unwrap_err(), WaitError::Disconnected);
+        assert_eq!(
+            pending.wait(Duration::from_secs(1)).await.unwrap_err(),
+            WaitError::Disconnected
+        );
         let _rx = hub.attach("a1", "s2");
         let pending = hub.send("a1", Command::Diagnostics).unwrap();
         hub.detach("a1", "s1"); // a late end of the replaced session changes nothing
         assert!(hub.is_connected("a1"));
-        assert_eq!(pending.wait(Duration::from_millis(10)).await.unwrap_err(), WaitError::Timeout(Duration::from_millis(10)));
+        assert_eq!(
+            pending.wait(Duration::from_millis(10)).await.unwrap_err(),
+            WaitError::Timeout(Duration::from_millis(10))
+        );
         assert_eq!(hub.pending(), 0, "a timed-out command is forgotten");
     }
 
@@ -194,8 +261,13 @@ mod tests {
     async fn queue_and_pending_map_are_bounded() {
         let hub = Arc::new(CommandHub::default());
         let _rx = hub.attach("a1", "s1");
-        let kept: Vec<_> = (0..SESSION_QUEUE).map(|_| hub.send("a1", Command::Diagnostics).unwrap()).collect();
-        assert_eq!(hub.send("a1", Command::Diagnostics).err(), Some(SendError::Busy));
+        let kept: Vec<_> = (0..SESSION_QUEUE)
+            .map(|_| hub.send("a1", Command::Diagnostics).unwrap())
+            .collect();
+        assert_eq!(
+            hub.send("a1", Command::Diagnostics).err(),
+            Some(SendError::Busy)
+        );
         drop(kept);
         assert_eq!(hub.pending(), 0);
     }

@@ -203,7 +203,9 @@ struct RawConsoleToken {
 /// Turn a TOML/serde error into a [`ConfigError`] with a line number, and a
 /// "did you mean" for misspelt keys.
 fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
-    let line = err.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = err
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let message = err.message().trim().to_owned();
     // serde's wording: "unknown field `lisen`, expected one of `a`, `b`".
     let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
@@ -241,7 +243,13 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(&self, key: impl Into<String>, value: Option<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        key: impl Into<String>,
+        value: Option<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.path.to_owned(),
             line: None,
@@ -257,12 +265,25 @@ impl Validator<'_> {
         if p.is_absolute() {
             return p.to_owned();
         }
-        self.path.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_owned())
+        self.path
+            .parent()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|| p.to_owned())
     }
 
-    fn positive_ms(&self, key: &str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    fn positive_ms(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+    ) -> Result<Duration, ConfigError> {
         match value.unwrap_or(default) {
-            0 => Err(self.err(key, Some("0".into()), "must be greater than zero", format!("remove the key to use the default ({default})"))),
+            0 => Err(self.err(
+                key,
+                Some("0".into()),
+                "must be greater than zero",
+                format!("remove the key to use the default ({default})"),
+            )),
             v => Ok(Duration::from_millis(v)),
         }
     }
@@ -270,13 +291,26 @@ impl Validator<'_> {
     fn validate(&self, raw: RawConfig) -> Result<ControlPlaneConfig, ConfigError> {
         let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            self.err("listen", Some(listen_text.clone()), "not an IP address and port", format!("write it as \"IP:PORT\", e.g. {DEFAULT_LISTEN:?} or \"[::]:7443\""))
+            self.err(
+                "listen",
+                Some(listen_text.clone()),
+                "not an IP address and port",
+                format!("write it as \"IP:PORT\", e.g. {DEFAULT_LISTEN:?} or \"[::]:7443\""),
+            )
         })?;
 
         let tls = self.tls(raw.tls)?;
-        let heartbeat_interval = self.positive_ms("heartbeat_interval_ms", raw.heartbeat_interval_ms, DEFAULT_HEARTBEAT_INTERVAL_MS)?;
+        let heartbeat_interval = self.positive_ms(
+            "heartbeat_interval_ms",
+            raw.heartbeat_interval_ms,
+            DEFAULT_HEARTBEAT_INTERVAL_MS,
+        )?;
         let default_timeout = heartbeat_interval.as_millis() as u64 * HEARTBEAT_TIMEOUT_FACTOR;
-        let heartbeat_timeout = self.positive_ms("heartbeat_timeout_ms", raw.heartbeat_timeout_ms, default_timeout)?;
+        let heartbeat_timeout = self.positive_ms(
+            "heartbeat_timeout_ms",
+            raw.heartbeat_timeout_ms,
+            default_timeout,
+        )?;
         if heartbeat_timeout <= heartbeat_interval {
             return Err(self.err(
                 "heartbeat_timeout_ms",
@@ -286,12 +320,30 @@ impl Validator<'_> {
             ));
         }
         let token_ttl = match raw.token_ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS) {
-            0 => return Err(self.err("token_ttl_secs", Some("0".into()), "must be greater than zero", format!("remove the key to use the default ({DEFAULT_TOKEN_TTL_SECS})"))),
+            0 => {
+                return Err(self.err(
+                    "token_ttl_secs",
+                    Some("0".into()),
+                    "must be greater than zero",
+                    format!("remove the key to use the default ({DEFAULT_TOKEN_TTL_SECS})"),
+                ));
+            }
             v => Duration::from_secs(v),
         };
-        let shutdown_timeout = self.positive_ms("shutdown_timeout_ms", raw.shutdown_timeout_ms, DEFAULT_SHUTDOWN_TIMEOUT_MS)?;
+        let shutdown_timeout = self.positive_ms(
+            "shutdown_timeout_ms",
+            raw.shutdown_timeout_ms,
+            DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        )?;
         let max_agents = match raw.max_agents.unwrap_or(DEFAULT_MAX_AGENTS) {
-            0 => return Err(self.err("max_agents", Some("0".into()), "must be greater than zero", format!("remove the key to use the default ({DEFAULT_MAX_AGENTS})"))),
+            0 => {
+                return Err(self.err(
+                    "max_agents",
+                    Some("0".into()),
+                    "must be greater than zero",
+                    format!("remove the key to use the default ({DEFAULT_MAX_AGENTS})"),
+                ));
+            }
             v => v,
         };
 
@@ -304,49 +356,95 @@ impl Validator<'_> {
             let at = |k: &str| format!("users[{i}].{k}");
             self.name(&at("name"), &u.name)?;
             if u.name.contains(':') {
-                return Err(self.err(at("name"), Some(u.name), "contains ':', which HTTP Basic authentication cannot carry in a user name", "choose a name without ':'"));
+                return Err(self.err(
+                    at("name"),
+                    Some(u.name),
+                    "contains ':', which HTTP Basic authentication cannot carry in a user name",
+                    "choose a name without ':'",
+                ));
             }
             if users.iter().any(|x: &User| x.name == u.name) {
-                return Err(self.err(at("name"), Some(u.name), "is defined twice", "give each [[users]] entry its own name"));
+                return Err(self.err(
+                    at("name"),
+                    Some(u.name),
+                    "is defined twice",
+                    "give each [[users]] entry its own name",
+                ));
             }
             let password_hash = self.hash(&at("password_hash"), &u.password_hash)?;
             self.group_refs(&at("groups"), &u.groups, &known)?;
-            users.push(User { name: u.name, password_hash, groups: u.groups });
+            users.push(User {
+                name: u.name,
+                password_hash,
+                groups: u.groups,
+            });
         }
 
         let mut oauth_clients = Vec::new();
         for (i, c) in raw.oauth_clients.into_iter().enumerate() {
             let at = |k: &str| format!("oauth_clients[{i}].{k}");
             self.name(&at("client_id"), &c.client_id)?;
-            if oauth_clients.iter().any(|x: &OAuthClient| x.client_id == c.client_id) {
-                return Err(self.err(at("client_id"), Some(c.client_id), "is defined twice", "give each [[oauth_clients]] entry its own client_id"));
+            if oauth_clients
+                .iter()
+                .any(|x: &OAuthClient| x.client_id == c.client_id)
+            {
+                return Err(self.err(
+                    at("client_id"),
+                    Some(c.client_id),
+                    "is defined twice",
+                    "give each [[oauth_clients]] entry its own client_id",
+                ));
             }
             let secret_hash = self.hash(&at("secret_hash"), &c.secret_hash)?;
             self.group_refs(&at("groups"), &c.groups, &known)?;
             for s in &c.scopes {
                 if s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                    return Err(self.err(at("scopes"), Some(s.clone()), "a scope must be non-empty and contain no spaces", "list each scope as its own string"));
+                    return Err(self.err(
+                        at("scopes"),
+                        Some(s.clone()),
+                        "a scope must be non-empty and contain no spaces",
+                        "list each scope as its own string",
+                    ));
                 }
             }
-            oauth_clients.push(OAuthClient { client_id: c.client_id, secret_hash, groups: c.groups, scopes: c.scopes });
+            oauth_clients.push(OAuthClient {
+                client_id: c.client_id,
+                secret_hash,
+                groups: c.groups,
+                scopes: c.scopes,
+            });
         }
 
         let mut console_tokens = Vec::new();
         for (i, t) in raw.console_tokens.into_iter().enumerate() {
             let at = |k: &str| format!("console_tokens[{i}].{k}");
             self.name(&at("name"), &t.name)?;
-            if console_tokens.iter().any(|x: &ConsoleToken| x.name == t.name) {
-                return Err(self.err(at("name"), Some(t.name), "is defined twice", "give each console token its own name"));
+            if console_tokens
+                .iter()
+                .any(|x: &ConsoleToken| x.name == t.name)
+            {
+                return Err(self.err(
+                    at("name"),
+                    Some(t.name),
+                    "is defined twice",
+                    "give each console token its own name",
+                ));
             }
             let token_hash = self.hash(&at("token_hash"), &t.token_hash)?;
-            console_tokens.push(ConsoleToken { name: t.name, token_hash });
+            console_tokens.push(ConsoleToken {
+                name: t.name,
+                token_hash,
+            });
         }
 
         if users.is_empty() && oauth_clients.is_empty() {
-            warnings.push("no [[users]] and no [[oauth_clients]]: no agent can authenticate".to_owned());
+            warnings.push(
+                "no [[users]] and no [[oauth_clients]]: no agent can authenticate".to_owned(),
+            );
         }
         if console_tokens.is_empty() {
-            warnings.push("no [[console_tokens]]: the console API refuses every request".to_owned());
+            warnings
+                .push("no [[console_tokens]]: the console API refuses every request".to_owned());
         }
         let webhook_ca_file = raw.webhook_ca_file.map(|p| self.resolve(&p));
         let webhook_tls = crate::tls::client_config(webhook_ca_file.as_deref()).map_err(|e| {
@@ -375,7 +473,11 @@ impl Validator<'_> {
             path: self.path.to_owned(),
             listen,
             tls,
-            state_dir: self.resolve(raw.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_STATE_DIR))),
+            state_dir: self.resolve(
+                raw.state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
+            ),
             heartbeat_interval,
             heartbeat_timeout,
             token_ttl,
@@ -394,20 +496,34 @@ impl Validator<'_> {
 
     /// `[[jobs]]`: each parsed and checked like a console definition; ids
     /// and JSONL files unique.
-    fn jobs(&self, raw: Vec<toml::Table>, groups: &[Group]) -> Result<Vec<JobDefinition>, ConfigError> {
+    fn jobs(
+        &self,
+        raw: Vec<toml::Table>,
+        groups: &[Group],
+    ) -> Result<Vec<JobDefinition>, ConfigError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut jobs: Vec<JobDefinition> = Vec::new();
         for (i, table) in raw.iter().enumerate() {
             let def = job_input::from_toml(table, dir).map_err(|e| self.job_error(i, table, e))?;
-            let errors: Vec<FieldError> = job_input::check(&def, groups).into_iter().map(job_input::toml_field).collect();
+            let errors: Vec<FieldError> = job_input::check(&def, groups)
+                .into_iter()
+                .map(job_input::toml_field)
+                .collect();
             if !errors.is_empty() {
                 return Err(self.job_error(i, table, errors));
             }
             if let Some(first) = jobs.iter().position(|j| j.id() == def.id()) {
-                return Err(self.err(format!("jobs[{i}].id"), Some(def.spec.id), format!("is also the id of jobs[{first}]"), "give each job its own id"));
+                return Err(self.err(
+                    format!("jobs[{i}].id"),
+                    Some(def.spec.id),
+                    format!("is also the id of jobs[{first}]"),
+                    "give each job its own id",
+                ));
             }
             if let SinkConfig::Jsonl(mine) = &def.sink
-                && let Some(other) = jobs.iter().find(|j| matches!(&j.sink, SinkConfig::Jsonl(t) if t.path == mine.path))
+                && let Some(other) = jobs
+                    .iter()
+                    .find(|j| matches!(&j.sink, SinkConfig::Jsonl(t) if t.path == mine.path))
             {
                 return Err(self.err(
                     format!("jobs[{i}].sink.path"),
@@ -423,59 +539,127 @@ impl Validator<'_> {
 
     /// One config error for a job's problems (all of them when several).
     fn job_error(&self, i: usize, table: &toml::Table, errors: Vec<FieldError>) -> ConfigError {
-        let at = |field: &str| if field.is_empty() { format!("jobs[{i}]") } else { format!("jobs[{i}].{field}") };
+        let at = |field: &str| {
+            if field.is_empty() {
+                format!("jobs[{i}]")
+            } else {
+                format!("jobs[{i}].{field}")
+            }
+        };
         if let [e] = errors.as_slice() {
-            return self.err(at(&e.field), e.value.clone(), e.problem.clone(), e.fix.clone());
+            return self.err(
+                at(&e.field),
+                e.value.clone(),
+                e.problem.clone(),
+                e.fix.clone(),
+            );
         }
-        let id = table.get("id").and_then(|v| v.as_str()).map(|id| format!(" {id:?}")).unwrap_or_default();
+        let id = table
+            .get("id")
+            .and_then(|v| v.as_str())
+            .map(|id| format!(" {id:?}"))
+            .unwrap_or_default();
         let mut problem = format!("job{id} has {} problems:", errors.len());
         for e in &errors {
-            let e = FieldError { field: at(&e.field), ..e.clone() };
+            let e = FieldError {
+                field: at(&e.field),
+                ..e.clone()
+            };
             problem.push_str(&format!("\n    {e}"));
         }
-        self.err(at(""), None, problem, "correct each field named above; docs/CONTROL_PLANE.md lists every job field")
+        self.err(
+            at(""),
+            None,
+            problem,
+            "correct each field named above; docs/CONTROL_PLANE.md lists every job field",
+        )
     }
 
     fn tls(&self, raw: Option<RawTls>) -> Result<TlsSettings, ConfigError> {
         let raw = raw.ok_or_else(|| {
-            self.err("tls", None, "missing: the control plane only serves HTTPS", "add a [tls] table with cert_file and key_file (PEM)")
+            self.err(
+                "tls",
+                None,
+                "missing: the control plane only serves HTTPS",
+                "add a [tls] table with cert_file and key_file (PEM)",
+            )
         })?;
         let cert_file = self.resolve(&raw.cert_file);
         let key_file = self.resolve(&raw.key_file);
-        for (key, file, what) in [("tls.cert_file", &cert_file, "a PEM certificate chain"), ("tls.key_file", &key_file, "a PEM private key")] {
+        for (key, file, what) in [
+            ("tls.cert_file", &cert_file, "a PEM certificate chain"),
+            ("tls.key_file", &key_file, "a PEM private key"),
+        ] {
             if let Err(e) = std::fs::metadata(file).and_then(|_| std::fs::File::open(file)) {
-                return Err(self.err(key, Some(file.display().to_string()), format!("cannot read the file: {e}"), format!("point {key} at {what} readable by the control plane")));
+                return Err(self.err(
+                    key,
+                    Some(file.display().to_string()),
+                    format!("cannot read the file: {e}"),
+                    format!("point {key} at {what} readable by the control plane"),
+                ));
             }
         }
         let server_config = crate::tls::server_config(&cert_file, &key_file).map_err(|e| {
             self.err("tls", None, e.to_string(), "give a PEM certificate chain in tls.cert_file and its matching private key in tls.key_file")
         })?;
-        Ok(TlsSettings { cert_file, key_file, server_config })
+        Ok(TlsSettings {
+            cert_file,
+            key_file,
+            server_config,
+        })
     }
 
     fn groups(&self, raw: Vec<RawGroup>) -> Result<Vec<Group>, ConfigError> {
         if raw.is_empty() {
-            return Err(self.err("groups", None, "no agent group is defined, so no agent can join", "add at least one [[groups]] table with an id, e.g. id = \"PRIVATE_GROUP\""));
+            return Err(self.err(
+                "groups",
+                None,
+                "no agent group is defined, so no agent can join",
+                "add at least one [[groups]] table with an id, e.g. id = \"PRIVATE_GROUP\"",
+            ));
         }
         let mut groups: Vec<Group> = Vec::new();
         for (i, g) in raw.into_iter().enumerate() {
             self.name(&format!("groups[{i}].id"), &g.id)?;
             if groups.iter().any(|x| x.id == g.id) {
-                return Err(self.err(format!("groups[{i}].id"), Some(g.id), "is defined twice", "remove the duplicate [[groups]] table"));
+                return Err(self.err(
+                    format!("groups[{i}].id"),
+                    Some(g.id),
+                    "is defined twice",
+                    "remove the duplicate [[groups]] table",
+                ));
             }
             groups.push(Group { id: g.id });
         }
         Ok(groups)
     }
 
-    fn group_refs(&self, key: &str, refs: &[String], known: &BTreeSet<&str>) -> Result<(), ConfigError> {
+    fn group_refs(
+        &self,
+        key: &str,
+        refs: &[String],
+        known: &BTreeSet<&str>,
+    ) -> Result<(), ConfigError> {
         if refs.is_empty() {
-            return Err(self.err(key, None, "is empty, so these credentials cannot join any group", "list the agent groups they may join"));
+            return Err(self.err(
+                key,
+                None,
+                "is empty, so these credentials cannot join any group",
+                "list the agent groups they may join",
+            ));
         }
         for g in refs {
             if !known.contains(g.as_str()) {
                 let ids: Vec<&str> = known.iter().copied().collect();
-                return Err(self.err(key, Some(g.clone()), "names an agent group that is not defined", format!("add a [[groups]] table with id = {g:?}, or use one of: {}", ids.join(", "))));
+                return Err(self.err(
+                    key,
+                    Some(g.clone()),
+                    "names an agent group that is not defined",
+                    format!(
+                        "add a [[groups]] table with id = {g:?}, or use one of: {}",
+                        ids.join(", ")
+                    ),
+                ));
             }
         }
         Ok(())
@@ -483,7 +667,12 @@ impl Validator<'_> {
 
     fn name(&self, key: &str, value: &str) -> Result<(), ConfigError> {
         if value.trim().is_empty() || value.chars().any(char::is_control) || value.len() > 128 {
-            return Err(self.err(key, Some(value.to_owned()), "must be 1 to 128 printable characters", "give it a short printable name"));
+            return Err(self.err(
+                key,
+                Some(value.to_owned()),
+                "must be 1 to 128 printable characters",
+                "give it a short printable name",
+            ));
         }
         Ok(())
     }
@@ -492,7 +681,12 @@ impl Validator<'_> {
         // The value is a hash, not a secret, but it is still not echoed: a
         // pasted plain password would otherwise land in logs.
         PasswordHash::parse(value).map_err(|problem| {
-            self.err(key, None, problem, "generate the hash with `control-plane hash-password` and paste its output")
+            self.err(
+                key,
+                None,
+                problem,
+                "generate the hash with `control-plane hash-password` and paste its output",
+            )
         })
     }
 }

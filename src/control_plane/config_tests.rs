@@ -14,10 +14,16 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        Fixture { dir, hash: weak_hash_for_tests("pw") }
+        Fixture {
+            dir,
+            hash: weak_hash_for_tests("pw"),
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -50,10 +56,17 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.shutdown_timeout, Duration::from_millis(5000));
     assert_eq!(c.max_agents, 10_000);
     assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
-    assert_eq!(c.tls.cert_file, f.dir.path().join("cert.pem"), "relative to the config file");
+    assert_eq!(
+        c.tls.cert_file,
+        f.dir.path().join("cert.pem"),
+        "relative to the config file"
+    );
     assert_eq!(c.users[0].groups, vec!["G"]);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    assert!(!format!("{c:?}").contains("argon2"), "hashes are masked in Debug");
+    assert!(
+        !format!("{c:?}").contains("argon2"),
+        "hashes are masked in Debug"
+    );
 }
 
 #[test]
@@ -79,9 +92,14 @@ fn unknown_key_is_named_with_line_and_suggestion() {
 #[test]
 fn unknown_key_in_a_table_is_named() {
     let f = Fixture::new();
-    let text = f.text("").replace("[[groups]]\nid = \"G\"", "[[groups]]\nid = \"G\"\nmax = 2");
+    let text = f
+        .text("")
+        .replace("[[groups]]\nid = \"G\"", "[[groups]]\nid = \"G\"\nmax = 2");
     let err = f.parse(&text).unwrap_err();
-    assert_eq!((err.key.as_deref(), err.problem.as_str()), (Some("max"), "unknown key"));
+    assert_eq!(
+        (err.key.as_deref(), err.problem.as_str()),
+        (Some("max"), "unknown key")
+    );
     assert!(err.fix.contains("keys allowed here: id"), "{}", err.fix);
 }
 
@@ -104,12 +122,17 @@ fn missing_cert_file_names_key_path_and_fix() {
 #[test]
 fn undefined_group_reference_is_refused() {
     let f = Fixture::new();
-    let text = f.text("").replace("groups = [\"G\"]", "groups = [\"G\", \"NOPE\"]");
+    let text = f
+        .text("")
+        .replace("groups = [\"G\"]", "groups = [\"G\", \"NOPE\"]");
     let err = f.parse(&text).unwrap_err();
     assert_eq!(err.key.as_deref(), Some("users[0].groups"));
     assert_eq!(err.value.as_deref(), Some("NOPE"));
     assert_eq!(err.problem, "names an agent group that is not defined");
-    assert_eq!(err.fix, "add a [[groups]] table with id = \"NOPE\", or use one of: G");
+    assert_eq!(
+        err.fix,
+        "add a [[groups]] table with id = \"NOPE\", or use one of: G"
+    );
 }
 
 #[test]
@@ -119,22 +142,45 @@ fn plain_password_instead_of_hash_is_refused_without_echoing_it() {
     let err = f.parse(&text).unwrap_err();
     assert_eq!(err.key.as_deref(), Some("users[0].password_hash"));
     assert!(!err.to_string().contains("hunter2"), "{err}");
-    assert_eq!(err.fix, "generate the hash with `control-plane hash-password` and paste its output");
+    assert_eq!(
+        err.fix,
+        "generate the hash with `control-plane hash-password` and paste its output"
+    );
 }
 
 #[test]
 fn bad_values_name_the_key() {
     let f = Fixture::new();
     let cases = [
-        ("listen = \"localhost\"", "listen", "not an IP address and port"),
-        ("heartbeat_interval_ms = 0", "heartbeat_interval_ms", "must be greater than zero"),
-        ("heartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 1000", "heartbeat_timeout_ms", "must be longer than heartbeat_interval_ms (1000 ms), or every agent is declared dead between two heartbeats"),
-        ("token_ttl_secs = 0", "token_ttl_secs", "must be greater than zero"),
+        (
+            "listen = \"localhost\"",
+            "listen",
+            "not an IP address and port",
+        ),
+        (
+            "heartbeat_interval_ms = 0",
+            "heartbeat_interval_ms",
+            "must be greater than zero",
+        ),
+        (
+            "heartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 1000",
+            "heartbeat_timeout_ms",
+            "must be longer than heartbeat_interval_ms (1000 ms), or every agent is declared dead between two heartbeats",
+        ),
+        (
+            "token_ttl_secs = 0",
+            "token_ttl_secs",
+            "must be greater than zero",
+        ),
         ("max_agents = 0", "max_agents", "must be greater than zero"),
     ];
     for (extra, key, problem) in cases {
         let err = f.parse(&f.text(extra)).unwrap_err();
-        assert_eq!((err.key.as_deref(), err.problem.as_str()), (Some(key), problem), "{extra}");
+        assert_eq!(
+            (err.key.as_deref(), err.problem.as_str()),
+            (Some(key), problem),
+            "{extra}"
+        );
     }
 }
 
@@ -143,23 +189,47 @@ fn webhook_ca_file_is_read_relative_to_the_config() {
     let f = Fixture::new();
     let c = f.parse(&f.text("webhook_ca_file = \"cert.pem\"")).unwrap();
     assert_eq!(c.webhook_ca_file, Some(f.dir.path().join("cert.pem")));
-    let err = f.parse(&f.text("webhook_ca_file = \"missing.pem\"")).unwrap_err();
-    assert_eq!((err.key.as_deref(), err.value.clone()), (Some("webhook_ca_file"), Some(f.dir.path().join("missing.pem").display().to_string())));
-    assert!(err.fix.starts_with("point it at a readable PEM file"), "{err}");
+    let err = f
+        .parse(&f.text("webhook_ca_file = \"missing.pem\""))
+        .unwrap_err();
+    assert_eq!(
+        (err.key.as_deref(), err.value.clone()),
+        (
+            Some("webhook_ca_file"),
+            Some(f.dir.path().join("missing.pem").display().to_string())
+        )
+    );
+    assert!(
+        err.fix.starts_with("point it at a readable PEM file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn duplicate_names_and_missing_sections_are_refused() {
     let f = Fixture::new();
-    let dup = f.text("") + &format!("\n[[users]]\nname = \"agent\"\npassword_hash = \"{}\"\ngroups = [\"G\"]\n", f.hash);
+    let dup = f.text("")
+        + &format!(
+            "\n[[users]]\nname = \"agent\"\npassword_hash = \"{}\"\ngroups = [\"G\"]\n",
+            f.hash
+        );
     let err = f.parse(&dup).unwrap_err();
-    assert_eq!((err.key.as_deref(), err.problem.as_str()), (Some("users[1].name"), "is defined twice"));
+    assert_eq!(
+        (err.key.as_deref(), err.problem.as_str()),
+        (Some("users[1].name"), "is defined twice")
+    );
 
-    let no_tls = f.text("").replace("[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n", "");
+    let no_tls = f.text("").replace(
+        "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n",
+        "",
+    );
     let err = f.parse(&no_tls).unwrap_err();
     assert_eq!(err.key.as_deref(), Some("tls"));
 
-    let no_groups = f.text("").replace("[[groups]]\nid = \"G\"\n", "").replace("groups = [\"G\"]", "groups = []");
+    let no_groups = f
+        .text("")
+        .replace("[[groups]]\nid = \"G\"\n", "")
+        .replace("groups = [\"G\"]", "groups = []");
     let err = f.parse(&no_groups).unwrap_err();
     assert_eq!(err.key.as_deref(), Some("groups"));
 }
@@ -169,7 +239,11 @@ fn missing_required_field_reports_the_line() {
     let f = Fixture::new();
     let text = f.text("").replace("password_hash", "# password_hash");
     let err = f.parse(&text).unwrap_err();
-    assert!(err.problem.contains("missing field `password_hash`"), "{}", err.problem);
+    assert!(
+        err.problem.contains("missing field `password_hash`"),
+        "{}",
+        err.problem
+    );
     assert!(err.line.is_some());
 }
 
@@ -183,8 +257,13 @@ fn oauth_client_scopes_and_warnings() {
     );
     let c = f.parse(&text).unwrap();
     assert_eq!(c.oauth_client("c1").unwrap().scopes, vec!["agent"]);
-    assert_eq!(c.warnings, vec!["no [[console_tokens]]: the console API refuses every request"]);
-    let err = f.parse(&text.replace("[\"agent\"]", "[\"a b\"]")).unwrap_err();
+    assert_eq!(
+        c.warnings,
+        vec!["no [[console_tokens]]: the console API refuses every request"]
+    );
+    let err = f
+        .parse(&text.replace("[\"agent\"]", "[\"a b\"]"))
+        .unwrap_err();
     assert_eq!(err.key.as_deref(), Some("oauth_clients[0].scopes"));
 }
 
@@ -193,7 +272,11 @@ fn documented_example_is_valid_once_hashes_and_certificates_are_filled_in() {
     let f = Fixture::new();
     let example = include_str!("../../docs/control-plane.toml.example");
     let placeholder = "$argon2id$v=19$m=19456,t=2,p=1$REPLACE_WITH_THE_OUTPUT_OF$hash-password";
-    assert_eq!(example.matches(placeholder).count(), 3, "example placeholders changed");
+    assert_eq!(
+        example.matches(placeholder).count(),
+        3,
+        "example placeholders changed"
+    );
     let text = example
         .replace(placeholder, &f.hash)
         .replace("tls/server.pem", "cert.pem")
@@ -201,17 +284,51 @@ fn documented_example_is_valid_once_hashes_and_certificates_are_filled_in() {
     // Its job reads a JKS truststore next to the config.
     let ts = f.dir.path().join("app_streaming_truststore.jks");
     let err = f.parse(&text).unwrap_err();
-    assert_eq!((err.key.as_deref(), err.value.as_deref()), (Some("jobs[0].security.truststore.file"), ts.to_str()));
+    assert_eq!(
+        (err.key.as_deref(), err.value.as_deref()),
+        (Some("jobs[0].security.truststore.file"), ts.to_str())
+    );
     std::fs::write(&ts, jks_with_one_cert("changeit")).unwrap();
     let c = f.parse(&text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((c.groups.len(), c.users.len(), c.oauth_clients.len(), c.console_tokens.len(), c.jobs.len()), (1, 1, 1, 1, 1));
+    assert_eq!(
+        (
+            c.groups.len(),
+            c.users.len(),
+            c.oauth_clients.len(),
+            c.console_tokens.len(),
+            c.jobs.len()
+        ),
+        (1, 1, 1, 1, 1)
+    );
     let job = &c.jobs[0];
-    assert_eq!((job.id(), job.group.as_str(), job.value_format), ("users-sync", "PRIVATE_GROUP", crate::delivery::ValueFormat::ConnectPayload));
+    assert_eq!(
+        (job.id(), job.group.as_str(), job.value_format),
+        (
+            "users-sync",
+            "PRIVATE_GROUP",
+            crate::delivery::ValueFormat::ConnectPayload
+        )
+    );
     let truststore = job.spec.security.truststore.as_ref().unwrap();
-    assert_eq!(truststore.format, crate::protocol::job::TruststoreFormat::Jks);
-    assert_eq!(truststore.data.expose(), base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(&ts).unwrap()));
+    assert_eq!(
+        truststore.format,
+        crate::protocol::job::TruststoreFormat::Jks
+    );
+    assert_eq!(
+        truststore.data.expose(),
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            std::fs::read(&ts).unwrap()
+        )
+    );
     // As shipped, the placeholders are refused with the fix.
-    let err = f.parse(&example.replace("tls/server.pem", "cert.pem").replace("tls/server-key.pem", "key.pem")).unwrap_err();
+    let err = f
+        .parse(
+            &example
+                .replace("tls/server.pem", "cert.pem")
+                .replace("tls/server-key.pem", "key.pem"),
+        )
+        .unwrap_err();
     assert_eq!(err.key.as_deref(), Some("users[0].password_hash"));
 }
 
@@ -220,7 +337,12 @@ fn documented_example_is_valid_once_hashes_and_certificates_are_filled_in() {
 fn jks_with_one_cert(password: &str) -> Vec<u8> {
     use sha1::Digest;
     let key = rcgen::KeyPair::generate().unwrap();
-    let der = rcgen::CertificateParams::new(vec!["stream.example".to_string()]).unwrap().self_signed(&key).unwrap().der().to_vec();
+    let der = rcgen::CertificateParams::new(vec!["stream.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .der()
+        .to_vec();
     let mut v = Vec::new();
     v.extend_from_slice(&0xFEED_FEEDu32.to_be_bytes());
     v.extend_from_slice(&2u32.to_be_bytes());

@@ -29,7 +29,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .merge(super::console_jobs::routes())
         .merge(super::console_commands::routes())
         .route("/api/v1/{*rest}", any(unknown))
-        .route_layer(middleware::from_fn_with_state(shared, require_console_token))
+        .route_layer(middleware::from_fn_with_state(
+            shared,
+            require_console_token,
+        ))
 }
 
 /// The name of the console token a request was authorised with (the "who"
@@ -37,7 +40,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
 #[derive(Debug, Clone)]
 pub(crate) struct ConsoleUser(pub String);
 
-pub(crate) async fn require_console_token(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn require_console_token(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     match shared.auth.console(req.headers()).await {
         Ok(token) => {
             tracing::debug!(%token, method = %req.method(), path = %req.uri().path(), "console request");
@@ -68,7 +75,10 @@ async fn groups(State(shared): State<Arc<Shared>>) -> Json<GroupList> {
         .config
         .groups
         .iter()
-        .map(|g| GroupView { id: g.id.clone(), agents: shared.registry.counts(&g.id) })
+        .map(|g| GroupView {
+            id: g.id.clone(),
+            agents: shared.registry.counts(&g.id),
+        })
         .collect();
     Json(GroupList { groups })
 }
@@ -86,24 +96,42 @@ struct AgentList {
     auth_failures: Vec<super::status::AuthFailure>,
 }
 
-async fn agents(State(shared): State<Arc<Shared>>, query: Result<Query<AgentsQuery>, QueryRejection>) -> Result<Json<AgentList>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(e.status(), format!("{}; the only parameter is ?group=<id>", e.body_text())))?;
+async fn agents(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<AgentsQuery>, QueryRejection>,
+) -> Result<Json<AgentList>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            format!("{}; the only parameter is ?group=<id>", e.body_text()),
+        )
+    })?;
     if let Some(g) = &q.group
         && shared.config.group(g).is_none()
     {
-        return Err(ApiError::not_found(format!("agent group {g:?} does not exist")));
+        return Err(ApiError::not_found(format!(
+            "agent group {g:?} does not exist"
+        )));
     }
-    Ok(Json(AgentList { agents: shared.registry.list(q.group.as_deref()), auth_failures: shared.registry.auth_failures() }))
+    Ok(Json(AgentList {
+        agents: shared.registry.list(q.group.as_deref()),
+        auth_failures: shared.registry.auth_failures(),
+    }))
 }
 
-async fn agent(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<AgentRecord>, ApiError> {
-    shared
-        .registry
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("agent {id:?} is not known to this control plane")))
+async fn agent(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<AgentRecord>, ApiError> {
+    shared.registry.get(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!("agent {id:?} is not known to this control plane"))
+    })
 }
 
 async fn unknown(req: Request) -> ApiError {
-    ApiError::not_found(format!("no console route {} {}; see docs/CONTROL_PLANE.md", req.method(), req.uri().path()))
+    ApiError::not_found(format!(
+        "no console route {} {}; see docs/CONTROL_PLANE.md",
+        req.method(),
+        req.uri().path()
+    ))
 }

@@ -13,8 +13,8 @@ use super::api_error::ApiError;
 use super::commands::{SendError, WaitError};
 use super::console::ConsoleUser;
 use super::server::Shared;
-use crate::protocol::job::{JobPhase, Security};
 use crate::protocol::command::ConnectionParams;
+use crate::protocol::job::{JobPhase, Security};
 use crate::protocol::{Command, CommandResult};
 use crate::secret::MASK;
 use axum::body::Bytes;
@@ -59,12 +59,22 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     Router::new()
         .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn_with_state(shared, super::console::require_console_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared,
+            super::console::require_console_token,
+        ))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let text = shared.metrics.render(&shared.registry, &shared.jobs);
-    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// A copy of `v` with the value of every secret key replaced by the mask.
@@ -73,7 +83,8 @@ pub(crate) fn masked(v: &Value) -> Value {
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, v)| {
-                    let secret = SECRET_KEYS.contains(&k.as_str()) && !v.is_null() || k.eq_ignore_ascii_case("headers");
+                    let secret = SECRET_KEYS.contains(&k.as_str()) && !v.is_null()
+                        || k.eq_ignore_ascii_case("headers");
                     (k.clone(), if secret { masked_leaves(v) } else { masked(v) })
                 })
                 .collect(),
@@ -85,35 +96,65 @@ pub(crate) fn masked(v: &Value) -> Value {
 
 fn masked_leaves(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), masked_leaves(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), masked_leaves(v)))
+                .collect(),
+        ),
         _ => Value::String(MASK.into()),
     }
 }
 
 /// Record the outcome of a command and turn it into the response.
-fn audited(shared: &Shared, who: &str, action: &str, target: &str, params: Value, outcome: Result<Value, ApiError>) -> Response {
+fn audited(
+    shared: &Shared,
+    who: &str,
+    action: &str,
+    target: &str,
+    params: Value,
+    outcome: Result<Value, ApiError>,
+) -> Response {
     match outcome {
         Ok(body) => {
             let ok = body.get("ok").and_then(Value::as_bool).unwrap_or(true);
-            let message = body.get("message").and_then(Value::as_str).unwrap_or("done");
-            shared.audit.record(who, action, target, params, ok, message);
+            let message = body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("done");
+            shared
+                .audit
+                .record(who, action, target, params, ok, message);
             Json(body).into_response()
         }
         Err(e) => {
-            shared.audit.record(who, action, target, params, false, &format!("{}: {}", e.status.as_u16(), e.message));
+            shared.audit.record(
+                who,
+                action,
+                target,
+                params,
+                false,
+                &format!("{}: {}", e.status.as_u16(), e.message),
+            );
             e.into_response()
         }
     }
 }
 
-
 /// Send `command` to `agent_id` and wait at most `timeout` for its answer.
-async fn run_command(shared: &Shared, agent_id: &str, command: Command, timeout: Duration) -> Result<CommandResult, ApiError> {
+async fn run_command(
+    shared: &Shared,
+    agent_id: &str,
+    command: Command,
+    timeout: Duration,
+) -> Result<CommandResult, ApiError> {
     let name = command.kind();
-    let pending = shared.commands.send(agent_id, command).map_err(|e| match e {
-        SendError::NotConnected(_) => not_connected(shared, agent_id),
-        SendError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    })?;
+    let pending = shared
+        .commands
+        .send(agent_id, command)
+        .map_err(|e| match e {
+            SendError::NotConnected(_) => not_connected(shared, agent_id),
+            SendError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        })?;
     let result = pending.wait(timeout).await;
     let label = match &result {
         Ok(r) if r.ok => "ok",
@@ -123,8 +164,13 @@ async fn run_command(shared: &Shared, agent_id: &str, command: Command, timeout:
     };
     shared.metrics.command(name, label);
     result.map_err(|e| match e {
-        WaitError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("agent {agent_id:?}: {e}")),
-        WaitError::Disconnected => ApiError::new(StatusCode::BAD_GATEWAY, format!("agent {agent_id:?}: {e}")),
+        WaitError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("agent {agent_id:?}: {e}"),
+        ),
+        WaitError::Disconnected => {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("agent {agent_id:?}: {e}"))
+        }
     })
 }
 
@@ -132,10 +178,16 @@ async fn run_command(shared: &Shared, agent_id: &str, command: Command, timeout:
 /// without a session.
 fn not_connected(shared: &Shared, agent_id: &str) -> ApiError {
     match shared.registry.get(agent_id) {
-        None => ApiError::not_found(format!("agent {agent_id:?} is not known to this control plane")),
+        None => ApiError::not_found(format!(
+            "agent {agent_id:?} is not known to this control plane"
+        )),
         Some(a) => ApiError::new(
             StatusCode::CONFLICT,
-            format!("agent {agent_id:?} is not connected (state {}: {})", a.status.state.as_str(), a.status.reason),
+            format!(
+                "agent {agent_id:?} is not connected (state {}: {})",
+                a.status.state.as_str(),
+                a.status.reason
+            ),
         ),
     }
 }
@@ -143,7 +195,10 @@ fn not_connected(shared: &Shared, agent_id: &str) -> ApiError {
 /// An answer that reports a failure to act is a 422 with the agent's words.
 fn answered(agent_id: &str, r: CommandResult) -> Result<Value, ApiError> {
     if !r.ok {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("agent {agent_id:?} could not do it: {}", r.message)));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("agent {agent_id:?} could not do it: {}", r.message),
+        ));
     }
     Ok(json!({"agent_id": agent_id, "ok": true, "message": r.message, "data": r.data}))
 }
@@ -176,14 +231,22 @@ fn test_params(shared: &Shared, body: &[u8]) -> Result<(ConnectionParams, u64, V
     })?;
     let timeout_ms = req.timeout_ms.unwrap_or(DEFAULT_TEST_TIMEOUT_MS);
     if !(1..=MAX_TEST_TIMEOUT_MS).contains(&timeout_ms) {
-        return Err(bad_request(format!("timeout_ms = {timeout_ms}: give 1 to {MAX_TEST_TIMEOUT_MS} ms")));
+        return Err(bad_request(format!(
+            "timeout_ms = {timeout_ms}: give 1 to {MAX_TEST_TIMEOUT_MS} ms"
+        )));
     }
     let params = match (&req.job, &req.bootstrap_servers) {
         (Some(job), None) => {
             if req.security.is_some() {
-                return Err(bad_request("give either job or bootstrap_servers and security, not both"));
+                return Err(bad_request(
+                    "give either job or bootstrap_servers and security, not both",
+                ));
             }
-            let stored = shared.jobs.delivery().job(job).ok_or_else(|| ApiError::not_found(format!("no job {job:?}")))?;
+            let stored = shared
+                .jobs
+                .delivery()
+                .job(job)
+                .ok_or_else(|| ApiError::not_found(format!("no job {job:?}")))?;
             let mut p = ConnectionParams::from(&stored.definition.spec);
             if req.topic.is_some() {
                 p.topic = req.topic.clone();
@@ -192,7 +255,9 @@ fn test_params(shared: &Shared, body: &[u8]) -> Result<(ConnectionParams, u64, V
         }
         (None, Some(servers)) => {
             if servers.trim().is_empty() {
-                return Err(bad_request("bootstrap_servers is empty; give host:port[,host:port...]"));
+                return Err(bad_request(
+                    "bootstrap_servers is empty; give host:port[,host:port...]",
+                ));
             }
             let security = req.security.unwrap_or_default();
             let mut secrets = Vec::new();
@@ -208,25 +273,56 @@ fn test_params(shared: &Shared, body: &[u8]) -> Result<(ConnectionParams, u64, V
                     "security holds the mask {MASK:?} instead of a secret; give the real value, or {{\"job\": \"<id>\"}} to test a stored job's connection"
                 )));
             }
-            ConnectionParams { bootstrap_servers: servers.clone(), topic: req.topic.clone(), security }
+            ConnectionParams {
+                bootstrap_servers: servers.clone(),
+                topic: req.topic.clone(),
+                security,
+            }
         }
-        _ => return Err(bad_request("give bootstrap_servers (and security), or job to test a stored job's connection")),
+        _ => {
+            return Err(bad_request(
+                "give bootstrap_servers (and security), or job to test a stored job's connection",
+            ));
+        }
     };
     Ok((params, timeout_ms, shown))
 }
 
-async fn run_test(shared: &Shared, agent_id: &str, params: ConnectionParams, timeout_ms: u64) -> Result<Value, ApiError> {
+async fn run_test(
+    shared: &Shared,
+    agent_id: &str,
+    params: ConnectionParams,
+    timeout_ms: u64,
+) -> Result<Value, ApiError> {
     let command = Command::TestConnection { params, timeout_ms };
-    let r = run_command(shared, agent_id, command, Duration::from_millis(timeout_ms) + ANSWER_MARGIN).await?;
+    let r = run_command(
+        shared,
+        agent_id,
+        command,
+        Duration::from_millis(timeout_ms) + ANSWER_MARGIN,
+    )
+    .await?;
     // A failed test is a successful command: the report says which step failed.
     Ok(json!({"agent_id": agent_id, "ok": r.ok, "message": r.message, "report": r.data}))
 }
 
-async fn test_agent(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn test_agent(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let action = "POST /api/v1/agents/{id}/test-connection";
     let target = format!("agent:{id}");
     match test_params(&shared, &body) {
-        Err(e) => audited(&shared, &who.0, action, &target, masked(&serde_json::from_slice(&body).unwrap_or(Value::Null)), Err(e)),
+        Err(e) => audited(
+            &shared,
+            &who.0,
+            action,
+            &target,
+            masked(&serde_json::from_slice(&body).unwrap_or(Value::Null)),
+            Err(e),
+        ),
         Ok((params, timeout_ms, shown)) => {
             let outcome = run_test(&shared, &id, params, timeout_ms).await;
             audited(&shared, &who.0, action, &target, shown, outcome)
@@ -234,7 +330,12 @@ async fn test_agent(State(shared): State<Arc<Shared>>, Extension(who): Extension
     }
 }
 
-async fn test_group(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(group): Path<String>, body: Bytes) -> Response {
+async fn test_group(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Response {
     let action = "POST /api/v1/groups/{group}/test-connection";
     let target = format!("group:{group}");
     let outcome = async {
@@ -256,9 +357,26 @@ async fn test_group(State(shared): State<Arc<Shared>>, Extension(who): Extension
     audited(&shared, &who.0, action, &target, shown, outcome)
 }
 
-async fn restart(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>) -> Response {
-    let outcome = async { answered(&id, run_command(&shared, &id, Command::Restart, COMMAND_TIMEOUT).await?) }.await;
-    audited(&shared, &who.0, "POST /api/v1/agents/{id}/restart", &format!("agent:{id}"), json!({}), outcome)
+async fn restart(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+) -> Response {
+    let outcome = async {
+        answered(
+            &id,
+            run_command(&shared, &id, Command::Restart, COMMAND_TIMEOUT).await?,
+        )
+    }
+    .await;
+    audited(
+        &shared,
+        &who.0,
+        "POST /api/v1/agents/{id}/restart",
+        &format!("agent:{id}"),
+        json!({}),
+        outcome,
+    )
 }
 
 #[derive(Deserialize)]
@@ -269,24 +387,61 @@ struct LogLevel {
 
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
-async fn log_level(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn log_level(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let parsed: Result<LogLevel, _> = serde_json::from_slice(&body);
     let params = match &parsed {
         Ok(l) => json!({"level": l.level}),
         Err(_) => Value::Null,
     };
     let outcome = async {
-        let level = parsed.map_err(|e| bad_request(format!("invalid body ({e}); send {{\"level\": \"debug\"}} (one of {})", LEVELS.join(", "))))?.level;
+        let level = parsed
+            .map_err(|e| {
+                bad_request(format!(
+                    "invalid body ({e}); send {{\"level\": \"debug\"}} (one of {})",
+                    LEVELS.join(", ")
+                ))
+            })?
+            .level;
         if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(bad_request(format!("level {level:?} is not a log level; use one of {}", LEVELS.join(", "))));
+            return Err(bad_request(format!(
+                "level {level:?} is not a log level; use one of {}",
+                LEVELS.join(", ")
+            )));
         }
-        answered(&id, run_command(&shared, &id, Command::SetLogLevel { level: level.to_ascii_lowercase() }, COMMAND_TIMEOUT).await?)
+        answered(
+            &id,
+            run_command(
+                &shared,
+                &id,
+                Command::SetLogLevel {
+                    level: level.to_ascii_lowercase(),
+                },
+                COMMAND_TIMEOUT,
+            )
+            .await?,
+        )
     }
     .await;
-    audited(&shared, &who.0, "PUT /api/v1/agents/{id}/log-level", &format!("agent:{id}"), params, outcome)
+    audited(
+        &shared,
+        &who.0,
+        "PUT /api/v1/agents/{id}/log-level",
+        &format!("agent:{id}"),
+        params,
+        outcome,
+    )
 }
 
-async fn diagnostics(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>) -> Response {
+async fn diagnostics(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+) -> Response {
     let outcome = async {
         let r = run_command(&shared, &id, Command::Diagnostics, COMMAND_TIMEOUT).await?;
         let mut body = answered(&id, r)?;
@@ -298,7 +453,14 @@ async fn diagnostics(State(shared): State<Arc<Shared>>, Extension(who): Extensio
         Ok(body)
     }
     .await;
-    audited(&shared, &who.0, "GET /api/v1/agents/{id}/diagnostics", &format!("agent:{id}"), json!({}), outcome)
+    audited(
+        &shared,
+        &who.0,
+        "GET /api/v1/agents/{id}/diagnostics",
+        &format!("agent:{id}"),
+        json!({}),
+        outcome,
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -310,22 +472,51 @@ struct DrainRequest {
 /// Drain a job: every connected agent that runs it finishes its in-flight
 /// batches, commits and stops it; the job is left paused. Answers when all
 /// of them report it stopped (200), or at the deadline (504).
-async fn drain_job(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>, body: Bytes) -> Response {
-    let req: Result<DrainRequest, _> = if body.is_empty() { Ok(DrainRequest::default()) } else { serde_json::from_slice(&body) };
+async fn drain_job(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: Result<DrainRequest, _> = if body.is_empty() {
+        Ok(DrainRequest::default())
+    } else {
+        serde_json::from_slice(&body)
+    };
     let params = json!({"timeout_ms": req.as_ref().ok().and_then(|r| r.timeout_ms)});
     let action = "POST /api/v1/jobs/{id}/drain";
     let target = format!("job:{id}");
     let req = match req {
         Ok(r) => r,
-        Err(e) => return audited(&shared, &who.0, action, &target, params, Err(bad_request(format!("invalid body ({e}); send {{}} or {{\"timeout_ms\": 30000}}")))),
+        Err(e) => {
+            return audited(
+                &shared,
+                &who.0,
+                action,
+                &target,
+                params,
+                Err(bad_request(format!(
+                    "invalid body ({e}); send {{}} or {{\"timeout_ms\": 30000}}"
+                ))),
+            );
+        }
     };
     let timeout_ms = req.timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS);
     if !(1..=MAX_DRAIN_TIMEOUT_MS).contains(&timeout_ms) {
-        let e = bad_request(format!("timeout_ms = {timeout_ms}: give 1 to {MAX_DRAIN_TIMEOUT_MS} ms"));
+        let e = bad_request(format!(
+            "timeout_ms = {timeout_ms}: give 1 to {MAX_DRAIN_TIMEOUT_MS} ms"
+        ));
         return audited(&shared, &who.0, action, &target, params, Err(e));
     }
     if shared.jobs.view(&id).is_none() {
-        return audited(&shared, &who.0, action, &target, params, Err(ApiError::not_found(format!("no job {id:?}"))));
+        return audited(
+            &shared,
+            &who.0,
+            action,
+            &target,
+            params,
+            Err(ApiError::not_found(format!("no job {id:?}"))),
+        );
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     // The agents that run it now, by their reports.
@@ -333,13 +524,22 @@ async fn drain_job(State(shared): State<Arc<Shared>>, Extension(who): Extension<
         .registry
         .job_states(&id)
         .into_iter()
-        .filter(|s| s.agent_state == super::AgentState::Connected && !matches!(s.state.phase, JobPhase::Stopped))
+        .filter(|s| {
+            s.agent_state == super::AgentState::Connected
+                && !matches!(s.state.phase, JobPhase::Stopped)
+        })
         .map(|s| s.agent_id)
         .collect();
     let mut agents = Vec::new();
     for agent_id in &running {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = run_command(&shared, agent_id, Command::DrainJob { job_id: id.clone() }, left.min(COMMAND_TIMEOUT)).await;
+        let answer = run_command(
+            &shared,
+            agent_id,
+            Command::DrainJob { job_id: id.clone() },
+            left.min(COMMAND_TIMEOUT),
+        )
+        .await;
         agents.push(match answer {
             Ok(r) => json!({"agent_id": agent_id, "ok": r.ok, "message": r.message}),
             Err(e) => json!({"agent_id": agent_id, "ok": false, "message": e.message}),
@@ -349,15 +549,24 @@ async fn drain_job(State(shared): State<Arc<Shared>>, Extension(who): Extension<
     let view = match shared.jobs.set_paused(&id, true).await {
         Ok(v) => v,
         Err(e) => {
-            let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the agents drained the job but it could not be paused: {e}"));
+            let e = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the agents drained the job but it could not be paused: {e}"),
+            );
             return audited(&shared, &who.0, action, &target, params, Err(e));
         }
     };
     // Wait until each of those agents reports it stopped (or is gone).
     let stopped = |shared: &Shared| {
-        shared.registry.job_states(&id).iter().filter(|s| running.contains(&s.agent_id)).all(|s| {
-            s.agent_state != super::AgentState::Connected || matches!(s.state.phase, JobPhase::Stopped)
-        })
+        shared
+            .registry
+            .job_states(&id)
+            .iter()
+            .filter(|s| running.contains(&s.agent_id))
+            .all(|s| {
+                s.agent_state != super::AgentState::Connected
+                    || matches!(s.state.phase, JobPhase::Stopped)
+            })
     };
     while !stopped(&shared) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -371,12 +580,19 @@ async fn drain_job(State(shared): State<Arc<Shared>>, Extension(who): Extension<
         .map(|s| json!({"agent_id": s.agent_id, "phase": s.state.phase, "partitions": s.state.partitions}))
         .collect();
     let message = if drained {
-        format!("job {id:?} drained on {} agent(s) and paused", running.len())
+        format!(
+            "job {id:?} drained on {} agent(s) and paused",
+            running.len()
+        )
     } else {
-        format!("job {id:?} is paused, but not every agent reported it stopped within {timeout_ms} ms")
+        format!(
+            "job {id:?} is paused, but not every agent reported it stopped within {timeout_ms} ms"
+        )
     };
     let body = json!({"ok": drained, "message": message, "agents": agents, "states": phases, "job": shared.jobs.view(&id).unwrap_or(view)});
-    shared.audit.record(&who.0, action, &target, params, drained, &message);
+    shared
+        .audit
+        .record(&who.0, action, &target, params, drained, &message);
     if drained {
         Json(body).into_response()
     } else {
@@ -392,11 +608,22 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(State(shared): State<Arc<Shared>>, query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(e.status(), format!("{}; the only parameter is ?limit=N", e.body_text())))?;
+async fn audit(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            format!("{}; the only parameter is ?limit=N", e.body_text()),
+        )
+    })?;
     let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
     if !(1..=super::audit::MAX_KEPT).contains(&limit) {
-        return Err(bad_request(format!("limit = {limit}: give 1 to {}", super::audit::MAX_KEPT)));
+        return Err(bad_request(format!(
+            "limit = {limit}: give 1 to {}",
+            super::audit::MAX_KEPT
+        )));
     }
     Ok(Json(json!({"entries": shared.audit.newest(limit)})))
 }
@@ -411,8 +638,14 @@ mod tests {
                        "truststore": {"format": "pem", "data": "-----BEGIN", "password": null}},
                        "sink": {"headers": {"Authorization": "Bearer x"}}});
         let m = masked(&v);
-        assert_eq!(m["security"]["sasl"], json!({"username": "alice", "password": MASK}));
-        assert_eq!(m["security"]["truststore"], json!({"format": "pem", "data": MASK, "password": null}));
+        assert_eq!(
+            m["security"]["sasl"],
+            json!({"username": "alice", "password": MASK})
+        );
+        assert_eq!(
+            m["security"]["truststore"],
+            json!({"format": "pem", "data": MASK, "password": null})
+        );
         assert_eq!(m["sink"]["headers"]["Authorization"], MASK);
         assert_eq!(m["bootstrap_servers"], "h:9092");
     }

@@ -35,7 +35,9 @@ struct JobList {
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Json<JobList> {
-    Json(JobList { jobs: shared.jobs.views() })
+    Json(JobList {
+        jobs: shared.jobs.views(),
+    })
 }
 
 async fn one(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
@@ -47,19 +49,32 @@ async fn one(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
 
 /// Record a job change in the audit log: the definition's group and
 /// paused flag (never its secrets), and the outcome.
-fn audit(shared: &Shared, who: &ConsoleUser, action: &str, id: &str, params: serde_json::Value, outcome: &Result<(), String>) {
+fn audit(
+    shared: &Shared,
+    who: &ConsoleUser,
+    action: &str,
+    id: &str,
+    params: serde_json::Value,
+    outcome: &Result<(), String>,
+) {
     let (ok, message) = match outcome {
         Ok(()) => (true, "done".to_owned()),
         Err(e) => (false, e.clone()),
     };
-    shared.audit.record(&who.0, action, &format!("job:{id}"), params, ok, &message);
+    shared
+        .audit
+        .record(&who.0, action, &format!("job:{id}"), params, ok, &message);
 }
 
 fn summary(def: &crate::delivery::JobDefinition) -> serde_json::Value {
     json!({"group": def.group, "topic": def.spec.topic, "paused": def.paused})
 }
 
-async fn create(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, body: Bytes) -> Response {
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    body: Bytes,
+) -> Response {
     const ACTION: &str = "POST /api/v1/jobs";
     let def = match parse(&body) {
         Ok(d) => d,
@@ -70,17 +85,34 @@ async fn create(State(shared): State<Arc<Shared>>, Extension(who): Extension<Con
     };
     let (id, params) = (def.spec.id.clone(), summary(&def));
     let result = shared.jobs.create(def).await;
-    audit(&shared, &who, ACTION, &id, params, &result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    audit(
+        &shared,
+        &who,
+        ACTION,
+        &id,
+        params,
+        &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+    );
     match result {
         Ok(view) => {
             let location = format!("/api/v1/jobs/{}", view.id);
-            (StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response()
+            (
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(view),
+            )
+                .into_response()
         }
         Err(e) => error_response(e),
     }
 }
 
-async fn replace(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn replace(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     const ACTION: &str = "PUT /api/v1/jobs/{id}";
     let def = match parse(&body) {
         Ok(d) => d,
@@ -91,16 +123,34 @@ async fn replace(State(shared): State<Arc<Shared>>, Extension(who): Extension<Co
     };
     let params = summary(&def);
     let result = shared.jobs.replace(&id, def).await;
-    audit(&shared, &who, ACTION, &id, params, &result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    audit(
+        &shared,
+        &who,
+        ACTION,
+        &id,
+        params,
+        &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+    );
     match result {
         Ok(view) => Json(view).into_response(),
         Err(e) => error_response(e),
     }
 }
 
-async fn delete(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>) -> Response {
+async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+) -> Response {
     let result = shared.jobs.delete(&id).await;
-    audit(&shared, &who, "DELETE /api/v1/jobs/{id}", &id, json!({}), &result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    audit(
+        &shared,
+        &who,
+        "DELETE /api/v1/jobs/{id}",
+        &id,
+        json!({}),
+        &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+    );
     match result {
         Ok(()) => {
             shared.metrics.forget_job(&id);
@@ -110,18 +160,37 @@ async fn delete(State(shared): State<Arc<Shared>>, Extension(who): Extension<Con
     }
 }
 
-async fn pause(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>) -> Response {
+async fn pause(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+) -> Response {
     set_paused(&shared, &who, id, true).await
 }
 
-async fn resume(State(shared): State<Arc<Shared>>, Extension(who): Extension<ConsoleUser>, Path(id): Path<String>) -> Response {
+async fn resume(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<ConsoleUser>,
+    Path(id): Path<String>,
+) -> Response {
     set_paused(&shared, &who, id, false).await
 }
 
 async fn set_paused(shared: &Shared, who: &ConsoleUser, id: String, paused: bool) -> Response {
     let result = shared.jobs.set_paused(&id, paused).await;
-    let action = if paused { "POST /api/v1/jobs/{id}/pause" } else { "POST /api/v1/jobs/{id}/resume" };
-    audit(shared, who, action, &id, json!({}), &result.as_ref().map(|_| ()).map_err(ToString::to_string));
+    let action = if paused {
+        "POST /api/v1/jobs/{id}/pause"
+    } else {
+        "POST /api/v1/jobs/{id}/resume"
+    };
+    audit(
+        shared,
+        who,
+        action,
+        &id,
+        json!({}),
+        &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+    );
     match result {
         Ok(view) => Json(view).into_response(),
         Err(e) => error_response(e),
@@ -139,12 +208,17 @@ fn parse(body: &[u8]) -> Result<crate::delivery::JobDefinition, JobChangeError> 
     })?;
     super::job_input::from_json(value).map_err(|errors| {
         // A problem with the whole document is a problem with the body.
-        JobChangeError::Invalid(errors.into_iter().map(|mut e| {
-            if e.field.is_empty() {
-                e.field = "body".into();
-            }
-            e
-        }).collect())
+        JobChangeError::Invalid(
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    if e.field.is_empty() {
+                        e.field = "body".into();
+                    }
+                    e
+                })
+                .collect(),
+        )
     })
 }
 

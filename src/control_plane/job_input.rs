@@ -15,7 +15,10 @@
 use super::config::Group;
 use crate::delivery::{FieldError, JobDefinition};
 use crate::kafka::client::{self, ConfigError as ClientConfigError};
-use crate::protocol::job::{Partitions, Sasl, SaslMechanism, Security, SecurityProtocol, StartPosition, Truststore, TruststoreFormat};
+use crate::protocol::job::{
+    Partitions, Sasl, SaslMechanism, Security, SecurityProtocol, StartPosition, Truststore,
+    TruststoreFormat,
+};
 use crate::protocol::{ControlMessage, MAX_CONTROL_MESSAGE_BYTES};
 use crate::secret::{MASK, Secret};
 use base64::Engine as _;
@@ -30,14 +33,27 @@ const TOML_DEFINITION_KEYS: &[&str] = &["group", "sink", "value_format", "paused
 /// Fields whose values are never echoed in an error.
 /// (Objects that hold secrets are included: a string given in their place
 /// may well be one.)
-const SECRET_FIELDS: &[&str] = &["password", "data", "client_key_pem", "headers", "sasl", "truststore", "security"];
+const SECRET_FIELDS: &[&str] = &[
+    "password",
+    "data",
+    "client_key_pem",
+    "headers",
+    "sasl",
+    "truststore",
+    "security",
+];
 /// Longest value echoed in an error.
 const MAX_SHOWN: usize = 100;
 
 /// Parse a JSON job definition (console API). Unknown keys are errors.
 pub fn from_json(input: Value) -> Result<JobDefinition, Vec<FieldError>> {
     let Value::Object(map) = &input else {
-        return Err(vec![FieldError::new("", None, "is not a JSON object", "send a job definition object: {\"spec\": {...}, \"group\": ..., \"sink\": {...}}")]);
+        return Err(vec![FieldError::new(
+            "",
+            None,
+            "is not a JSON object",
+            "send a job definition object: {\"spec\": {...}, \"group\": ..., \"sink\": {...}}",
+        )]);
     };
     let mut errors: Vec<FieldError> = map
         .keys()
@@ -55,12 +71,35 @@ pub fn from_json(input: Value) -> Result<JobDefinition, Vec<FieldError>> {
             unknown_keys(&input, &understood, "", &mut unknown);
             errors.extend(unknown.into_iter().map(|path| {
                 let (parent, key) = path.rsplit_once('.').unwrap_or(("", &path));
-                let known = understood.pointer(&pointer(parent)).and_then(Value::as_object).map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
-                FieldError::new(&path, None, "is not a known key", format!("remove it or correct the spelling{}", suggestion(key, &known)))
+                let known = understood
+                    .pointer(&pointer(parent))
+                    .and_then(Value::as_object)
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default();
+                FieldError::new(
+                    &path,
+                    None,
+                    "is not a known key",
+                    format!(
+                        "remove it or correct the spelling{}",
+                        suggestion(key, &known)
+                    ),
+                )
             }));
-            if errors.is_empty() { Ok(def) } else { Err(errors) }
+            if errors.is_empty() {
+                Ok(def)
+            } else {
+                Err(errors)
+            }
         }
-        Err(err) => Err(vec![locate("", &input).unwrap_or_else(|| FieldError::new("", None, err.to_string(), "see docs/DELIVERY.md for the job definition format"))]),
+        Err(err) => Err(vec![locate("", &input).unwrap_or_else(|| {
+            FieldError::new(
+                "",
+                None,
+                err.to_string(),
+                "see docs/DELIVERY.md for the job definition format",
+            )
+        })]),
     }
 }
 
@@ -78,7 +117,11 @@ pub fn from_toml(table: &toml::Table, dir: &Path) -> Result<JobDefinition, Vec<F
             spec.insert(key.clone(), json);
         }
     }
-    if let Some(ts) = spec.get_mut("security").and_then(|s| s.get_mut("truststore")).and_then(Value::as_object_mut) {
+    if let Some(ts) = spec
+        .get_mut("security")
+        .and_then(|s| s.get_mut("truststore"))
+        .and_then(Value::as_object_mut)
+    {
         read_truststore_file(ts, dir).map_err(|e| vec![e])?;
     }
     def.insert("spec".into(), Value::Object(spec));
@@ -87,7 +130,11 @@ pub fn from_toml(table: &toml::Table, dir: &Path) -> Result<JobDefinition, Vec<F
 
 /// A field error of the JSON form renamed for a `[[jobs]]` table.
 pub fn toml_field(mut e: FieldError) -> FieldError {
-    e.field = e.field.strip_prefix("spec.").map(str::to_owned).unwrap_or(e.field);
+    e.field = e
+        .field
+        .strip_prefix("spec.")
+        .map(str::to_owned)
+        .unwrap_or(e.field);
     if e.field == "spec" {
         e.field = String::new();
     }
@@ -98,27 +145,57 @@ pub fn toml_field(mut e: FieldError) -> FieldError {
 /// the file now and put its content where the wire wants it (`data`: PEM
 /// text, or the base64 of a binary file).
 fn read_truststore_file(ts: &mut Map<String, Value>, dir: &Path) -> Result<(), FieldError> {
-    let Some(file) = ts.remove("file") else { return Ok(()) };
+    let Some(file) = ts.remove("file") else {
+        return Ok(());
+    };
     let field = "security.truststore.file";
     let Some(file) = file.as_str() else {
-        return Err(FieldError::new(field, Some(file.to_string()), "is not a string", "give the path of the truststore file"));
+        return Err(FieldError::new(
+            field,
+            Some(file.to_string()),
+            "is not a string",
+            "give the path of the truststore file",
+        ));
     };
     if ts.contains_key("data") {
-        return Err(FieldError::new(field, Some(file.to_owned()), "is given together with security.truststore.data", "give the truststore either as a file or inline as data, not both"));
+        return Err(FieldError::new(
+            field,
+            Some(file.to_owned()),
+            "is given together with security.truststore.data",
+            "give the truststore either as a file or inline as data, not both",
+        ));
     }
-    let format = ts.get("format").and_then(|f| serde_json::from_value::<TruststoreFormat>(f.clone()).ok());
+    let format = ts
+        .get("format")
+        .and_then(|f| serde_json::from_value::<TruststoreFormat>(f.clone()).ok());
     let Some(format) = format else {
-        return Err(FieldError::new("security.truststore.format", ts.get("format").map(|f| f.to_string()), "is missing or unknown", "give format = \"jks\", \"pkcs12\" or \"pem\""));
+        return Err(FieldError::new(
+            "security.truststore.format",
+            ts.get("format").map(|f| f.to_string()),
+            "is missing or unknown",
+            "give format = \"jks\", \"pkcs12\" or \"pem\"",
+        ));
     };
-    let path = if Path::new(file).is_absolute() { Path::new(file).to_owned() } else { dir.join(file) };
+    let path = if Path::new(file).is_absolute() {
+        Path::new(file).to_owned()
+    } else {
+        dir.join(file)
+    };
     let bytes = std::fs::read(&path).map_err(|e| {
         FieldError::new(field, Some(path.display().to_string()), format!("cannot read the file: {e}"), "point it at the truststore file, readable by the control plane (a relative path is taken from the config file's directory)")
     })?;
     let data = match format {
         TruststoreFormat::Pem => String::from_utf8(bytes).map_err(|_| {
-            FieldError::new(field, Some(path.display().to_string()), "is not PEM text (not UTF-8)", "for a binary truststore set format = \"jks\" or \"pkcs12\"")
+            FieldError::new(
+                field,
+                Some(path.display().to_string()),
+                "is not PEM text (not UTF-8)",
+                "for a binary truststore set format = \"jks\" or \"pkcs12\"",
+            )
         })?,
-        TruststoreFormat::Jks | TruststoreFormat::Pkcs12 => base64::engine::general_purpose::STANDARD.encode(bytes),
+        TruststoreFormat::Jks | TruststoreFormat::Pkcs12 => {
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        }
     };
     ts.insert("data".into(), Value::String(data));
     Ok(())
@@ -135,7 +212,10 @@ pub fn check(def: &JobDefinition, groups: &[Group]) -> Vec<FieldError> {
             "group",
             Some(def.group.clone()),
             "is not an agent group of this control plane",
-            format!("use one of: {} (groups are defined in control-plane.toml)", ids.join(", ")),
+            format!(
+                "use one of: {} (groups are defined in control-plane.toml)",
+                ids.join(", ")
+            ),
         ));
     }
     if !errors.is_empty() {
@@ -161,8 +241,15 @@ pub fn check(def: &JobDefinition, groups: &[Group]) -> Vec<FieldError> {
 fn client_error(e: ClientConfigError) -> FieldError {
     let fix = "correct the field; docs/CONTROL_PLANE.md lists every job field";
     match &e {
-        ClientConfigError::Empty { field, fix } => FieldError::new(&format!("spec.{field}"), None, "is empty", *fix),
-        ClientConfigError::Invalid { field, value, fix } => FieldError::new(&format!("spec.{field}"), Some(value.clone()), "is not valid", *fix),
+        ClientConfigError::Empty { field, fix } => {
+            FieldError::new(&format!("spec.{field}"), None, "is empty", *fix)
+        }
+        ClientConfigError::Invalid { field, value, fix } => FieldError::new(
+            &format!("spec.{field}"),
+            Some(value.clone()),
+            "is not valid",
+            *fix,
+        ),
         ClientConfigError::Truststore(_) => FieldError::new(
             "spec.security.truststore",
             None,
@@ -175,7 +262,15 @@ fn client_error(e: ClientConfigError) -> FieldError {
 
 fn unknown_key(key: &str, known: &[&str]) -> FieldError {
     let known: Vec<String> = known.iter().map(|k| (*k).to_owned()).collect();
-    FieldError::new(key, None, "is not a known key", format!("remove it or correct the spelling{}", suggestion(key, &known)))
+    FieldError::new(
+        key,
+        None,
+        "is not a known key",
+        format!(
+            "remove it or correct the spelling{}",
+            suggestion(key, &known)
+        ),
+    )
 }
 
 /// `; did you mean "x"? (keys allowed here: ...)`
@@ -187,22 +282,36 @@ fn suggestion(key: &str, known: &[String]) -> String {
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| format!("; did you mean {k:?}?"))
         .unwrap_or_default();
-    if known.is_empty() { guess } else { format!("{guess} (keys allowed here: {})", known.join(", ")) }
+    if known.is_empty() {
+        guess
+    } else {
+        format!("{guess} (keys allowed here: {})", known.join(", "))
+    }
 }
 
 fn pointer(dotted: &str) -> String {
-    if dotted.is_empty() { String::new() } else { format!("/{}", dotted.replace('.', "/")) }
+    if dotted.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", dotted.replace('.', "/"))
+    }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Keys of `input` that `understood` (the parsed value serialized back) does
 /// not have. A `null` input value is no key at all; maps whose keys are data
 /// (webhook headers, start offsets) are not descended into.
 fn unknown_keys(input: &Value, understood: &Value, path: &str, out: &mut Vec<String>) {
-    let (Value::Object(inp), Value::Object(und)) = (input, understood) else { return };
+    let (Value::Object(inp), Value::Object(und)) = (input, understood) else {
+        return;
+    };
     for (key, value) in inp {
         if value.is_null() {
             continue;
@@ -210,7 +319,9 @@ fn unknown_keys(input: &Value, understood: &Value, path: &str, out: &mut Vec<Str
         let here = join(path, key);
         match und.get(key) {
             None => out.push(here),
-            Some(u) if !matches!(here.as_str(), "sink.headers" | "spec.start.offsets") => unknown_keys(value, u, &here, out),
+            Some(u) if !matches!(here.as_str(), "sink.headers" | "spec.start.offsets") => {
+                unknown_keys(value, u, &here, out)
+            }
             Some(_) => {}
         }
     }
@@ -232,11 +343,24 @@ fn locate(path: &str, value: &Value) -> Option<FieldError> {
     let ticked: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
     if msg.starts_with("missing field") && !ticked.is_empty() {
         let field = join(path, ticked[0]);
-        return Some(FieldError::new(&field, None, "is missing", "add it; docs/CONTROL_PLANE.md lists every job field"));
+        return Some(FieldError::new(
+            &field,
+            None,
+            "is missing",
+            "add it; docs/CONTROL_PLANE.md lists every job field",
+        ));
     }
     if msg.starts_with("unknown field") && !ticked.is_empty() {
         let known: Vec<String> = ticked[1..].iter().map(|k| (*k).to_owned()).collect();
-        return Some(FieldError::new(&join(path, ticked[0]), None, "is not a known key", format!("remove it or correct the spelling{}", suggestion(ticked[0], &known))));
+        return Some(FieldError::new(
+            &join(path, ticked[0]),
+            None,
+            "is not a known key",
+            format!(
+                "remove it or correct the spelling{}",
+                suggestion(ticked[0], &known)
+            ),
+        ));
     }
     // serde quotes the value it could not take: not for secrets.
     let problem = if shown.as_deref() == Some(MASK) {
@@ -247,7 +371,12 @@ fn locate(path: &str, value: &Value) -> Option<FieldError> {
     } else {
         msg
     };
-    Some(FieldError::new(path, shown, problem, "give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"))
+    Some(FieldError::new(
+        path,
+        shown,
+        problem,
+        "give a value of the documented type; docs/CONTROL_PLANE.md lists every job field",
+    ))
 }
 
 fn shown_value(path: &str, value: &Value) -> Option<String> {
@@ -260,7 +389,10 @@ fn shown_value(path: &str, value: &Value) -> Option<String> {
         Value::Object(_) | Value::Array(_) => return None,
         other => other.to_string(),
     };
-    let cut = (0..=MAX_SHOWN.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let cut = (0..=MAX_SHOWN.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
     Some(text[..cut].to_owned())
 }
 
@@ -275,17 +407,27 @@ fn try_type(path: &str, v: &Value) -> Option<Result<(), serde_json::Error>> {
     Some(match path {
         "" => ty::<JobDefinition>(v),
         "spec" => ty::<crate::protocol::JobSpec>(v),
-        "spec.id" | "spec.bootstrap_servers" | "spec.topic" | "spec.consumer_group" | "group" | "spec.security.client_cert_pem" => ty::<String>(v),
+        "spec.id"
+        | "spec.bootstrap_servers"
+        | "spec.topic"
+        | "spec.consumer_group"
+        | "group"
+        | "spec.security.client_cert_pem" => ty::<String>(v),
         "spec.partitions" => ty::<Partitions>(v),
         "spec.start" => ty::<StartPosition>(v),
-        "spec.max_records" | "spec.max_bytes" | "spec.window" | "spec.session_timeout_ms" => ty::<u32>(v),
+        "spec.max_records" | "spec.max_bytes" | "spec.window" | "spec.session_timeout_ms" => {
+            ty::<u32>(v)
+        }
         "spec.max_wait_ms" => ty::<u64>(v),
         "spec.security" => ty::<Security>(v),
         "spec.security.protocol" => ty::<SecurityProtocol>(v),
         "spec.security.sasl" => ty::<Sasl>(v),
         "spec.security.sasl.mechanism" => ty::<SaslMechanism>(v),
         "spec.security.sasl.username" => ty::<String>(v),
-        "spec.security.sasl.password" | "spec.security.truststore.data" | "spec.security.truststore.password" | "spec.security.client_key_pem" => ty::<Secret>(v),
+        "spec.security.sasl.password"
+        | "spec.security.truststore.data"
+        | "spec.security.truststore.password"
+        | "spec.security.client_key_pem" => ty::<Secret>(v),
         "spec.security.truststore" => ty::<Truststore>(v),
         "spec.security.truststore.format" => ty::<TruststoreFormat>(v),
         "sink" => ty::<SinkConfig>(v),
@@ -343,17 +485,26 @@ mod tests {
         v["spec"]["max_records"] = json!("many");
         assert_eq!(
             lines(from_json(v).unwrap_err()),
-            vec!["spec.max_records = \"many\": invalid type: string \"many\", expected u32; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"]
+            vec![
+                "spec.max_records = \"many\": invalid type: string \"many\", expected u32; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"
+            ]
         );
         let mut v = good();
         v["spec"].as_object_mut().unwrap().remove("topic");
-        assert_eq!(lines(from_json(v).unwrap_err()), vec!["spec.topic: is missing; fix: add it; docs/CONTROL_PLANE.md lists every job field"]);
+        assert_eq!(
+            lines(from_json(v).unwrap_err()),
+            vec![
+                "spec.topic: is missing; fix: add it; docs/CONTROL_PLANE.md lists every job field"
+            ]
+        );
         let mut v = good();
         v["spec"]["security"]["sasl"]["password"] = json!(12345);
         let errs = lines(from_json(v).unwrap_err());
         assert_eq!(
             errs,
-            vec!["spec.security.sasl.password = \"******\": has the wrong type or value; expected a string; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"]
+            vec![
+                "spec.security.sasl.password = \"******\": has the wrong type or value; expected a string; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"
+            ]
         );
         let mut v = good();
         v["sink"]["fsyncc"] = json!(true);
@@ -367,14 +518,18 @@ mod tests {
         def.group = "NOPE".into();
         assert_eq!(
             lines(check(&def, &groups())),
-            vec!["group = \"NOPE\": is not an agent group of this control plane; fix: use one of: G (groups are defined in control-plane.toml)"]
+            vec![
+                "group = \"NOPE\": is not an agent group of this control plane; fix: use one of: G (groups are defined in control-plane.toml)"
+            ]
         );
         let mut def = from_json(good()).unwrap();
         def.spec.session_timeout_ms = 10;
         let errs = lines(check(&def, &groups()));
         assert_eq!(
             errs,
-            vec!["spec.session_timeout_ms = \"10\": is not valid; fix: give 1000..3600000 milliseconds (default 6000), within the broker's group.min/max.session.timeout.ms"]
+            vec![
+                "spec.session_timeout_ms = \"10\": is not valid; fix: give 1000..3600000 milliseconds (default 6000), within the broker's group.min/max.session.timeout.ms"
+            ]
         );
     }
 
@@ -397,17 +552,30 @@ mod tests {
         .unwrap();
         let def = from_toml(&table, dir.path()).unwrap();
         assert_eq!(def.spec.start, StartPosition::Offsets([(0, 42)].into()));
-        assert_eq!(def.spec.security.truststore.as_ref().unwrap().data.expose(), "/u3+7Q==");
+        assert_eq!(
+            def.spec.security.truststore.as_ref().unwrap().data.expose(),
+            "/u3+7Q=="
+        );
 
         let mut bad = table.clone();
         bad.insert("max_wait".into(), toml::Value::Integer(5));
         let set_file = |t: &mut toml::Table, f: &str| {
-            let ts = t.get_mut("security").and_then(|s| s.get_mut("truststore")).and_then(|t| t.as_table_mut()).unwrap();
+            let ts = t
+                .get_mut("security")
+                .and_then(|s| s.get_mut("truststore"))
+                .and_then(|t| t.as_table_mut())
+                .unwrap();
             ts.insert("file".into(), toml::Value::String(f.into()));
         };
         set_file(&mut bad, "missing.jks");
         let errs = lines(from_toml(&bad, dir.path()).unwrap_err());
-        assert!(errs[0].starts_with(&format!("security.truststore.file = \"{}\": cannot read the file: No such file", dir.path().join("missing.jks").display())), "{errs:?}");
+        assert!(
+            errs[0].starts_with(&format!(
+                "security.truststore.file = \"{}\": cannot read the file: No such file",
+                dir.path().join("missing.jks").display()
+            )),
+            "{errs:?}"
+        );
         set_file(&mut bad, "ts.jks");
         let errs = lines(from_toml(&bad, dir.path()).unwrap_err());
         assert!(errs[0].starts_with("max_wait: is not a known key; fix: remove it or correct the spelling; did you mean \"max_wait_ms\"?"), "{errs:?}");

@@ -47,7 +47,11 @@ pub enum JobChangeError {
 }
 
 fn join_fields(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<AdminError> for JobChangeError {
@@ -62,9 +66,16 @@ impl From<AdminError> for JobChangeError {
                 format!("is already the file of job {other:?}"),
                 "give each job its own file",
             )),
-            AdminError::Sink { source, .. } => JobChangeError::Invalid(vec![FieldError::new("sink", None, source.to_string(), "correct the sink")]),
+            AdminError::Sink { source, .. } => JobChangeError::Invalid(vec![FieldError::new(
+                "sink",
+                None,
+                source.to_string(),
+                "correct the sink",
+            )]),
             AdminError::ShuttingDown => JobChangeError::ShuttingDown,
-            e @ (AdminError::HttpClient(_) | AdminError::Store(_)) => JobChangeError::Internal(e.to_string()),
+            e @ (AdminError::HttpClient(_) | AdminError::Store(_)) => {
+                JobChangeError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -114,7 +125,8 @@ pub struct PartitionView {
 /// connected one with a running job, then the most recent report.
 fn partition_views(states: &[AgentJobState]) -> Vec<PartitionView> {
     use crate::protocol::job::JobPhase;
-    let mut best: BTreeMap<i32, (&AgentJobState, &crate::protocol::PartitionState)> = BTreeMap::new();
+    let mut best: BTreeMap<i32, (&AgentJobState, &crate::protocol::PartitionState)> =
+        BTreeMap::new();
     let rank = |s: &AgentJobState| {
         let live = s.agent_state == super::AgentState::Connected;
         let active = !matches!(s.state.phase, JobPhase::Stopped | JobPhase::Failed);
@@ -169,11 +181,17 @@ impl JobService {
     /// Load the config's jobs into `delivery` (create or replace each) and
     /// index every job. A config job that clashes with a stored one (its
     /// JSONL file is another job's) is a [`ConfigError`](super::ConfigError).
-    pub async fn open(config: Arc<ControlPlaneConfig>, delivery: Delivery, registry: Arc<Registry>) -> anyhow::Result<JobService> {
+    pub async fn open(
+        config: Arc<ControlPlaneConfig>,
+        delivery: Delivery,
+        registry: Arc<Registry>,
+    ) -> anyhow::Result<JobService> {
         for (i, def) in config.jobs.iter().enumerate() {
             let id = def.id().to_owned();
             if let Err(e) = delivery.put_job(def.clone()).await {
-                let at = |field: &str| format!("jobs[{i}].{}", field.strip_prefix("spec.").unwrap_or(field));
+                let at = |field: &str| {
+                    format!("jobs[{i}].{}", field.strip_prefix("spec.").unwrap_or(field))
+                };
                 let config_error = |field: &FieldError| super::ConfigError {
                     file: config.path.clone(),
                     line: None,
@@ -184,8 +202,13 @@ impl JobService {
                 };
                 return Err(match JobChangeError::from(e) {
                     JobChangeError::Conflict(f) => config_error(&f).into(),
-                    JobChangeError::Invalid(fields) if !fields.is_empty() => config_error(&fields[0]).into(),
-                    other => anyhow::anyhow!("cannot load job {id:?} from {} into the job store: {other}", config.path.display()),
+                    JobChangeError::Invalid(fields) if !fields.is_empty() => {
+                        config_error(&fields[0]).into()
+                    }
+                    other => anyhow::anyhow!(
+                        "cannot load job {id:?} from {} into the job store: {other}",
+                        config.path.display()
+                    ),
                 });
             }
             tracing::info!(job = %id, "job from the config file loaded");
@@ -212,7 +235,19 @@ impl JobService {
     }
 
     fn reindex(&self) {
-        let index = self.delivery.jobs().into_iter().map(|j| (j.definition.spec.id.clone(), Indexed { group: j.definition.group })).collect();
+        let index = self
+            .delivery
+            .jobs()
+            .into_iter()
+            .map(|j| {
+                (
+                    j.definition.spec.id.clone(),
+                    Indexed {
+                        group: j.definition.group,
+                    },
+                )
+            })
+            .collect();
         *self.index.write().unwrap_or_else(PoisonError::into_inner) = index;
     }
 
@@ -224,7 +259,11 @@ impl JobService {
 
     /// The agent group of a job, if the job exists.
     pub fn group_of(&self, job_id: &str) -> Option<String> {
-        self.index.read().unwrap_or_else(PoisonError::into_inner).get(job_id).map(|i| i.group.clone())
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(job_id)
+            .map(|i| i.group.clone())
     }
 
     /// The specs every agent of `group` should run: its jobs that are not paused.
@@ -239,7 +278,11 @@ impl JobService {
 
     fn checked(&self, def: &JobDefinition) -> Result<(), JobChangeError> {
         let errors = job_input::check(def, &self.config.groups);
-        if errors.is_empty() { Ok(()) } else { Err(JobChangeError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(JobChangeError::Invalid(errors))
+        }
     }
 
     /// Create a job; it is assigned at once to the connected agents of its
@@ -259,7 +302,11 @@ impl JobService {
     /// Replace job `id` with `def`. Secrets given as the mask (`******`)
     /// keep their stored values. Agents get the new spec (they restart the
     /// job only if the spec changed).
-    pub async fn replace(&self, id: &str, mut def: JobDefinition) -> Result<JobView, JobChangeError> {
+    pub async fn replace(
+        &self,
+        id: &str,
+        mut def: JobDefinition,
+    ) -> Result<JobView, JobChangeError> {
         if def.id() != id {
             return Err(JobChangeError::Invalid(vec![FieldError::new(
                 "spec.id",
@@ -268,13 +315,16 @@ impl JobService {
                 "a job cannot be renamed: create the new id and delete the old one",
             )]));
         }
-        let Some(stored) = self.delivery.job(id) else { return Err(JobChangeError::NotFound(id.to_owned())) };
+        let Some(stored) = self.delivery.job(id) else {
+            return Err(JobChangeError::NotFound(id.to_owned()));
+        };
         def.unmask_from(&stored.definition);
         self.checked(&def)?;
         self.delivery.put_job(def).await?;
         tracing::info!(job = %id, "job replaced");
         self.changed();
-        self.view(id).ok_or_else(|| JobChangeError::NotFound(id.to_owned()))
+        self.view(id)
+            .ok_or_else(|| JobChangeError::NotFound(id.to_owned()))
     }
 
     /// Delete a job: agents are told to revoke it, its watermarks go.
@@ -291,7 +341,8 @@ impl JobService {
         self.delivery.set_paused(id, paused).await?;
         tracing::info!(job = %id, paused, "job paused flag set");
         self.changed();
-        self.view(id).ok_or_else(|| JobChangeError::NotFound(id.to_owned()))
+        self.view(id)
+            .ok_or_else(|| JobChangeError::NotFound(id.to_owned()))
     }
 
     /// The console's view of one job.
@@ -301,7 +352,11 @@ impl JobService {
 
     /// Every job, by id.
     pub fn views(&self) -> Vec<JobView> {
-        self.delivery.jobs().into_iter().map(|j| self.view_of(j)).collect()
+        self.delivery
+            .jobs()
+            .into_iter()
+            .map(|j| self.view_of(j))
+            .collect()
     }
 
     fn view_of(&self, j: StoredJob) -> JobView {
@@ -309,13 +364,21 @@ impl JobService {
         let at = |ms: i64| timefmt::rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
         let agents = self.registry.job_states(&id);
         JobView {
-            defined_in: if self.config_ids.contains(&id) { "config" } else { "console" },
+            defined_in: if self.config_ids.contains(&id) {
+                "config"
+            } else {
+                "console"
+            },
             definition: j.definition.redacted(),
             created_at: at(j.created_at_ms),
             updated_at: at(j.updated_at_ms),
             delivery: self.delivery.stats(&id),
             partitions: partition_views(&agents),
-            records_per_sec: agents.iter().filter(|a| a.agent_state == super::AgentState::Connected).map(|a| a.records_per_sec).sum(),
+            records_per_sec: agents
+                .iter()
+                .filter(|a| a.agent_state == super::AgentState::Connected)
+                .map(|a| a.records_per_sec)
+                .sum(),
             agents,
             id,
         }

@@ -76,17 +76,57 @@ impl Metrics {
         };
         registry.register("agents", "Agents known, by console state (connected, draining, reconnecting, auth_failing, version_refused, refused, gone)", m.agents.clone());
         registry.register("sessions", "Open agent sessions", m.sessions.clone());
-        registry.register("sessions_opened", "Agent sessions welcomed since start", m.sessions_opened.clone());
-        registry.register("agent_auth_failures", "Agent logins refused since start", m.auth_failures.clone());
+        registry.register(
+            "sessions_opened",
+            "Agent sessions welcomed since start",
+            m.sessions_opened.clone(),
+        );
+        registry.register(
+            "agent_auth_failures",
+            "Agent logins refused since start",
+            m.auth_failures.clone(),
+        );
         registry.register("commands", "Console commands sent to agents, by command and result (ok, failed, timeout, disconnected)", m.commands.clone());
-        registry.register("batches_received", "Batches received from agents, by job", m.batches_received.clone());
-        registry.register("records_received", "Records received from agents, by job", m.records_received.clone());
-        registry.register("delivery_latency_seconds", "Time from a batch's arrival to its ack (sink included), by job", m.delivery_latency.clone());
-        registry.register("records_delivered", "Records the job's sink took (duplicates excluded), since start", m.records_delivered.clone());
-        registry.register("batches_acked", "Batches acked to agents, by job, since start", m.batches_acked.clone());
-        registry.register("duplicates_dropped", "Records dropped as already delivered, by job, since start", m.duplicates_dropped.clone());
-        registry.register("sink_errors", "Failed sink attempts, by job, since start", m.sink_errors.clone());
-        registry.register("queued_batches", "Batches waiting for the job's sink", m.queued_batches.clone());
+        registry.register(
+            "batches_received",
+            "Batches received from agents, by job",
+            m.batches_received.clone(),
+        );
+        registry.register(
+            "records_received",
+            "Records received from agents, by job",
+            m.records_received.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from a batch's arrival to its ack (sink included), by job",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "records_delivered",
+            "Records the job's sink took (duplicates excluded), since start",
+            m.records_delivered.clone(),
+        );
+        registry.register(
+            "batches_acked",
+            "Batches acked to agents, by job, since start",
+            m.batches_acked.clone(),
+        );
+        registry.register(
+            "duplicates_dropped",
+            "Records dropped as already delivered, by job, since start",
+            m.duplicates_dropped.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Failed sink attempts, by job, since start",
+            m.sink_errors.clone(),
+        );
+        registry.register(
+            "queued_batches",
+            "Batches waiting for the job's sink",
+            m.queued_batches.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -100,16 +140,25 @@ impl Metrics {
 
     /// A console command ended: `result` is ok, failed, timeout or disconnected.
     pub fn command(&self, command: &'static str, result: &'static str) {
-        self.commands.get_or_create(&vec![("command", command.to_owned()), ("result", result.to_owned())]).inc();
+        self.commands
+            .get_or_create(&vec![
+                ("command", command.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .inc();
     }
 
     /// A batch arrived from an agent and was acked (`acked`) or not after `took`.
     pub fn batch(&self, job_id: &str, records: usize, took: Duration, acked: bool) {
         let labels = job(job_id);
         self.batches_received.get_or_create(&labels).inc();
-        self.records_received.get_or_create(&labels).inc_by(records as u64);
+        self.records_received
+            .get_or_create(&labels)
+            .inc_by(records as u64);
         if acked {
-            self.delivery_latency.get_or_create(&labels).observe(took.as_secs_f64());
+            self.delivery_latency
+                .get_or_create(&labels)
+                .observe(took.as_secs_f64());
         }
     }
 
@@ -123,27 +172,49 @@ impl Metrics {
 
     /// The text exposition, levels read now.
     pub fn render(&self, registry: &Registry, jobs: &JobService) -> String {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.agents.clear();
         for (state, n) in registry.health_counts(None) {
-            self.agents.get_or_create(&vec![("state", state.to_owned())]).set(n as i64);
+            self.agents
+                .get_or_create(&vec![("state", state.to_owned())])
+                .set(n as i64);
         }
-        self.sessions.set(registry.list(None).iter().filter(|a| a.state == super::AgentState::Connected).count() as i64);
-        for f in [&self.records_delivered, &self.batches_acked, &self.duplicates_dropped, &self.sink_errors] {
+        self.sessions.set(
+            registry
+                .list(None)
+                .iter()
+                .filter(|a| a.state == super::AgentState::Connected)
+                .count() as i64,
+        );
+        for f in [
+            &self.records_delivered,
+            &self.batches_acked,
+            &self.duplicates_dropped,
+            &self.sink_errors,
+        ] {
             f.clear();
         }
         self.queued_batches.clear();
         let delivery = jobs.delivery();
         for j in delivery.jobs() {
             let id = &j.definition.spec.id;
-            let Some(s) = delivery.stats(id) else { continue };
+            let Some(s) = delivery.stats(id) else {
+                continue;
+            };
             let labels = job(id);
-            let set = |f: &Family<Labels, Counter>, v: u64| f.get_or_create(&labels).inner().store(v, Ordering::Relaxed);
+            let set = |f: &Family<Labels, Counter>, v: u64| {
+                f.get_or_create(&labels).inner().store(v, Ordering::Relaxed)
+            };
             set(&self.records_delivered, s.records_delivered);
             set(&self.batches_acked, s.batches_acked);
             set(&self.duplicates_dropped, s.duplicates_dropped);
             set(&self.sink_errors, s.sink_errors);
-            self.queued_batches.get_or_create(&labels).set(s.queued_batches as i64);
+            self.queued_batches
+                .get_or_create(&labels)
+                .set(s.queued_batches as i64);
         }
         let mut out = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

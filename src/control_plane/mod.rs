@@ -55,8 +55,15 @@ use tokio_util::task::TaskTracker;
 
 /// Serve on `listener` until `shutdown` is cancelled, then stop gracefully.
 /// Jobs and their watermarks live in `config.state_dir`.
-pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    ControlPlane::start(config, listener, shutdown).await?.stopped().await
+pub async fn run(
+    config: ControlPlaneConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    ControlPlane::start(config, listener, shutdown)
+        .await?
+        .stopped()
+        .await
 }
 
 /// What a test or a benchmark may change about [`ControlPlane::start_with`].
@@ -84,23 +91,44 @@ impl ControlPlane {
     /// `listener` (already bound, so it accepts at once). Batches go to the
     /// jobs' sinks. A config job that clashes with a stored job fails with a
     /// [`ConfigError`] inside the `anyhow::Error`.
-    pub async fn start(config: ControlPlaneConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(
+        config: ControlPlaneConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         Self::start_with(config, listener, shutdown, StartOptions::default()).await
     }
 
     /// [`start`](Self::start) with a custom sink or delivery options.
-    pub async fn start_with(config: ControlPlaneConfig, listener: TcpListener, shutdown: CancellationToken, options: StartOptions) -> anyhow::Result<Self> {
-        let local_addr = listener.local_addr().context("listener has no local address")?;
+    pub async fn start_with(
+        config: ControlPlaneConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        options: StartOptions,
+    ) -> anyhow::Result<Self> {
+        let local_addr = listener
+            .local_addr()
+            .context("listener has no local address")?;
         for w in &config.warnings {
             tracing::warn!(config = %config.path.display(), "{w}");
         }
         let config = Arc::new(config);
-        let delivery_options = options.delivery.unwrap_or_else(|| DeliveryOptions::new(config.webhook_tls.clone()));
+        let delivery_options = options
+            .delivery
+            .unwrap_or_else(|| DeliveryOptions::new(config.webhook_tls.clone()));
         let delivery = open_delivery(&config.state_dir, delivery_options).await?;
-        let registry = Arc::new(Registry::with_heartbeat_interval(config.max_agents, config.heartbeat_interval));
-        let audit = audit::AuditLog::open(&config.state_dir)
-            .with_context(|| format!("cannot open the audit log in {}", config.state_dir.display()))?;
-        let jobs = Arc::new(JobService::open(config.clone(), delivery.clone(), registry.clone()).await?);
+        let registry = Arc::new(Registry::with_heartbeat_interval(
+            config.max_agents,
+            config.heartbeat_interval,
+        ));
+        let audit = audit::AuditLog::open(&config.state_dir).with_context(|| {
+            format!(
+                "cannot open the audit log in {}",
+                config.state_dir.display()
+            )
+        })?;
+        let jobs =
+            Arc::new(JobService::open(config.clone(), delivery.clone(), registry.clone()).await?);
         let tokens = Arc::new(oauth::TokenStore::new(config.token_ttl, oauth::MAX_TOKENS));
         let shared = Arc::new(server::Shared {
             auth: auth::Authenticator::new(config.clone(), tokens.clone()),
@@ -118,7 +146,12 @@ impl ControlPlane {
         });
         tracing::info!(%local_addr, groups = shared.config.groups.len(), jobs = jobs.delivery().jobs().len(), "control plane listening");
         let task = tokio::spawn(server::serve(listener, shared));
-        Ok(ControlPlane { local_addr, registry, jobs, task })
+        Ok(ControlPlane {
+            local_addr,
+            registry,
+            jobs,
+            task,
+        })
     }
 
     /// The address it listens on (useful when bound to port 0).
@@ -150,7 +183,16 @@ async fn open_delivery(state_dir: &Path, options: DeliveryOptions) -> anyhow::Re
         .recursive(true)
         .mode(0o700)
         .create(state_dir)
-        .with_context(|| format!("cannot create the state directory {} (state_dir)", state_dir.display()))?;
-    let store = Store::open_in(state_dir).await.with_context(|| format!("cannot open the job store in {}", state_dir.display()))?;
-    Delivery::open(store, options).await.context("cannot load the jobs from the job store")
+        .with_context(|| {
+            format!(
+                "cannot create the state directory {} (state_dir)",
+                state_dir.display()
+            )
+        })?;
+    let store = Store::open_in(state_dir)
+        .await
+        .with_context(|| format!("cannot open the job store in {}", state_dir.display()))?;
+    Delivery::open(store, options)
+        .await
+        .context("cannot load the jobs from the job store")
 }

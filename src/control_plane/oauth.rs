@@ -49,7 +49,11 @@ pub struct TokenStore {
 
 impl TokenStore {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        TokenStore { ttl, capacity, tokens: Mutex::new(HashMap::new()) }
+        TokenStore {
+            ttl,
+            capacity,
+            tokens: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -72,7 +76,10 @@ impl TokenStore {
         }
         tokens.insert(
             auth::sha256(token.expose().as_bytes()),
-            Issued { client_id: client_id.to_owned(), expires_at: now + self.ttl },
+            Issued {
+                client_id: client_id.to_owned(),
+                expires_at: now + self.ttl,
+            },
         );
         Ok(token)
     }
@@ -126,7 +133,12 @@ pub struct OAuthError {
 
 impl OAuthError {
     fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        OAuthError { status, code, description: description.into(), challenge: false }
+        OAuthError {
+            status,
+            code,
+            description: description.into(),
+            challenge: false,
+        }
     }
     fn invalid_request(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
@@ -139,8 +151,10 @@ impl IntoResponse for OAuthError {
         let mut resp = (self.status, axum::Json(body)).into_response();
         no_store(resp.headers_mut());
         if self.challenge {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"control-plane\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"control-plane\""),
+            );
         }
         resp
     }
@@ -152,7 +166,11 @@ fn no_store(h: &mut HeaderMap) {
 }
 
 /// `POST /oauth2/v1/token`.
-pub(crate) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(crate) async fn token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     match issue(&shared, &headers, &body).await {
         Ok(r) => {
             let mut resp = axum::Json(r).into_response();
@@ -163,25 +181,46 @@ pub(crate) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     }
 }
 
-async fn issue(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<TokenResponse, OAuthError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
-        return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
+async fn issue(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<TokenResponse, OAuthError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
     }
     let mut form: HashMap<String, String> = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if form.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(OAuthError::invalid_request(format!("parameter {k:?} is given more than once")));
+            return Err(OAuthError::invalid_request(format!(
+                "parameter {k:?} is given more than once"
+            )));
         }
     }
     match form.get("grant_type").map(String::as_str) {
-        None => return Err(OAuthError::invalid_request("missing grant_type; send grant_type=client_credentials")),
+        None => {
+            return Err(OAuthError::invalid_request(
+                "missing grant_type; send grant_type=client_credentials",
+            ));
+        }
         Some("client_credentials") => {}
         Some(other) => {
             return Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                format!("grant type {:?} is not supported; use client_credentials", other.chars().take(64).collect::<String>()),
+                format!(
+                    "grant type {:?} is not supported; use client_credentials",
+                    other.chars().take(64).collect::<String>()
+                ),
             ));
         }
     }
@@ -194,7 +233,11 @@ async fn issue(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Toke
         return Err(err);
     }
     let Some(client) = shared.config.oauth_client(&client_id) else {
-        return Err(OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", AuthError::BadClient.to_string()));
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            AuthError::BadClient.to_string(),
+        ));
     };
 
     let scope = match form.get("scope") {
@@ -205,17 +248,28 @@ async fn issue(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Toke
                     return Err(OAuthError::new(
                         StatusCode::BAD_REQUEST,
                         "invalid_scope",
-                        format!("scope {:?} is not allowed for client {client_id:?}", s.chars().take(128).collect::<String>()),
+                        format!(
+                            "scope {:?} is not allowed for client {client_id:?}",
+                            s.chars().take(128).collect::<String>()
+                        ),
                     ));
                 }
             }
-            requested.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+            requested
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
         }
     };
 
     let token = shared.tokens.issue(&client_id).map_err(|e| {
         tracing::warn!(%e, "cannot issue token");
-        OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e.to_string())
+        OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            e.to_string(),
+        )
     })?;
     tracing::info!(client_id = %client_id, ttl_secs = shared.tokens.ttl().as_secs(), "issued access token");
     Ok(TokenResponse {
@@ -228,7 +282,10 @@ async fn issue(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Toke
 
 /// Client id and secret from HTTP Basic (RFC 6749 section 2.3.1: each part
 /// form-urlencoded first) or from the form, never both.
-fn client_credentials(headers: &HeaderMap, form: &mut HashMap<String, String>) -> Result<(String, Secret, bool), OAuthError> {
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &mut HashMap<String, String>,
+) -> Result<(String, Secret, bool), OAuthError> {
     let in_form = form.contains_key("client_secret");
     let bad_client = |msg: String, challenge: bool| OAuthError {
         challenge,
@@ -236,11 +293,18 @@ fn client_credentials(headers: &HeaderMap, form: &mut HashMap<String, String>) -
     };
     if headers.contains_key(header::AUTHORIZATION) {
         if in_form {
-            return Err(OAuthError::invalid_request("send the client credentials either by HTTP Basic or in the form, not both"));
+            return Err(OAuthError::invalid_request(
+                "send the client credentials either by HTTP Basic or in the form, not both",
+            ));
         }
-        let presented = auth::presented(headers, "HTTP Basic client credentials").map_err(|e| bad_client(e.to_string(), true))?;
+        let presented = auth::presented(headers, "HTTP Basic client credentials")
+            .map_err(|e| bad_client(e.to_string(), true))?;
         let auth::Presented::Basic { user, password } = presented else {
-            return Err(bad_client("the token endpoint takes client credentials by HTTP Basic, not a bearer token".into(), true));
+            return Err(bad_client(
+                "the token endpoint takes client credentials by HTTP Basic, not a bearer token"
+                    .into(),
+                true,
+            ));
         };
         let client_id = form_decode(&user);
         let secret = Secret::new(form_decode(password.expose()));
@@ -285,7 +349,10 @@ mod tests {
         store.issue("a").unwrap();
         store.issue("b").unwrap();
         let err = store.issue("c").unwrap_err();
-        assert_eq!(err.to_string(), "the token store holds 2 live tokens, its limit; try again later");
+        assert_eq!(
+            err.to_string(),
+            "the token store holds 2 live tokens, its limit; try again later"
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
         let t = store.issue("c").unwrap();
         assert_eq!(store.len(), 1, "expired tokens swept");

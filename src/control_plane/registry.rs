@@ -157,15 +157,30 @@ const RATE_MIN_SPAN: Duration = Duration::from_secs(1);
 
 impl Rate {
     fn next(prev: Option<Rate>, records: u64, now: SystemTime) -> Rate {
-        let Some(p) = prev else { return Rate { records, at: now, per_sec: 0.0 } };
+        let Some(p) = prev else {
+            return Rate {
+                records,
+                at: now,
+                per_sec: 0.0,
+            };
+        };
         if records < p.records {
             // The job restarted on the agent: its counters start again.
-            return Rate { records, at: now, per_sec: 0.0 };
+            return Rate {
+                records,
+                at: now,
+                per_sec: 0.0,
+            };
         }
         match now.duration_since(p.at) {
             Ok(span) if span >= RATE_MIN_SPAN => {
-                let per_sec = ((records - p.records) as f64 / span.as_secs_f64() * 10.0).round() / 10.0;
-                Rate { records, at: now, per_sec }
+                let per_sec =
+                    ((records - p.records) as f64 / span.as_secs_f64() * 10.0).round() / 10.0;
+                Rate {
+                    records,
+                    at: now,
+                    per_sec,
+                }
             }
             _ => p,
         }
@@ -174,20 +189,38 @@ impl Rate {
 
 impl Entry {
     /// The record with its job summary and status filled in.
-    fn view(&self, now: SystemTime, interval: Duration, failures: &HashMap<String, AuthFailure>) -> AgentRecord {
+    fn view(
+        &self,
+        now: SystemTime,
+        interval: Duration,
+        failures: &HashMap<String, AuthFailure>,
+    ) -> AgentRecord {
         let mut r = self.record.clone();
         r.status = self.status(now, interval, failures);
         let connected = r.state == AgentState::Connected;
-        r.uptime_secs = connected.then(|| now.duration_since(r.connected_since).unwrap_or_default().as_secs());
+        r.uptime_secs = connected.then(|| {
+            now.duration_since(r.connected_since)
+                .unwrap_or_default()
+                .as_secs()
+        });
         r.jobs = self
             .jobs
             .values()
-            .map(|(s, _)| JobSummary { job_id: s.job_id.clone(), phase: s.phase, error: s.error.clone() })
+            .map(|(s, _)| JobSummary {
+                job_id: s.job_id.clone(),
+                phase: s.phase,
+                error: s.error.clone(),
+            })
             .collect();
         r
     }
 
-    fn status(&self, now: SystemTime, interval: Duration, failures: &HashMap<String, AuthFailure>) -> AgentStatus {
+    fn status(
+        &self,
+        now: SystemTime,
+        interval: Duration,
+        failures: &HashMap<String, AuthFailure>,
+    ) -> AgentStatus {
         let r = &self.record;
         status::status(
             &Facts {
@@ -206,7 +239,12 @@ impl Entry {
         )
     }
 
-    fn health(&self, now: SystemTime, interval: Duration, failures: &HashMap<String, AuthFailure>) -> Health {
+    fn health(
+        &self,
+        now: SystemTime,
+        interval: Duration,
+        failures: &HashMap<String, AuthFailure>,
+    ) -> Health {
         self.status(now, interval, failures).state
     }
 }
@@ -220,7 +258,10 @@ fn bounded(mut state: JobState) -> JobState {
     if let Some(e) = state.error.as_mut()
         && e.message.len() > MAX_ERROR_MESSAGE
     {
-        let cut = (0..=MAX_ERROR_MESSAGE).rev().find(|&i| e.message.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=MAX_ERROR_MESSAGE)
+            .rev()
+            .find(|&i| e.message.is_char_boundary(i))
+            .unwrap_or(0);
         e.message.truncate(cut);
         e.message.push_str("...");
     }
@@ -314,7 +355,11 @@ impl Registry {
             host: s.host,
             proxy: s.proxy,
             state: AgentState::Connected,
-            status: AgentStatus { state: Health::Connected, reason: String::new(), since: now },
+            status: AgentStatus {
+                state: Health::Connected,
+                reason: String::new(),
+                since: now,
+            },
             uptime_secs: None,
             principal: s.principal,
             remote_addr: s.remote_addr.to_string(),
@@ -344,7 +389,12 @@ impl Registry {
     /// agent is remembered, so the console can say why it is not connected.
     pub fn reject(&self, s: NewSession, reason: crate::protocol::RejectReason, message: &str) {
         let now = SystemTime::now();
-        let refusal = Refusal { reason, message: message.to_owned(), at: now, remote_addr: s.remote_addr.to_string() };
+        let refusal = Refusal {
+            reason,
+            message: message.to_owned(),
+            at: now,
+            remote_addr: s.remote_addr.to_string(),
+        };
         let mut agents = self.lock();
         if let Some(e) = agents.get_mut(&s.agent_id) {
             if e.record.state == AgentState::Disconnected {
@@ -368,7 +418,11 @@ impl Registry {
             host: s.host,
             proxy: s.proxy,
             state: AgentState::Disconnected,
-            status: AgentStatus { state: Health::Refused, reason: String::new(), since: now },
+            status: AgentStatus {
+                state: Health::Refused,
+                reason: String::new(),
+                since: now,
+            },
             uptime_secs: None,
             principal: s.principal,
             remote_addr: s.remote_addr.to_string(),
@@ -416,19 +470,24 @@ impl Registry {
         let now = SystemTime::now();
         let mut failures = self.failures();
         if !failures.contains_key(&principal) && failures.len() >= MAX_AUTH_FAILURES {
-            let oldest = failures.iter().min_by_key(|(_, f)| f.last_at).map(|(k, _)| k.clone());
+            let oldest = failures
+                .iter()
+                .min_by_key(|(_, f)| f.last_at)
+                .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 failures.remove(&k);
             }
         }
-        let f = failures.entry(principal.clone()).or_insert_with(|| AuthFailure {
-            principal,
-            count: 0,
-            first_at: now,
-            last_at: now,
-            last_remote_addr: String::new(),
-            last_error: String::new(),
-        });
+        let f = failures
+            .entry(principal.clone())
+            .or_insert_with(|| AuthFailure {
+                principal,
+                count: 0,
+                first_at: now,
+                last_at: now,
+                last_remote_addr: String::new(),
+                last_error: String::new(),
+            });
         f.count += 1;
         f.last_at = now;
         f.last_remote_addr = remote.to_string();
@@ -455,7 +514,10 @@ impl Registry {
         let mut v: Vec<(SystemTime, String)> = self
             .lock()
             .values()
-            .filter(|e| e.record.group == group && e.health(now, self.heartbeat_interval, &failures) == Health::Connected)
+            .filter(|e| {
+                e.record.group == group
+                    && e.health(now, self.heartbeat_interval, &failures) == Health::Connected
+            })
             .map(|e| (e.record.last_seen, e.record.id.clone()))
             .collect();
         v.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
@@ -466,9 +528,16 @@ impl Registry {
     pub fn health_counts(&self, group: Option<&str>) -> BTreeMap<&'static str, usize> {
         let now = SystemTime::now();
         let failures = self.failures();
-        let mut counts: BTreeMap<&'static str, usize> = Health::ALL.iter().map(|h| (h.as_str(), 0)).collect();
-        for e in self.lock().values().filter(|e| group.is_none_or(|g| e.record.group == g)) {
-            *counts.entry(e.health(now, self.heartbeat_interval, &failures).as_str()).or_default() += 1;
+        let mut counts: BTreeMap<&'static str, usize> =
+            Health::ALL.iter().map(|h| (h.as_str(), 0)).collect();
+        for e in self
+            .lock()
+            .values()
+            .filter(|e| group.is_none_or(|g| e.record.group == g))
+        {
+            *counts
+                .entry(e.health(now, self.heartbeat_interval, &failures).as_str())
+                .or_default() += 1;
         }
         counts
     }
@@ -497,22 +566,37 @@ impl Registry {
 
     pub fn get(&self, agent_id: &str) -> Option<AgentRecord> {
         let failures = self.failures();
-        self.lock().get(agent_id).map(|e| e.view(SystemTime::now(), self.heartbeat_interval, &failures))
+        self.lock()
+            .get(agent_id)
+            .map(|e| e.view(SystemTime::now(), self.heartbeat_interval, &failures))
     }
 
     /// Keep the job state an agent reported in its current session. The
     /// caller checks that the job exists and belongs to the agent's group.
     pub fn record_job_state(&self, agent_id: &str, session_id: &str, state: JobState) {
         let mut agents = self.lock();
-        let Some(e) = agents.get_mut(agent_id).filter(|e| e.record.session_id == session_id) else { return };
+        let Some(e) = agents
+            .get_mut(agent_id)
+            .filter(|e| e.record.session_id == session_id)
+        else {
+            return;
+        };
         if !e.jobs.contains_key(&state.job_id) && e.jobs.len() >= MAX_JOB_STATES_PER_AGENT {
-            let oldest = e.jobs.iter().min_by_key(|(_, (_, at))| *at).map(|(id, _)| id.clone());
+            let oldest = e
+                .jobs
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| id.clone());
             if let Some(id) = oldest {
                 e.jobs.remove(&id);
             }
         }
         let now = SystemTime::now();
-        let rate = Rate::next(e.rates.get(&state.job_id).copied(), state.records_relayed, now);
+        let rate = Rate::next(
+            e.rates.get(&state.job_id).copied(),
+            state.records_relayed,
+            now,
+        );
         if !e.rates.contains_key(&state.job_id) && e.rates.len() >= MAX_JOB_STATES_PER_AGENT {
             e.rates.retain(|id, _| e.jobs.contains_key(id));
         }
@@ -564,7 +648,10 @@ impl Registry {
 
     /// Agent counts for one group.
     pub fn counts(&self, group: &str) -> GroupCounts {
-        let mut c = GroupCounts { states: self.health_counts(Some(group)), ..GroupCounts::default() };
+        let mut c = GroupCounts {
+            states: self.health_counts(Some(group)),
+            ..GroupCounts::default()
+        };
         for e in self.lock().values().filter(|e| e.record.group == group) {
             c.total += 1;
             match e.record.state {
@@ -595,7 +682,11 @@ mod tests {
             group: "G".into(),
             version: "0.1.0".into(),
             protocol_version: 1,
-            host: HostFacts { hostname: "h".into(), os: "linux".into(), arch: "x86_64".into() },
+            host: HostFacts {
+                hostname: "h".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+            },
             proxy: None,
             principal: "user \"a\"".into(),
             remote_addr: "127.0.0.1:1".parse().unwrap(),
@@ -610,12 +701,18 @@ mod tests {
         let first = session("a1", "s1");
         let first_cancel = first.cancel.clone();
         assert!(r.connect(first).unwrap().is_none());
-        let old = r.connect(session("a1", "s2")).unwrap().expect("old session handed back");
+        let old = r
+            .connect(session("a1", "s2"))
+            .unwrap()
+            .expect("old session handed back");
         old.cancel();
         assert!(first_cancel.is_cancelled());
         r.disconnect("a1", "s1", "replaced");
         let rec = r.get("a1").unwrap();
-        assert_eq!((rec.state, rec.session_id.as_str(), rec.sessions), (AgentState::Connected, "s2", 2));
+        assert_eq!(
+            (rec.state, rec.session_id.as_str(), rec.sessions),
+            (AgentState::Connected, "s2", 2)
+        );
         r.disconnect("a1", "s2", "heartbeat timeout");
         let rec = r.get("a1").unwrap();
         assert_eq!(rec.state, AgentState::Disconnected);
@@ -629,8 +726,17 @@ mod tests {
         JobState {
             job_id: job.into(),
             phase: JobPhase::Failed,
-            error: Some(JobError { class: crate::protocol::job::ErrorClass::Tcp, message: "x".repeat(message_len) }),
-            partitions: (0..partitions as i32).rev().map(|p| crate::protocol::PartitionState { partition: p, ..Default::default() }).collect(),
+            error: Some(JobError {
+                class: crate::protocol::job::ErrorClass::Tcp,
+                message: "x".repeat(message_len),
+            }),
+            partitions: (0..partitions as i32)
+                .rev()
+                .map(|p| crate::protocol::PartitionState {
+                    partition: p,
+                    ..Default::default()
+                })
+                .collect(),
             records_relayed: 0,
             bytes_relayed: 0,
             batches_acked: 0,
@@ -642,13 +748,29 @@ mod tests {
         let r = Registry::new(10);
         r.connect(session("a1", "s1")).unwrap();
         r.record_job_state("a1", "old-session", state("j", 1, 1));
-        assert!(r.job_states("j").is_empty(), "a state from another session is ignored");
-        r.record_job_state("a1", "s1", state("j", MAX_PARTITIONS_PER_STATE + 5, MAX_ERROR_MESSAGE + 10));
+        assert!(
+            r.job_states("j").is_empty(),
+            "a state from another session is ignored"
+        );
+        r.record_job_state(
+            "a1",
+            "s1",
+            state("j", MAX_PARTITIONS_PER_STATE + 5, MAX_ERROR_MESSAGE + 10),
+        );
         let s = &r.job_states("j")[0];
-        assert_eq!((s.agent_id.as_str(), s.agent_state), ("a1", AgentState::Connected));
+        assert_eq!(
+            (s.agent_id.as_str(), s.agent_state),
+            ("a1", AgentState::Connected)
+        );
         assert_eq!(s.state.partitions.len(), MAX_PARTITIONS_PER_STATE);
-        assert_eq!(s.state.partitions[0].partition, 0, "the lowest partitions are kept");
-        assert_eq!(s.state.error.as_ref().unwrap().message.len(), MAX_ERROR_MESSAGE + 3);
+        assert_eq!(
+            s.state.partitions[0].partition, 0,
+            "the lowest partitions are kept"
+        );
+        assert_eq!(
+            s.state.error.as_ref().unwrap().message.len(),
+            MAX_ERROR_MESSAGE + 3
+        );
         assert_eq!(r.get("a1").unwrap().jobs[0].phase, JobPhase::Failed);
         for i in 0..MAX_JOB_STATES_PER_AGENT + 3 {
             r.record_job_state("a1", "s1", state(&format!("k{i}"), 0, 0));
@@ -656,7 +778,10 @@ mod tests {
         assert_eq!(r.get("a1").unwrap().jobs.len(), MAX_JOB_STATES_PER_AGENT);
         r.forget_job("k300");
         r.forget_job(&format!("k{}", MAX_JOB_STATES_PER_AGENT + 2));
-        assert_eq!(r.get("a1").unwrap().jobs.len(), MAX_JOB_STATES_PER_AGENT - 1);
+        assert_eq!(
+            r.get("a1").unwrap().jobs.len(),
+            MAX_JOB_STATES_PER_AGENT - 1
+        );
         // A new session starts clean: the agent reports again.
         r.connect(session("a1", "s2")).unwrap();
         assert!(r.get("a1").unwrap().jobs.is_empty());

@@ -62,7 +62,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(AGENT_PATH, get(agent_ws::upgrade))
-        .route(oauth::TOKEN_PATH, post(oauth::token).layer(DefaultBodyLimit::max(oauth::MAX_BODY_BYTES)))
+        .route(
+            oauth::TOKEN_PATH,
+            post(oauth::token).layer(DefaultBodyLimit::max(oauth::MAX_BODY_BYTES)),
+        )
         .merge(console::router(shared.clone()))
         .merge(super::console_commands::metrics_router(shared.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/CONTROL_PLANE.md") })
@@ -72,7 +75,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// Serve until `shared.shutdown` is cancelled, then stop gracefully.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(shared.config.tls.server_config.clone());
-    let mut make_service = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let mut make_service =
+        router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, remote) = tokio::select! {
@@ -95,23 +99,45 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow:
             Ok(s) => s,
             Err(never) => match never {},
         };
-        let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| service.clone().call(req));
-        shared.tasks.spawn(connection(tcp, remote, acceptor.clone(), hyper_service, shared.clone(), permit));
+        let hyper_service =
+            hyper::service::service_fn(move |req: Request<Incoming>| service.clone().call(req));
+        shared.tasks.spawn(connection(
+            tcp,
+            remote,
+            acceptor.clone(),
+            hyper_service,
+            shared.clone(),
+            permit,
+        ));
     }
     drop(listener);
-    tracing::info!(open = shared.tasks.len(), "stopped accepting; closing sessions");
+    tracing::info!(
+        open = shared.tasks.len(),
+        "stopped accepting; closing sessions"
+    );
     shared.tasks.close();
     let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
-    if tokio::time::timeout_at(deadline, shared.tasks.wait()).await.is_err() {
-        tracing::warn!(open = shared.tasks.len(), "connections still open at the shutdown deadline; dropping them");
+    if tokio::time::timeout_at(deadline, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shared.tasks.len(),
+            "connections still open at the shutdown deadline; dropping them"
+        );
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(HARD_STOP_GRACE, shared.tasks.wait()).await;
     }
     // Sinks finish the attempt in progress (a batch whose agent is gone
     // still gets its watermarks, so its resend is dropped as a duplicate).
     let delivery_deadline = deadline.max(tokio::time::Instant::now() + HARD_STOP_GRACE);
-    if tokio::time::timeout_at(delivery_deadline, shared.jobs.delivery().shutdown()).await.is_err() {
-        tracing::warn!("a sink was still busy at the shutdown deadline; its batch will be resent by the agent");
+    if tokio::time::timeout_at(delivery_deadline, shared.jobs.delivery().shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "a sink was still busy at the shutdown deadline; its batch will be resent by the agent"
+        );
     }
     tracing::info!("control plane stopped");
     Ok(())
@@ -119,9 +145,17 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow:
 
 /// One TCP connection: TLS handshake, then HTTP/1.1 until it closes, is
 /// upgraded to a WebSocket, or the server stops.
-async fn connection<S>(tcp: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor, service: S, shared: Arc<Shared>, _permit: OwnedSemaphorePermit)
-where
-    S: hyper::service::Service<Request<Incoming>, Response = axum::response::Response> + Send + 'static,
+async fn connection<S>(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+    service: S,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = axum::response::Response>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -140,8 +174,12 @@ where
         },
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(tls), service).with_upgrades();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -23,7 +23,9 @@ use super::registry::NewSession;
 use super::server::Shared;
 use super::sink::BatchOrigin;
 use crate::protocol::job::{JobPhase, JobState};
-use crate::protocol::{self, AgentMessage, Batch, ControlMessage, Hello, JobSpec, PROTOCOL_VERSION, RejectReason};
+use crate::protocol::{
+    self, AgentMessage, Batch, ControlMessage, Hello, JobSpec, PROTOCOL_VERSION, RejectReason,
+};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -49,15 +51,31 @@ const MAX_FIELD_LEN: usize = 256;
 const MAX_REVOKED: usize = 1024;
 
 /// Run a session to its end. Never fails: every ending is logged and recorded.
-pub(crate) async fn run(ws: WebSocket, shared: Arc<Shared>, principal: Principal, remote: SocketAddr) {
+pub(crate) async fn run(
+    ws: WebSocket,
+    shared: Arc<Shared>,
+    principal: Principal,
+    remote: SocketAddr,
+) {
     let span = tracing::info_span!("session", %remote, agent_id = tracing::field::Empty, session_id = tracing::field::Empty);
     async move {
-        let mut conn = Conn { ws, send_timeout: shared.config.heartbeat_timeout };
-        let Some(hello) = await_hello(&mut conn, &shared).await else { return };
-        let Some(mut live) = admit(conn, hello, shared, principal, remote).await else { return };
+        let mut conn = Conn {
+            ws,
+            send_timeout: shared.config.heartbeat_timeout,
+        };
+        let Some(hello) = await_hello(&mut conn, &shared).await else {
+            return;
+        };
+        let Some(mut live) = admit(conn, hello, shared, principal, remote).await else {
+            return;
+        };
         let reason = live.run().await;
-        live.shared.commands.detach(&live.origin.agent_id, &live.origin.session_id);
-        live.shared.registry.disconnect(&live.origin.agent_id, &live.origin.session_id, &reason);
+        live.shared
+            .commands
+            .detach(&live.origin.agent_id, &live.origin.session_id);
+        live.shared
+            .registry
+            .disconnect(&live.origin.agent_id, &live.origin.session_id, &reason);
         tracing::info!(%reason, "agent session ended");
     }
     .instrument(span)
@@ -76,32 +94,49 @@ impl Conn {
         match tokio::time::timeout(self.send_timeout, self.ws.send(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(format!("cannot send to the agent: {err}")),
-            Err(_) => Err(format!("the agent did not take a frame within {} ms", self.send_timeout.as_millis())),
+            Err(_) => Err(format!(
+                "the agent did not take a frame within {} ms",
+                self.send_timeout.as_millis()
+            )),
         }
     }
 
     async fn protocol_error(&mut self, message: &str) -> Result<(), String> {
-        self.send(&ControlMessage::ProtocolError { message: truncate(message) }).await
+        self.send(&ControlMessage::ProtocolError {
+            message: truncate(message),
+        })
+        .await
     }
 
     /// Send a close frame and wait (briefly) for the agent's, so the close
     /// handshake completes and the agent sees the reason.
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = Message::Close(Some(CloseFrame { code, reason: truncate_to(reason, 120).into() }));
-        let _ = tokio::time::timeout(self.send_timeout.min(CLOSE_TIMEOUT), self.ws.send(frame)).await;
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: truncate_to(reason, 120).into(),
+        }));
+        let _ =
+            tokio::time::timeout(self.send_timeout.min(CLOSE_TIMEOUT), self.ws.send(frame)).await;
         self.drain().await;
     }
 
     /// Send a close frame without waiting for an answer, for a peer that is
     /// already presumed dead.
     async fn abandon(&mut self, code: u16, reason: &str) {
-        let frame = Message::Close(Some(CloseFrame { code, reason: truncate_to(reason, 120).into() }));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT.min(self.send_timeout), self.ws.send(frame)).await;
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: truncate_to(reason, 120).into(),
+        }));
+        let _ =
+            tokio::time::timeout(CLOSE_TIMEOUT.min(self.send_timeout), self.ws.send(frame)).await;
     }
 
     /// Read until the stream ends (this also flushes a queued close reply).
     async fn drain(&mut self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { while let Some(Ok(_)) = self.ws.recv().await {} }).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(_)) = self.ws.recv().await {}
+        })
+        .await;
     }
 }
 
@@ -117,18 +152,25 @@ async fn await_hello(conn: &mut Conn, shared: &Shared) -> Option<Hello> {
             f = tokio::time::timeout_at(deadline, conn.ws.recv()) => f,
         };
         let problem = match frame {
-            Err(_) => format!("no hello within {} s of connecting; send a hello first", HELLO_TIMEOUT.as_secs()),
+            Err(_) => format!(
+                "no hello within {} s of connecting; send a hello first",
+                HELLO_TIMEOUT.as_secs()
+            ),
             Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
                 tracing::debug!("connection closed before hello");
                 return None;
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(Some(Ok(Message::Binary(_)))) => "the first message must be a hello text frame, not a binary frame".to_owned(),
-            Ok(Some(Ok(Message::Text(text)))) => match protocol::decode::<AgentMessage>(text.as_str()) {
-                Ok(AgentMessage::Hello(hello)) => return Some(hello),
-                Ok(other) => format!("the first message must be hello, not {}", kind(&other)),
-                Err(err) => err.to_string(),
-            },
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                "the first message must be a hello text frame, not a binary frame".to_owned()
+            }
+            Ok(Some(Ok(Message::Text(text)))) => {
+                match protocol::decode::<AgentMessage>(text.as_str()) {
+                    Ok(AgentMessage::Hello(hello)) => return Some(hello),
+                    Ok(other) => format!("the first message must be hello, not {}", kind(&other)),
+                    Err(err) => err.to_string(),
+                }
+            }
         };
         tracing::info!(%problem, "no valid hello; closing");
         let _ = conn.protocol_error(&problem).await;
@@ -138,7 +180,13 @@ async fn await_hello(conn: &mut Conn, shared: &Shared) -> Option<Hello> {
 }
 
 /// Check the hello; welcome and register the agent, or reject it.
-async fn admit(mut conn: Conn, hello: Hello, shared: Arc<Shared>, principal: Principal, remote: SocketAddr) -> Option<Live> {
+async fn admit(
+    mut conn: Conn,
+    hello: Hello,
+    shared: Arc<Shared>,
+    principal: Principal,
+    remote: SocketAddr,
+) -> Option<Live> {
     if let Err(problem) = check_fields(&hello) {
         tracing::info!(%problem, "hello refused");
         let _ = conn.protocol_error(&problem).await;
@@ -150,25 +198,46 @@ async fn admit(mut conn: Conn, hello: Hello, shared: Arc<Shared>, principal: Pri
     let refusal = if hello.protocol_version != PROTOCOL_VERSION {
         Some((
             RejectReason::VersionRefused,
-            format!("protocol version {} is not supported; this control plane speaks {PROTOCOL_VERSION}", hello.protocol_version),
+            format!(
+                "protocol version {} is not supported; this control plane speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
         ))
     } else if shared.config.group(&hello.group).is_none() {
         Some((
             RejectReason::UnknownGroup,
-            format!("agent group {:?} does not exist; create it in the control plane config", hello.group),
+            format!(
+                "agent group {:?} does not exist; create it in the control plane config",
+                hello.group
+            ),
         ))
     } else if !principal.groups(&shared.config).contains(&hello.group) {
         Some((
             RejectReason::Forbidden,
-            format!("{principal} may not join agent group {:?}; add the group to its groups in the control plane config", hello.group),
+            format!(
+                "{principal} may not join agent group {:?}; add the group to its groups in the control plane config",
+                hello.group
+            ),
         ))
     } else {
         None
     };
     if let Some((reason, message)) = refusal {
         tracing::info!(?reason, %message, group = %hello.group, "agent rejected");
-        shared.registry.reject(new_session(&hello, &principal, remote, String::new(), CancellationToken::new()), reason, &message);
-        let _ = conn.send(&ControlMessage::Rejected { reason, message }).await;
+        shared.registry.reject(
+            new_session(
+                &hello,
+                &principal,
+                remote,
+                String::new(),
+                CancellationToken::new(),
+            ),
+            reason,
+            &message,
+        );
+        let _ = conn
+            .send(&ControlMessage::Rejected { reason, message })
+            .await;
         conn.close(close_code::POLICY, "rejected").await;
         return None;
     }
@@ -178,8 +247,18 @@ async fn admit(mut conn: Conn, hello: Hello, shared: Arc<Shared>, principal: Pri
     let cancel = shared.shutdown.child_token();
     // Subscribed before the welcome: a change from now on is seen.
     let job_changes = shared.jobs.subscribe();
-    let origin = BatchOrigin { agent_id: hello.agent_id.clone(), group: hello.group.clone(), session_id: session_id.clone() };
-    let registered = shared.registry.connect(new_session(&hello, &principal, remote, session_id.clone(), cancel.clone()));
+    let origin = BatchOrigin {
+        agent_id: hello.agent_id.clone(),
+        group: hello.group.clone(),
+        session_id: session_id.clone(),
+    };
+    let registered = shared.registry.connect(new_session(
+        &hello,
+        &principal,
+        remote,
+        session_id.clone(),
+        cancel.clone(),
+    ));
     match registered {
         Ok(Some(older)) => {
             tracing::info!("agent reconnected; closing its older session");
@@ -188,7 +267,11 @@ async fn admit(mut conn: Conn, hello: Hello, shared: Arc<Shared>, principal: Pri
         Ok(None) => {}
         Err(full) => {
             tracing::warn!(%full, "agent refused");
-            let _ = conn.send(&ControlMessage::Goodbye { reason: full.to_string() }).await;
+            let _ = conn
+                .send(&ControlMessage::Goodbye {
+                    reason: full.to_string(),
+                })
+                .await;
             conn.close(close_code::AGAIN, "agent limit reached").await;
             return None;
         }
@@ -205,7 +288,9 @@ async fn admit(mut conn: Conn, hello: Hello, shared: Arc<Shared>, principal: Pri
     let commands = shared.commands.attach(&origin.agent_id, &origin.session_id);
     if let Err(err) = conn.send(&welcome).await {
         shared.commands.detach(&origin.agent_id, &origin.session_id);
-        shared.registry.disconnect(&origin.agent_id, &origin.session_id, &err);
+        shared
+            .registry
+            .disconnect(&origin.agent_id, &origin.session_id, &err);
         tracing::info!(%err, "agent left before welcome");
         return None;
     }
@@ -232,7 +317,13 @@ async fn admit(mut conn: Conn, hello: Hello, shared: Arc<Shared>, principal: Pri
 }
 
 /// The registry's view of a hello.
-fn new_session(hello: &Hello, principal: &Principal, remote: SocketAddr, session_id: String, cancel: CancellationToken) -> NewSession {
+fn new_session(
+    hello: &Hello,
+    principal: &Principal,
+    remote: SocketAddr,
+    session_id: String,
+    cancel: CancellationToken,
+) -> NewSession {
     NewSession {
         agent_id: hello.agent_id.clone(),
         agent_name: hello.agent_name.clone(),
@@ -262,7 +353,10 @@ fn check_fields(h: &Hello) -> Result<(), String> {
     ];
     for (name, value, max) in fields {
         if value.len() > max {
-            return Err(format!("hello.{name} is {} bytes long; the limit is {max}", value.len()));
+            return Err(format!(
+                "hello.{name} is {} bytes long; the limit is {max}",
+                value.len()
+            ));
         }
     }
     if h.agent_id.trim().is_empty() {
@@ -348,7 +442,13 @@ impl Live {
 
     async fn heartbeat(&mut self) -> Flow {
         self.heartbeat_seq += 1;
-        match self.conn.send(&ControlMessage::Heartbeat { seq: self.heartbeat_seq }).await {
+        match self
+            .conn
+            .send(&ControlMessage::Heartbeat {
+                seq: self.heartbeat_seq,
+            })
+            .await
+        {
             Ok(()) => Flow::Continue,
             Err(err) => Flow::End(err),
         }
@@ -373,7 +473,9 @@ impl Live {
             Message::Ping(_) | Message::Pong(_) => Flow::Continue,
             Message::Close(frame) => {
                 self.conn.drain().await;
-                let why = frame.map(|f| format!(" ({}: {})", f.code, truncate(f.reason.as_str()))).unwrap_or_default();
+                let why = frame
+                    .map(|f| format!(" ({}: {})", f.code, truncate(f.reason.as_str())))
+                    .unwrap_or_default();
                 Flow::End(format!("agent closed the connection{why}"))
             }
         }
@@ -381,7 +483,12 @@ impl Live {
 
     async fn on_message(&mut self, msg: AgentMessage) -> Flow {
         match msg {
-            AgentMessage::Hello(_) => self.protocol_error("hello was already received; this session is established".into()).await,
+            AgentMessage::Hello(_) => {
+                self.protocol_error(
+                    "hello was already received; this session is established".into(),
+                )
+                .await
+            }
             AgentMessage::Heartbeat { seq } => {
                 tracing::trace!(seq, "heartbeat");
                 Flow::Continue
@@ -389,12 +496,20 @@ impl Live {
             AgentMessage::JobState(state) => self.on_job_state(state).await,
             AgentMessage::Draining { deadline_ms } => {
                 tracing::info!(deadline_ms, "agent is draining");
-                self.shared.registry.set_draining(&self.origin.agent_id, &self.origin.session_id, deadline_ms);
+                self.shared.registry.set_draining(
+                    &self.origin.agent_id,
+                    &self.origin.session_id,
+                    deadline_ms,
+                );
                 Flow::Continue
             }
             AgentMessage::CommandResult(result) => {
                 let (id, ok) = (truncate(&result.command_id), result.ok);
-                if self.shared.commands.complete(&self.origin.agent_id, &self.origin.session_id, result) {
+                if self.shared.commands.complete(
+                    &self.origin.agent_id,
+                    &self.origin.session_id,
+                    result,
+                ) {
                     tracing::info!(command = %id, ok, "command answered");
                 } else {
                     tracing::info!(command = %id, ok, "answer to a command nobody waits for (timed out or unknown); ignored");
@@ -406,7 +521,9 @@ impl Live {
                 Flow::Continue
             }
             AgentMessage::Goodbye { reason } => {
-                self.shared.registry.note_goodbye(&self.origin.agent_id, &self.origin.session_id);
+                self.shared
+                    .registry
+                    .note_goodbye(&self.origin.agent_id, &self.origin.session_id);
                 self.conn.close(close_code::NORMAL, "goodbye").await;
                 Flow::End(format!("agent said goodbye: {}", truncate(&reason)))
             }
@@ -426,7 +543,12 @@ impl Live {
                 self.revoked.remove(id);
             }
         }
-        let gone: Vec<String> = self.assigned.keys().filter(|id| !desired.contains_key(*id)).cloned().collect();
+        let gone: Vec<String> = self
+            .assigned
+            .keys()
+            .filter(|id| !desired.contains_key(*id))
+            .cloned()
+            .collect();
         for id in gone {
             tracing::info!(job = %id, "revoking job");
             self.note_revoked(&id);
@@ -451,18 +573,34 @@ impl Live {
     /// Keep a job state for the console; revoke a job the agent should not run.
     async fn on_job_state(&mut self, state: JobState) -> Flow {
         let id = state.job_id.clone();
-        let in_group = self.shared.jobs.group_of(&id).is_some_and(|g| g == self.origin.group);
+        let in_group = self
+            .shared
+            .jobs
+            .group_of(&id)
+            .is_some_and(|g| g == self.origin.group);
         tracing::debug!(job = %truncate(&id), phase = ?state.phase, error = ?state.error.as_ref().map(|e| e.class), "job state");
         let still_running = !matches!(state.phase, JobPhase::Stopped | JobPhase::Draining);
         if in_group {
-            self.shared.registry.record_job_state(&self.origin.agent_id, &self.origin.session_id, state);
+            self.shared.registry.record_job_state(
+                &self.origin.agent_id,
+                &self.origin.session_id,
+                state,
+            );
         }
-        if still_running && !self.assigned.contains_key(&id) && !self.revoked.contains(&id) && id.len() <= MAX_ID_LEN {
+        if still_running
+            && !self.assigned.contains_key(&id)
+            && !self.revoked.contains(&id)
+            && id.len() <= MAX_ID_LEN
+        {
             // It ran before this session (the agent keeps jobs across
             // reconnects) and was deleted or paused meanwhile.
             tracing::info!(job = %id, "agent runs a job it should not; revoking it");
             self.note_revoked(&id);
-            if let Err(err) = self.conn.send(&ControlMessage::RevokeJob { job_id: id }).await {
+            if let Err(err) = self
+                .conn
+                .send(&ControlMessage::RevokeJob { job_id: id })
+                .await
+            {
                 return Flow::End(err);
             }
         }
@@ -486,9 +624,18 @@ impl Live {
 
     /// Hand a batch to the sink, heartbeating while it works, then ack it.
     async fn deliver(&mut self, batch: Batch) -> Flow {
-        let (job_id, batch_seq, records) = (batch.job_id.clone(), batch.batch_seq, batch.records.len());
-        if let Some(group) = self.shared.jobs.group_of(&job_id).filter(|g| *g != self.origin.group) {
-            let problem = format!("batch {batch_seq} of job {job_id:?} was not acknowledged: the job belongs to agent group {group:?}, not to this agent's group {:?}", self.origin.group);
+        let (job_id, batch_seq, records) =
+            (batch.job_id.clone(), batch.batch_seq, batch.records.len());
+        if let Some(group) = self
+            .shared
+            .jobs
+            .group_of(&job_id)
+            .filter(|g| *g != self.origin.group)
+        {
+            let problem = format!(
+                "batch {batch_seq} of job {job_id:?} was not acknowledged: the job belongs to agent group {group:?}, not to this agent's group {:?}",
+                self.origin.group
+            );
             return self.protocol_error(problem).await;
         }
         let (sink, origin) = (self.shared.sink.clone(), self.origin.clone());
@@ -515,7 +662,9 @@ impl Live {
         };
         // Frames were not read meanwhile; the agent is not to blame for that.
         self.last_seen = Instant::now();
-        self.shared.metrics.batch(&job_id, records, received.elapsed(), result.is_ok());
+        self.shared
+            .metrics
+            .batch(&job_id, records, received.elapsed(), result.is_ok());
         let reply = match result {
             Ok(()) => {
                 tracing::debug!(%job_id, batch_seq, records, "batch delivered");
@@ -524,7 +673,9 @@ impl Live {
             Err(err) => {
                 tracing::warn!(%job_id, batch_seq, %err, "batch not delivered");
                 ControlMessage::ProtocolError {
-                    message: truncate(&format!("batch {batch_seq} of job {job_id:?} was not acknowledged: {err}")),
+                    message: truncate(&format!(
+                        "batch {batch_seq} of job {job_id:?} was not acknowledged: {err}"
+                    )),
                 }
             }
         };
@@ -556,6 +707,9 @@ fn truncate_to(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let cut = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    let cut = (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
     format!("{}...", &s[..cut])
 }

@@ -37,7 +37,11 @@ pub enum SinkError {
 pub trait BatchSink: Send + Sync + 'static {
     /// Take responsibility for `batch`. Resolve `Ok` only when it is safe to
     /// tell the agent the records are delivered.
-    fn deliver<'a>(&'a self, origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn deliver<'a>(
+        &'a self,
+        origin: &'a BatchOrigin,
+        batch: Batch,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 /// The default until jobs have sinks: refuses every batch, so nothing is
@@ -46,8 +50,16 @@ pub trait BatchSink: Send + Sync + 'static {
 pub struct NoSink;
 
 impl BatchSink for NoSink {
-    fn deliver<'a>(&'a self, _origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move { Err(SinkError::NoRoute { job_id: batch.job_id }) })
+    fn deliver<'a>(
+        &'a self,
+        _origin: &'a BatchOrigin,
+        batch: Batch,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            Err(SinkError::NoRoute {
+                job_id: batch.job_id,
+            })
+        })
     }
 }
 
@@ -55,7 +67,11 @@ impl BatchSink for NoSink {
 /// format, the job's sink with retries, watermarks). `Ok` means the job's
 /// sink accepted the batch, or that it held only records already delivered.
 impl BatchSink for Delivery {
-    fn deliver<'a>(&'a self, _origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn deliver<'a>(
+        &'a self,
+        _origin: &'a BatchOrigin,
+        batch: Batch,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             match Delivery::deliver(self, batch).await {
                 Ok(_ack) => Ok(()),

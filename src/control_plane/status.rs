@@ -38,8 +38,15 @@ pub enum Health {
 }
 
 impl Health {
-    pub const ALL: [Health; 7] =
-        [Health::Connected, Health::Draining, Health::Reconnecting, Health::AuthFailing, Health::VersionRefused, Health::Refused, Health::Gone];
+    pub const ALL: [Health; 7] = [
+        Health::Connected,
+        Health::Draining,
+        Health::Reconnecting,
+        Health::AuthFailing,
+        Health::VersionRefused,
+        Health::Refused,
+        Health::Gone,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -127,17 +134,31 @@ pub fn status(f: &Facts, now: SystemTime, interval: Duration) -> AgentStatus {
         if let Some((at, deadline_ms)) = f.draining {
             return AgentStatus {
                 state: Health::Draining,
-                reason: format!("the agent is stopping gracefully: in-flight batches finish and offsets are committed within {deadline_ms} ms"),
+                reason: format!(
+                    "the agent is stopping gracefully: in-flight batches finish and offsets are committed within {deadline_ms} ms"
+                ),
                 since: at,
             };
         }
-        return AgentStatus { state: Health::Connected, reason: format!("session open; last message at {last}"), since: f.last_seen };
+        return AgentStatus {
+            state: Health::Connected,
+            reason: format!("session open; last message at {last}"),
+            since: f.last_seen,
+        };
     }
     let since_end = f.disconnected_at.unwrap_or(f.last_seen);
     let newer = |t: SystemTime| !f.had_session || t >= since_end;
     if let Some(r) = f.refusal.filter(|r| newer(r.at)) {
-        let state = if r.reason == RejectReason::VersionRefused { Health::VersionRefused } else { Health::Refused };
-        return AgentStatus { state, reason: format!("hello refused from {}: {}", r.remote_addr, r.message), since: r.at };
+        let state = if r.reason == RejectReason::VersionRefused {
+            Health::VersionRefused
+        } else {
+            Health::Refused
+        };
+        return AgentStatus {
+            state,
+            reason: format!("hello refused from {}: {}", r.remote_addr, r.message),
+            since: r.at,
+        };
     }
     if let Some(a) = f.auth_failure.filter(|a| newer(a.last_at)) {
         return AgentStatus {
@@ -160,13 +181,19 @@ pub fn status(f: &Facts, now: SystemTime, interval: Duration) -> AgentStatus {
         if away <= RECONNECT_GRACE {
             return AgentStatus {
                 state: Health::Reconnecting,
-                reason: format!("{why} at {ended}; expected back within {} s (a restart)", RECONNECT_GRACE.as_secs()),
+                reason: format!(
+                    "{why} at {ended}; expected back within {} s (a restart)",
+                    RECONNECT_GRACE.as_secs()
+                ),
                 since: since_end,
             };
         }
         return AgentStatus {
             state: Health::Gone,
-            reason: format!("{why} at {ended} and not back within {} s", RECONNECT_GRACE.as_secs()),
+            reason: format!(
+                "{why} at {ended} and not back within {} s",
+                RECONNECT_GRACE.as_secs()
+            ),
             since: since_end,
         };
     }
@@ -179,7 +206,10 @@ pub fn status(f: &Facts, now: SystemTime, interval: Duration) -> AgentStatus {
     }
     AgentStatus {
         state: Health::Gone,
-        reason: format!("{why} at {ended}; nothing received for {} ms since {last}", ms(silent)),
+        reason: format!(
+            "{why} at {ended}; nothing received for {} ms since {last}",
+            ms(silent)
+        ),
         since: f.last_seen,
     }
 }
@@ -211,7 +241,13 @@ mod tests {
         assert_eq!(status(&connected, t0 + 2 * HB, HB).state, Health::Connected);
         let s = status(&connected, t0 + 2 * HB + Duration::from_millis(1), HB);
         assert_eq!(s.state, Health::Gone);
-        assert!(s.reason.starts_with("nothing received for 2001 ms (more than 2 heartbeat intervals of 1000 ms)"), "{}", s.reason);
+        assert!(
+            s.reason.starts_with(
+                "nothing received for 2001 ms (more than 2 heartbeat intervals of 1000 ms)"
+            ),
+            "{}",
+            s.reason
+        );
         let dropped = facts(false, t0);
         assert_eq!(status(&dropped, t0 + HB, HB).state, Health::Reconnecting);
         assert_eq!(status(&dropped, t0 + 3 * HB, HB).state, Health::Gone);
@@ -225,13 +261,33 @@ mod tests {
         assert_eq!(status(&f, t0, HB).state, Health::Draining);
         let mut f = facts(false, t0);
         f.said_goodbye = true;
-        assert_eq!(status(&f, t0 + Duration::from_secs(30), HB).state, Health::Reconnecting);
-        assert_eq!(status(&f, t0 + Duration::from_secs(61), HB).state, Health::Gone);
-        let refusal = Refusal { reason: RejectReason::VersionRefused, message: "protocol version 9".into(), at: t0 + HB, remote_addr: "1.2.3.4:5".into() };
+        assert_eq!(
+            status(&f, t0 + Duration::from_secs(30), HB).state,
+            Health::Reconnecting
+        );
+        assert_eq!(
+            status(&f, t0 + Duration::from_secs(61), HB).state,
+            Health::Gone
+        );
+        let refusal = Refusal {
+            reason: RejectReason::VersionRefused,
+            message: "protocol version 9".into(),
+            at: t0 + HB,
+            remote_addr: "1.2.3.4:5".into(),
+        };
         f.refusal = Some(&refusal);
         let s = status(&f, t0 + 2 * HB, HB);
-        assert_eq!((s.state, s.reason.as_str()), (Health::VersionRefused, "hello refused from 1.2.3.4:5: protocol version 9"));
-        let old = Refusal { at: t0 - HB, ..refusal.clone() };
+        assert_eq!(
+            (s.state, s.reason.as_str()),
+            (
+                Health::VersionRefused,
+                "hello refused from 1.2.3.4:5: protocol version 9"
+            )
+        );
+        let old = Refusal {
+            at: t0 - HB,
+            ..refusal.clone()
+        };
         f.refusal = Some(&old);
         let fail = AuthFailure {
             principal: "user \"agent\"".into(),
@@ -243,7 +299,11 @@ mod tests {
         };
         f.auth_failure = Some(&fail);
         let s = status(&f, t0 + 2 * HB, HB);
-        assert_eq!(s.state, Health::AuthFailing, "an older refusal does not hide newer auth failures");
+        assert_eq!(
+            s.state,
+            Health::AuthFailing,
+            "an older refusal does not hide newer auth failures"
+        );
         assert!(s.reason.contains("refused 3 time(s)"), "{}", s.reason);
     }
 }

@@ -47,9 +47,14 @@ impl Watermarks {
     /// sink never sees an offset twice or out of order.
     pub fn filter(&self, records: Vec<Record>) -> Filtered {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut out = Filtered { records: Vec::with_capacity(records.len()), duplicates: 0 };
+        let mut out = Filtered {
+            records: Vec::with_capacity(records.len()),
+            duplicates: 0,
+        };
         for r in records {
-            let n = next.entry(r.partition).or_insert_with(|| self.get(r.partition).unwrap_or(i64::MIN));
+            let n = next
+                .entry(r.partition)
+                .or_insert_with(|| self.get(r.partition).unwrap_or(i64::MIN));
             if r.offset >= *n {
                 *n = r.offset.saturating_add(1);
                 out.records.push(r);
@@ -62,7 +67,10 @@ impl Watermarks {
 
     /// Record that `delivered` reached the sink. Returns the partitions whose
     /// watermark moved, with the new value, for persisting.
-    pub fn advance<'a>(&mut self, delivered: impl IntoIterator<Item = &'a Record>) -> Vec<(i32, i64)> {
+    pub fn advance<'a>(
+        &mut self,
+        delivered: impl IntoIterator<Item = &'a Record>,
+    ) -> Vec<(i32, i64)> {
         let mut moved: BTreeMap<i32, i64> = BTreeMap::new();
         for r in delivered {
             let candidate = r.offset.saturating_add(1);
@@ -82,7 +90,14 @@ mod tests {
 
     fn recs(list: &[(i32, i64)]) -> Vec<Record> {
         list.iter()
-            .map(|&(partition, offset)| Record { partition, offset, timestamp: None, key: None, value: None, headers: vec![] })
+            .map(|&(partition, offset)| Record {
+                partition,
+                offset,
+                timestamp: None,
+                key: None,
+                value: None,
+                headers: vec![],
+            })
             .collect()
     }
 

@@ -45,15 +45,29 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn new(field: &str, value: Option<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        FieldError { field: field.to_owned(), value, problem: problem.into(), fix: fix.into() }
+    pub fn new(
+        field: &str,
+        value: Option<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            field: field.to_owned(),
+            value,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
-            Some(v) => write!(f, "{} = {v:?}: {}; fix: {}", self.field, self.problem, self.fix),
+            Some(v) => write!(
+                f,
+                "{} = {v:?}: {}; fix: {}",
+                self.field, self.problem, self.fix
+            ),
             None => write!(f, "{}: {}; fix: {}", self.field, self.problem, self.fix),
         }
     }
@@ -78,7 +92,9 @@ impl fmt::Display for ValidationError {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl JobDefinition {
@@ -93,60 +109,141 @@ impl JobDefinition {
         let s = &self.spec;
         let val = |v: &str| Some(v.to_owned());
         if !is_name(&s.id) || s.id.len() > MAX_JOB_ID_LEN {
-            e.push(FieldError::new("spec.id", val(&s.id), "is not a valid job id", format!("use 1 to {MAX_JOB_ID_LEN} letters, digits, '.', '_' or '-'")));
+            e.push(FieldError::new(
+                "spec.id",
+                val(&s.id),
+                "is not a valid job id",
+                format!("use 1 to {MAX_JOB_ID_LEN} letters, digits, '.', '_' or '-'"),
+            ));
         }
         if self.group.trim().is_empty() {
-            e.push(FieldError::new("group", val(&self.group), "is empty", "name the agent group that runs this job"));
+            e.push(FieldError::new(
+                "group",
+                val(&self.group),
+                "is empty",
+                "name the agent group that runs this job",
+            ));
         }
         if s.topic.is_empty() {
-            e.push(FieldError::new("spec.topic", val(&s.topic), "is empty", "give the name of the topic (stream) to consume"));
+            e.push(FieldError::new(
+                "spec.topic",
+                val(&s.topic),
+                "is empty",
+                "give the name of the topic (stream) to consume",
+            ));
         } else if !is_name(&s.topic) || s.topic.len() > 249 || s.topic == "." || s.topic == ".." {
-            e.push(FieldError::new("spec.topic", val(&s.topic), "is not a valid Kafka topic name", "use up to 249 letters, digits, '.', '_' or '-'"));
+            e.push(FieldError::new(
+                "spec.topic",
+                val(&s.topic),
+                "is not a valid Kafka topic name",
+                "use up to 249 letters, digits, '.', '_' or '-'",
+            ));
         }
         let servers: Vec<&str> = s.bootstrap_servers.split(',').map(str::trim).collect();
-        if servers.iter().any(|hp| hp.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().map_or(true, |p| p == 0))) {
+        if servers.iter().any(|hp| {
+            hp.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().map_or(true, |p| p == 0))
+        }) {
             e.push(FieldError::new("spec.bootstrap_servers", val(&s.bootstrap_servers), "is not a list of host:port", "give host:port[,host:port...], e.g. cell-1.streaming.eu-frankfurt-1.oci.oraclecloud.com:9092"));
         }
         if s.consumer_group.trim().is_empty() {
-            e.push(FieldError::new("spec.consumer_group", val(&s.consumer_group), "is empty", "name the Kafka consumer group the agents join"));
+            e.push(FieldError::new(
+                "spec.consumer_group",
+                val(&s.consumer_group),
+                "is empty",
+                "name the Kafka consumer group the agents join",
+            ));
         }
         if s.max_records == 0 {
-            e.push(FieldError::new("spec.max_records", val("0"), "is zero", format!("give at least 1 (default {})", crate::protocol::job::defaults::max_records())));
+            e.push(FieldError::new(
+                "spec.max_records",
+                val("0"),
+                "is zero",
+                format!(
+                    "give at least 1 (default {})",
+                    crate::protocol::job::defaults::max_records()
+                ),
+            ));
         }
         let max_bytes_cap = (MAX_FRAME_BYTES / 2) as u32;
         if s.max_bytes == 0 || s.max_bytes > max_bytes_cap {
-            e.push(FieldError::new("spec.max_bytes", Some(s.max_bytes.to_string()), "is out of range", format!("give 1 to {max_bytes_cap} bytes (half the largest frame; default 1048576)")));
+            e.push(FieldError::new(
+                "spec.max_bytes",
+                Some(s.max_bytes.to_string()),
+                "is out of range",
+                format!(
+                    "give 1 to {max_bytes_cap} bytes (half the largest frame; default 1048576)"
+                ),
+            ));
         }
         if s.window == 0 || s.window > MAX_WINDOW {
-            e.push(FieldError::new("spec.window", Some(s.window.to_string()), "is out of range", format!("give 1 to {MAX_WINDOW} batches in flight (default {})", crate::protocol::job::defaults::window())));
+            e.push(FieldError::new(
+                "spec.window",
+                Some(s.window.to_string()),
+                "is out of range",
+                format!(
+                    "give 1 to {MAX_WINDOW} batches in flight (default {})",
+                    crate::protocol::job::defaults::window()
+                ),
+            ));
         }
         match &s.partitions {
             Partitions::List(list) if list.is_empty() => {
-                e.push(FieldError::new("spec.partitions", val("[]"), "is an empty list", "list partition numbers, or give \"all\""));
+                e.push(FieldError::new(
+                    "spec.partitions",
+                    val("[]"),
+                    "is an empty list",
+                    "list partition numbers, or give \"all\"",
+                ));
             }
             Partitions::List(list) if list.iter().any(|p| *p < 0) => {
-                e.push(FieldError::new("spec.partitions", Some(format!("{list:?}")), "holds a negative partition", "partitions are numbered from 0"));
+                e.push(FieldError::new(
+                    "spec.partitions",
+                    Some(format!("{list:?}")),
+                    "holds a negative partition",
+                    "partitions are numbered from 0",
+                ));
             }
             _ => {}
         }
         if let StartPosition::Offsets(map) = &s.start
             && map.iter().any(|(p, o)| *p < 0 || *o < 0)
         {
-            e.push(FieldError::new("spec.start.offsets", Some(format!("{map:?}")), "holds a negative partition or offset", "give non-negative partition numbers and offsets"));
+            e.push(FieldError::new(
+                "spec.start.offsets",
+                Some(format!("{map:?}")),
+                "holds a negative partition or offset",
+                "give non-negative partition numbers and offsets",
+            ));
         }
         self.validate_security(e);
         self.sink.validate(e);
         for field in self.masked_secrets() {
-            e.push(FieldError::new(field, Some(MASK.into()), "holds the mask instead of a value", "give the real value (the mask is only kept when editing an existing job)"));
+            e.push(FieldError::new(
+                field,
+                Some(MASK.into()),
+                "holds the mask instead of a value",
+                "give the real value (the mask is only kept when editing an existing job)",
+            ));
         }
-        if errors.is_empty() { Ok(()) } else { Err(ValidationError(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError(errors))
+        }
     }
 
     fn validate_security(&self, e: &mut Vec<FieldError>) {
         let sec = &self.spec.security;
         let protocol = Some(format!("{:?}", sec.protocol));
-        let uses_sasl = matches!(sec.protocol, SecurityProtocol::SaslSsl | SecurityProtocol::SaslPlaintext);
-        let uses_tls = matches!(sec.protocol, SecurityProtocol::SaslSsl | SecurityProtocol::Ssl);
+        let uses_sasl = matches!(
+            sec.protocol,
+            SecurityProtocol::SaslSsl | SecurityProtocol::SaslPlaintext
+        );
+        let uses_tls = matches!(
+            sec.protocol,
+            SecurityProtocol::SaslSsl | SecurityProtocol::Ssl
+        );
         match &sec.sasl {
             None if uses_sasl => e.push(FieldError::new("spec.security.sasl", None, "is missing but the protocol uses SASL", "give sasl.username and sasl.password (OCI Streaming: <tenancy>/<user>/<stream pool OCID> and an auth token)")),
             Some(_) if !uses_sasl => e.push(FieldError::new("spec.security.protocol", protocol.clone(), "does not use SASL but sasl is set", "set protocol to SASL_SSL, or remove sasl")),
@@ -161,13 +258,28 @@ impl JobDefinition {
             None => {}
         }
         if !uses_tls && (sec.truststore.is_some() || sec.client_key_pem.is_some()) {
-            e.push(FieldError::new("spec.security.protocol", protocol, "does not use TLS but a truststore or client key is set", "set protocol to SSL or SASL_SSL, or remove them"));
+            e.push(FieldError::new(
+                "spec.security.protocol",
+                protocol,
+                "does not use TLS but a truststore or client key is set",
+                "set protocol to SSL or SASL_SSL, or remove them",
+            ));
         }
         if sec.truststore.as_ref().is_some_and(|t| t.data.is_empty()) {
-            e.push(FieldError::new("spec.security.truststore.data", None, "is empty", "paste the PEM text, or the base64 of the JKS/PKCS#12 file"));
+            e.push(FieldError::new(
+                "spec.security.truststore.data",
+                None,
+                "is empty",
+                "paste the PEM text, or the base64 of the JKS/PKCS#12 file",
+            ));
         }
         if sec.client_key_pem.is_some() != sec.client_cert_pem.is_some() {
-            e.push(FieldError::new("spec.security.client_cert_pem", None, "is given without its pair", "give both client_cert_pem and client_key_pem, or neither"));
+            e.push(FieldError::new(
+                "spec.security.client_cert_pem",
+                None,
+                "is given without its pair",
+                "give both client_cert_pem and client_key_pem, or neither",
+            ));
         }
     }
 
@@ -192,7 +304,12 @@ impl JobDefinition {
 
     fn masked_secrets(&self) -> Vec<&'static str> {
         let mut copy = self.clone();
-        let mut fields: Vec<&'static str> = copy.secrets_mut().into_iter().filter(|(_, s)| s.expose() == MASK).map(|(f, _)| f).collect();
+        let mut fields: Vec<&'static str> = copy
+            .secrets_mut()
+            .into_iter()
+            .filter(|(_, s)| s.expose() == MASK)
+            .map(|(f, _)| f)
+            .collect();
         if let SinkConfig::Webhook(w) = &self.sink
             && w.headers.values().any(|v| v.expose() == MASK)
         {
@@ -217,7 +334,11 @@ impl JobDefinition {
     /// put back the secrets still showing the mask from `previous`.
     pub fn unmask_from(&mut self, previous: &JobDefinition) {
         let mut old = previous.clone();
-        let old_secrets: Vec<(&'static str, Secret)> = old.secrets_mut().into_iter().map(|(f, s)| (f, s.clone())).collect();
+        let old_secrets: Vec<(&'static str, Secret)> = old
+            .secrets_mut()
+            .into_iter()
+            .map(|(f, s)| (f, s.clone()))
+            .collect();
         for (field, secret) in self.secrets_mut() {
             if secret.expose() == MASK
                 && let Some((_, old)) = old_secrets.iter().find(|(f, _)| *f == field)
@@ -292,7 +413,12 @@ mod tests {
         assert!(!format!("{d:?}").contains("tok3n"));
         // A masked definition is refused as such...
         let err = r.validate().unwrap_err().to_string();
-        assert!(err.contains("spec.security.sasl.password = \"******\": holds the mask instead of a value"), "{err}");
+        assert!(
+            err.contains(
+                "spec.security.sasl.password = \"******\": holds the mask instead of a value"
+            ),
+            "{err}"
+        );
         // ...and restored from the stored one after a console edit.
         let mut edited = r.clone();
         edited.spec.max_records = 10;
@@ -307,6 +433,9 @@ mod tests {
         let mut d = def(GOOD);
         d.spec.security.sasl = None;
         let err = d.validate().unwrap_err().to_string();
-        assert!(err.contains("spec.security.sasl: is missing but the protocol uses SASL"), "{err}");
+        assert!(
+            err.contains("spec.security.sasl: is missing but the protocol uses SASL"),
+            "{err}"
+        );
     }
 }

@@ -18,7 +18,9 @@ pub mod store;
 pub mod webhook;
 
 pub use definition::{FieldError, JobDefinition, ValidationError};
-pub use pipeline::{Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, SinkErrorReport, SinkState};
+pub use pipeline::{
+    Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, SinkErrorReport, SinkState,
+};
 pub use record::{OutBatch, OutRecord, Payload, ValueFormat};
 pub use sink::{JsonlConfig, Sink, SinkConfig, SinkError};
 pub use store::{Store, StoreError, StoredJob, Upserted};

@@ -72,7 +72,10 @@ pub struct Ack {
 
 impl Ack {
     pub fn to_message(&self) -> ControlMessage {
-        ControlMessage::Ack { job_id: self.job_id.clone(), batch_seq: self.batch_seq }
+        ControlMessage::Ack {
+            job_id: self.job_id.clone(),
+            batch_seq: self.batch_seq,
+        }
     }
 }
 
@@ -82,10 +85,21 @@ impl Ack {
 pub enum DeliveryError {
     #[error("batch {batch_seq} is for unknown job {job_id:?} (deleted or never created)")]
     UnknownJob { job_id: String, batch_seq: u64 },
-    #[error("batch {batch_seq} of job {job_id:?} is from topic {got:?} but the job consumes {expected:?}; the agent runs an outdated job definition")]
-    WrongTopic { job_id: String, batch_seq: u64, expected: String, got: String },
+    #[error(
+        "batch {batch_seq} of job {job_id:?} is from topic {got:?} but the job consumes {expected:?}; the agent runs an outdated job definition"
+    )]
+    WrongTopic {
+        job_id: String,
+        batch_seq: u64,
+        expected: String,
+        got: String,
+    },
     #[error("batch {batch_seq} of job {job_id:?} holds a record with a negative {field}")]
-    InvalidBatch { job_id: String, batch_seq: u64, field: &'static str },
+    InvalidBatch {
+        job_id: String,
+        batch_seq: u64,
+        field: &'static str,
+    },
     #[error("job {job_id:?} was deleted or replaced before batch {batch_seq} was delivered")]
     JobStopped { job_id: String, batch_seq: u64 },
     #[error("shutting down before batch {batch_seq} of job {job_id:?} was delivered")]
@@ -153,7 +167,9 @@ pub struct JobStats {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,9 +240,21 @@ impl Delivery {
         };
         for stored in delivery.inner.store.list_jobs().await? {
             let id = stored.definition.spec.id.clone();
-            let sink = Sink::new(&stored.definition.sink, &delivery.inner.http).map_err(|source| AdminError::Sink { job_id: id.clone(), source })?;
+            let sink =
+                Sink::new(&stored.definition.sink, &delivery.inner.http).map_err(|source| {
+                    AdminError::Sink {
+                        job_id: id.clone(),
+                        source,
+                    }
+                })?;
             let marks = delivery.inner.store.watermarks(&id).await?;
-            delivery.start_worker(ActiveJob { stored, sink: Arc::new(sink) }, marks);
+            delivery.start_worker(
+                ActiveJob {
+                    stored,
+                    sink: Arc::new(sink),
+                },
+                marks,
+            );
         }
         Ok(delivery)
     }
@@ -236,7 +264,12 @@ impl Delivery {
     }
 
     fn handle(&self, job_id: &str) -> Option<Arc<JobHandle>> {
-        self.inner.jobs.read().unwrap_or_else(PoisonError::into_inner).get(job_id).cloned()
+        self.inner
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(job_id)
+            .cloned()
     }
 
     fn stopped(&self, job_id: String, batch_seq: u64) -> DeliveryError {
@@ -247,20 +280,34 @@ impl Delivery {
     /// batches in the order they arrived (one task per agent session does).
     pub async fn deliver(&self, batch: Batch) -> Result<Ack, DeliveryError> {
         let (job_id, batch_seq) = (batch.job_id.clone(), batch.batch_seq);
-        for (field, bad) in [("partition", batch.records.iter().any(|r| r.partition < 0)), ("offset", batch.records.iter().any(|r| r.offset < 0))] {
+        for (field, bad) in [
+            ("partition", batch.records.iter().any(|r| r.partition < 0)),
+            ("offset", batch.records.iter().any(|r| r.offset < 0)),
+        ] {
             if bad {
-                return Err(DeliveryError::InvalidBatch { job_id, batch_seq, field });
+                return Err(DeliveryError::InvalidBatch {
+                    job_id,
+                    batch_seq,
+                    field,
+                });
             }
         }
         if self.inner.shutdown.is_cancelled() {
             return Err(DeliveryError::ShuttingDown { job_id, batch_seq });
         }
-        let handle = self.handle(&job_id).ok_or_else(|| DeliveryError::UnknownJob { job_id: job_id.clone(), batch_seq })?;
+        let handle = self
+            .handle(&job_id)
+            .ok_or_else(|| DeliveryError::UnknownJob {
+                job_id: job_id.clone(),
+                batch_seq,
+            })?;
         let (reply, answer) = oneshot::channel();
         if handle.queue.send(Work { batch, reply }).await.is_err() {
             return Err(self.stopped(job_id, batch_seq));
         }
-        answer.await.unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
+        answer
+            .await
+            .unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
     }
 
     /// Create a job; fails if the id is taken.
@@ -284,23 +331,40 @@ impl Delivery {
         let existing = self.handle(def.id());
         if let Some(h) = &existing {
             if must_be_new {
-                return Err(AdminError::AlreadyExists { job_id: def.spec.id });
+                return Err(AdminError::AlreadyExists {
+                    job_id: def.spec.id,
+                });
             }
             def.unmask_from(&h.config.borrow().stored.definition);
         }
         def.validate()?;
         self.check_path_unique(&def)?;
-        let sink = Sink::new(&def.sink, &self.inner.http).map_err(|source| AdminError::Sink { job_id: def.spec.id.clone(), source })?;
+        let sink = Sink::new(&def.sink, &self.inner.http).map_err(|source| AdminError::Sink {
+            job_id: def.spec.id.clone(),
+            source,
+        })?;
         let up = if must_be_new {
-            let job = self.inner.store.insert_job(def).await.map_err(|e| match e {
-                StoreError::AlreadyExists { job_id } => AdminError::AlreadyExists { job_id },
-                e => e.into(),
-            })?;
-            Upserted { job, created: true, watermarks_cleared: false }
+            let job = self
+                .inner
+                .store
+                .insert_job(def)
+                .await
+                .map_err(|e| match e {
+                    StoreError::AlreadyExists { job_id } => AdminError::AlreadyExists { job_id },
+                    e => e.into(),
+                })?;
+            Upserted {
+                job,
+                created: true,
+                watermarks_cleared: false,
+            }
         } else {
             self.inner.store.upsert_job(def).await?
         };
-        let active = ActiveJob { stored: up.job.clone(), sink: Arc::new(sink) };
+        let active = ActiveJob {
+            stored: up.job.clone(),
+            sink: Arc::new(sink),
+        };
         match existing {
             Some(h) if !up.watermarks_cleared => {
                 info!(job = %up.job.definition.spec.id, "job definition replaced");
@@ -312,7 +376,11 @@ impl Delivery {
                 self.start_worker(active, BTreeMap::new());
             }
             None => {
-                let marks = self.inner.store.watermarks(&up.job.definition.spec.id).await?;
+                let marks = self
+                    .inner
+                    .store
+                    .watermarks(&up.job.definition.spec.id)
+                    .await?;
                 self.start_worker(active, marks);
             }
         }
@@ -320,14 +388,23 @@ impl Delivery {
     }
 
     fn check_path_unique(&self, def: &JobDefinition) -> Result<(), AdminError> {
-        let SinkConfig::Jsonl(mine) = &def.sink else { return Ok(()) };
-        let jobs = self.inner.jobs.read().unwrap_or_else(PoisonError::into_inner);
+        let SinkConfig::Jsonl(mine) = &def.sink else {
+            return Ok(());
+        };
+        let jobs = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         for (id, h) in jobs.iter() {
             if id != def.id()
                 && let SinkConfig::Jsonl(theirs) = &h.config.borrow().stored.definition.sink
                 && theirs.path == mine.path
             {
-                return Err(AdminError::SinkPathInUse { path: mine.path.display().to_string(), other: id.clone() });
+                return Err(AdminError::SinkPathInUse {
+                    path: mine.path.display().to_string(),
+                    other: id.clone(),
+                });
             }
         }
         Ok(())
@@ -337,8 +414,17 @@ impl Delivery {
     /// progress first, so nothing reaches the sink after this returns.
     pub async fn delete_job(&self, job_id: &str) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
-        let handle = self.inner.jobs.write().unwrap_or_else(PoisonError::into_inner).remove(job_id);
-        let Some(handle) = handle else { return Err(AdminError::NotFound { job_id: job_id.to_owned() }) };
+        let handle = self
+            .inner
+            .jobs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(job_id);
+        let Some(handle) = handle else {
+            return Err(AdminError::NotFound {
+                job_id: job_id.to_owned(),
+            });
+        };
         stop_worker(&handle).await;
         self.inner.store.delete_job(job_id).await?;
         info!(job = %job_id, "job deleted");
@@ -349,14 +435,19 @@ impl Delivery {
     /// in flight are still delivered).
     pub async fn set_paused(&self, job_id: &str, paused: bool) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
-        let handle = self.handle(job_id).ok_or_else(|| AdminError::NotFound { job_id: job_id.to_owned() })?;
+        let handle = self.handle(job_id).ok_or_else(|| AdminError::NotFound {
+            job_id: job_id.to_owned(),
+        })?;
         self.inner.store.set_paused(job_id, paused).await?;
         // Not a sink change: do not wake a worker waiting to retry.
         handle.config.send_if_modified(|active| {
             let mut stored = active.stored.clone();
             stored.definition.paused = paused;
             stored.updated_at_ms = now_ms();
-            *active = Arc::new(ActiveJob { stored, sink: active.sink.clone() });
+            *active = Arc::new(ActiveJob {
+                stored,
+                sink: active.sink.clone(),
+            });
             false
         });
         Ok(())
@@ -368,7 +459,9 @@ impl Delivery {
     /// partitions' watermarks again.
     pub async fn reset_watermarks(&self, job_id: &str) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
-        let handle = self.handle(job_id).ok_or_else(|| AdminError::NotFound { job_id: job_id.to_owned() })?;
+        let handle = self.handle(job_id).ok_or_else(|| AdminError::NotFound {
+            job_id: job_id.to_owned(),
+        })?;
         *lock(&handle.shared.watermarks) = Watermarks::default();
         self.inner.store.clear_watermarks(job_id).await?;
         info!(job = %job_id, "watermarks reset");
@@ -377,13 +470,21 @@ impl Delivery {
 
     /// The job's stored definition (with secrets: redact before showing).
     pub fn job(&self, job_id: &str) -> Option<StoredJob> {
-        self.handle(job_id).map(|h| h.config.borrow().stored.clone())
+        self.handle(job_id)
+            .map(|h| h.config.borrow().stored.clone())
     }
 
     /// Every job, ordered by id.
     pub fn jobs(&self) -> Vec<StoredJob> {
-        let jobs = self.inner.jobs.read().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<StoredJob> = jobs.values().map(|h| h.config.borrow().stored.clone()).collect();
+        let jobs = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<StoredJob> = jobs
+            .values()
+            .map(|h| h.config.borrow().stored.clone())
+            .collect();
         all.sort_by(|a, b| a.definition.spec.id.cmp(&b.definition.spec.id));
         all
     }
@@ -409,7 +510,10 @@ impl Delivery {
         let job_id = active.stored.definition.spec.id.clone();
         let (queue, rx) = mpsc::channel(self.inner.options.queue_per_job.max(1));
         let (config, config_rx) = watch::channel(Arc::new(active));
-        let shared = Arc::new(JobShared { stats: Mutex::new(JobStats::default()), watermarks: Mutex::new(Watermarks::new(marks)) });
+        let shared = Arc::new(JobShared {
+            stats: Mutex::new(JobStats::default()),
+            watermarks: Mutex::new(Watermarks::new(marks)),
+        });
         let cancel = self.inner.shutdown.child_token();
         let worker = Worker {
             job_id: job_id.clone(),
@@ -423,8 +527,18 @@ impl Delivery {
         };
         let span = tracing::info_span!("job", job = %job_id);
         let join = self.inner.tasks.spawn(worker.run(rx).instrument(span));
-        let handle = Arc::new(JobHandle { queue, config, shared, cancel, worker: Mutex::new(Some(join)) });
-        self.inner.jobs.write().unwrap_or_else(PoisonError::into_inner).insert(job_id, handle);
+        let handle = Arc::new(JobHandle {
+            queue,
+            config,
+            shared,
+            cancel,
+            worker: Mutex::new(Some(join)),
+        });
+        self.inner
+            .jobs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job_id, handle);
     }
 }
 
@@ -477,19 +591,34 @@ impl Worker {
         }
         queue.close();
         while let Ok(work) = queue.try_recv() {
-            let _ = work.reply.send(Err(stop_reason(&self.shutdown, work.batch.job_id, work.batch.batch_seq)));
+            let _ = work.reply.send(Err(stop_reason(
+                &self.shutdown,
+                work.batch.job_id,
+                work.batch.batch_seq,
+            )));
         }
     }
 
     async fn process(&mut self, batch: Batch) -> Result<Ack, DeliveryError> {
-        let Batch { job_id, batch_seq, topic, records } = batch;
+        let Batch {
+            job_id,
+            batch_seq,
+            topic,
+            records,
+        } = batch;
         let expected = self.config.borrow().stored.definition.spec.topic.clone();
         if topic != expected {
-            return Err(DeliveryError::WrongTopic { job_id, batch_seq, expected, got: topic });
+            return Err(DeliveryError::WrongTopic {
+                job_id,
+                batch_seq,
+                expected,
+                got: topic,
+            });
         }
         let filtered = lock(&self.shared.watermarks).filter(records);
         if !filtered.records.is_empty() {
-            self.deliver_with_retries(&topic, batch_seq, &filtered.records).await?;
+            self.deliver_with_retries(&topic, batch_seq, &filtered.records)
+                .await?;
             let moved = lock(&self.shared.watermarks).advance(&filtered.records);
             self.save_watermarks(moved).await;
         }
@@ -500,17 +629,32 @@ impl Worker {
         if !filtered.records.is_empty() {
             stats.last_delivered_at_ms = Some(now_ms());
         }
-        Ok(Ack { job_id, batch_seq, delivered: filtered.records.len(), duplicates: filtered.duplicates })
+        Ok(Ack {
+            job_id,
+            batch_seq,
+            delivered: filtered.records.len(),
+            duplicates: filtered.duplicates,
+        })
     }
 
-    async fn deliver_with_retries(&mut self, topic: &str, batch_seq: u64, records: &[Record]) -> Result<(), DeliveryError> {
+    async fn deliver_with_retries(
+        &mut self,
+        topic: &str,
+        batch_seq: u64,
+        records: &[Record],
+    ) -> Result<(), DeliveryError> {
         let mut backoff = Backoff::new(self.options.retry_base, self.options.retry_cap);
         loop {
             let active = self.config.borrow_and_update().clone();
             // Built per attempt: a value format changed meanwhile applies.
             // The discard sink never looks at records: no encoding for it.
             let batch = if active.sink.reads_records() {
-                OutBatch::new(&self.job_id, topic, records, active.stored.definition.value_format)
+                OutBatch::new(
+                    &self.job_id,
+                    topic,
+                    records,
+                    active.stored.definition.value_format,
+                )
             } else {
                 OutBatch::bare(&self.job_id, topic)
             };
@@ -523,7 +667,10 @@ impl Worker {
             };
             let retryable = err.is_retryable();
             let delay = if retryable {
-                let asked = err.retry_after().unwrap_or_default().min(self.options.retry_cap);
+                let asked = err
+                    .retry_after()
+                    .unwrap_or_default()
+                    .min(self.options.retry_cap);
                 backoff.next_delay().max(asked)
             } else {
                 self.options.permanent_retry_interval
@@ -531,8 +678,16 @@ impl Worker {
             {
                 let mut stats = lock(&self.shared.stats);
                 stats.sink_errors += 1;
-                stats.sink_state = if retryable { SinkState::Retrying } else { SinkState::Failed };
-                stats.last_sink_error = Some(SinkErrorReport { message: err.to_string(), retryable, at_ms: now_ms() });
+                stats.sink_state = if retryable {
+                    SinkState::Retrying
+                } else {
+                    SinkState::Failed
+                };
+                stats.last_sink_error = Some(SinkErrorReport {
+                    message: err.to_string(),
+                    retryable,
+                    at_ms: now_ms(),
+                });
             }
             warn!(%err, batch_seq, records = records.len(), retryable, retry_in = ?delay, "sink did not accept batch");
             tokio::select! {

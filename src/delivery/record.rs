@@ -56,7 +56,11 @@ impl Payload {
             let doc = bytes.slice_ref(raw.get().as_bytes());
             return Payload::Json(single_line(doc));
         }
-        if std::str::from_utf8(&bytes).is_ok() { Payload::Text(bytes) } else { Payload::Binary(bytes) }
+        if std::str::from_utf8(&bytes).is_ok() {
+            Payload::Text(bytes)
+        } else {
+            Payload::Binary(bytes)
+        }
     }
 
     /// The `*_encoding` field written beside this payload; `None` for JSON.
@@ -73,7 +77,10 @@ fn single_line(doc: Bytes) -> Bytes {
     if !doc.iter().any(|&b| b == b'\n' || b == b'\r') {
         return doc;
     }
-    let v: Vec<u8> = doc.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }).collect();
+    let v: Vec<u8> = doc
+        .iter()
+        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+        .collect();
     Bytes::from(v)
 }
 
@@ -137,7 +144,11 @@ pub struct OutBatch {
 impl OutBatch {
     /// A batch without records, for a sink that does not look at them.
     pub fn bare(job_id: &str, topic: &str) -> OutBatch {
-        OutBatch { job_id: job_id.to_owned(), topic: topic.to_owned(), records: Vec::new() }
+        OutBatch {
+            job_id: job_id.to_owned(),
+            topic: topic.to_owned(),
+            records: Vec::new(),
+        }
     }
 
     pub fn new(job_id: &str, topic: &str, records: &[Record], format: ValueFormat) -> OutBatch {
@@ -182,7 +193,10 @@ impl OutBatch {
             Some(Payload::Binary(b)) => b.len() * 4 / 3 + 8,
             None => 4,
         };
-        self.records.iter().map(|r| 120 + self.topic.len() + size(&r.key) + size(&r.value)).sum()
+        self.records
+            .iter()
+            .map(|r| 120 + self.topic.len() + size(&r.key) + size(&r.value))
+            .sum()
     }
 }
 
@@ -191,7 +205,11 @@ pub fn write_record(out: &mut Vec<u8>, topic: &str, r: &OutRecord) {
     out.extend_from_slice(b"{\"topic\":");
     push_str(out, topic);
     // Writing into a Vec cannot fail; no String per field.
-    let _ = write!(out, ",\"partition\":{},\"offset\":{},\"timestamp\":", r.partition, r.offset);
+    let _ = write!(
+        out,
+        ",\"partition\":{},\"offset\":{},\"timestamp\":",
+        r.partition, r.offset
+    );
     match r.timestamp {
         Some(ts) => {
             let _ = write!(out, "{ts}");
@@ -260,7 +278,11 @@ mod tests {
             timestamp: Some(5),
             key: Some(Bytes::from_static(b"k")),
             value: value.map(Bytes::from_static),
-            headers: vec![("h".into(), Some(Bytes::from_static(b"v"))), ("bin".into(), Some(Bytes::from_static(&[0xff]))), ("n".into(), None)],
+            headers: vec![
+                ("h".into(), Some(Bytes::from_static(b"v"))),
+                ("bin".into(), Some(Bytes::from_static(&[0xff]))),
+                ("n".into(), None),
+            ],
         }
     }
 
@@ -285,8 +307,14 @@ mod tests {
 
     #[test]
     fn text_binary_and_null_values_are_marked() {
-        assert!(line(Some(b"hello"), ValueFormat::Raw).ends_with(r#""value_encoding":"string","value":"hello"}"#));
-        assert!(line(Some(&[0, 159, 146, 150]), ValueFormat::Raw).ends_with(r#""value_encoding":"base64","value":"AJ+Slg=="}"#));
+        assert!(
+            line(Some(b"hello"), ValueFormat::Raw)
+                .ends_with(r#""value_encoding":"string","value":"hello"}"#)
+        );
+        assert!(
+            line(Some(&[0, 159, 146, 150]), ValueFormat::Raw)
+                .ends_with(r#""value_encoding":"base64","value":"AJ+Slg=="}"#)
+        );
         assert!(line(None, ValueFormat::Raw).ends_with(r#""value":null}"#));
         // A JSON string stays a JSON string, distinct from bare text.
         assert!(line(Some(br#""hello""#), ValueFormat::Raw).ends_with(r#""value":"hello"}"#));
@@ -302,22 +330,40 @@ mod tests {
     #[test]
     fn big_numbers_keep_their_digits() {
         let l = line(Some(b"123456789012345678901234567890"), ValueFormat::Raw);
-        assert!(l.ends_with("\"value\":123456789012345678901234567890}"), "{l}");
+        assert!(
+            l.ends_with("\"value\":123456789012345678901234567890}"),
+            "{l}"
+        );
     }
 
     #[test]
     fn connect_envelope_is_unwrapped_only_when_asked_and_only_when_exact() {
-        let env: &'static [u8] = br#"{"schema":{"type":"struct","fields":[]},"payload":{"ID":1,"USERNAME":"jdoe"}}"#;
-        assert!(line(Some(env), ValueFormat::ConnectPayload).ends_with(r#""value":{"ID":1,"USERNAME":"jdoe"}}"#));
+        let env: &'static [u8] =
+            br#"{"schema":{"type":"struct","fields":[]},"payload":{"ID":1,"USERNAME":"jdoe"}}"#;
+        assert!(
+            line(Some(env), ValueFormat::ConnectPayload)
+                .ends_with(r#""value":{"ID":1,"USERNAME":"jdoe"}}"#)
+        );
         assert!(line(Some(env), ValueFormat::Raw).contains(r#""value":{"schema":"#));
         let extra: &'static [u8] = br#"{"schema":1,"payload":2,"other":3}"#;
-        assert!(line(Some(extra), ValueFormat::ConnectPayload).ends_with(r#""value":{"schema":1,"payload":2,"other":3}}"#));
-        assert!(line(Some(b"not json"), ValueFormat::ConnectPayload).ends_with(r#""value":"not json"}"#));
+        assert!(
+            line(Some(extra), ValueFormat::ConnectPayload)
+                .ends_with(r#""value":{"schema":1,"payload":2,"other":3}}"#)
+        );
+        assert!(
+            line(Some(b"not json"), ValueFormat::ConnectPayload)
+                .ends_with(r#""value":"not json"}"#)
+        );
     }
 
     #[test]
     fn webhook_body_wraps_records() {
-        let batch = OutBatch::new("j", "t", &[rec(Some(b"1")), rec(Some(b"2"))], ValueFormat::Raw);
+        let batch = OutBatch::new(
+            "j",
+            "t",
+            &[rec(Some(b"1")), rec(Some(b"2"))],
+            ValueFormat::Raw,
+        );
         let v: serde_json::Value = serde_json::from_slice(&batch.to_webhook_body()).unwrap();
         assert_eq!(v["job_id"], "j");
         assert_eq!(v["topic"], "t");

@@ -88,17 +88,36 @@ pub enum SinkError {
     #[error("cannot write {path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("webhook {url} unreachable: {message}")]
-    Transport { url: String, message: String, timeout: bool },
+    Transport {
+        url: String,
+        message: String,
+        timeout: bool,
+    },
     #[error("webhook {url} answered HTTP {status}{}", body_suffix(.body))]
-    Status { url: String, status: u16, body: String, retry_after: Option<Duration> },
-    #[error("webhook {url} answered a redirect (HTTP {status}) to {location}; set the sink URL to the final address")]
-    Redirect { url: String, status: u16, location: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "webhook {url} answered a redirect (HTTP {status}) to {location}; set the sink URL to the final address"
+    )]
+    Redirect {
+        url: String,
+        status: u16,
+        location: String,
+    },
     #[error("sink cannot be built: {0}")]
     Config(String),
 }
 
 fn body_suffix(body: &str) -> String {
-    if body.is_empty() { String::new() } else { format!(": {body}") }
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
 }
 
 impl SinkError {
@@ -109,7 +128,10 @@ impl SinkError {
         match self {
             SinkError::Io { source, .. } => !matches!(
                 source.kind(),
-                io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound | io::ErrorKind::IsADirectory | io::ErrorKind::ReadOnlyFilesystem
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::NotFound
+                    | io::ErrorKind::IsADirectory
+                    | io::ErrorKind::ReadOnlyFilesystem
             ),
             SinkError::Transport { .. } => true,
             SinkError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
@@ -138,7 +160,10 @@ impl Sink {
     /// Build a sink. `http` is the shared client for webhooks.
     pub fn new(config: &SinkConfig, http: &reqwest::Client) -> Result<Sink, SinkError> {
         Ok(match config {
-            SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink { path: c.path.clone(), fsync: c.fsync }),
+            SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink {
+                path: c.path.clone(),
+                fsync: c.fsync,
+            }),
             SinkConfig::Webhook(c) => Sink::Webhook(WebhookSink::new(c, http.clone())?),
             SinkConfig::Discard => Sink::Discard,
         })
@@ -173,9 +198,14 @@ impl JsonlSink {
         let fsync = self.fsync;
         // File I/O blocks; it runs on the blocking pool and always finishes,
         // even if the caller stops waiting, so no half batch is left behind.
-        tokio::task::spawn_blocking(move || append(&path, &lines, fsync).map_err(|source| SinkError::Io { path: path.display().to_string(), source }))
-            .await
-            .map_err(|e| SinkError::Config(format!("file writer task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            append(&path, &lines, fsync).map_err(|source| SinkError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| SinkError::Config(format!("file writer task failed: {e}")))?
     }
 }
 
@@ -184,9 +214,15 @@ impl JsonlSink {
 /// back to its previous length, so a retry never leaves a torn line.
 fn append(path: &Path, data: &[u8], fsync: bool) -> io::Result<()> {
     let existed = path.exists();
-    let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     let start = file.metadata()?.len();
-    let written = file.write_all(data).and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+    let written = file
+        .write_all(data)
+        .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
     if let Err(err) = written {
         let _ = file.set_len(start);
         return Err(err);
@@ -206,26 +242,46 @@ mod tests {
 
     #[test]
     fn sink_config_is_tagged_by_kind_and_rejects_unknown_keys() {
-        let c: SinkConfig = serde_json::from_str(r#"{"kind":"jsonl","path":"/tmp/x.jsonl"}"#).unwrap();
-        assert_eq!(c, SinkConfig::Jsonl(JsonlConfig { path: "/tmp/x.jsonl".into(), fsync: true }));
+        let c: SinkConfig =
+            serde_json::from_str(r#"{"kind":"jsonl","path":"/tmp/x.jsonl"}"#).unwrap();
+        assert_eq!(
+            c,
+            SinkConfig::Jsonl(JsonlConfig {
+                path: "/tmp/x.jsonl".into(),
+                fsync: true
+            })
+        );
         let c: SinkConfig = serde_json::from_str(r#"{"kind":"discard"}"#).unwrap();
         assert_eq!(c, SinkConfig::Discard);
-        let err = serde_json::from_str::<SinkConfig>(r#"{"kind":"jsonl","path":"/x","fsynk":false}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<SinkConfig>(r#"{"kind":"jsonl","path":"/x","fsynk":false}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("unknown field `fsynk`"), "{err}");
         let err = serde_json::from_str::<SinkConfig>(r#"{"kind":"kafka"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown variant `kafka`"), "{err}");
-        assert_eq!(serde_json::to_string(&SinkConfig::Discard).unwrap(), r#"{"kind":"discard"}"#);
+        assert_eq!(
+            serde_json::to_string(&SinkConfig::Discard).unwrap(),
+            r#"{"kind":"discard"}"#
+        );
     }
 
     #[test]
     fn retryable_classification() {
-        let status = |status| SinkError::Status { url: "u".into(), status, body: String::new(), retry_after: None };
+        let status = |status| SinkError::Status {
+            url: "u".into(),
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
         assert!(status(503).is_retryable());
         assert!(status(408).is_retryable());
         assert!(status(429).is_retryable());
         assert!(!status(400).is_retryable());
         assert!(!status(404).is_retryable());
-        let io = |kind| SinkError::Io { path: "p".into(), source: io::Error::from(kind) };
+        let io = |kind| SinkError::Io {
+            path: "p".into(),
+            source: io::Error::from(kind),
+        };
         assert!(!io(io::ErrorKind::PermissionDenied).is_retryable());
         assert!(io(io::ErrorKind::StorageFull).is_retryable());
     }
@@ -238,6 +294,9 @@ mod tests {
         append(&path, b"a\n", true).unwrap();
         append(&path, b"b\n", false).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

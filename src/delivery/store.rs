@@ -53,13 +53,24 @@ CREATE TABLE IF NOT EXISTS watermarks (
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("job store {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("job store: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("job store {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}; run a newer control plane")]
+    #[error(
+        "job store {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}; run a newer control plane"
+    )]
     NewerSchema { path: String, found: i64 },
-    #[error("job store: job {job_id:?} has an unreadable {column}: {message}; fix or delete the job")]
-    Corrupt { job_id: String, column: &'static str, message: String },
+    #[error(
+        "job store: job {job_id:?} has an unreadable {column}: {message}; fix or delete the job"
+    )]
+    Corrupt {
+        job_id: String,
+        column: &'static str,
+        message: String,
+    },
     #[error("job {job_id:?} already exists")]
     AlreadyExists { job_id: String },
     #[error("job store thread has stopped")]
@@ -101,7 +112,9 @@ impl std::fmt::Debug for Store {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
@@ -156,12 +169,18 @@ impl Store {
     }
 
     /// Run `f` on the store thread.
-    async fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static) -> Result<R, StoreError> {
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
         let call: Call = Box::new(move |conn| {
             let _ = tx.send(f(conn));
         });
-        self.calls.send(call).await.map_err(|_| StoreError::Closed)?;
+        self.calls
+            .send(call)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -170,7 +189,9 @@ impl Store {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             if read_job(&tx, &def.spec.id)?.is_some() {
-                return Err(StoreError::AlreadyExists { job_id: def.spec.id.clone() });
+                return Err(StoreError::AlreadyExists {
+                    job_id: def.spec.id.clone(),
+                });
             }
             let job = write_job(&tx, def, None)?;
             tx.commit()?;
@@ -186,15 +207,23 @@ impl Store {
             let tx = conn.transaction()?;
             let old = read_job(&tx, &def.spec.id)?;
             let watermarks_cleared = old.as_ref().is_some_and(|o| {
-                o.definition.spec.topic != def.spec.topic || o.definition.spec.bootstrap_servers != def.spec.bootstrap_servers
+                o.definition.spec.topic != def.spec.topic
+                    || o.definition.spec.bootstrap_servers != def.spec.bootstrap_servers
             });
             if watermarks_cleared {
-                tx.execute("DELETE FROM watermarks WHERE job_id = ?1", params![def.spec.id])?;
+                tx.execute(
+                    "DELETE FROM watermarks WHERE job_id = ?1",
+                    params![def.spec.id],
+                )?;
             }
             let created = old.is_none();
             let job = write_job(&tx, def, old.map(|o| o.created_at_ms))?;
             tx.commit()?;
-            Ok(Upserted { job, created, watermarks_cleared })
+            Ok(Upserted {
+                job,
+                created,
+                watermarks_cleared,
+            })
         })
         .await
     }
@@ -231,7 +260,10 @@ impl Store {
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            let n = conn.execute("UPDATE jobs SET paused = ?2, updated_at_ms = ?3 WHERE id = ?1", params![id, paused, now_ms()])?;
+            let n = conn.execute(
+                "UPDATE jobs SET paused = ?2, updated_at_ms = ?3 WHERE id = ?1",
+                params![id, paused, now_ms()],
+            )?;
             Ok(n > 0)
         })
         .await
@@ -239,7 +271,11 @@ impl Store {
 
     /// Store watermarks (`partition`, next offset) of a job in one
     /// transaction. Ignored if the job no longer exists.
-    pub async fn set_watermarks(&self, job_id: &str, marks: Vec<(i32, i64)>) -> Result<(), StoreError> {
+    pub async fn set_watermarks(
+        &self,
+        job_id: &str,
+        marks: Vec<(i32, i64)>,
+    ) -> Result<(), StoreError> {
         if marks.is_empty() {
             return Ok(());
         }
@@ -267,8 +303,11 @@ impl Store {
     pub async fn watermarks(&self, job_id: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         let job_id = job_id.to_owned();
         self.call(move |conn| {
-            let mut stmt = conn.prepare("SELECT partition, next_offset FROM watermarks WHERE job_id = ?1")?;
-            let rows = stmt.query_map(params![job_id], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut stmt =
+                conn.prepare("SELECT partition, next_offset FROM watermarks WHERE job_id = ?1")?;
+            let rows = stmt.query_map(params![job_id], |r| {
+                Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?))
+            })?;
             Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
         })
         .await
@@ -287,14 +326,23 @@ impl Store {
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let shown = path.display().to_string();
-    let io = |source| StoreError::Io { path: shown.clone(), source };
+    let io = |source| StoreError::Io {
+        path: shown.clone(),
+        source,
+    };
     // Create the file ourselves with 0600 before SQLite does (it would use
     // the umask); tighten an existing file too.
-    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
     let mode = file.metadata().map_err(io)?.permissions().mode();
     if mode & 0o077 != 0 {
         tracing::warn!(path = %shown, mode = format!("{:o}", mode & 0o777), "job store was readable by others; setting mode 0600");
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
     drop(file);
     let conn = Connection::open(path)?;
@@ -304,7 +352,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", true)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { path: shown, found: version });
+        return Err(StoreError::NewerSchema {
+            path: shown,
+            found: version,
+        });
     }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -320,13 +371,20 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// warning) if it cannot start: the writer then keeps checkpointing itself.
 fn checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let conn = Connection::open(path).and_then(|c| c.busy_timeout(std::time::Duration::from_secs(5)).map(|()| c));
+    let conn = Connection::open(path).and_then(|c| {
+        c.busy_timeout(std::time::Duration::from_secs(5))
+            .map(|()| c)
+    });
     let started = conn.map_err(|e| e.to_string()).and_then(|conn| {
         std::thread::Builder::new()
             .name("delivery-store-checkpoint".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(err) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
                         tracing::warn!(%err, "WAL checkpoint failed; retried in a second");
                     }
                 }
@@ -345,15 +403,41 @@ fn checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
 type RowFields = (String, String, String, String, String, bool, i64, i64);
 
 fn row_fields(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowFields> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
 }
 
-fn decode_job((id, group, spec, sink, value_format, paused, created_at_ms, updated_at_ms): RowFields) -> Result<StoredJob, StoreError> {
-    let corrupt = |column, e: serde_json::Error| StoreError::Corrupt { job_id: id.clone(), column, message: e.to_string() };
+fn decode_job(
+    (id, group, spec, sink, value_format, paused, created_at_ms, updated_at_ms): RowFields,
+) -> Result<StoredJob, StoreError> {
+    let corrupt = |column, e: serde_json::Error| StoreError::Corrupt {
+        job_id: id.clone(),
+        column,
+        message: e.to_string(),
+    };
     let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| corrupt("spec", e))?;
     let sink: SinkConfig = serde_json::from_str(&sink).map_err(|e| corrupt("sink", e))?;
-    let value_format: ValueFormat = serde_json::from_value(serde_json::Value::String(value_format)).map_err(|e| corrupt("value_format", e))?;
-    Ok(StoredJob { definition: JobDefinition { spec, group, sink, value_format, paused }, created_at_ms, updated_at_ms })
+    let value_format: ValueFormat = serde_json::from_value(serde_json::Value::String(value_format))
+        .map_err(|e| corrupt("value_format", e))?;
+    Ok(StoredJob {
+        definition: JobDefinition {
+            spec,
+            group,
+            sink,
+            value_format,
+            paused,
+        },
+        created_at_ms,
+        updated_at_ms,
+    })
 }
 
 fn read_job(conn: &Connection, id: &str) -> Result<Option<StoredJob>, StoreError> {
@@ -367,9 +451,17 @@ fn read_job(conn: &Connection, id: &str) -> Result<Option<StoredJob>, StoreError
     row.map(decode_job).transpose()
 }
 
-fn write_job(conn: &Connection, def: JobDefinition, created_at_ms: Option<i64>) -> Result<StoredJob, StoreError> {
+fn write_job(
+    conn: &Connection,
+    def: JobDefinition,
+    created_at_ms: Option<i64>,
+) -> Result<StoredJob, StoreError> {
     let encode = |column, r: Result<String, serde_json::Error>| {
-        r.map_err(|e| StoreError::Corrupt { job_id: def.spec.id.clone(), column, message: e.to_string() })
+        r.map_err(|e| StoreError::Corrupt {
+            job_id: def.spec.id.clone(),
+            column,
+            message: e.to_string(),
+        })
     };
     let spec = encode("spec", serde_json::to_string(&def.spec))?;
     let sink = encode("sink", serde_json::to_string(&def.sink))?;
@@ -386,7 +478,11 @@ fn write_job(conn: &Connection, def: JobDefinition, created_at_ms: Option<i64>) 
              value_format = excluded.value_format, paused = excluded.paused, updated_at_ms = excluded.updated_at_ms",
         params![def.spec.id, def.group, spec, sink, value_format, def.paused, created, now],
     )?;
-    Ok(StoredJob { definition: def, created_at_ms: created, updated_at_ms: now })
+    Ok(StoredJob {
+        definition: def,
+        created_at_ms: created,
+        updated_at_ms: now,
+    })
 }
 
 #[cfg(test)]
@@ -407,11 +503,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).await.unwrap();
         store.insert_job(job("a", "t")).await.unwrap();
-        assert!(matches!(store.insert_job(job("a", "t")).await, Err(StoreError::AlreadyExists { .. })));
-        store.set_watermarks("a", vec![(0, 10), (1, 3)]).await.unwrap();
+        assert!(matches!(
+            store.insert_job(job("a", "t")).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        store
+            .set_watermarks("a", vec![(0, 10), (1, 3)])
+            .await
+            .unwrap();
         store.set_watermarks("a", vec![(0, 12)]).await.unwrap();
         store.set_watermarks("ghost", vec![(0, 1)]).await.unwrap();
-        assert_eq!(store.watermarks("a").await.unwrap(), BTreeMap::from([(0, 12), (1, 3)]));
+        assert_eq!(
+            store.watermarks("a").await.unwrap(),
+            BTreeMap::from([(0, 12), (1, 3)])
+        );
         assert!(store.watermarks("ghost").await.unwrap().is_empty());
 
         // Same topic: watermarks kept. New topic: cleared.
@@ -424,7 +529,10 @@ mod tests {
         assert!(store.set_paused("a", true).await.unwrap());
         let got = store.get_job("a").await.unwrap().unwrap();
         assert!(got.definition.paused);
-        assert_eq!(got.definition.spec.security.sasl.unwrap().password.expose(), "pw");
+        assert_eq!(
+            got.definition.spec.security.sasl.unwrap().password.expose(),
+            "pw"
+        );
 
         store.set_watermarks("a", vec![(0, 5)]).await.unwrap();
         assert!(store.delete_job("a").await.unwrap());
@@ -442,14 +550,24 @@ mod tests {
         let store = Store::open(&path).await.unwrap();
         store.insert_job(job("a", "t")).await.unwrap();
         for f in ["s.db", "s.db-wal"] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
     }
 
     #[tokio::test]
     async fn missing_directory_is_named() {
-        let err = Store::open("/nonexistent-dir-for-test/s.db").await.unwrap_err().to_string();
-        assert!(err.starts_with("job store /nonexistent-dir-for-test/s.db: "), "{err}");
+        let err = Store::open("/nonexistent-dir-for-test/s.db")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("job store /nonexistent-dir-for-test/s.db: "),
+            "{err}"
+        );
     }
 }

@@ -22,7 +22,14 @@ use url::{Host, Url};
 pub const MAX_TIMEOUT_MS: u64 = 300_000;
 
 /// Headers the sink sets itself.
-const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "transfer-encoding", "connection", "idempotency-key"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "idempotency-key",
+];
 
 /// Most of an error response body kept in the error message.
 const BODY_EXCERPT: usize = 300;
@@ -77,11 +84,21 @@ impl WebhookConfig {
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
         let shown = Some(shown_url(&self.url));
         match Url::parse(&self.url) {
-            Err(e) => errors.push(FieldError::new("sink.url", shown, format!("is not a URL ({e})"), "give a full URL such as https://hooks.example.com/kafka")),
+            Err(e) => errors.push(FieldError::new(
+                "sink.url",
+                shown,
+                format!("is not a URL ({e})"),
+                "give a full URL such as https://hooks.example.com/kafka",
+            )),
             Ok(url) => {
                 let plain_ok = url.scheme() == "http" && is_loopback(&url);
                 if url.scheme() != "https" && url.scheme() != "http" {
-                    errors.push(FieldError::new("sink.url", shown.clone(), format!("uses {}://", url.scheme()), "use https://"));
+                    errors.push(FieldError::new(
+                        "sink.url",
+                        shown.clone(),
+                        format!("uses {}://", url.scheme()),
+                        "use https://",
+                    ));
                 } else if url.scheme() != "https" && !plain_ok {
                     errors.push(FieldError::new(
                         "sink.url",
@@ -103,12 +120,27 @@ impl WebhookConfig {
         for (name, value) in &self.headers {
             let field = format!("sink.headers.{name}");
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                errors.push(FieldError::new(&field, None, "is not a valid HTTP header name", "use letters, digits and '-' only"));
+                errors.push(FieldError::new(
+                    &field,
+                    None,
+                    "is not a valid HTTP header name",
+                    "use letters, digits and '-' only",
+                ));
             } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                errors.push(FieldError::new(&field, None, "is set by the sink itself", "remove this header"));
+                errors.push(FieldError::new(
+                    &field,
+                    None,
+                    "is set by the sink itself",
+                    "remove this header",
+                ));
             }
             if HeaderValue::from_str(value.expose()).is_err() {
-                errors.push(FieldError::new(&field, Some(MASK.into()), "holds characters not allowed in a header value", "use visible ASCII characters only"));
+                errors.push(FieldError::new(
+                    &field,
+                    Some(MASK.into()),
+                    "holds characters not allowed in a header value",
+                    "use visible ASCII characters only",
+                ));
             }
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
@@ -124,7 +156,11 @@ impl WebhookConfig {
     pub(crate) fn redacted(&self) -> WebhookConfig {
         WebhookConfig {
             url: shown_url(&self.url),
-            headers: self.headers.keys().map(|k| (k.clone(), Secret::new(MASK))).collect(),
+            headers: self
+                .headers
+                .keys()
+                .map(|k| (k.clone(), Secret::new(MASK)))
+                .collect(),
             timeout_ms: self.timeout_ms,
         }
     }
@@ -154,22 +190,37 @@ pub struct WebhookSink {
 
 impl fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookSink").field("url", &self.shown).field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("WebhookSink")
+            .field("url", &self.shown)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
 impl WebhookSink {
-    pub(crate) fn new(config: &WebhookConfig, client: reqwest::Client) -> Result<WebhookSink, SinkError> {
+    pub(crate) fn new(
+        config: &WebhookConfig,
+        client: reqwest::Client,
+    ) -> Result<WebhookSink, SinkError> {
         let shown = shown_url(&config.url);
-        let url = Url::parse(&config.url).map_err(|e| SinkError::Config(format!("webhook URL {shown}: {e}")))?;
+        let url = Url::parse(&config.url)
+            .map_err(|e| SinkError::Config(format!("webhook URL {shown}: {e}")))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| SinkError::Config(format!("bad header name {name:?}")))?;
-            let mut value = HeaderValue::from_str(value.expose()).map_err(|_| SinkError::Config(format!("bad value for header {name}")))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| SinkError::Config(format!("bad header name {name:?}")))?;
+            let mut value = HeaderValue::from_str(value.expose())
+                .map_err(|_| SinkError::Config(format!("bad value for header {name}")))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        Ok(WebhookSink { client, url, shown, headers, timeout: Duration::from_millis(config.timeout_ms) })
+        Ok(WebhookSink {
+            client,
+            url,
+            shown,
+            headers,
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
     }
 
     pub(crate) async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
@@ -195,8 +246,16 @@ impl WebhookSink {
             return Ok(());
         }
         if status.is_redirection() {
-            let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("(no Location)");
-            return Err(SinkError::Redirect { url: self.shown.clone(), status: status.as_u16(), location: shown_url(location) });
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(no Location)");
+            return Err(SinkError::Redirect {
+                url: self.shown.clone(),
+                status: status.as_u16(),
+                location: shown_url(location),
+            });
         }
         let retry_after = response
             .headers()
@@ -214,8 +273,16 @@ impl WebhookSink {
             }
         }
         body.truncate(BODY_EXCERPT);
-        let body: String = String::from_utf8_lossy(&body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-        Err(SinkError::Status { url: self.shown.clone(), status: status.as_u16(), body: body.trim().to_owned(), retry_after })
+        let body: String = String::from_utf8_lossy(&body)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Err(SinkError::Status {
+            url: self.shown.clone(),
+            status: status.as_u16(),
+            body: body.trim().to_owned(),
+            retry_after,
+        })
     }
 }
 
@@ -238,7 +305,10 @@ pub fn idempotency_key(batch: &OutBatch) -> String {
         e.0 = e.0.min(r.offset);
         e.1 = e.1.max(r.offset);
     }
-    let parts: Vec<String> = ranges.iter().map(|(p, (a, b))| format!("{p}:{a}-{b}")).collect();
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|(p, (a, b))| format!("{p}:{a}-{b}"))
+        .collect();
     format!("{}/{}/{}", batch.job_id, batch.topic, parts.join(","))
 }
 
@@ -247,7 +317,11 @@ mod tests {
     use super::*;
 
     fn config(url: &str) -> WebhookConfig {
-        WebhookConfig { url: url.into(), headers: BTreeMap::from([("Authorization".into(), Secret::new("Bearer s3cret"))]), timeout_ms: 1000 }
+        WebhookConfig {
+            url: url.into(),
+            headers: BTreeMap::from([("Authorization".into(), Secret::new("Bearer s3cret"))]),
+            timeout_ms: 1000,
+        }
     }
 
     fn problems(c: &WebhookConfig) -> Vec<String> {
@@ -262,20 +336,32 @@ mod tests {
         assert!(problems(&config("http://127.0.0.1:8080/x")).is_empty());
         assert!(problems(&config("http://[::1]:8080/x")).is_empty());
         assert!(problems(&config("http://localhost/x")).is_empty());
-        assert_eq!(problems(&config("ftp://127.0.0.1/x")), vec!["sink.url = \"ftp://127.0.0.1/x\": uses ftp://; fix: use https://"]);
+        assert_eq!(
+            problems(&config("ftp://127.0.0.1/x")),
+            vec!["sink.url = \"ftp://127.0.0.1/x\": uses ftp://; fix: use https://"]
+        );
         assert_eq!(
             problems(&config("http://hooks.example.com/x")),
-            vec!["sink.url = \"http://hooks.example.com/x\": uses http:// to a non-loopback host; fix: use https:// (plain http:// is accepted only for 127.0.0.1, ::1 or localhost)"]
+            vec![
+                "sink.url = \"http://hooks.example.com/x\": uses http:// to a non-loopback host; fix: use https:// (plain http:// is accepted only for 127.0.0.1, ::1 or localhost)"
+            ]
         );
     }
 
     #[test]
     fn credentials_in_url_and_reserved_headers_are_refused_without_echoing_secrets() {
         let mut c = config("https://user:pw@h.example/x");
-        c.headers.insert("Content-Type".into(), Secret::new("text/plain"));
+        c.headers
+            .insert("Content-Type".into(), Secret::new("text/plain"));
         let p = problems(&c).join("\n");
-        assert!(p.contains("sink.url = \"(credentials hidden)\": holds credentials"), "{p}");
-        assert!(p.contains("sink.headers.Content-Type: is set by the sink itself"), "{p}");
+        assert!(
+            p.contains("sink.url = \"(credentials hidden)\": holds credentials"),
+            "{p}"
+        );
+        assert!(
+            p.contains("sink.headers.Content-Type: is set by the sink itself"),
+            "{p}"
+        );
         assert!(!p.contains("pw@"), "{p}");
     }
 

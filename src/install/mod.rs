@@ -85,7 +85,11 @@ pub struct UninstallArgs {
 /// Exit code for an error of [`install`] or [`uninstall`]: 64 (EX_USAGE) when
 /// the profile is invalid, 1 for anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<ConfigError>().is_some() { config::EX_USAGE } else { 1 }
+    if err.downcast_ref::<ConfigError>().is_some() {
+        config::EX_USAGE
+    } else {
+        1
+    }
 }
 
 /// Install or upgrade, printing each step to stdout.
@@ -101,16 +105,22 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 /// [`install`], printing to `out`.
 pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let t = Target::new(&args.root)?;
-    let mut steps = Steps { out, dry_run: args.dry_run, changed: false };
+    let mut steps = Steps {
+        out,
+        dry_run: args.dry_run,
+        changed: false,
+    };
     if !args.dry_run {
         require_root("install")?;
     }
     let profile = validate_profile(&args.config, &t, &mut steps)?;
     let binary_src = match &args.binary {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot tell where this executable is; pass --binary")?,
+        None => std::env::current_exe()
+            .context("cannot tell where this executable is; pass --binary")?,
     };
-    let binary = fs::read(&binary_src).with_context(|| format!("cannot read the binary {}", binary_src.display()))?;
+    let binary = fs::read(&binary_src)
+        .with_context(|| format!("cannot read the binary {}", binary_src.display()))?;
 
     if !t.on_host {
         // useradd --prefix needs <root>/etc to write the user database into.
@@ -118,7 +128,12 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
     }
     let ids = match user::lookup(&t.root, t.on_host, SERVICE_USER)? {
         Some(ids) => {
-            steps.say(format_args!("ok: system user {SERVICE_USER} exists (uid {}, gid {}){}", ids.uid, ids.gid, t.where_()))?;
+            steps.say(format_args!(
+                "ok: system user {SERVICE_USER} exists (uid {}, gid {}){}",
+                ids.uid,
+                ids.gid,
+                t.where_()
+            ))?;
             Some(ids)
         }
         None => {
@@ -129,11 +144,17 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
             if args.dry_run {
                 None
             } else {
-                Some(user::lookup(&t.root, t.on_host, SERVICE_USER)?.context("useradd succeeded but the user is not there")?)
+                Some(
+                    user::lookup(&t.root, t.on_host, SERVICE_USER)?
+                        .context("useradd succeeded but the user is not there")?,
+                )
             }
         }
     };
-    let service = Owner { name: SERVICE_USER, ids };
+    let service = Owner {
+        name: SERVICE_USER,
+        ids,
+    };
 
     steps.ensure_dir(&t.path("/usr/local/bin"), 0o755, ROOT, false)?;
     steps.ensure_dir(&t.path("/etc/systemd/system"), 0o755, ROOT, false)?;
@@ -145,7 +166,13 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
     if stored.exists() {
         steps.ensure_mode(&stored, 0o600, service)?;
     }
-    steps.ensure_file("unit", &t.path(UNIT_PATH), UNIT_FILE.as_bytes(), 0o644, ROOT)?;
+    steps.ensure_file(
+        "unit",
+        &t.path(UNIT_PATH),
+        UNIT_FILE.as_bytes(),
+        0o644,
+        ROOT,
+    )?;
 
     if let Some(why) = t.why_no_systemctl() {
         steps.say(format_args!(
@@ -155,9 +182,13 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
     }
     let changed = steps.changed;
     steps.act("systemctl daemon-reload", || systemctl(&["daemon-reload"]))?;
-    steps.act(format!("systemctl enable {UNIT_NAME}"), || systemctl(&["enable", UNIT_NAME]))?;
+    steps.act(format!("systemctl enable {UNIT_NAME}"), || {
+        systemctl(&["enable", UNIT_NAME])
+    })?;
     if args.no_start {
-        return steps.say(format_args!("not starting it (--no-start): systemctl start {UNIT_NAME}"));
+        return steps.say(format_args!(
+            "not starting it (--no-start): systemctl start {UNIT_NAME}"
+        ));
     }
     // After a change, restart: on an upgrade the old binary is still running.
     // Without one, start: a no-op for a running agent, so a second install
@@ -174,7 +205,11 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
 /// [`uninstall`], printing to `out`.
 pub fn uninstall_to(args: &UninstallArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let t = Target::new(&args.root)?;
-    let mut steps = Steps { out, dry_run: args.dry_run, changed: false };
+    let mut steps = Steps {
+        out,
+        dry_run: args.dry_run,
+        changed: false,
+    };
     if !args.dry_run {
         require_root("uninstall")?;
     }
@@ -182,7 +217,9 @@ pub fn uninstall_to(args: &UninstallArgs, out: &mut dyn Write) -> anyhow::Result
     let use_systemctl = t.why_no_systemctl().is_none() && unit.exists();
     if use_systemctl {
         // --now stops it: SIGTERM, the agent drains within TimeoutStopSec.
-        steps.act(format!("systemctl disable --now {UNIT_NAME}"), || systemctl(&["disable", "--now", UNIT_NAME]))?;
+        steps.act(format!("systemctl disable --now {UNIT_NAME}"), || {
+            systemctl(&["disable", "--now", UNIT_NAME])
+        })?;
     }
     steps.remove("unit", &unit)?;
     if use_systemctl {
@@ -202,10 +239,17 @@ pub fn uninstall_to(args: &UninstallArgs, out: &mut dyn Write) -> anyhow::Result
     steps.remove_dir("configuration directory", &config_dir)?;
     steps.remove_dir("state directory", &state_dir)?;
     match user::lookup(&t.root, t.on_host, SERVICE_USER)? {
-        Some(_) => steps.act(format!("delete system user {SERVICE_USER} and its group{}", t.where_()), || {
-            user::delete(&t.root, t.on_host, SERVICE_USER)
-        }),
-        None => steps.say(format_args!("ok: no system user {SERVICE_USER}{}", t.where_())),
+        Some(_) => steps.act(
+            format!(
+                "delete system user {SERVICE_USER} and its group{}",
+                t.where_()
+            ),
+            || user::delete(&t.root, t.on_host, SERVICE_USER),
+        ),
+        None => steps.say(format_args!(
+            "ok: no system user {SERVICE_USER}{}",
+            t.where_()
+        )),
     }
 }
 
@@ -227,7 +271,10 @@ fn validate_profile(path: &Path, t: &Target, steps: &mut Steps) -> anyhow::Resul
     for w in &config.warnings {
         steps.say(format_args!("warning: {w}"))?;
     }
-    if let Some(dir) = profile.get("agent_STATE_DIR").filter(|d| Path::new(d) != Path::new(DEFAULT_STATE_DIR)) {
+    if let Some(dir) = profile
+        .get("agent_STATE_DIR")
+        .filter(|d| Path::new(d) != Path::new(DEFAULT_STATE_DIR))
+    {
         steps.say(format_args!(
             "warning: agent_STATE_DIR={dir}: the unit lets the agent write only {DEFAULT_STATE_DIR} and {CONFIG_DIR}; \
              create {dir} owned by {SERVICE_USER} and add ReadWritePaths={dir} with: systemctl edit {UNIT_NAME}"
@@ -235,7 +282,12 @@ fn validate_profile(path: &Path, t: &Target, steps: &mut Steps) -> anyhow::Resul
     }
     let holds_secret = SECRET_KEYS.iter().any(|k| profile.get(k).is_some());
     if let (true, Err(e)) = (holds_secret, credentials::check_permissions(path)) {
-        steps.say(format_args!("warning: {} {}; delete it once installed, or {}", path.display(), e.problem, e.fix))?;
+        steps.say(format_args!(
+            "warning: {} {}; delete it once installed, or {}",
+            path.display(),
+            e.problem,
+            e.fix
+        ))?;
     }
     Ok(profile)
 }
@@ -243,7 +295,13 @@ fn validate_profile(path: &Path, t: &Target, steps: &mut Steps) -> anyhow::Resul
 /// Install the profile, or keep the installed one: after the first start
 /// it holds blanked secrets, and copying the original over it again would
 /// undo that (and could roll back a rotated secret).
-fn install_profile(args: &InstallArgs, t: &Target, profile: &Profile, owner: Owner, steps: &mut Steps) -> anyhow::Result<()> {
+fn install_profile(
+    args: &InstallArgs,
+    t: &Target,
+    profile: &Profile,
+    owner: Owner,
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
     let dest = t.path(PROFILE_PATH);
     let installed = match fs::read(&dest) {
         Ok(bytes) => Some(bytes),
@@ -277,7 +335,10 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("systemctl").args(args).status().context("cannot run systemctl")?;
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("cannot run systemctl")?;
     if !status.success() {
         bail!("systemctl {} failed ({status})", args.join(" "));
     }
@@ -293,7 +354,8 @@ struct Target {
 
 impl Target {
     fn new(root: &Path) -> anyhow::Result<Target> {
-        let root = fs::canonicalize(root).with_context(|| format!("--root {}: no such directory", root.display()))?;
+        let root = fs::canonicalize(root)
+            .with_context(|| format!("--root {}: no such directory", root.display()))?;
         if !root.is_dir() {
             bail!("--root {}: not a directory", root.display());
         }
@@ -308,12 +370,19 @@ impl Target {
 
     /// " in <root>" for messages about a tree that is not the host.
     fn where_(&self) -> String {
-        if self.on_host { String::new() } else { format!(" in {}", self.root.display()) }
+        if self.on_host {
+            String::new()
+        } else {
+            format!(" in {}", self.root.display())
+        }
     }
 
     fn why_no_systemctl(&self) -> Option<String> {
         if !self.on_host {
-            return Some(format!("installing into {}, not the running system", self.root.display()));
+            return Some(format!(
+                "installing into {}, not the running system",
+                self.root.display()
+            ));
         }
         if !sd_notify::booted().unwrap_or(false) {
             return Some("systemd is not running on this host".into());
@@ -330,12 +399,17 @@ struct Owner {
     ids: Option<Ids>,
 }
 
-const ROOT: Owner = Owner { name: "root", ids: Some(Ids { uid: 0, gid: 0 }) };
+const ROOT: Owner = Owner {
+    name: "root",
+    ids: Some(Ids { uid: 0, gid: 0 }),
+};
 
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ids {
-            Some(Ids { uid, gid }) if self.name != "root" => write!(f, "{} ({uid}:{gid})", self.name),
+            Some(Ids { uid, gid }) if self.name != "root" => {
+                write!(f, "{} ({uid}:{gid})", self.name)
+            }
             _ => f.write_str(self.name),
         }
     }
@@ -356,7 +430,11 @@ impl Steps<'_> {
     }
 
     /// Print `what` (an imperative: "create directory X") and do it.
-    fn act(&mut self, what: impl Into<String>, action: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn act(
+        &mut self,
+        what: impl Into<String>,
+        action: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let what = what.into();
         if self.dry_run {
             return self.say(format_args!("would {what}"));
@@ -369,61 +447,109 @@ impl Steps<'_> {
     /// Create `path` as a directory, or (with `fix_existing`) correct the
     /// mode and owner of the one that is there. Shared directories such as
     /// /usr/local/bin are only created, never changed.
-    fn ensure_dir(&mut self, path: &Path, mode: u32, owner: Owner, fix_existing: bool) -> anyhow::Result<()> {
+    fn ensure_dir(
+        &mut self,
+        path: &Path,
+        mode: u32,
+        owner: Owner,
+        fix_existing: bool,
+    ) -> anyhow::Result<()> {
         match fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() && !fix_existing => self.say(format_args!("ok: {}", path.display())),
+            Ok(m) if m.is_dir() && !fix_existing => {
+                self.say(format_args!("ok: {}", path.display()))
+            }
             Ok(m) if m.is_dir() => self.ensure_mode(path, mode, owner),
-            Ok(_) => bail!("{} exists and is not a directory; move it away and rerun", path.display()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.act(format!("create directory {} ({mode:04o}, owner {owner})", path.display()), || {
+            Ok(_) => bail!(
+                "{} exists and is not a directory; move it away and rerun",
+                path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.act(
+                format!(
+                    "create directory {} ({mode:04o}, owner {owner})",
+                    path.display()
+                ),
+                || {
                     fs::create_dir_all(path)?;
                     set_mode_and_owner(path, mode, owner)
-                })
-            }
+                },
+            ),
             Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
         }
     }
 
     /// Write `content` to `path` unless it already holds exactly that.
-    fn ensure_file(&mut self, label: &str, path: &Path, content: &[u8], mode: u32, owner: Owner) -> anyhow::Result<()> {
+    fn ensure_file(
+        &mut self,
+        label: &str,
+        path: &Path,
+        content: &[u8],
+        mode: u32,
+        owner: Owner,
+    ) -> anyhow::Result<()> {
         let verb = match fs::read(path) {
             Ok(old) if old == content => return self.ensure_mode(path, mode, owner),
             Ok(_) => "replace",
             Err(e) if e.kind() == io::ErrorKind::NotFound => "install",
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        self.act(format!("{verb} {label} {} ({mode:04o}, owner {owner})", path.display()), || {
-            let ids = owner.ids.map(|i| (i.uid, i.gid));
-            Ok(write_file_atomically(path, content, mode, ids)?)
-        })
+        self.act(
+            format!(
+                "{verb} {label} {} ({mode:04o}, owner {owner})",
+                path.display()
+            ),
+            || {
+                let ids = owner.ids.map(|i| (i.uid, i.gid));
+                Ok(write_file_atomically(path, content, mode, ids)?)
+            },
+        )
     }
 
     /// Correct the mode and owner of an existing `path`.
     fn ensure_mode(&mut self, path: &Path, mode: u32, owner: Owner) -> anyhow::Result<()> {
-        let m = fs::symlink_metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
+        let m = fs::symlink_metadata(path)
+            .with_context(|| format!("cannot inspect {}", path.display()))?;
         let have = m.permissions().mode() & 0o7777;
-        let owner_ok = owner.ids.is_none_or(|i| (m.uid(), m.gid()) == (i.uid, i.gid));
+        let owner_ok = owner
+            .ids
+            .is_none_or(|i| (m.uid(), m.gid()) == (i.uid, i.gid));
         if have == mode && owner_ok {
-            return self.say(format_args!("ok: {} ({mode:04o}, owner {owner})", path.display()));
+            return self.say(format_args!(
+                "ok: {} ({mode:04o}, owner {owner})",
+                path.display()
+            ));
         }
         self.act(
-            format!("fix {}: mode {have:04o} owner {}:{} -> {mode:04o} owner {owner}", path.display(), m.uid(), m.gid()),
+            format!(
+                "fix {}: mode {have:04o} owner {}:{} -> {mode:04o} owner {owner}",
+                path.display(),
+                m.uid(),
+                m.gid()
+            ),
             || set_mode_and_owner(path, mode, owner),
         )
     }
 
     fn remove(&mut self, label: &str, path: &Path) -> anyhow::Result<()> {
         match fs::symlink_metadata(path) {
-            Ok(_) => self.act(format!("remove {label} {}", path.display()), || Ok(fs::remove_file(path)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.say(format_args!("ok: {} is absent", path.display())),
+            Ok(_) => self.act(format!("remove {label} {}", path.display()), || {
+                Ok(fs::remove_file(path)?)
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.say(format_args!("ok: {} is absent", path.display()))
+            }
             Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
         }
     }
 
     fn remove_dir(&mut self, label: &str, path: &Path) -> anyhow::Result<()> {
         match fs::symlink_metadata(path) {
-            Ok(_) => self.act(format!("delete {label} {} and everything in it", path.display()), || Ok(fs::remove_dir_all(path)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.say(format_args!("ok: {} is absent", path.display())),
+            Ok(_) => self.act(
+                format!("delete {label} {} and everything in it", path.display()),
+                || Ok(fs::remove_dir_all(path)?),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.say(format_args!("ok: {} is absent", path.display()))
+            }
             Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
         }
     }
@@ -447,13 +573,18 @@ mod tests {
     fn unit_matches_installed_layout() {
         let lines: Vec<&str> = UNIT_FILE.lines().collect();
         let has = |l: &str| lines.contains(&l);
-        assert!(has(&format!("ExecStart={BINARY_PATH} run --config {PROFILE_PATH}")));
+        assert!(has(&format!(
+            "ExecStart={BINARY_PATH} run --config {PROFILE_PATH}"
+        )));
         assert!(has(&format!("User={SERVICE_USER}")) && has(&format!("Group={SERVICE_USER}")));
         assert_eq!(format!("/var/lib/{SERVICE_USER}"), DEFAULT_STATE_DIR);
         assert!(has(&format!("StateDirectory={SERVICE_USER}")));
         assert!(has(&format!("ConfigurationDirectory={SERVICE_USER}")));
         assert!(has(&format!("ReadWritePaths={CONFIG_DIR}")));
-        assert_eq!(Path::new(PROFILE_PATH).parent(), Some(Path::new(CONFIG_DIR)));
+        assert_eq!(
+            Path::new(PROFILE_PATH).parent(),
+            Some(Path::new(CONFIG_DIR))
+        );
         assert!(has("RestartPreventExitStatus=64 78"));
         assert!(has("Type=notify"));
     }

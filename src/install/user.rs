@@ -21,7 +21,10 @@ pub struct Ids {
 /// `name`'s uid and primary gid in the user database of `root`.
 pub fn lookup(root: &Path, on_host: bool, name: &str) -> anyhow::Result<Option<Ids>> {
     let passwd = if on_host {
-        let out = Command::new("getent").args(["passwd", name]).output().context("cannot run getent")?;
+        let out = Command::new("getent")
+            .args(["passwd", name])
+            .output()
+            .context("cannot run getent")?;
         // getent exits 2 for "no such key".
         if !out.status.success() {
             return Ok(None);
@@ -38,8 +41,14 @@ pub fn lookup(root: &Path, on_host: bool, name: &str) -> anyhow::Result<Option<I
     for line in passwd.lines() {
         let fields: Vec<&str> = line.split(':').collect();
         if fields.len() >= 4 && fields[0] == name {
-            let parse = |s: &str| s.parse::<u32>().with_context(|| format!("bad passwd line for {name}: {line:?}"));
-            return Ok(Some(Ids { uid: parse(fields[2])?, gid: parse(fields[3])? }));
+            let parse = |s: &str| {
+                s.parse::<u32>()
+                    .with_context(|| format!("bad passwd line for {name}: {line:?}"))
+            };
+            return Ok(Some(Ids {
+                uid: parse(fields[2])?,
+                gid: parse(fields[3])?,
+            }));
         }
     }
     Ok(None)
@@ -49,8 +58,16 @@ pub fn lookup(root: &Path, on_host: bool, name: &str) -> anyhow::Result<Option<I
 /// shell and no home directory of its own (`home` is the state directory).
 pub fn create(root: &Path, on_host: bool, name: &str, home: &str) -> anyhow::Result<()> {
     let mut cmd = Command::new("useradd");
-    cmd.args(["--system", "--user-group", "--no-create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin"])
-        .args(["--comment", "connectivity-agent service"]);
+    cmd.args([
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        home,
+        "--shell",
+        "/usr/sbin/nologin",
+    ])
+    .args(["--comment", "connectivity-agent service"]);
     if !on_host {
         cmd.arg("--prefix").arg(root);
     }
@@ -79,7 +96,12 @@ pub fn delete(root: &Path, on_host: bool, name: &str) -> anyhow::Result<()> {
 
 fn group_exists(root: &Path, on_host: bool, name: &str) -> anyhow::Result<bool> {
     if on_host {
-        return Ok(Command::new("getent").args(["group", name]).output().context("cannot run getent")?.status.success());
+        return Ok(Command::new("getent")
+            .args(["group", name])
+            .output()
+            .context("cannot run getent")?
+            .status
+            .success());
     }
     let text = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
     Ok(text.lines().any(|l| l.split(':').next() == Some(name)))
@@ -87,9 +109,15 @@ fn group_exists(root: &Path, on_host: bool, name: &str) -> anyhow::Result<bool> 
 
 fn run(mut cmd: Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().with_context(|| format!("cannot run {shown}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
     if !out.status.success() {
-        bail!("{shown} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -36,9 +36,16 @@ pub const STATISTICS_INTERVAL_MS: u32 = 5000;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("job field {field} is empty; {fix}")]
-    Empty { field: &'static str, fix: &'static str },
+    Empty {
+        field: &'static str,
+        fix: &'static str,
+    },
     #[error("job field {field} is {value}; {fix}")]
-    Invalid { field: &'static str, value: String, fix: &'static str },
+    Invalid {
+        field: &'static str,
+        value: String,
+        fix: &'static str,
+    },
     #[error(
         "security.protocol is {protocol} but no SASL settings are given; add security.sasl \
          (mechanism, username, password) or choose SSL / PLAINTEXT"
@@ -53,8 +60,13 @@ pub enum ConfigError {
         "security.{field} is given but security.protocol is {protocol}, which does not use TLS; \
          choose SSL or SASL_SSL, or remove it"
     )]
-    UnusedTls { field: &'static str, protocol: &'static str },
-    #[error("security.client_cert_pem and security.client_key_pem must be given together for mutual TLS")]
+    UnusedTls {
+        field: &'static str,
+        protocol: &'static str,
+    },
+    #[error(
+        "security.client_cert_pem and security.client_key_pem must be given together for mutual TLS"
+    )]
     HalfClientCert,
     #[error("{0}")]
     Truststore(#[from] TruststoreError),
@@ -76,7 +88,10 @@ pub fn uses_tls(p: SecurityProtocol) -> bool {
 }
 
 fn uses_sasl(p: SecurityProtocol) -> bool {
-    matches!(p, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    matches!(
+        p,
+        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+    )
 }
 
 /// Checks the fields of a spec that librdkafka would otherwise reject with a
@@ -84,13 +99,20 @@ fn uses_sasl(p: SecurityProtocol) -> bool {
 pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
     let empty = |field, fix| ConfigError::Empty { field, fix };
     if spec.bootstrap_servers.trim().is_empty() {
-        return Err(empty("bootstrap_servers", "give host:port of the stream endpoint, e.g. cell-1.streaming.<region>.oci.oraclecloud.com:9092"));
+        return Err(empty(
+            "bootstrap_servers",
+            "give host:port of the stream endpoint, e.g. cell-1.streaming.<region>.oci.oraclecloud.com:9092",
+        ));
     }
     if spec.topic.trim().is_empty() {
         return Err(empty("topic", "give the stream (topic) name"));
     }
     let topic = &spec.topic;
-    if topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if topic.len() > 249
+        || !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         return Err(ConfigError::Invalid {
             field: "topic",
             value: format!("{topic:?}"),
@@ -98,14 +120,37 @@ pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
         });
     }
     if spec.consumer_group.trim().is_empty() {
-        return Err(empty("consumer_group", "give a consumer group name; agents of one group share its partitions"));
+        return Err(empty(
+            "consumer_group",
+            "give a consumer group name; agents of one group share its partitions",
+        ));
     }
     let positive = |field: &'static str, value: u64, fix| {
-        if value == 0 { Err(ConfigError::Invalid { field, value: "0".into(), fix }) } else { Ok(()) }
+        if value == 0 {
+            Err(ConfigError::Invalid {
+                field,
+                value: "0".into(),
+                fix,
+            })
+        } else {
+            Ok(())
+        }
     };
-    positive("max_records", spec.max_records.into(), "give at least 1 (default 2000)")?;
-    positive("max_bytes", spec.max_bytes.into(), "give at least 1 (default 1048576)")?;
-    positive("window", spec.window.into(), "give at least 1 batch in flight (default 32)")?;
+    positive(
+        "max_records",
+        spec.max_records.into(),
+        "give at least 1 (default 2000)",
+    )?;
+    positive(
+        "max_bytes",
+        spec.max_bytes.into(),
+        "give at least 1 (default 1048576)",
+    )?;
+    positive(
+        "window",
+        spec.window.into(),
+        "give at least 1 batch in flight (default 32)",
+    )?;
     if !(1000..=3_600_000).contains(&spec.session_timeout_ms) {
         return Err(ConfigError::Invalid {
             field: "session_timeout_ms",
@@ -140,7 +185,10 @@ pub fn validate_security(sec: &Security) -> Result<(), ConfigError> {
             ("client_key_pem", sec.client_key_pem.is_some()),
         ] {
             if given {
-                return Err(ConfigError::UnusedTls { field, protocol: name });
+                return Err(ConfigError::UnusedTls {
+                    field,
+                    protocol: name,
+                });
             }
         }
     }
@@ -152,11 +200,17 @@ pub fn validate_security(sec: &Security) -> Result<(), ConfigError> {
 
 /// Connection and security settings shared by the relay's consumer and the
 /// connection test: bootstrap servers, security protocol, SASL, TLS trust.
-pub fn connection_config(bootstrap_servers: &str, sec: &Security) -> Result<ClientConfig, ConfigError> {
+pub fn connection_config(
+    bootstrap_servers: &str,
+    sec: &Security,
+) -> Result<ClientConfig, ConfigError> {
     validate_security(sec)?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap_servers.trim())
-        .set("client.id", format!("connectivity-agent/{}", env!("CARGO_PKG_VERSION")))
+        .set(
+            "client.id",
+            format!("connectivity-agent/{}", env!("CARGO_PKG_VERSION")),
+        )
         .set("security.protocol", protocol_name(sec.protocol))
         // Firewalls and NAT gateways in front of private endpoints drop idle
         // connections silently; keepalives make that visible.
@@ -183,7 +237,8 @@ pub fn connection_config(bootstrap_servers: &str, sec: &Security) -> Result<Clie
             }
         }
         if let (Some(cert), Some(key)) = (&sec.client_cert_pem, &sec.client_key_pem) {
-            c.set("ssl.certificate.pem", cert).set("ssl.key.pem", key.expose());
+            c.set("ssl.certificate.pem", cert)
+                .set("ssl.key.pem", key.expose());
         }
     }
     Ok(c)
@@ -198,16 +253,26 @@ pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
     // however far behind the control plane is.
     let queued_kb = (u64::from(spec.max_bytes) * 4 / 1024).clamp(4096, 65536);
     c.set("group.id", &spec.consumer_group)
-        .set("client.id", format!("connectivity-agent/{}/{}", env!("CARGO_PKG_VERSION"), spec.id))
+        .set(
+            "client.id",
+            format!(
+                "connectivity-agent/{}/{}",
+                env!("CARGO_PKG_VERSION"),
+                spec.id
+            ),
+        )
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", COMMIT_INTERVAL_MS.to_string())
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", match spec.start {
-            StartPosition::Latest => "latest",
-            // Explicit offsets apply only where the group has no committed
-            // offset; the relay sets them at assignment.
-            StartPosition::Earliest | StartPosition::Offsets(_) => "earliest",
-        })
+        .set(
+            "auto.offset.reset",
+            match spec.start {
+                StartPosition::Latest => "latest",
+                // Explicit offsets apply only where the group has no committed
+                // offset; the relay sets them at assignment.
+                StartPosition::Earliest | StartPosition::Offsets(_) => "earliest",
+            },
+        )
         .set("session.timeout.ms", session.to_string())
         .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
         // Moves only the partitions that must move when agents join or leave,
@@ -223,7 +288,12 @@ pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
         // hundred bytes beyond its payload, which the kbytes limit does not
         // see. Measured with 100 B records: peak RSS 59 -> 44 MiB, and the
         // relay faster (docs/PERFORMANCE.md).
-        .set("queued.min.messages", (u64::from(spec.max_records) * 10).clamp(1000, 100_000).to_string())
+        .set(
+            "queued.min.messages",
+            (u64::from(spec.max_records) * 10)
+                .clamp(1000, 100_000)
+                .to_string(),
+        )
         // One fetch response is held in memory until its last record is
         // relayed; librdkafka's default allows 50 MiB.
         .set("fetch.max.bytes", (queued_kb * 1024).to_string())
@@ -237,7 +307,10 @@ pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
 
 /// Keys whose values are secrets (rdkafka's own list misses `ssl.key.pem`).
 fn is_secret_key(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key == "ssl.key.pem" || key.ends_with(".jaas.config")
+    key.contains("password")
+        || key.contains("secret")
+        || key == "ssl.key.pem"
+        || key.ends_with(".jaas.config")
 }
 
 /// A one-line description of a client configuration for logs and
@@ -250,7 +323,10 @@ pub fn describe(config: &ClientConfig) -> String {
             if is_secret_key(k) {
                 format!("{k}={}", crate::secret::MASK)
             } else if k.ends_with(".pem") {
-                format!("{k}=<PEM, {} certificates>", v.matches("-----BEGIN CERTIFICATE-----").count())
+                format!(
+                    "{k}=<PEM, {} certificates>",
+                    v.matches("-----BEGIN CERTIFICATE-----").count()
+                )
             } else {
                 format!("{k}={v}")
             }
@@ -304,19 +380,29 @@ mod tests {
     #[test]
     fn describe_masks_secrets() {
         let mut s = spec();
-        s.security.client_cert_pem = Some("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n".into());
+        s.security.client_cert_pem =
+            Some("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n".into());
         s.security.client_key_pem = Some(Secret::new("-----BEGIN PRIVATE KEY-----\nkeybytes\n"));
         let d = describe(&consumer_config(&s).unwrap());
         assert!(!d.contains("tok3n") && !d.contains("keybytes"), "{d}");
-        assert!(d.contains("sasl.password=******") && d.contains("ssl.key.pem=******"), "{d}");
-        assert!(d.contains("ssl.certificate.pem=<PEM, 1 certificates>"), "{d}");
+        assert!(
+            d.contains("sasl.password=******") && d.contains("ssl.key.pem=******"),
+            "{d}"
+        );
+        assert!(
+            d.contains("ssl.certificate.pem=<PEM, 1 certificates>"),
+            "{d}"
+        );
     }
 
     #[test]
     fn start_latest_and_plaintext() {
         let mut s = spec();
         s.start = StartPosition::Latest;
-        s.security = Security { protocol: SecurityProtocol::Plaintext, ..Default::default() };
+        s.security = Security {
+            protocol: SecurityProtocol::Plaintext,
+            ..Default::default()
+        };
         let c = consumer_config(&s).unwrap();
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
         assert_eq!(c.get("security.protocol"), Some("PLAINTEXT"));
@@ -335,20 +421,50 @@ mod tests {
         );
         let mut s = spec();
         s.security.protocol = SecurityProtocol::Ssl;
-        assert!(consumer_config(&s).unwrap_err().to_string().starts_with("security.sasl is given but security.protocol is SSL"));
+        assert!(
+            consumer_config(&s)
+                .unwrap_err()
+                .to_string()
+                .starts_with("security.sasl is given but security.protocol is SSL")
+        );
         let mut s = spec();
         s.security.protocol = SecurityProtocol::SaslPlaintext;
-        s.security.truststore = Some(Truststore { format: TruststoreFormat::Pem, data: Secret::new("x"), password: None });
-        assert!(consumer_config(&s).unwrap_err().to_string().starts_with("security.truststore is given but security.protocol is SASL_PLAINTEXT"));
+        s.security.truststore = Some(Truststore {
+            format: TruststoreFormat::Pem,
+            data: Secret::new("x"),
+            password: None,
+        });
+        assert!(
+            consumer_config(&s).unwrap_err().to_string().starts_with(
+                "security.truststore is given but security.protocol is SASL_PLAINTEXT"
+            )
+        );
         let mut s = spec();
         s.security.client_key_pem = Some(Secret::new("k"));
-        assert_eq!(consumer_config(&s).unwrap_err(), ConfigError::HalfClientCert);
+        assert_eq!(
+            consumer_config(&s).unwrap_err(),
+            ConfigError::HalfClientCert
+        );
         let mut s = spec();
-        s.security.truststore = Some(Truststore { format: TruststoreFormat::Pem, data: Secret::new("x"), password: None });
-        assert!(matches!(consumer_config(&s).unwrap_err(), ConfigError::Truststore(_)));
+        s.security.truststore = Some(Truststore {
+            format: TruststoreFormat::Pem,
+            data: Secret::new("x"),
+            password: None,
+        });
+        assert!(matches!(
+            consumer_config(&s).unwrap_err(),
+            ConfigError::Truststore(_)
+        ));
         let mut s = spec();
-        s.security.sasl = Some(Sasl { mechanism: SaslMechanism::ScramSha512, username: "u".into(), password: Secret::new("p") });
-        assert_eq!(consumer_config(&s).unwrap().get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        s.security.sasl = Some(Sasl {
+            mechanism: SaslMechanism::ScramSha512,
+            username: "u".into(),
+            password: Secret::new("p"),
+        });
+        assert_eq!(
+            consumer_config(&s).unwrap().get("sasl.mechanism"),
+            Some("SCRAM-SHA-512")
+        );
     }
 
     #[test]
@@ -356,17 +472,33 @@ mod tests {
         let mut s = spec();
         s.window = 0;
         // The fix names the current default (the text is static; this keeps it true).
-        let want = format!("job field window is 0; give at least 1 batch in flight (default {})", crate::protocol::job::defaults::window());
+        let want = format!(
+            "job field window is 0; give at least 1 batch in flight (default {})",
+            crate::protocol::job::defaults::window()
+        );
         assert_eq!(validate(&s).unwrap_err().to_string(), want);
         let mut s = spec();
         s.session_timeout_ms = 10;
-        assert!(validate(&s).unwrap_err().to_string().starts_with("job field session_timeout_ms is 10;"));
+        assert!(
+            validate(&s)
+                .unwrap_err()
+                .to_string()
+                .starts_with("job field session_timeout_ms is 10;")
+        );
         let mut s = spec();
         s.partitions = Partitions::List(vec![]);
-        assert!(validate(&s).unwrap_err().to_string().starts_with("job field partitions is []"));
+        assert!(
+            validate(&s)
+                .unwrap_err()
+                .to_string()
+                .starts_with("job field partitions is []")
+        );
         let mut s = spec();
         s.topic = " ".into();
-        assert_eq!(validate(&s).unwrap_err().to_string(), "job field topic is empty; give the stream (topic) name");
+        assert_eq!(
+            validate(&s).unwrap_err().to_string(),
+            "job field topic is empty; give the stream (topic) name"
+        );
         // A NUL would panic inside rdkafka's topic lists: refused here.
         s.topic = "us\0ers".into();
         assert_eq!(

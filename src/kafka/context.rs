@@ -14,7 +14,10 @@ use rdkafka::error::KafkaError;
 /// classification (they carry the reason, e.g. "SSL handshake failed").
 pub fn on_log(errors: &ErrorLog, job: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
     match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
             errors.record(None, line);
             tracing::warn!(job, fac, "librdkafka: {line}");
         }

@@ -35,7 +35,11 @@ impl Target {
             topic: spec.topic.clone(),
             group: spec.consumer_group.clone(),
             protocol: crate::kafka::client::protocol_name(spec.security.protocol),
-            sasl: spec.security.sasl.as_ref().map(|s| (s.mechanism.as_kafka(), s.username.clone())),
+            sasl: spec
+                .security
+                .sasl
+                .as_ref()
+                .map(|s| (s.mechanism.as_kafka(), s.username.clone())),
         }
     }
 }
@@ -61,17 +65,29 @@ impl ErrorLog {
         if q.len() == ERROR_LOG_LEN {
             q.pop_front();
         }
-        q.push_back(Reported { code, text: text.to_owned() });
+        q.push_back(Reported {
+            code,
+            text: text.to_owned(),
+        });
     }
 
     /// The recorded failures, oldest first, and forget them.
     pub fn take(&self) -> Vec<Reported> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
     }
 
     /// The recorded failures, oldest first, keeping them.
     pub fn snapshot(&self) -> Vec<Reported> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,7 +116,11 @@ pub fn classify_one(code: Option<RDKafkaErrorCode>, text: &str, t: &Target) -> J
     use RDKafkaErrorCode as C;
     let lower = text.to_ascii_lowercase();
     let has = |s: &str| lower.contains(s);
-    let detail = if text.is_empty() { String::new() } else { format!(" (librdkafka: {})", text.trim()) };
+    let detail = if text.is_empty() {
+        String::new()
+    } else {
+        format!(" (librdkafka: {})", text.trim())
+    };
     let err = |class, message: String| JobError { class, message };
 
     if has("failed to resolve") || code == Some(C::Resolve) {
@@ -155,10 +175,16 @@ pub fn classify_one(code: Option<RDKafkaErrorCode>, text: &str, t: &Target) -> J
         };
         return err(
             ErrorClass::Tls,
-            format!("the TLS handshake with {} failed: {why}{detail}", t.bootstrap),
+            format!(
+                "the TLS handshake with {} failed: {why}{detail}",
+                t.bootstrap
+            ),
         );
     }
-    if has("ssl handshake failed") || has("ssl") && has("wrong version number") || code == Some(C::SSL) {
+    if has("ssl handshake failed")
+        || has("ssl") && has("wrong version number")
+        || code == Some(C::SSL)
+    {
         return err(
             ErrorClass::Tls,
             format!(
@@ -168,7 +194,8 @@ pub fn classify_one(code: Option<RDKafkaErrorCode>, text: &str, t: &Target) -> J
             ),
         );
     }
-    if has("might be caused by incorrect security.protocol") || has("connecting to a ssl listener") {
+    if has("might be caused by incorrect security.protocol") || has("connecting to a ssl listener")
+    {
         return err(
             ErrorClass::Tls,
             format!(
@@ -179,57 +206,113 @@ pub fn classify_one(code: Option<RDKafkaErrorCode>, text: &str, t: &Target) -> J
         );
     }
     if matches!(code, Some(C::TopicAuthorizationFailed)) || has("topic authorization failed") {
-        return err(ErrorClass::Authorization, format!(
-            "not authorized to read topic {:?}{detail}; grant the SASL user read access to it (OCI: a policy \
-             allowing the user's group to `use stream-pull` in the stream's compartment)", t.topic));
+        return err(
+            ErrorClass::Authorization,
+            format!(
+                "not authorized to read topic {:?}{detail}; grant the SASL user read access to it (OCI: a policy \
+             allowing the user's group to `use stream-pull` in the stream's compartment)",
+                t.topic
+            ),
+        );
     }
     if matches!(code, Some(C::GroupAuthorizationFailed)) || has("group authorization failed") {
-        return err(ErrorClass::Authorization, format!(
-            "not authorized to use consumer group {:?}{detail}; grant the SASL user read access to the group \
-             (OCI: `use stream-pull` covers groups)", t.group));
+        return err(
+            ErrorClass::Authorization,
+            format!(
+                "not authorized to use consumer group {:?}{detail}; grant the SASL user read access to the group \
+             (OCI: `use stream-pull` covers groups)",
+                t.group
+            ),
+        );
     }
     if matches!(code, Some(C::ClusterAuthorizationFailed)) || has("authorization failed") {
-        return err(ErrorClass::Authorization, format!(
-            "the stream endpoint {} refused an operation as not authorized{detail}; grant the SASL user \
-             read access to topic {:?} and group {:?}", t.bootstrap, t.topic, t.group));
+        return err(
+            ErrorClass::Authorization,
+            format!(
+                "the stream endpoint {} refused an operation as not authorized{detail}; grant the SASL user \
+             read access to topic {:?} and group {:?}",
+                t.bootstrap, t.topic, t.group
+            ),
+        );
     }
     if matches!(code, Some(C::InconsistentGroupProtocol)) || has("inconsistent group protocol") {
-        return err(ErrorClass::Config, format!(
-            "another member of consumer group {:?} uses a different partition assignment strategy{detail}; \
-             give this job a consumer group of its own (members of one group must all be agents of this kind)", t.group));
+        return err(
+            ErrorClass::Config,
+            format!(
+                "another member of consumer group {:?} uses a different partition assignment strategy{detail}; \
+             give this job a consumer group of its own (members of one group must all be agents of this kind)",
+                t.group
+            ),
+        );
     }
-    if matches!(code, Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition))
-        || has("unknown topic or partition")
+    if matches!(
+        code,
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition)
+    ) || has("unknown topic or partition")
         || has("topic not available")
     {
-        return err(ErrorClass::TopicMissing, format!(
-            "topic {:?} does not exist on {}{detail}; create it, or fix the topic name (names are case-sensitive; \
-             on OCI Streaming the topic is the stream name)", t.topic, t.bootstrap));
+        return err(
+            ErrorClass::TopicMissing,
+            format!(
+                "topic {:?} does not exist on {}{detail}; create it, or fix the topic name (names are case-sensitive; \
+             on OCI Streaming the topic is the stream name)",
+                t.topic, t.bootstrap
+            ),
+        );
     }
     if has("connection refused") {
-        return err(ErrorClass::Tcp, format!(
-            "{} refused the connection{detail}; check the port and that the stream endpoint is up", t.bootstrap));
+        return err(
+            ErrorClass::Tcp,
+            format!(
+                "{} refused the connection{detail}; check the port and that the stream endpoint is up",
+                t.bootstrap
+            ),
+        );
     }
-    if has("timed out") && (has("connect") || has("apiversion")) || has("no route to host") || has("network is unreachable") {
-        return err(ErrorClass::Tcp, format!(
-            "cannot connect to {}{detail}; check that firewalls, security lists and routes let this agent \
-             reach the endpoint", t.bootstrap));
+    if has("timed out") && (has("connect") || has("apiversion"))
+        || has("no route to host")
+        || has("network is unreachable")
+    {
+        return err(
+            ErrorClass::Tcp,
+            format!(
+                "cannot connect to {}{detail}; check that firewalls, security lists and routes let this agent \
+             reach the endpoint",
+                t.bootstrap
+            ),
+        );
     }
-    if matches!(code, Some(C::AllBrokersDown | C::BrokerTransportFailure)) || has("all broker connections are down") {
-        return err(ErrorClass::Tcp, format!(
-            "cannot reach any broker of {}{detail}; check the host, port and network path from this agent",
-            t.bootstrap));
+    if matches!(code, Some(C::AllBrokersDown | C::BrokerTransportFailure))
+        || has("all broker connections are down")
+    {
+        return err(
+            ErrorClass::Tcp,
+            format!(
+                "cannot reach any broker of {}{detail}; check the host, port and network path from this agent",
+                t.bootstrap
+            ),
+        );
     }
     if matches!(code, Some(C::OperationTimedOut | C::RequestTimedOut)) {
-        return err(ErrorClass::Tcp, format!(
-            "{} did not answer in time{detail}; check the network path from this agent to the endpoint",
-            t.bootstrap));
+        return err(
+            ErrorClass::Tcp,
+            format!(
+                "{} did not answer in time{detail}; check the network path from this agent to the endpoint",
+                t.bootstrap
+            ),
+        );
     }
     let what = match code {
         Some(c) => format!("{c}"),
         None => "an error".to_owned(),
     };
-    err(ErrorClass::Other, format!("the stream client reported {what}{detail} (endpoint {})", t.bootstrap))
+    err(
+        ErrorClass::Other,
+        format!(
+            "the stream client reported {what}{detail} (endpoint {})",
+            t.bootstrap
+        ),
+    )
 }
 
 /// Classify a failure from the error itself (if any) and what the client
@@ -244,7 +327,10 @@ pub fn classify(err: Option<&KafkaError>, reported: &[Reported], t: &Target) -> 
     }
     best.unwrap_or_else(|| JobError {
         class: ErrorClass::Other,
-        message: format!("the stream client failed without saying why (endpoint {})", t.bootstrap),
+        message: format!(
+            "the stream client failed without saying why (endpoint {})",
+            t.bootstrap
+        ),
     })
 }
 
@@ -257,7 +343,12 @@ pub fn definite(reported: &[Reported], t: &Target) -> Option<JobError> {
     let e = classify(None, reported, t);
     // Error events only: each failure is also a log line with the same text.
     let every_endpoint = |class: ErrorClass, times: usize| {
-        let endpoints: Vec<&str> = t.bootstrap.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let endpoints: Vec<&str> = t
+            .bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         !endpoints.is_empty()
             && endpoints.iter().all(|ep| {
                 let tag = format!("{ep}/bootstrap");
@@ -273,7 +364,10 @@ pub fn definite(reported: &[Reported], t: &Target) -> Option<JobError> {
         ErrorClass::Sasl | ErrorClass::Tls => true,
         ErrorClass::Dns => every_endpoint(ErrorClass::Dns, 1),
         ErrorClass::Tcp => {
-            reported.iter().any(|r| r.code == Some(RDKafkaErrorCode::AllBrokersDown)) || every_endpoint(ErrorClass::Tcp, 2)
+            reported
+                .iter()
+                .any(|r| r.code == Some(RDKafkaErrorCode::AllBrokersDown))
+                || every_endpoint(ErrorClass::Tcp, 2)
         }
         _ => false,
     };
@@ -312,15 +406,51 @@ mod tests {
     fn texts_from_librdkafka_map_to_classes() {
         use RDKafkaErrorCode as C;
         let cases = [
-            (Some(C::Resolve), "sasl_ssl://nohost:9092/bootstrap: Failed to resolve 'nohost:9092': Name or service not known", ErrorClass::Dns),
-            (Some(C::BrokerTransportFailure), "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)", ErrorClass::Tcp),
-            (Some(C::AllBrokersDown), "1/1 brokers are down", ErrorClass::Tcp),
-            (Some(C::SSL), "ssl://localhost:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (install ca-certificates package) (after 5ms in state SSL_HANDSHAKE)", ErrorClass::Tls),
-            (Some(C::Authentication), "sasl_ssl://localhost:1/bootstrap: SASL authentication error: Authentication failed: Invalid username or password (after 10ms in state AUTH_REQ)", ErrorClass::Sasl),
-            (Some(C::TopicAuthorizationFailed), "", ErrorClass::Authorization),
-            (Some(C::GroupAuthorizationFailed), "", ErrorClass::Authorization),
-            (Some(C::UnknownTopicOrPartition), "Subscribed topic not available: users: Broker: Unknown topic or partition", ErrorClass::TopicMissing),
-            (Some(C::BrokerTransportFailure), "127.0.0.1:1/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10", ErrorClass::Tls),
+            (
+                Some(C::Resolve),
+                "sasl_ssl://nohost:9092/bootstrap: Failed to resolve 'nohost:9092': Name or service not known",
+                ErrorClass::Dns,
+            ),
+            (
+                Some(C::BrokerTransportFailure),
+                "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)",
+                ErrorClass::Tcp,
+            ),
+            (
+                Some(C::AllBrokersDown),
+                "1/1 brokers are down",
+                ErrorClass::Tcp,
+            ),
+            (
+                Some(C::SSL),
+                "ssl://localhost:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (install ca-certificates package) (after 5ms in state SSL_HANDSHAKE)",
+                ErrorClass::Tls,
+            ),
+            (
+                Some(C::Authentication),
+                "sasl_ssl://localhost:1/bootstrap: SASL authentication error: Authentication failed: Invalid username or password (after 10ms in state AUTH_REQ)",
+                ErrorClass::Sasl,
+            ),
+            (
+                Some(C::TopicAuthorizationFailed),
+                "",
+                ErrorClass::Authorization,
+            ),
+            (
+                Some(C::GroupAuthorizationFailed),
+                "",
+                ErrorClass::Authorization,
+            ),
+            (
+                Some(C::UnknownTopicOrPartition),
+                "Subscribed topic not available: users: Broker: Unknown topic or partition",
+                ErrorClass::TopicMissing,
+            ),
+            (
+                Some(C::BrokerTransportFailure),
+                "127.0.0.1:1/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10",
+                ErrorClass::Tls,
+            ),
             (None, "something odd", ErrorClass::Other),
         ];
         for (code, text, class) in cases {
@@ -330,7 +460,10 @@ mod tests {
 
     #[test]
     fn messages_name_the_problem_and_the_fix() {
-        let e = one(Some(RDKafkaErrorCode::Authentication), "SASL authentication error: Authentication failed: Invalid username or password");
+        let e = one(
+            Some(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: Authentication failed: Invalid username or password",
+        );
         assert_eq!(
             e.message,
             "the stream endpoint kafka.example:9092 rejected user \"alice\" with SASL PLAIN (librdkafka: SASL authentication error: \
@@ -343,44 +476,102 @@ mod tests {
             "topic \"users\" does not exist on kafka.example:9092; create it, or fix the topic name (names are case-sensitive; \
              on OCI Streaming the topic is the stream name)"
         );
-        assert!(one(None, "certificate verify failed").message.contains("add the stream's CA certificate to the truststore"));
+        assert!(
+            one(None, "certificate verify failed")
+                .message
+                .contains("add the stream's CA certificate to the truststore")
+        );
     }
 
     #[test]
     fn the_most_specific_report_wins() {
         let reports = vec![
-            Reported { code: Some(RDKafkaErrorCode::Authentication), text: "SASL authentication error: Authentication failed".into() },
-            Reported { code: Some(RDKafkaErrorCode::AllBrokersDown), text: "1/1 brokers are down".into() },
+            Reported {
+                code: Some(RDKafkaErrorCode::Authentication),
+                text: "SASL authentication error: Authentication failed".into(),
+            },
+            Reported {
+                code: Some(RDKafkaErrorCode::AllBrokersDown),
+                text: "1/1 brokers are down".into(),
+            },
         ];
-        let e = classify(Some(&KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure)), &reports, &t());
+        let e = classify(
+            Some(&KafkaError::MetadataFetch(
+                RDKafkaErrorCode::BrokerTransportFailure,
+            )),
+            &reports,
+            &t(),
+        );
         assert_eq!(e.class, ErrorClass::Sasl);
         assert_eq!(classify(None, &[], &t()).class, ErrorClass::Other);
     }
 
     #[test]
     fn definite_causes_end_a_wait_early() {
-        let r = |code, text: &str| Reported { code: Some(code), text: text.into() };
+        let r = |code, text: &str| Reported {
+            code: Some(code),
+            text: text.into(),
+        };
         let refused = r(
             RDKafkaErrorCode::BrokerTransportFailure,
             "kafka.example:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: Connection refused",
         );
-        assert!(definite(std::slice::from_ref(&refused), &t()).is_none(), "one refused connection may be a blip");
-        assert_eq!(definite(&[refused.clone(), refused.clone()], &t()).unwrap().class, ErrorClass::Tcp);
-        let two = Target { bootstrap: "kafka.example:9092, other:9092".into(), ..t() };
-        assert!(definite(&[refused.clone(), refused.clone()], &two).is_none(), "the other endpoint may work");
+        assert!(
+            definite(std::slice::from_ref(&refused), &t()).is_none(),
+            "one refused connection may be a blip"
+        );
+        assert_eq!(
+            definite(&[refused.clone(), refused.clone()], &t())
+                .unwrap()
+                .class,
+            ErrorClass::Tcp
+        );
+        let two = Target {
+            bootstrap: "kafka.example:9092, other:9092".into(),
+            ..t()
+        };
+        assert!(
+            definite(&[refused.clone(), refused.clone()], &two).is_none(),
+            "the other endpoint may work"
+        );
         let down = r(RDKafkaErrorCode::AllBrokersDown, "1/1 brokers are down");
-        assert_eq!(definite(&[refused, down], &two).unwrap().class, ErrorClass::Tcp);
-        assert_eq!(definite(&[r(RDKafkaErrorCode::Authentication, "")], &t()).unwrap().class, ErrorClass::Sasl);
-        let unknown = r(RDKafkaErrorCode::Resolve, "kafka.example:9092/bootstrap: Failed to resolve 'kafka.example:9092'");
-        assert_eq!(definite(std::slice::from_ref(&unknown), &t()).unwrap().class, ErrorClass::Dns);
-        assert!(definite(&[unknown], &two).is_none(), "other:9092 may resolve");
+        assert_eq!(
+            definite(&[refused, down], &two).unwrap().class,
+            ErrorClass::Tcp
+        );
+        assert_eq!(
+            definite(&[r(RDKafkaErrorCode::Authentication, "")], &t())
+                .unwrap()
+                .class,
+            ErrorClass::Sasl
+        );
+        let unknown = r(
+            RDKafkaErrorCode::Resolve,
+            "kafka.example:9092/bootstrap: Failed to resolve 'kafka.example:9092'",
+        );
+        assert_eq!(
+            definite(std::slice::from_ref(&unknown), &t())
+                .unwrap()
+                .class,
+            ErrorClass::Dns
+        );
+        assert!(
+            definite(&[unknown], &two).is_none(),
+            "other:9092 may resolve"
+        );
         assert!(definite(&[], &t()).is_none());
-        assert_eq!(one(Some(RDKafkaErrorCode::InconsistentGroupProtocol), "").class, ErrorClass::Config);
+        assert_eq!(
+            one(Some(RDKafkaErrorCode::InconsistentGroupProtocol), "").class,
+            ErrorClass::Config
+        );
     }
 
     #[test]
     fn redact_masks_secrets_and_the_log_is_bounded() {
-        assert_eq!(redact("user alice pw hunter2!", &["hunter2", ""]), "user alice pw ******!");
+        assert_eq!(
+            redact("user alice pw hunter2!", &["hunter2", ""]),
+            "user alice pw ******!"
+        );
         let log = ErrorLog::default();
         for i in 0..40 {
             log.record(None, &format!("e{i}"));

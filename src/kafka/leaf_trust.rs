@@ -29,18 +29,27 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Whether a certificate may serve as an OpenSSL trust anchor as it is.
 fn is_anchor(cert: &X509Certificate<'_>) -> bool {
-    let ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    let ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
     ca || cert.subject() == cert.issuer()
 }
 
 /// If `ts` holds certificates that are neither CAs nor self-signed, return a
 /// PEM truststore that adds their issuers up to a root; `Ok(None)` when the
 /// truststore is usable as it is.
-pub async fn complete(ts: &Truststore, bootstrap_servers: &str, timeout: Duration) -> Result<Option<Truststore>, String> {
+pub async fn complete(
+    ts: &Truststore,
+    bootstrap_servers: &str,
+    timeout: Duration,
+) -> Result<Option<Truststore>, String> {
     let certs = super::truststore::certificates(ts).map_err(|e| e.to_string())?;
     let mut leaves = Vec::new();
     for der in &certs {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("truststore holds an unreadable certificate: {e}"))?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("truststore holds an unreadable certificate: {e}"))?;
         if !is_anchor(&cert) {
             leaves.push(der.clone());
         }
@@ -49,7 +58,11 @@ pub async fn complete(ts: &Truststore, bootstrap_servers: &str, timeout: Duratio
         return Ok(None);
     }
     let mut last_err = String::from("no bootstrap server given");
-    for server in bootstrap_servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for server in bootstrap_servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         match tokio::time::timeout(timeout, presented_chain(server)).await {
             Err(_) => last_err = format!("{server}: TLS handshake timed out"),
             Ok(Err(e)) => last_err = format!("{server}: {e}"),
@@ -58,7 +71,11 @@ pub async fn complete(ts: &Truststore, bootstrap_servers: &str, timeout: Duratio
                 let mut all = certs.clone();
                 all.extend(added);
                 let pem = super::truststore::pem_encode(&all);
-                return Ok(Some(Truststore { format: TruststoreFormat::Pem, data: Secret::new(pem), password: None }));
+                return Ok(Some(Truststore {
+                    format: TruststoreFormat::Pem,
+                    data: Secret::new(pem),
+                    password: None,
+                }));
             }
         }
     }
@@ -69,19 +86,25 @@ pub async fn complete(ts: &Truststore, bootstrap_servers: &str, timeout: Duratio
 
 /// The issuers (up to a self-signed root) of the presented leaf, which must
 /// be one of `leaves`.
-fn issuers_for(leaves: &[CertificateDer<'static>], chain: &[CertificateDer<'static>]) -> Result<Vec<CertificateDer<'static>>, String> {
+fn issuers_for(
+    leaves: &[CertificateDer<'static>],
+    chain: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let presented = chain.first().ok_or("the broker sent no certificate")?;
     if !leaves.iter().any(|l| l.as_ref() == presented.as_ref()) {
-        return Err("the broker presented a certificate that is not the one in the truststore: \
+        return Err(
+            "the broker presented a certificate that is not the one in the truststore: \
                     it was renewed, or this is not the broker the truststore was made for; \
                     rebuild the truststore, or import the CA certificate instead"
-            .into());
+                .into(),
+        );
     }
     let roots = rustls_native_certs::load_native_certs().certs;
     let mut added = Vec::new();
     let mut current = presented.clone();
     for _ in 0..8 {
-        let (_, cur) = X509Certificate::from_der(&current).map_err(|e| format!("unreadable certificate from the broker: {e}"))?;
+        let (_, cur) = X509Certificate::from_der(&current)
+            .map_err(|e| format!("unreadable certificate from the broker: {e}"))?;
         if cur.subject() == cur.issuer() && cur.verify_signature(None).is_ok() {
             return Ok(added);
         }
@@ -90,7 +113,10 @@ fn issuers_for(leaves: &[CertificateDer<'static>], chain: &[CertificateDer<'stat
             .chain(roots.iter())
             .find(|cand| {
                 X509Certificate::from_der(cand)
-                    .map(|(_, c)| c.subject() == cur.issuer() && cur.verify_signature(Some(c.public_key())).is_ok())
+                    .map(|(_, c)| {
+                        c.subject() == cur.issuer()
+                            && cur.verify_signature(Some(c.public_key())).is_ok()
+                    })
                     .unwrap_or(false)
             })
             .cloned();
@@ -114,23 +140,34 @@ fn issuers_for(leaves: &[CertificateDer<'static>], chain: &[CertificateDer<'stat
 
 /// Open a TLS handshake to `server` only to read the certificates it presents.
 async fn presented_chain(server: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let (host, port) = crate::allowlist::split_host_port(server).ok_or_else(|| format!("{server:?} is not host:port"))?;
+    let (host, port) = crate::allowlist::split_host_port(server)
+        .ok_or_else(|| format!("{server:?} is not host:port"))?;
     let host = host.trim_matches(['[', ']']).to_owned();
-    let port: u16 = port.parse().map_err(|_| format!("{server:?} has an invalid port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{server:?} has an invalid port"))?;
     let captured: Arc<Mutex<Vec<CertificateDer<'static>>>> = Arc::default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(Capture { seen: captured.clone(), provider: provider.clone() });
+    let verifier = Arc::new(Capture {
+        seen: captured.clone(),
+        provider: provider.clone(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect: {e}"))?;
-    let name = ServerName::try_from(host.clone()).map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
     // The handshake is aborted by `Capture` on purpose: this connection
     // never carries data, it only shows us the chain.
-    let _ = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await;
+    let _ = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await;
     let chain = captured.lock().map(|c| c.clone()).unwrap_or_default();
     if chain.is_empty() {
         return Err("the TLS handshake failed before the broker sent its certificate".into());
@@ -158,18 +195,32 @@ impl ServerCertVerifier for Capture {
             seen.push(end_entity.clone().into_owned());
             seen.extend(intermediates.iter().map(|c| c.clone().into_owned()));
         }
-        Err(rustls::Error::General("chain captured; handshake not needed".into()))
+        Err(rustls::Error::General(
+            "chain captured; handshake not needed".into(),
+        ))
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::General("not used".into()))
     }
 
-    fn verify_tls13_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::General("not used".into()))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

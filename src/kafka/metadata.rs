@@ -26,19 +26,29 @@ const SLICE: Duration = Duration::from_secs(1);
 
 /// Fetch metadata (of `topic`, or of the cluster) until an answer, the
 /// timeout, or `stop`. Blocking: call it on a blocking thread.
-pub fn fetch<C, K>(consumer: &K, topic: Option<&str>, timeout: Duration, stop: &AtomicBool) -> KafkaResult<Summary>
+pub fn fetch<C, K>(
+    consumer: &K,
+    topic: Option<&str>,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> KafkaResult<Summary>
 where
     C: ConsumerContext,
     K: Consumer<C>,
 {
     let end = Instant::now() + timeout;
     loop {
-        let slice = SLICE.min(end.saturating_duration_since(Instant::now())).max(Duration::from_millis(10));
+        let slice = SLICE
+            .min(end.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(10));
         match consumer.fetch_metadata(topic, slice) {
             Ok(md) => {
                 return Ok(Summary {
                     brokers: md.brokers().len(),
-                    topic: md.topics().first().map(|t| (t.error().map(RDKafkaErrorCode::from), t.partitions().len())),
+                    topic: md
+                        .topics()
+                        .first()
+                        .map(|t| (t.error().map(RDKafkaErrorCode::from), t.partitions().len())),
                 });
             }
             Err(e) if stop.load(Ordering::Relaxed) || Instant::now() >= end => return Err(e),

@@ -6,9 +6,9 @@
 //! The consuming itself (batches, acks, offsets) is in [`crate::relay`].
 
 pub mod client;
-pub mod leaf_trust;
 pub mod context;
 pub mod errors;
+pub mod leaf_trust;
 pub mod metadata;
 pub mod probe;
 pub mod truststore;

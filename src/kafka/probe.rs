@@ -124,11 +124,25 @@ fn step(step: StepName, started: Instant, result: Result<String, JobError>) -> S
         Ok(detail) => (StepStatus::Passed, detail, None),
         Err(e) => (StepStatus::Failed, String::new(), Some(e)),
     };
-    Step { step, status, detail, error, elapsed_ms: ms(started.elapsed()), certificates: Vec::new() }
+    Step {
+        step,
+        status,
+        detail,
+        error,
+        elapsed_ms: ms(started.elapsed()),
+        certificates: Vec::new(),
+    }
 }
 
 fn skipped(step: StepName, why: &str) -> Step {
-    Step { step, status: StepStatus::Skipped, detail: why.to_owned(), error: None, elapsed_ms: 0, certificates: Vec::new() }
+    Step {
+        step,
+        status: StepStatus::Skipped,
+        detail: why.to_owned(),
+        error: None,
+        elapsed_ms: 0,
+        certificates: Vec::new(),
+    }
 }
 
 fn fail(class: ErrorClass, message: String) -> JobError {
@@ -136,13 +150,23 @@ fn fail(class: ErrorClass, message: String) -> JobError {
 }
 
 /// Run the connection test, all of it within `deadline`.
-pub async fn test_connection(params: &ConnectionParams, allow: &AllowList, deadline: Duration) -> TestReport {
+pub async fn test_connection(
+    params: &ConnectionParams,
+    allow: &AllowList,
+    deadline: Duration,
+) -> TestReport {
     let started = Instant::now();
     let end = started + deadline;
     let mut steps = Vec::new();
     let mut partitions = None;
     let later = |steps: &mut Vec<Step>, from: usize, why: &str| {
-        let all = [StepName::AllowList, StepName::Dns, StepName::Tcp, StepName::Tls, StepName::Kafka];
+        let all = [
+            StepName::AllowList,
+            StepName::Dns,
+            StepName::Tcp,
+            StepName::Tls,
+            StepName::Kafka,
+        ];
         for name in &all[from..] {
             steps.push(skipped(*name, why));
         }
@@ -157,11 +181,19 @@ pub async fn test_connection(params: &ConnectionParams, allow: &AllowList, deadl
         .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")));
     let endpoints = match checked.and_then(|()| endpoints(&params.bootstrap_servers)) {
         Ok(eps) => {
-            steps.push(step(StepName::AllowList, t, Ok(format!("{} allowed", params.bootstrap_servers.trim()))));
+            steps.push(step(
+                StepName::AllowList,
+                t,
+                Ok(format!("{} allowed", params.bootstrap_servers.trim())),
+            ));
             eps
         }
         Err(message) => {
-            let class = if message.contains("agent_ALLOWED_ENDPOINTS") { ErrorClass::NotAllowed } else { ErrorClass::Config };
+            let class = if message.contains("agent_ALLOWED_ENDPOINTS") {
+                ErrorClass::NotAllowed
+            } else {
+                ErrorClass::Config
+            };
             steps.push(step(StepName::AllowList, t, Err(fail(class, message))));
             later(&mut steps, 1, "the endpoint may not be contacted");
             return finish(steps, None, started);
@@ -209,7 +241,10 @@ pub async fn test_connection(params: &ConnectionParams, allow: &AllowList, deadl
             let t1 = Instant::now();
             match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
-                    details.push(format!("{ep} connected via {addr} in {} ms", t1.elapsed().as_millis()));
+                    details.push(format!(
+                        "{ep} connected via {addr} in {} ms",
+                        t1.elapsed().as_millis()
+                    ));
                     ok = Some(s);
                     break;
                 }
@@ -241,14 +276,22 @@ pub async fn test_connection(params: &ConnectionParams, allow: &AllowList, deadl
         let budget = TLS_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
         steps.push(tls_step(&params.security, &host, &ep, stream, budget).await);
     } else {
-        steps.push(skipped(StepName::Tls, &format!("security.protocol {} does not use TLS", protocol_name(params.security.protocol))));
+        steps.push(skipped(
+            StepName::Tls,
+            &format!(
+                "security.protocol {} does not use TLS",
+                protocol_name(params.security.protocol)
+            ),
+        ));
     }
     drop(connected);
 
     // Kafka: authenticate and fetch metadata. Run even when our own TLS
     // check failed: librdkafka (OpenSSL) is what the job will use.
     let t = Instant::now();
-    let budget = end.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let budget = end
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
     let result = kafka_step(params, budget).await;
     if let Ok((_, n)) = &result {
         partitions = *n;
@@ -259,18 +302,34 @@ pub async fn test_connection(params: &ConnectionParams, allow: &AllowList, deadl
 
 fn finish(steps: Vec<Step>, partitions: Option<usize>, started: Instant) -> TestReport {
     let ok = steps.iter().all(|s| s.status != StepStatus::Failed);
-    TestReport { ok, steps, partitions, elapsed_ms: ms(started.elapsed()) }
+    TestReport {
+        ok,
+        steps,
+        partitions,
+        elapsed_ms: ms(started.elapsed()),
+    }
 }
 
 fn join(addrs: &[SocketAddr]) -> String {
-    addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn endpoints(bootstrap: &str) -> Result<Vec<(String, u16)>, String> {
     let mut out = Vec::new();
-    for ep in bootstrap.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (host, port) = split_host_port(ep).ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
-        let port = port.parse().map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
+    for ep in bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (host, port) = split_host_port(ep)
+            .ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
         out.push((host.trim_matches(['[', ']']).to_owned(), port));
     }
     if out.is_empty() {
@@ -279,7 +338,13 @@ fn endpoints(bootstrap: &str) -> Result<Vec<(String, u16)>, String> {
     Ok(out)
 }
 
-async fn tls_step(sec: &Security, host: &str, ep: &str, stream: tokio::net::TcpStream, budget: Duration) -> Step {
+async fn tls_step(
+    sec: &Security,
+    host: &str,
+    ep: &str,
+    stream: tokio::net::TcpStream,
+    budget: Duration,
+) -> Step {
     let t = Instant::now();
     let seen = Arc::new(Mutex::new(Vec::<CertificateDer<'static>>::new()));
     let result = tls_handshake(sec, host, ep, stream, budget, seen.clone()).await;
@@ -301,12 +366,17 @@ async fn tls_handshake(
     let mut roots = rustls::RootCertStore::empty();
     let source = match &sec.truststore {
         Some(ts) => {
-            let certs = truststore::certificates(ts).map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
+            let certs = truststore::certificates(ts)
+                .map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
             let n = certs.len();
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(fail(ErrorClass::Config, format!(
-                    "none of the {n} truststore certificates can be used as a trust anchor; export the stream's CA certificate again")));
+                return Err(fail(
+                    ErrorClass::Config,
+                    format!(
+                        "none of the {n} truststore certificates can be used as a trust anchor; export the stream's CA certificate again"
+                    ),
+                ));
             }
             format!("the truststore ({added} CA certificates)")
         }
@@ -315,9 +385,12 @@ async fn tls_handshake(
             "the system's CA certificates".to_owned()
         }
     };
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| fail(ErrorClass::Config, format!("cannot use {source}: {e}")))?;
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| fail(ErrorClass::Config, format!("cannot use {source}: {e}")))?;
     let verifier = Arc::new(Recording { inner, seen });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -328,27 +401,48 @@ async fn tls_handshake(
         (Some(cert), Some(key)) => {
             let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
                 .collect::<Result<_, _>>()
-                .map_err(|e| fail(ErrorClass::Config, format!("security.client_cert_pem is not PEM: {e}")))?;
+                .map_err(|e| {
+                    fail(
+                        ErrorClass::Config,
+                        format!("security.client_cert_pem is not PEM: {e}"),
+                    )
+                })?;
             let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
                 .ok()
                 .flatten()
                 .ok_or_else(|| fail(ErrorClass::Config, "security.client_key_pem holds no PEM private key; give a PKCS#8, PKCS#1 or SEC1 key".into()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| fail(ErrorClass::Config, format!("client certificate and key do not fit together: {e}")))?
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                fail(
+                    ErrorClass::Config,
+                    format!("client certificate and key do not fit together: {e}"),
+                )
+            })?
         }
         _ => builder.with_no_client_auth(),
     };
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| fail(ErrorClass::Config, format!("{host} is not a valid TLS server name: {e}")))?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+        fail(
+            ErrorClass::Config,
+            format!("{host} is not a valid TLS server name: {e}"),
+        )
+    })?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     match tokio::time::timeout(budget, connector.connect(name, stream)).await {
-        Err(_) => Err(fail(ErrorClass::Tls, format!(
-            "{ep} did not complete a TLS handshake within {budget:?}; check that the port is a TLS listener"))),
+        Err(_) => Err(fail(
+            ErrorClass::Tls,
+            format!(
+                "{ep} did not complete a TLS handshake within {budget:?}; check that the port is a TLS listener"
+            ),
+        )),
         Ok(Ok(tls)) => {
             let (_, conn) = tls.get_ref();
-            let version = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-            Ok(format!("{ep}: {version} handshake verified against {source}"))
+            let version = conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default();
+            Ok(format!(
+                "{ep}: {version} handshake verified against {source}"
+            ))
         }
         Ok(Err(e)) => Err(tls_error(ep, host, &source, &e)),
     }
@@ -360,15 +454,21 @@ fn tls_error(ep: &str, host: &str, source: &str, e: &std::io::Error) -> JobError
     let message = match inner {
         Some(rustls::Error::InvalidCertificate(C::UnknownIssuer)) => format!(
             "{ep} sent a certificate chain that is not signed by a CA in {source} (see the certificates below); \
-             add the issuing CA to the truststore (openssl s_client -showcerts -connect {ep} prints the chain)"),
-        Some(rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => format!(
-            "{ep} sent a certificate that does not name {host}; connect by a name the certificate holds"),
-        Some(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => format!(
-            "{ep} sent an expired certificate; the endpoint's operator must renew it"),
+             add the issuing CA to the truststore (openssl s_client -showcerts -connect {ep} prints the chain)"
+        ),
+        Some(rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        )) => format!(
+            "{ep} sent a certificate that does not name {host}; connect by a name the certificate holds"
+        ),
+        Some(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+            format!("{ep} sent an expired certificate; the endpoint's operator must renew it")
+        }
         Some(other) => format!("the TLS handshake with {ep} failed: {other}"),
         None => format!(
             "the TLS handshake with {ep} failed: {e}; check that the port is a TLS listener \
-             (OCI Streaming: SASL_SSL on port 9092)"),
+             (OCI Streaming: SASL_SSL on port 9092)"
+        ),
     };
     fail(ErrorClass::Tls, message)
 }
@@ -395,14 +495,25 @@ impl ServerCertVerifier for Recording {
         seen.push(end_entity.clone().into_owned());
         seen.extend(intermediates.iter().map(|c| c.clone().into_owned()));
         drop(seen);
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(m, c, d)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(m, c, d)
     }
 
@@ -434,34 +545,60 @@ fn rfc3339(secs: i64) -> String {
 
 /// Connect with librdkafka, authenticate, and fetch the topic's metadata.
 /// Returns the detail line and the partition count.
-async fn kafka_step(params: &ConnectionParams, budget: Duration) -> Result<(String, Option<usize>), JobError> {
+async fn kafka_step(
+    params: &ConnectionParams,
+    budget: Duration,
+) -> Result<(String, Option<usize>), JobError> {
     let target = Target {
         bootstrap: params.bootstrap_servers.trim().to_owned(),
         topic: params.topic.clone().unwrap_or_default(),
         group: String::new(),
         protocol: protocol_name(params.security.protocol),
-        sasl: params.security.sasl.as_ref().map(|s| (s.mechanism.as_kafka(), s.username.clone())),
+        sasl: params
+            .security
+            .sasl
+            .as_ref()
+            .map(|s| (s.mechanism.as_kafka(), s.username.clone())),
     };
-    let secrets: Vec<String> = params.security.sasl.iter().map(|s| s.password.expose().to_owned()).collect();
+    let secrets: Vec<String> = params
+        .security
+        .sasl
+        .iter()
+        .map(|s| s.password.expose().to_owned())
+        .collect();
     let redact = |mut e: JobError| {
-        e.message = errors::redact(&e.message, &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+        e.message = errors::redact(
+            &e.message,
+            &secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         e
     };
     let config = connection_config(&params.bootstrap_servers, &params.security)
         .map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
-    let ctx = CaptureContext { label: "connection-test".into(), ..Default::default() };
+    let ctx = CaptureContext {
+        label: "connection-test".into(),
+        ..Default::default()
+    };
     let log = ctx.errors.clone();
     // No group.id: the client's main queue is then polled by `poll` below,
     // which serves librdkafka's error events while the metadata request waits.
-    let consumer: Arc<BaseConsumer<CaptureContext>> = Arc::new(
-        config.create_with_context(ctx).map_err(|e| redact(fail(ErrorClass::Config, format!("cannot create the Kafka client: {e}"))))?,
-    );
+    let consumer: Arc<BaseConsumer<CaptureContext>> =
+        Arc::new(config.create_with_context(ctx).map_err(|e| {
+            redact(fail(
+                ErrorClass::Config,
+                format!("cannot create the Kafka client: {e}"),
+            ))
+        })?);
     let topic = params.topic.clone();
     let c2 = consumer.clone();
-    let timeout = budget.saturating_sub(Duration::from_millis(200)).max(Duration::from_millis(500));
+    let timeout = budget
+        .saturating_sub(Duration::from_millis(200))
+        .max(Duration::from_millis(500));
     let stop = metadata::StopOnDrop::default();
     let stop_flag = stop.0.clone();
-    let mut meta = tokio::task::spawn_blocking(move || metadata::fetch(&*c2, topic.as_deref(), timeout, &stop_flag));
+    let mut meta = tokio::task::spawn_blocking(move || {
+        metadata::fetch(&*c2, topic.as_deref(), timeout, &stop_flag)
+    });
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let result = loop {
         tokio::select! {
@@ -485,11 +622,26 @@ async fn kafka_step(params: &ConnectionParams, budget: Duration) -> Result<(Stri
         None => format!("connected with {}", target.protocol),
     };
     match result {
-        Err(join) => Err(fail(ErrorClass::Other, format!("the metadata request failed: {join}"))),
+        Err(join) => Err(fail(
+            ErrorClass::Other,
+            format!("the metadata request failed: {join}"),
+        )),
         Ok(Err(e)) => Err(redact(errors::classify(Some(&e), &reported, &target))),
-        Ok(Ok(metadata::Summary { brokers, topic: None })) => Ok((format!("{who}; {brokers} brokers in the cluster"), None)),
-        Ok(Ok(metadata::Summary { brokers, topic: Some((err, n)) })) => match err {
-            None => Ok((format!("{who}; topic {:?} has {n} partitions; {brokers} brokers", target.topic), Some(n))),
+        Ok(Ok(metadata::Summary {
+            brokers,
+            topic: None,
+        })) => Ok((format!("{who}; {brokers} brokers in the cluster"), None)),
+        Ok(Ok(metadata::Summary {
+            brokers,
+            topic: Some((err, n)),
+        })) => match err {
+            None => Ok((
+                format!(
+                    "{who}; topic {:?} has {n} partitions; {brokers} brokers",
+                    target.topic
+                ),
+                Some(n),
+            )),
             Some(code) => Err(redact(errors::classify_one(Some(code), "", &target))),
         },
     }
@@ -524,7 +676,11 @@ mod tests {
 
     #[tokio::test]
     async fn not_allowed_endpoint_is_never_contacted() {
-        let params = ConnectionParams { bootstrap_servers: "kafka.internal:9092".into(), topic: None, security: Security::default() };
+        let params = ConnectionParams {
+            bootstrap_servers: "kafka.internal:9092".into(),
+            topic: None,
+            security: Security::default(),
+        };
         let report = test_connection(&params, &AllowList::default(), Duration::from_secs(5)).await;
         assert!(!report.ok);
         let s = report.step(StepName::AllowList).unwrap();
@@ -540,15 +696,27 @@ mod tests {
 
     #[tokio::test]
     async fn unresolvable_host_fails_dns_and_skips_the_rest() {
-        let params = ConnectionParams { bootstrap_servers: "no-such-host.invalid:9092".into(), topic: None, security: Security::default() };
+        let params = ConnectionParams {
+            bootstrap_servers: "no-such-host.invalid:9092".into(),
+            topic: None,
+            security: Security::default(),
+        };
         let allow = AllowList::parse("*.invalid:9092").unwrap();
         let report = test_connection(&params, &allow, Duration::from_secs(10)).await;
         let dns = report.step(StepName::Dns).unwrap();
         assert_eq!(dns.status, StepStatus::Failed);
         let e = dns.error.as_ref().unwrap();
         assert_eq!(e.class, ErrorClass::Dns);
-        assert!(e.message.starts_with("cannot resolve no-such-host.invalid ("), "{}", e.message);
-        assert_eq!(report.step(StepName::Kafka).unwrap().status, StepStatus::Skipped);
+        assert!(
+            e.message
+                .starts_with("cannot resolve no-such-host.invalid ("),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            report.step(StepName::Kafka).unwrap().status,
+            StepStatus::Skipped
+        );
     }
 
     #[tokio::test]
@@ -556,12 +724,25 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let params = ConnectionParams { bootstrap_servers: format!("127.0.0.1:{port}"), topic: None, security: Security::default() };
+        let params = ConnectionParams {
+            bootstrap_servers: format!("127.0.0.1:{port}"),
+            topic: None,
+            security: Security::default(),
+        };
         let allow = AllowList::parse("127.0.0.1:*").unwrap();
         let report = test_connection(&params, &allow, Duration::from_secs(10)).await;
-        assert_eq!(report.step(StepName::Dns).unwrap().status, StepStatus::Passed);
+        assert_eq!(
+            report.step(StepName::Dns).unwrap().status,
+            StepStatus::Passed
+        );
         let tcp = report.step(StepName::Tcp).unwrap();
-        assert_eq!(tcp.error.as_ref().unwrap().class, ErrorClass::Tcp, "{tcp:?}");
-        assert!(tcp.error.as_ref().unwrap().message.starts_with(&format!("cannot connect to 127.0.0.1:{port} (127.0.0.1:{port}: ")));
+        assert_eq!(
+            tcp.error.as_ref().unwrap().class,
+            ErrorClass::Tcp,
+            "{tcp:?}"
+        );
+        assert!(tcp.error.as_ref().unwrap().message.starts_with(&format!(
+            "cannot connect to 127.0.0.1:{port} (127.0.0.1:{port}: "
+        )));
     }
 }

@@ -22,12 +22,18 @@ pub enum TruststoreError {
         "{format} truststore data is not valid base64 ({reason}); send the base64 of the whole file, \
          for example the output of `base64 -w0 truststore.{ext}`"
     )]
-    NotBase64 { format: &'static str, ext: &'static str, reason: String },
+    NotBase64 {
+        format: &'static str,
+        ext: &'static str,
+        reason: String,
+    },
     #[error(
         "truststore is not a JKS keystore (it does not start with the JKS magic bytes FEEDFEED){hint}"
     )]
     NotJks { hint: &'static str },
-    #[error("JKS truststore has version {0}, but only versions 1 and 2 exist; recreate it with keytool")]
+    #[error(
+        "JKS truststore has version {0}, but only versions 1 and 2 exist; recreate it with keytool"
+    )]
     UnsupportedJksVersion(u32),
     #[error("JKS truststore is truncated: it ends inside {0}; copy the whole file again")]
     Truncated(&'static str),
@@ -56,11 +62,11 @@ pub enum TruststoreError {
          from the stream endpoint"
     )]
     BadCertificate { which: String, reason: String },
-    #[error("truststore PEM is malformed ({0}); give the -----BEGIN CERTIFICATE----- blocks unchanged")]
-    BadPem(String),
     #[error(
-        "truststore is not a PKCS#12 file ({reason}){hint}"
+        "truststore PEM is malformed ({0}); give the -----BEGIN CERTIFICATE----- blocks unchanged"
     )]
+    BadPem(String),
+    #[error("truststore is not a PKCS#12 file ({reason}){hint}")]
     NotPkcs12 { reason: String, hint: &'static str },
     #[error("PKCS#12 truststore cannot be read: {0}; re-export it with keytool -storetype PKCS12")]
     Pkcs12(String),
@@ -70,7 +76,11 @@ pub enum TruststoreError {
 pub fn certificates(ts: &Truststore) -> Result<Vec<CertificateDer<'static>>, TruststoreError> {
     // An empty password field means "none", as with keytool: there is no way
     // to tell "empty" from "not given" in a console form.
-    let password = ts.password.as_ref().map(|p| p.expose()).filter(|p| !p.is_empty());
+    let password = ts
+        .password
+        .as_ref()
+        .map(|p| p.expose())
+        .filter(|p| !p.is_empty());
     let ders = match ts.format {
         TruststoreFormat::Pem => parse_pem(ts.data.expose())?,
         TruststoreFormat::Jks => {
@@ -84,9 +94,10 @@ pub fn certificates(ts: &Truststore) -> Result<Vec<CertificateDer<'static>>, Tru
                 parse_jks(&bytes, password)?
             }
         }
-        TruststoreFormat::Pkcs12 => {
-            parse_pkcs12(&decode_base64(ts.data.expose(), "PKCS#12", "p12")?, password.unwrap_or(""))?
-        }
+        TruststoreFormat::Pkcs12 => parse_pkcs12(
+            &decode_base64(ts.data.expose(), "PKCS#12", "p12")?,
+            password.unwrap_or(""),
+        )?,
     };
     if ders.is_empty() {
         return Err(TruststoreError::NoCertificates { detail: "" });
@@ -118,7 +129,11 @@ pub fn pem_encode(certs: &[CertificateDer<'_>]) -> String {
     out
 }
 
-fn decode_base64(data: &str, format: &'static str, ext: &'static str) -> Result<Vec<u8>, TruststoreError> {
+fn decode_base64(
+    data: &str,
+    format: &'static str,
+    ext: &'static str,
+) -> Result<Vec<u8>, TruststoreError> {
     let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     if compact.starts_with("-----BEGIN") {
         return Err(TruststoreError::NotBase64 {
@@ -129,7 +144,11 @@ fn decode_base64(data: &str, format: &'static str, ext: &'static str) -> Result<
     }
     base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
-        .map_err(|e| TruststoreError::NotBase64 { format, ext, reason: e.to_string() })
+        .map_err(|e| TruststoreError::NotBase64 {
+            format,
+            ext,
+            reason: e.to_string(),
+        })
 }
 
 fn parse_pem(text: &str) -> Result<Vec<Vec<u8>>, TruststoreError> {
@@ -139,7 +158,9 @@ fn parse_pem(text: &str) -> Result<Vec<Vec<u8>>, TruststoreError> {
         .map_err(|e| TruststoreError::BadPem(e.to_string()))?;
     if ders.is_empty() {
         let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(compact.as_bytes())
+            .unwrap_or_default();
         let detail = if bytes.starts_with(&JKS_MAGIC.to_be_bytes()) {
             " (the data looks like a base64 JKS file: choose the format jks)"
         } else if bytes.first() == Some(&0x30) {
@@ -153,10 +174,12 @@ fn parse_pem(text: &str) -> Result<Vec<Vec<u8>>, TruststoreError> {
 }
 
 fn check_x509(der: &[u8], index: usize) -> Result<(), TruststoreError> {
-    x509_parser::parse_x509_certificate(der).map(|_| ()).map_err(|e| TruststoreError::BadCertificate {
-        which: format!("#{}", index + 1),
-        reason: e.to_string(),
-    })
+    x509_parser::parse_x509_certificate(der)
+        .map(|_| ())
+        .map_err(|e| TruststoreError::BadCertificate {
+            which: format!("#{}", index + 1),
+            reason: e.to_string(),
+        })
 }
 
 fn parse_pkcs12(data: &[u8], password: &str) -> Result<Vec<Vec<u8>>, TruststoreError> {
@@ -166,19 +189,20 @@ fn parse_pkcs12(data: &[u8], password: &str) -> Result<Vec<Vec<u8>>, TruststoreE
             hint: "; choose the format jks for it",
         });
     }
-    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(data, password).map_err(|e| match e {
-        p12_keystore::error::Error::MacError(_) => TruststoreError::WrongPassword,
-        p12_keystore::error::Error::DerError(e) => TruststoreError::NotPkcs12 {
-            reason: e.to_string(),
-            hint: "; if it is a JKS file choose the format jks, if it is PEM text choose pem",
-        },
-        // Bags are decrypted with the password too; a wrong one usually fails
-        // the MAC first, but a MAC-less file fails here.
-        p12_keystore::error::Error::UnpadError | p12_keystore::error::Error::Pkcs5Error(_) => {
-            TruststoreError::WrongPassword
-        }
-        other => TruststoreError::Pkcs12(other.to_string()),
-    })?;
+    let archive =
+        p12_keystore::Pkcs12Archive::from_pkcs12(data, password).map_err(|e| match e {
+            p12_keystore::error::Error::MacError(_) => TruststoreError::WrongPassword,
+            p12_keystore::error::Error::DerError(e) => TruststoreError::NotPkcs12 {
+                reason: e.to_string(),
+                hint: "; if it is a JKS file choose the format jks, if it is PEM text choose pem",
+            },
+            // Bags are decrypted with the password too; a wrong one usually fails
+            // the MAC first, but a MAC-less file fails here.
+            p12_keystore::error::Error::UnpadError | p12_keystore::error::Error::Pkcs5Error(_) => {
+                TruststoreError::WrongPassword
+            }
+            other => TruststoreError::Pkcs12(other.to_string()),
+        })?;
     // A truststore's CA certificates are the bags not tied to a private key
     // (keytool marks them trusted, openssl does not; both are accepted).
     let cas: Vec<Vec<u8>> = archive
@@ -249,11 +273,19 @@ pub fn parse_jks(data: &[u8], password: Option<&str>) -> Result<Vec<Vec<u8>>, Tr
                 let n = r.u32("a certificate entry")? as usize;
                 let der = r.take(n, "a certificate")?;
                 if let Err(e) = x509_parser::parse_x509_certificate(der) {
-                    return Err(TruststoreError::BadCertificate { which: format!("{alias:?}"), reason: e.to_string() });
+                    return Err(TruststoreError::BadCertificate {
+                        which: format!("{alias:?}"),
+                        reason: e.to_string(),
+                    });
                 }
                 certs.push(der.to_vec());
             }
-            tag => return Err(TruststoreError::UnknownEntry { tag, index: index + 1 }),
+            tag => {
+                return Err(TruststoreError::UnknownEntry {
+                    tag,
+                    index: index + 1,
+                });
+            }
         }
     }
     let body_len = r.pos;
@@ -300,7 +332,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], TruststoreError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(TruststoreError::Truncated(what))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(TruststoreError::Truncated(what))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -372,7 +408,11 @@ mod tests {
     }
 
     fn ts(format: TruststoreFormat, data: String, password: Option<&str>) -> Truststore {
-        Truststore { format, data: Secret::new(data), password: password.map(Secret::from) }
+        Truststore {
+            format,
+            data: Secret::new(data),
+            password: password.map(Secret::from),
+        }
     }
 
     fn b64(b: &[u8]) -> String {
@@ -383,9 +423,15 @@ mod tests {
     fn jks_with_two_certs_reads_both_and_checks_the_password() {
         let (a, b) = (cert_der("a.example"), cert_der("b.example"));
         let file = jks(&[("ossstream", &a), ("second", &b)], 1, "changeit");
-        assert_eq!(parse_jks(&file, Some("changeit")).unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(
+            parse_jks(&file, Some("changeit")).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
         assert_eq!(parse_jks(&file, None).unwrap(), vec![a, b]);
-        assert_eq!(parse_jks(&file, Some("wrong")), Err(TruststoreError::WrongPassword));
+        assert_eq!(
+            parse_jks(&file, Some("wrong")),
+            Err(TruststoreError::WrongPassword)
+        );
     }
 
     #[test]
@@ -407,12 +453,17 @@ mod tests {
         for cut in 0..file.len() {
             let err = parse_jks(&file[..cut], None).unwrap_err();
             assert!(
-                matches!(err, TruststoreError::Truncated(_) | TruststoreError::NotJks { .. }),
+                matches!(
+                    err,
+                    TruststoreError::Truncated(_) | TruststoreError::NotJks { .. }
+                ),
                 "cut at {cut}: {err:?}"
             );
         }
         assert_eq!(
-            parse_jks(&file[..file.len() - 1], None).unwrap_err().to_string(),
+            parse_jks(&file[..file.len() - 1], None)
+                .unwrap_err()
+                .to_string(),
             "JKS truststore is truncated: it ends inside the integrity digest at its end; copy the whole file again"
         );
     }
@@ -424,7 +475,10 @@ mod tests {
         // then the data runs out; nothing is reserved for the count.
         file[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(
-            matches!(parse_jks(&file, None), Err(TruststoreError::Truncated(_) | TruststoreError::UnknownEntry { index: 2, .. })),
+            matches!(
+                parse_jks(&file, None),
+                Err(TruststoreError::Truncated(_) | TruststoreError::UnknownEntry { index: 2, .. })
+            ),
             "{:?}",
             parse_jks(&file, None)
         );
@@ -432,26 +486,52 @@ mod tests {
         let mut file = jks(&[("x", &cert_der("x"))], 0, "pw");
         let at = 12 + 4 + 2 + 1 + 8 + 2 + 5;
         file[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(parse_jks(&file, None), Err(TruststoreError::Truncated("a certificate")));
+        assert_eq!(
+            parse_jks(&file, None),
+            Err(TruststoreError::Truncated("a certificate"))
+        );
     }
 
     #[test]
     fn garbage_and_other_formats_are_named() {
         assert_eq!(
-            parse_jks(b"hello world, not a keystore", None).unwrap_err().to_string(),
+            parse_jks(b"hello world, not a keystore", None)
+                .unwrap_err()
+                .to_string(),
             "truststore is not a JKS keystore (it does not start with the JKS magic bytes FEEDFEED)"
         );
-        assert!(parse_jks(&[0xCE, 0xCE, 0xCE, 0xCE, 0, 0, 0, 2], None).unwrap_err().to_string().contains("JCEKS"));
-        assert!(parse_jks(&[0x30, 0x82, 1, 2], None).unwrap_err().to_string().contains("choose the format pkcs12"));
-        assert!(parse_jks(&[], None).unwrap_err().to_string().contains("not a JKS keystore"));
+        assert!(
+            parse_jks(&[0xCE, 0xCE, 0xCE, 0xCE, 0, 0, 0, 2], None)
+                .unwrap_err()
+                .to_string()
+                .contains("JCEKS")
+        );
+        assert!(
+            parse_jks(&[0x30, 0x82, 1, 2], None)
+                .unwrap_err()
+                .to_string()
+                .contains("choose the format pkcs12")
+        );
+        assert!(
+            parse_jks(&[], None)
+                .unwrap_err()
+                .to_string()
+                .contains("not a JKS keystore")
+        );
         let mut v = JKS_MAGIC.to_be_bytes().to_vec();
         v.extend_from_slice(&7u32.to_be_bytes());
-        assert_eq!(parse_jks(&v, None), Err(TruststoreError::UnsupportedJksVersion(7)));
+        assert_eq!(
+            parse_jks(&v, None),
+            Err(TruststoreError::UnsupportedJksVersion(7))
+        );
         let mut v = JKS_MAGIC.to_be_bytes().to_vec();
         v.extend_from_slice(&2u32.to_be_bytes());
         v.extend_from_slice(&1u32.to_be_bytes());
         v.extend_from_slice(&3u32.to_be_bytes());
-        assert_eq!(parse_jks(&v, None), Err(TruststoreError::UnknownEntry { tag: 3, index: 1 }));
+        assert_eq!(
+            parse_jks(&v, None),
+            Err(TruststoreError::UnknownEntry { tag: 3, index: 1 })
+        );
     }
 
     #[test]
@@ -462,23 +542,42 @@ mod tests {
             "truststore holds no trusted certificates (only private key entries: this is a keystore, not a truststore); \
              import the stream's CA certificate, for example keytool -keystore truststore.jks -alias OSSStream -importcert -file stream-ca.pem"
         );
-        assert_eq!(parse_jks(&jks(&[], 0, "pw"), None), Err(TruststoreError::NoCertificates { detail: "" }));
+        assert_eq!(
+            parse_jks(&jks(&[], 0, "pw"), None),
+            Err(TruststoreError::NoCertificates { detail: "" })
+        );
     }
 
     #[test]
     fn a_jks_entry_that_is_not_a_certificate_is_named() {
         let file = jks(&[("ossstream", b"not der")], 0, "pw");
         let err = parse_jks(&file, None).unwrap_err();
-        assert!(err.to_string().starts_with("truststore certificate \"ossstream\" is not a valid X.509 certificate"), "{err}");
+        assert!(
+            err.to_string().starts_with(
+                "truststore certificate \"ossstream\" is not a valid X.509 certificate"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn pem_with_several_certs_round_trips() {
-        let certs = vec![CertificateDer::from(cert_der("a")), CertificateDer::from(cert_der("b"))];
+        let certs = vec![
+            CertificateDer::from(cert_der("a")),
+            CertificateDer::from(cert_der("b")),
+        ];
         let pem = pem_encode(&certs);
-        let back = certificates(&ts(TruststoreFormat::Pem, format!("junk before\n{pem}"), None)).unwrap();
+        let back = certificates(&ts(
+            TruststoreFormat::Pem,
+            format!("junk before\n{pem}"),
+            None,
+        ))
+        .unwrap();
         assert_eq!(back, certs);
-        assert_eq!(to_pem(&ts(TruststoreFormat::Pem, pem.clone(), None)).unwrap(), pem);
+        assert_eq!(
+            to_pem(&ts(TruststoreFormat::Pem, pem.clone(), None)).unwrap(),
+            pem
+        );
     }
 
     #[test]
@@ -491,18 +590,41 @@ mod tests {
         );
         let file = jks(&[("x", &cert_der("x"))], 0, "pw");
         let e = to_pem(&ts(TruststoreFormat::Pem, b64(&file), None)).unwrap_err();
-        assert!(e.to_string().contains("looks like a base64 JKS file: choose the format jks"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("looks like a base64 JKS file: choose the format jks"),
+            "{e}"
+        );
         let e = to_pem(&ts(TruststoreFormat::Jks, "%%%".into(), None)).unwrap_err();
-        assert!(e.to_string().starts_with("JKS truststore data is not valid base64"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("JKS truststore data is not valid base64"),
+            "{e}"
+        );
         let pem = pem_encode(&[CertificateDer::from(cert_der("a"))]);
         let e = to_pem(&ts(TruststoreFormat::Jks, pem.clone(), None)).unwrap_err();
-        assert!(e.to_string().contains("it is PEM text; choose the format pem"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("it is PEM text; choose the format pem"),
+            "{e}"
+        );
         let e = to_pem(&ts(TruststoreFormat::Pkcs12, b64(&file), Some("pw"))).unwrap_err();
-        assert_eq!(e.to_string(), "truststore is not a PKCS#12 file (it is a JKS keystore); choose the format jks for it");
+        assert_eq!(
+            e.to_string(),
+            "truststore is not a PKCS#12 file (it is a JKS keystore); choose the format jks for it"
+        );
         let e = to_pem(&ts(TruststoreFormat::Pkcs12, b64(b"garbage!"), None)).unwrap_err();
-        assert!(e.to_string().starts_with("truststore is not a PKCS#12 file ("), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("truststore is not a PKCS#12 file ("),
+            "{e}"
+        );
         // base64 with line breaks (as `base64` prints by default) is fine.
-        let wrapped: String = b64(&file).as_bytes().chunks(76).map(|c| format!("{}\n", std::str::from_utf8(c).unwrap())).collect();
+        let wrapped: String = b64(&file)
+            .as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
+            .collect();
         assert!(to_pem(&ts(TruststoreFormat::Jks, wrapped, Some("pw"))).is_ok());
     }
 
@@ -512,7 +634,9 @@ mod tests {
         let mut store = p12_keystore::KeyStore::new();
         store.add_entry(
             "ca",
-            p12_keystore::KeyStoreEntry::Certificate(p12_keystore::Certificate::from_der(&der).unwrap()),
+            p12_keystore::KeyStoreEntry::Certificate(
+                p12_keystore::Certificate::from_der(&der).unwrap(),
+            ),
         );
         let file = store.writer("secret").write().unwrap();
         let got = certificates(&ts(TruststoreFormat::Pkcs12, b64(&file), Some("secret"))).unwrap();

@@ -64,7 +64,11 @@ impl BatchWriter {
         put_str16(&mut buf, topic);
         let count_at = buf.len();
         buf.put_u32(0);
-        BatchWriter { buf, count_at, count: 0 }
+        BatchWriter {
+            buf,
+            count_at,
+            count: 0,
+        }
     }
 
     /// Append one record. Header names longer than 64 KiB are cut (Kafka
@@ -125,7 +129,10 @@ fn put_str16(buf: &mut BytesMut, s: &str) {
     let bytes = s.as_bytes();
     let len = bytes.len().min(u16::MAX as usize);
     // Cut on a char boundary so the decoder always sees valid UTF-8.
-    let len = (0..=len).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    let len = (0..=len)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
     buf.put_u16(len as u16);
     buf.put_slice(&bytes[..len]);
 }
@@ -192,11 +199,20 @@ pub fn decode(frame: Bytes) -> Result<Batch, BatchError> {
     if b.has_remaining() {
         return Err(BatchError::TrailingBytes(b.remaining()));
     }
-    Ok(Batch { job_id, batch_seq, topic, records })
+    Ok(Batch {
+        job_id,
+        batch_seq,
+        topic,
+        records,
+    })
 }
 
 fn need(b: &Bytes, n: usize, what: &'static str) -> Result<(), BatchError> {
-    if b.remaining() < n { Err(BatchError::Truncated(what)) } else { Ok(()) }
+    if b.remaining() < n {
+        Err(BatchError::Truncated(what))
+    } else {
+        Ok(())
+    }
 }
 
 fn get_u16(b: &mut Bytes, what: &'static str) -> Result<u16, BatchError> {
@@ -243,7 +259,14 @@ mod tests {
 
     fn sample() -> Bytes {
         let mut w = BatchWriter::new("job-1", 7, "users", 256);
-        w.push(0, 41, Some(1_700_000_000_000), Some(b"k1"), Some(br#"{"ID":1}"#), [("h", Some(&b"v"[..]))]);
+        w.push(
+            0,
+            41,
+            Some(1_700_000_000_000),
+            Some(b"k1"),
+            Some(br#"{"ID":1}"#),
+            [("h", Some(&b"v"[..]))],
+        );
         w.push(2, 5, None, None, None, []);
         assert_eq!(w.len(), 2);
         w.finish()
@@ -257,25 +280,46 @@ mod tests {
         assert_eq!(batch.topic, "users");
         assert_eq!(batch.records.len(), 2);
         let r = &batch.records[0];
-        assert_eq!((r.partition, r.offset, r.timestamp), (0, 41, Some(1_700_000_000_000)));
+        assert_eq!(
+            (r.partition, r.offset, r.timestamp),
+            (0, 41, Some(1_700_000_000_000))
+        );
         assert_eq!(r.key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(r.value.as_deref(), Some(&br#"{"ID":1}"#[..]));
-        assert_eq!(r.headers, vec![("h".to_string(), Some(Bytes::from_static(b"v")))]);
+        assert_eq!(
+            r.headers,
+            vec![("h".to_string(), Some(Bytes::from_static(b"v")))]
+        );
         let r = &batch.records[1];
-        assert_eq!((r.partition, r.offset, r.timestamp, r.key.clone(), r.value.clone()), (2, 5, None, None, None));
+        assert_eq!(
+            (
+                r.partition,
+                r.offset,
+                r.timestamp,
+                r.key.clone(),
+                r.value.clone()
+            ),
+            (2, 5, None, None, None)
+        );
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let full = sample();
         for cut in 0..full.len() {
-            assert!(decode(full.slice(..cut)).is_err(), "prefix of {cut} bytes decoded");
+            assert!(
+                decode(full.slice(..cut)).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
         }
     }
 
     #[test]
     fn bad_magic_and_trailing_bytes_are_named() {
-        assert_eq!(decode(Bytes::from_static(b"XXXX")), Err(BatchError::BadMagic));
+        assert_eq!(
+            decode(Bytes::from_static(b"XXXX")),
+            Err(BatchError::BadMagic)
+        );
         let mut v = sample().to_vec();
         v.extend_from_slice(b"zz");
         assert_eq!(decode(Bytes::from(v)), Err(BatchError::TrailingBytes(2)));
@@ -286,7 +330,10 @@ mod tests {
         let mut w = BatchWriter::new("j", 1, "t", 64).finish().to_vec();
         let n = w.len();
         w[n - 4..].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(decode(Bytes::from(w)), Err(BatchError::Truncated("partition")));
+        assert_eq!(
+            decode(Bytes::from(w)),
+            Err(BatchError::Truncated("partition"))
+        );
     }
 }
 
@@ -339,7 +386,11 @@ mod measure {
                 let recs: Vec<JsonRecord> = values
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| JsonRecord { partition: 0, offset: i as i64, value: String::from_utf8(v.clone()).unwrap() })
+                    .map(|(i, v)| JsonRecord {
+                        partition: 0,
+                        offset: i as i64,
+                        value: String::from_utf8(v.clone()).unwrap(),
+                    })
                     .collect();
                 let s = serde_json::to_string(&recs).unwrap();
                 json_bytes = s.len();
@@ -353,12 +404,24 @@ mod measure {
                 let recs: Vec<JsonRecord> = values
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| JsonRecord { partition: 0, offset: i as i64, value: base64::engine::general_purpose::STANDARD.encode(v) })
+                    .map(|(i, v)| JsonRecord {
+                        partition: 0,
+                        offset: i as i64,
+                        value: base64::engine::general_purpose::STANDARD.encode(v),
+                    })
                     .collect();
                 let s = serde_json::to_string(&recs).unwrap();
                 b64_bytes = s.len();
                 let back: Vec<JsonRecord> = serde_json::from_str(&s).unwrap();
-                let n: usize = back.iter().map(|r| base64::engine::general_purpose::STANDARD.decode(&r.value).unwrap().len()).sum();
+                let n: usize = back
+                    .iter()
+                    .map(|r| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(&r.value)
+                            .unwrap()
+                            .len()
+                    })
+                    .sum();
                 assert!(n > 0);
             }
             let b64 = t.elapsed() / rounds;

@@ -139,13 +139,19 @@ mod partition_keys {
                     f.write_str("a partition number")
                 }
                 fn visit_i64<E: Error>(self, v: i64) -> Result<Key, E> {
-                    i32::try_from(v).map(Key).map_err(|_| E::custom(format!("partition {v} is out of range")))
+                    i32::try_from(v)
+                        .map(Key)
+                        .map_err(|_| E::custom(format!("partition {v} is out of range")))
                 }
                 fn visit_u64<E: Error>(self, v: u64) -> Result<Key, E> {
-                    i32::try_from(v).map(Key).map_err(|_| E::custom(format!("partition {v} is out of range")))
+                    i32::try_from(v)
+                        .map(Key)
+                        .map_err(|_| E::custom(format!("partition {v} is out of range")))
                 }
                 fn visit_str<E: Error>(self, v: &str) -> Result<Key, E> {
-                    v.trim().parse::<i32>().map(Key).map_err(|_| E::custom(format!("partition {v:?} is not a partition number")))
+                    v.trim().parse::<i32>().map(Key).map_err(|_| {
+                        E::custom(format!("partition {v:?} is not a partition number"))
+                    })
                 }
             }
             d.deserialize_any(KeyVisitor)
@@ -309,7 +315,10 @@ mod tests {
 
     #[test]
     fn partitions_accept_all_keyword_or_list() {
-        assert_eq!(serde_json::from_str::<Partitions>("\"all\"").unwrap(), Partitions::All);
+        assert_eq!(
+            serde_json::from_str::<Partitions>("\"all\"").unwrap(),
+            Partitions::All
+        );
         assert_eq!(
             serde_json::from_str::<Partitions>("[0,2]").unwrap(),
             Partitions::List(vec![0, 2])
@@ -320,14 +329,25 @@ mod tests {
 
     #[test]
     fn start_offsets_survive_the_assign_job_message() {
-        let mut spec: JobSpec = serde_json::from_str(r#"{"id":"j","bootstrap_servers":"h:9092","topic":"t","consumer_group":"g"}"#).unwrap();
+        let mut spec: JobSpec = serde_json::from_str(
+            r#"{"id":"j","bootstrap_servers":"h:9092","topic":"t","consumer_group":"g"}"#,
+        )
+        .unwrap();
         spec.start = StartPosition::Offsets([(0, 5), (3, 7)].into());
-        let text = crate::protocol::encode(&crate::protocol::ControlMessage::AssignJob(spec.clone()));
-        assert!(text.contains(r#""start":{"offsets":{"0":5,"3":7}}"#), "{text}");
+        let text =
+            crate::protocol::encode(&crate::protocol::ControlMessage::AssignJob(spec.clone()));
+        assert!(
+            text.contains(r#""start":{"offsets":{"0":5,"3":7}}"#),
+            "{text}"
+        );
         let back: crate::protocol::ControlMessage = crate::protocol::decode(&text).unwrap();
         assert_eq!(back, crate::protocol::ControlMessage::AssignJob(spec));
         let err = serde_json::from_str::<StartPosition>(r#"{"offsets":{"x":1}}"#).unwrap_err();
-        assert!(err.to_string().contains("partition \"x\" is not a partition number"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("partition \"x\" is not a partition number"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -339,7 +359,10 @@ mod tests {
         .unwrap();
         assert_eq!(job.max_records, 2000);
         assert_eq!(job.start, StartPosition::Earliest);
-        assert_eq!(job.security.sasl.as_ref().unwrap().mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(
+            job.security.sasl.as_ref().unwrap().mechanism,
+            SaslMechanism::ScramSha512
+        );
         assert!(!format!("{job:?}").contains("p4ss"));
     }
 }

@@ -45,7 +45,13 @@ pub struct PartStats {
 
 impl Default for PartStats {
     fn default() -> Self {
-        PartStats { fetched: -1, relayed: -1, acked: -1, committed: -1, high: None }
+        PartStats {
+            fetched: -1,
+            relayed: -1,
+            acked: -1,
+            committed: -1,
+            high: None,
+        }
     }
 }
 
@@ -104,7 +110,12 @@ impl Core {
                 return;
             }
             let records = b.writer.len();
-            self.sealed.push_back(Sealed { seq: b.seq, frame: b.writer.finish(), records, parts: b.parts });
+            self.sealed.push_back(Sealed {
+                seq: b.seq,
+                frame: b.writer.finish(),
+                records,
+                parts: b.parts,
+            });
         }
     }
 
@@ -177,7 +188,9 @@ impl ClientContext for RelayContext {
     /// the statistics JSON (only the few fields needed, so new librdkafka
     /// fields cannot break it).
     fn stats_raw(&self, json: &[u8]) {
-        let Ok(stats) = serde_json::from_slice::<Stats>(json) else { return };
+        let Ok(stats) = serde_json::from_slice::<Stats>(json) else {
+            return;
+        };
         let mut core = lock(&self.core);
         if let Some(t) = stats.topics.get(&self.topic) {
             for (p, ps) in &t.partitions {
@@ -241,14 +254,27 @@ impl ConsumerContext for RelayContext {
     /// librdkafka's default rebalance, plus: explicit start offsets before
     /// an assignment, commit-and-forget before a revocation, and pausing of
     /// new partitions while the job is not fetching.
-    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.apply_start_offsets(base, tpl);
-                let r = if cooperative { base.incremental_assign(tpl) } else { base.assign(tpl) };
+                let r = if cooperative {
+                    base.incremental_assign(tpl)
+                } else {
+                    base.assign(tpl)
+                };
                 self.check("assign", r);
-                let parts: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                let parts: Vec<i32> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
                 tracing::info!(job = %self.job, partitions = ?parts, "partitions assigned");
                 let paused = {
                     let mut core = lock(&self.core);
@@ -265,15 +291,24 @@ impl ConsumerContext for RelayContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.commit_and_forget(base, tpl);
-                let r = if cooperative { base.incremental_unassign(tpl) } else { base.unassign() };
+                let r = if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                };
                 self.check("unassign", r);
             }
             other => {
                 let code: rdkafka::types::RDKafkaErrorCode = other.into();
                 tracing::warn!(job = %self.job, error = %code, "rebalance failed");
-                self.errors.record(Some(code), &format!("rebalance failed: {code}"));
+                self.errors
+                    .record(Some(code), &format!("rebalance failed: {code}"));
                 self.commit_and_forget(base, tpl);
-                let r = if cooperative { base.incremental_unassign(tpl) } else { base.unassign() };
+                let r = if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                };
                 self.check("unassign", r);
             }
         }
@@ -284,7 +319,9 @@ impl ConsumerContext for RelayContext {
             Ok(()) => lock(&self.core).note_committed(offsets),
             // "No offset to commit" is the normal case of an idle interval.
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(job = %self.job, error = %e, "offset commit failed; the next one retries"),
+            Err(e) => {
+                tracing::warn!(job = %self.job, error = %e, "offset commit failed; the next one retries")
+            }
         }
     }
 }
@@ -310,14 +347,21 @@ impl RelayContext {
             }
         };
         for e in committed.elements_for_topic(&self.topic) {
-            if let (Some(start), Offset::Invalid) = (self.start_offsets.get(&e.partition()), e.offset()) {
-                let _ = tpl.set_partition_offset(&self.topic, e.partition(), Offset::Offset(*start));
+            if let (Some(start), Offset::Invalid) =
+                (self.start_offsets.get(&e.partition()), e.offset())
+            {
+                let _ =
+                    tpl.set_partition_offset(&self.topic, e.partition(), Offset::Offset(*start));
             }
         }
     }
 
     fn commit_and_forget(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let revoked: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        let revoked: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         // A lost assignment belongs to someone else already: committing
         // would overwrite the new owner's progress.
         let lost = base.assignment_lost();
@@ -335,8 +379,12 @@ impl RelayContext {
         };
         if commit.count() > 0 {
             match base.commit(&commit, CommitMode::Sync) {
-                Ok(()) => tracing::info!(job = %self.job, offsets = ?offsets(&commit), "committed on revoke"),
-                Err(e) => tracing::warn!(job = %self.job, error = %e, "commit on revoke failed; those records will be read again"),
+                Ok(()) => {
+                    tracing::info!(job = %self.job, offsets = ?offsets(&commit), "committed on revoke")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %self.job, error = %e, "commit on revoke failed; those records will be read again")
+                }
             }
         }
         let mut core = lock(&self.core);
@@ -349,7 +397,10 @@ impl RelayContext {
 
 /// `partition => offset` pairs of a list, for logs.
 pub fn offsets(tpl: &TopicPartitionList) -> Vec<(i32, i64)> {
-    tpl.elements().iter().filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o))).collect()
+    tpl.elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -361,7 +412,12 @@ mod tests {
         for (p, o) in &parts {
             writer.push(*p, *o, None, None, Some(b"v"), []);
         }
-        Building { seq, writer, parts, opened: Instant::now() }
+        Building {
+            seq,
+            writer,
+            parts,
+            opened: Instant::now(),
+        }
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub(crate) struct Control {
 
 impl Shared {
     fn new(spec: &JobSpec, out: Option<mpsc::Sender<Outbound>>) -> Arc<Shared> {
-        let (control, _) = watch::channel(Control { session: out, session_gen: 1, ..Default::default() });
+        let (control, _) = watch::channel(Control {
+            session: out,
+            session_gen: 1,
+            ..Default::default()
+        });
         Arc::new(Shared {
             job_id: spec.id.clone(),
             spec: spec.clone(),
@@ -82,7 +86,11 @@ impl Shared {
     }
 
     pub(crate) fn expect_ack(&self, seq: u64) {
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).in_flight.insert(seq);
+        self.inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight
+            .insert(seq);
     }
 
     pub(crate) fn take_acks(&self) -> Vec<u64> {
@@ -141,9 +149,20 @@ pub(crate) fn spawn_with(
     let cancel = cancel.child_token();
     let shared = Shared::new(&spec, out);
     let span = tracing::info_span!("job", job = %spec.id, topic = %spec.topic);
-    let runner = Runner::new(spec, allow.clone(), settings, shared.clone(), cancel.clone());
+    let runner = Runner::new(
+        spec,
+        allow.clone(),
+        settings,
+        shared.clone(),
+        cancel.clone(),
+    );
     let task = tokio::spawn(runner.run().instrument(span));
-    JobHandle { shared, _stop_on_drop: cancel.clone().drop_guard(), cancel, task }
+    JobHandle {
+        shared,
+        _stop_on_drop: cancel.clone().drop_guard(),
+        cancel,
+        task,
+    }
 }
 
 impl JobHandle {
@@ -193,7 +212,12 @@ impl JobHandle {
     /// acks of everything in flight, commit, leave the group. After
     /// `deadline` the job is cancelled (it still commits what is acked).
     pub async fn drain(self, deadline: Duration) {
-        let JobHandle { shared, cancel, _stop_on_drop, mut task } = self;
+        let JobHandle {
+            shared,
+            cancel,
+            _stop_on_drop,
+            mut task,
+        } = self;
         shared.control.send_modify(|c| c.draining = true);
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
             warn!(job = %shared.job_id, ?deadline, "drain deadline passed; stopping with unacked batches");
@@ -215,7 +239,6 @@ pub(crate) fn next_seq() -> u64 {
     NEXT.fetch_max(now, Ordering::Relaxed);
     NEXT.fetch_add(1, Ordering::Relaxed) + 1
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -251,7 +274,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn not_allowed_job_fails_with_the_allow_list_key_and_stops_on_drain() {
         let (tx, mut rx) = mpsc::channel(8);
-        let h = spawn(spec("kafka.internal:9092"), &AllowList::parse("other:9092").unwrap(), RelaySettings::default(), tx, CancellationToken::new());
+        let h = spawn(
+            spec("kafka.internal:9092"),
+            &AllowList::parse("other:9092").unwrap(),
+            RelaySettings::default(),
+            tx,
+            CancellationToken::new(),
+        );
         let state = loop {
             match rx.recv().await {
                 Some(Outbound::State(s)) if s.phase == JobPhase::Failed => break s,
@@ -261,7 +290,11 @@ mod tests {
         };
         let e = state.error.unwrap();
         assert_eq!(e.class, ErrorClass::NotAllowed);
-        assert!(e.message.contains("agent_ALLOWED_ENDPOINTS"), "{}", e.message);
+        assert!(
+            e.message.contains("agent_ALLOWED_ENDPOINTS"),
+            "{}",
+            e.message
+        );
         h.drain(Duration::from_secs(1)).await;
     }
 
@@ -274,7 +307,13 @@ mod tests {
         )
         .unwrap();
         let (tx, mut rx) = mpsc::channel(8);
-        let h = spawn(spec, &AllowList::parse("127.0.0.1:*").unwrap(), RelaySettings::default(), tx, CancellationToken::new());
+        let h = spawn(
+            spec,
+            &AllowList::parse("127.0.0.1:*").unwrap(),
+            RelaySettings::default(),
+            tx,
+            CancellationToken::new(),
+        );
         let state = loop {
             if let Some(Outbound::State(s)) = rx.recv().await
                 && s.phase == JobPhase::Failed
@@ -284,7 +323,10 @@ mod tests {
         };
         let e = state.error.unwrap();
         assert_eq!(e.class, ErrorClass::Config);
-        assert_eq!(e.message, "truststore is not a JKS keystore (it does not start with the JKS magic bytes FEEDFEED)");
+        assert_eq!(
+            e.message,
+            "truststore is not a JKS keystore (it does not start with the JKS magic bytes FEEDFEED)"
+        );
         assert_eq!(h.state().phase, JobPhase::Failed);
         h.drain(Duration::from_secs(1)).await;
     }

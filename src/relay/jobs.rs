@@ -43,7 +43,12 @@ struct Retiring {
 impl Jobs {
     /// `cancel` is the agent's root token: cancelling it stops every job.
     pub fn new(allow: AllowList, settings: RelaySettings, cancel: CancellationToken) -> Self {
-        Jobs { allow, settings, cancel, inner: Mutex::default() }
+        Jobs {
+            allow,
+            settings,
+            cancel,
+            inner: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -56,14 +61,24 @@ impl Jobs {
     /// first in the background). The same spec again changes nothing.
     pub fn assign(&self, spec: JobSpec) {
         let mut inner = self.lock();
-        if inner.active.get(&spec.id).is_some_and(|h| h.spec() == &spec) {
+        if inner
+            .active
+            .get(&spec.id)
+            .is_some_and(|h| h.spec() == &spec)
+        {
             return;
         }
         if let Some(old) = inner.active.remove(&spec.id) {
             tracing::info!(job = %spec.id, "job spec changed; replacing the job");
             self.retire(&mut inner, old);
         }
-        let h = job::spawn_with(spec, &self.allow, self.settings.clone(), inner.out.clone(), self.cancel.clone());
+        let h = job::spawn_with(
+            spec,
+            &self.allow,
+            self.settings.clone(),
+            inner.out.clone(),
+            self.cancel.clone(),
+        );
         inner.active.insert(h.id().to_owned(), h);
     }
 
@@ -125,11 +140,19 @@ impl Jobs {
     }
 
     pub fn pause(&self, job_id: &str) -> bool {
-        self.lock().active.get(job_id).map(JobHandle::pause).is_some()
+        self.lock()
+            .active
+            .get(job_id)
+            .map(JobHandle::pause)
+            .is_some()
     }
 
     pub fn resume(&self, job_id: &str) -> bool {
-        self.lock().active.get(job_id).map(JobHandle::resume).is_some()
+        self.lock()
+            .active
+            .get(job_id)
+            .map(JobHandle::resume)
+            .is_some()
     }
 
     /// Ids of the active jobs, sorted.
@@ -157,7 +180,11 @@ impl Jobs {
         Box::pin(async move {
             let drains = active.into_iter().map(|h| h.drain(deadline));
             let rest = async {
-                let _ = tokio::time::timeout(deadline + Duration::from_secs(12), futures_util::future::join_all(retiring)).await;
+                let _ = tokio::time::timeout(
+                    deadline + Duration::from_secs(12),
+                    futures_util::future::join_all(retiring),
+                )
+                .await;
             };
             futures_util::future::join(futures_util::future::join_all(drains), rest).await;
         })

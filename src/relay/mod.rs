@@ -31,7 +31,11 @@ pub use jobs::Jobs;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A batch frame (`protocol::batch`), to send as one binary message.
-    Batch { job_id: String, batch_seq: u64, frame: Bytes },
+    Batch {
+        job_id: String,
+        batch_seq: u64,
+        frame: Bytes,
+    },
     /// A job's state, to send as `AgentMessage::JobState`.
     State(JobState),
 }
@@ -66,7 +70,9 @@ impl Default for RelaySettings {
             retry_cap: Duration::from_secs(60),
             preflight_timeout: Duration::from_secs(15),
             revoke_deadline: Duration::from_secs(30),
-            commit_interval: Duration::from_millis(u64::from(crate::kafka::client::COMMIT_INTERVAL_MS)),
+            commit_interval: Duration::from_millis(u64::from(
+                crate::kafka::client::COMMIT_INTERVAL_MS,
+            )),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::relay::Outbound;
 use crate::relay::consumer::{Building, Core, RelayContext, lock};
 use crate::relay::job::next_seq;
 use crate::relay::runner::{Exit, Runner};
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -26,13 +27,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Encoded size of a record in a batch frame (see `protocol::batch`).
-fn encoded_size(msg: &BorrowedMessage<'_>, headers: Option<&rdkafka::message::BorrowedHeaders>) -> usize {
+fn encoded_size(
+    msg: &BorrowedMessage<'_>,
+    headers: Option<&rdkafka::message::BorrowedHeaders>,
+) -> usize {
     let mut n = 4 + 8 + 8 + 4 + 4 + 2 + msg.key_len() + msg.payload_len();
     if let Some(h) = headers {
         for hdr in h.iter() {
@@ -85,7 +88,12 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
 
 impl Runner {
     /// The main loop of a running consumer.
-    pub(crate) async fn pump(&mut self, consumer: &Arc<StreamConsumer<RelayContext>>, core: &Arc<Mutex<Core>>, errors: &ErrorLog) -> Exit {
+    pub(crate) async fn pump(
+        &mut self,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        core: &Arc<Mutex<Core>>,
+        errors: &ErrorLog,
+    ) -> Exit {
         let window = self.spec.window as usize;
         let eager = window.min(EAGER);
         let max_records = self.spec.max_records as usize;
@@ -115,17 +123,32 @@ impl Runner {
                 if draining {
                     c.seal();
                 }
-                let deadline = c.building.as_ref().filter(|b| !b.writer.is_empty()).map(|b| b.opened + max_wait);
+                let deadline = c
+                    .building
+                    .as_ref()
+                    .filter(|b| !b.writer.is_empty())
+                    .map(|b| b.opened + max_wait);
                 let bytes: usize = c.sealed.iter().map(|s| s.frame.len()).sum();
                 let building_records = c.building.as_ref().map_or(0, |b| b.writer.len() as usize);
-                (c.sealed.len(), bytes, deadline, c.building.is_some(), std::mem::take(&mut c.rebalanced), building_records)
+                (
+                    c.sealed.len(),
+                    bytes,
+                    deadline,
+                    c.building.is_some(),
+                    std::mem::take(&mut c.rebalanced),
+                    building_records,
+                )
             };
             if rebalanced {
                 self.report(Some(core), false);
             }
             let in_flight = self.unacked.len() + sealed;
-            let in_flight_bytes = sealed_bytes + self.unacked.iter().map(|(_, f)| f.len()).sum::<usize>();
-            let window_full = session.is_some() && !paused && !draining && (in_flight >= window || in_flight_bytes >= WINDOW_BYTES);
+            let in_flight_bytes =
+                sealed_bytes + self.unacked.iter().map(|(_, f)| f.len()).sum::<usize>();
+            let window_full = session.is_some()
+                && !paused
+                && !draining
+                && (in_flight >= window || in_flight_bytes >= WINDOW_BYTES);
             let want_fetch = session.is_some() && !paused && !draining && !window_full;
             if window_full {
                 full_since.get_or_insert_with(Instant::now);
@@ -143,7 +166,8 @@ impl Runner {
             if draining && sealed == 0 && !has_building && self.unacked.is_empty() {
                 return Exit::Stop;
             }
-            let can_send = session.is_some() && (!resend.is_empty() || (sealed > 0 && self.unacked.len() < window));
+            let can_send = session.is_some()
+                && (!resend.is_empty() || (sealed > 0 && self.unacked.len() < window));
             let grace_end = lost_since.map(|t| t + self.settings.session_grace);
             let phase = if self.error.is_some() {
                 JobPhase::Failed
@@ -289,7 +313,12 @@ impl Runner {
 
     /// Pause or resume every assigned partition; new assignments follow
     /// `core.paused` (see the rebalance callback).
-    fn set_fetching(&self, consumer: &StreamConsumer<RelayContext>, core: &Mutex<Core>, fetch: bool) {
+    fn set_fetching(
+        &self,
+        consumer: &StreamConsumer<RelayContext>,
+        core: &Mutex<Core>,
+        fetch: bool,
+    ) {
         lock(core).paused = !fetch;
         let assignment = match consumer.assignment() {
             Ok(a) => a,
@@ -301,9 +330,17 @@ impl Runner {
         if assignment.count() == 0 {
             return;
         }
-        let r = if fetch { consumer.resume(&assignment) } else { consumer.pause(&assignment) };
+        let r = if fetch {
+            consumer.resume(&assignment)
+        } else {
+            consumer.pause(&assignment)
+        };
         match r {
-            Ok(()) => debug!(fetch, "fetching {}", if fetch { "resumed" } else { "paused" }),
+            Ok(()) => debug!(
+                fetch,
+                "fetching {}",
+                if fetch { "resumed" } else { "paused" }
+            ),
             Err(e) => warn!(error = %e, fetch, "pause/resume failed"),
         }
     }
@@ -322,7 +359,10 @@ impl Runner {
             return 0;
         }
         let mut sealed = 0;
-        if c.building.as_ref().is_some_and(|b| !b.writer.is_empty() && b.writer.encoded_len() + size > max_bytes) {
+        if c.building
+            .as_ref()
+            .is_some_and(|b| !b.writer.is_empty() && b.writer.encoded_len() + size > max_bytes)
+        {
             c.seal();
             sealed += 1;
         }
@@ -333,7 +373,12 @@ impl Runner {
                 // Small to start, grown as records come: a full-size buffer
                 // per batch cost an mmap and page faults for every small
                 // batch, and its memory while unacked.
-                writer: BatchWriter::new(&self.spec.id, seq, &self.spec.topic, max_bytes.min(16 * 1024)),
+                writer: BatchWriter::new(
+                    &self.spec.id,
+                    seq,
+                    &self.spec.topic,
+                    max_bytes.min(16 * 1024),
+                ),
                 parts: Vec::new(),
                 opened: Instant::now(),
             }
@@ -344,7 +389,10 @@ impl Runner {
             msg.timestamp().to_millis(),
             msg.key(),
             msg.payload(),
-            headers.iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value)),
+            headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .map(|h| (h.key, h.value)),
         );
         match b.parts.iter_mut().find(|(q, _)| *q == p) {
             Some(e) => e.1 = e.1.max(o),
@@ -371,9 +419,11 @@ impl Runner {
             return Some(Exit::Failed(je));
         }
         match je.class {
-            ErrorClass::Sasl | ErrorClass::Tls | ErrorClass::Authorization | ErrorClass::TopicMissing | ErrorClass::Config => {
-                Some(Exit::Failed(je))
-            }
+            ErrorClass::Sasl
+            | ErrorClass::Tls
+            | ErrorClass::Authorization
+            | ErrorClass::TopicMissing
+            | ErrorClass::Config => Some(Exit::Failed(je)),
             // A name that resolved a moment ago, a broker restarting: librdkafka
             // reconnects by itself, and the preflight of a new consumer would
             // meet the same trouble.
@@ -393,15 +443,26 @@ impl Runner {
     }
 
     /// Send the next frame: a resend first, else the oldest sealed batch.
-    fn send_one(&mut self, permit: mpsc::Permit<'_, Outbound>, core: &Mutex<Core>, resend: &mut VecDeque<u64>) {
+    fn send_one(
+        &mut self,
+        permit: mpsc::Permit<'_, Outbound>,
+        core: &Mutex<Core>,
+        resend: &mut VecDeque<u64>,
+    ) {
         while let Some(seq) = resend.pop_front() {
             if let Some((_, frame)) = self.unacked.iter().find(|(s, _)| *s == seq) {
-                permit.send(Outbound::Batch { job_id: self.spec.id.clone(), batch_seq: seq, frame: frame.clone() });
+                permit.send(Outbound::Batch {
+                    job_id: self.spec.id.clone(),
+                    batch_seq: seq,
+                    frame: frame.clone(),
+                });
                 return;
             }
         }
         let mut c = lock(core);
-        let Some(sealed) = c.sealed.pop_front() else { return };
+        let Some(sealed) = c.sealed.pop_front() else {
+            return;
+        };
         c.tracker.sent(sealed.seq, sealed.parts.iter().copied());
         for (p, o) in &sealed.parts {
             if let Some(s) = c.parts.get_mut(p) {
@@ -414,7 +475,11 @@ impl Runner {
         self.records_relayed += u64::from(sealed.records);
         self.bytes_relayed += sealed.frame.len() as u64;
         self.unacked.push_back((sealed.seq, sealed.frame.clone()));
-        permit.send(Outbound::Batch { job_id: self.spec.id.clone(), batch_seq: sealed.seq, frame: sealed.frame });
+        permit.send(Outbound::Batch {
+            job_id: self.spec.id.clone(),
+            batch_seq: sealed.seq,
+            frame: sealed.frame,
+        });
     }
 
     /// Apply acks: move watermarks and store the new offsets (committed by
@@ -455,5 +520,4 @@ impl Runner {
             warn!(error = %e, offsets = ?moved, "storing offsets failed");
         }
     }
-
 }

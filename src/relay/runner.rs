@@ -35,7 +35,9 @@ use crate::backoff::Backoff;
 use crate::kafka::client;
 use crate::kafka::errors::{self, ErrorLog, Target};
 use crate::kafka::metadata;
-use crate::protocol::job::{ErrorClass, JobError, JobPhase, JobSpec, JobState, Partitions, StartPosition};
+use crate::protocol::job::{
+    ErrorClass, JobError, JobPhase, JobSpec, JobState, Partitions, StartPosition,
+};
 use crate::relay::consumer::{self, Core, RelayContext, lock};
 use crate::relay::job::{CLOSE_TIMEOUT, Shared};
 use crate::relay::pump::sleep_until_opt;
@@ -83,7 +85,12 @@ fn secrets_of(spec: &JobSpec) -> Vec<String> {
     let s = &spec.security;
     let mut v: Vec<String> = Vec::new();
     v.extend(s.sasl.iter().map(|x| x.password.expose().to_owned()));
-    v.extend(s.truststore.iter().filter_map(|t| t.password.as_ref()).map(|p| p.expose().to_owned()));
+    v.extend(
+        s.truststore
+            .iter()
+            .filter_map(|t| t.password.as_ref())
+            .map(|p| p.expose().to_owned()),
+    );
     v.extend(s.client_key_pem.iter().map(|k| k.expose().to_owned()));
     v
 }
@@ -123,19 +130,33 @@ impl Runner {
             .await
             .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")));
         if let Err(message) = allowed {
-            return self.fail_permanently(JobError { class: ErrorClass::NotAllowed, message }).await;
+            return self
+                .fail_permanently(JobError {
+                    class: ErrorClass::NotAllowed,
+                    message,
+                })
+                .await;
         }
         let mut config = match client::consumer_config(&self.spec) {
             Ok(c) => c,
             Err(e) => {
                 let message = self.redact(&e.to_string());
-                return self.fail_permanently(JobError { class: ErrorClass::Config, message }).await;
+                return self
+                    .fail_permanently(JobError {
+                        class: ErrorClass::Config,
+                        message,
+                    })
+                    .await;
             }
         };
-        config.set("auto.commit.interval.ms", self.settings.commit_interval.as_millis().max(1).to_string());
+        config.set(
+            "auto.commit.interval.ms",
+            self.settings.commit_interval.as_millis().max(1).to_string(),
+        );
         debug!(config = %client::describe(&config), "consumer configuration");
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_cap);
-        let mut trust_completed = !client::uses_tls(self.spec.security.protocol) || self.spec.security.truststore.is_none();
+        let mut trust_completed = !client::uses_tls(self.spec.security.protocol)
+            || self.spec.security.truststore.is_none();
         loop {
             if !self.wait_for_session().await {
                 break;
@@ -177,30 +198,57 @@ impl Runner {
                 }
             }
         }
-        let last_error = if self.phase == JobPhase::Failed { self.error.clone() } else { None };
+        let last_error = if self.phase == JobPhase::Failed {
+            self.error.clone()
+        } else {
+            None
+        };
         self.set(JobPhase::Stopped, last_error, None);
-        info!(records = self.records_relayed, batches_acked = self.batches_acked, "job stopped");
+        info!(
+            records = self.records_relayed,
+            batches_acked = self.batches_acked,
+            "job stopped"
+        );
     }
 
     /// When the truststore holds leaf certificates, the consumer config with
     /// the truststore completed to the issuing CA; `None` when not needed.
     async fn complete_leaf_trust(&self) -> Result<Option<rdkafka::ClientConfig>, JobError> {
-        let Some(ts) = self.spec.security.truststore.as_ref() else { return Ok(None) };
-        let completed = crate::kafka::leaf_trust::complete(ts, &self.spec.bootstrap_servers, self.settings.preflight_timeout)
-            .await
-            .map_err(|message| JobError { class: ErrorClass::Tls, message: self.redact(&message) })?;
-        let Some(completed) = completed else { return Ok(None) };
+        let Some(ts) = self.spec.security.truststore.as_ref() else {
+            return Ok(None);
+        };
+        let completed = crate::kafka::leaf_trust::complete(
+            ts,
+            &self.spec.bootstrap_servers,
+            self.settings.preflight_timeout,
+        )
+        .await
+        .map_err(|message| JobError {
+            class: ErrorClass::Tls,
+            message: self.redact(&message),
+        })?;
+        let Some(completed) = completed else {
+            return Ok(None);
+        };
         info!("truststore holds the broker's own certificate; trusting the CA that issued it");
         let mut spec = self.spec.clone();
         spec.security.truststore = Some(completed);
-        let mut config = client::consumer_config(&spec)
-            .map_err(|e| JobError { class: ErrorClass::Config, message: self.redact(&e.to_string()) })?;
-        config.set("auto.commit.interval.ms", self.settings.commit_interval.as_millis().max(1).to_string());
+        let mut config = client::consumer_config(&spec).map_err(|e| JobError {
+            class: ErrorClass::Config,
+            message: self.redact(&e.to_string()),
+        })?;
+        config.set(
+            "auto.commit.interval.ms",
+            self.settings.commit_interval.as_millis().max(1).to_string(),
+        );
         Ok(Some(config))
     }
 
     pub(crate) fn redact(&self, text: &str) -> String {
-        errors::redact(text, &self.secrets.iter().map(String::as_str).collect::<Vec<_>>())
+        errors::redact(
+            text,
+            &self.secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
     }
 
     /// A failure retrying cannot fix: report it and wait to be revoked.
@@ -250,7 +298,12 @@ impl Runner {
     }
 
     /// Record the phase and error and report them if they changed.
-    pub(crate) fn set(&mut self, phase: JobPhase, error: Option<JobError>, core: Option<&Mutex<Core>>) {
+    pub(crate) fn set(
+        &mut self,
+        phase: JobPhase,
+        error: Option<JobError>,
+        core: Option<&Mutex<Core>>,
+    ) {
         if phase != self.phase || error != self.error {
             self.phase = phase;
             self.error = error;
@@ -304,7 +357,10 @@ impl Runner {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 let message = self.redact(&format!("cannot create the Kafka consumer: {e}"));
-                return Exit::Failed(JobError { class: ErrorClass::Config, message });
+                return Exit::Failed(JobError {
+                    class: ErrorClass::Config,
+                    message,
+                });
             }
         };
         let exit = match self.preflight(&consumer, &errors).await {
@@ -328,14 +384,20 @@ impl Runner {
     /// Fetch the topic's metadata before joining: a wrong password, an
     /// untrusted certificate or a missing topic shows up here, fast and
     /// classified. Returns the partition count.
-    async fn preflight(&mut self, consumer: &Arc<StreamConsumer<RelayContext>>, errors: &ErrorLog) -> Result<usize, JobError> {
+    async fn preflight(
+        &mut self,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        errors: &ErrorLog,
+    ) -> Result<usize, JobError> {
         let c = consumer.clone();
         let topic = self.spec.topic.clone();
         let timeout = self.settings.preflight_timeout;
         // Dropped on every return: an abandoned request stops within a second.
         let stop = metadata::StopOnDrop::default();
         let stop_flag = stop.0.clone();
-        let mut meta = tokio::task::spawn_blocking(move || metadata::fetch(&*c, Some(&topic), timeout, &stop_flag).map(|s| s.topic));
+        let mut meta = tokio::task::spawn_blocking(move || {
+            metadata::fetch(&*c, Some(&topic), timeout, &stop_flag).map(|s| s.topic)
+        });
         let result = loop {
             tokio::select! {
                 r = &mut meta => break r,
@@ -353,10 +415,19 @@ impl Runner {
         };
         let seen = errors.take();
         match result {
-            Err(e) => Err(JobError { class: ErrorClass::Other, message: format!("metadata request failed: {e}") }),
+            Err(e) => Err(JobError {
+                class: ErrorClass::Other,
+                message: format!("metadata request failed: {e}"),
+            }),
             Ok(Err(e)) => Err(self.redacted(errors::classify(Some(&e), &seen, &self.target))),
-            Ok(Ok(None)) => Err(self.redacted(errors::classify_one(Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition), "", &self.target))),
-            Ok(Ok(Some((Some(code), _)))) => Err(self.redacted(errors::classify_one(Some(code), "", &self.target))),
+            Ok(Ok(None)) => Err(self.redacted(errors::classify_one(
+                Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition),
+                "",
+                &self.target,
+            ))),
+            Ok(Ok(Some((Some(code), _)))) => {
+                Err(self.redacted(errors::classify_one(Some(code), "", &self.target)))
+            }
             Ok(Ok(Some((None, n)))) => Ok(n),
         }
     }
@@ -367,12 +438,16 @@ impl Runner {
     }
 
     /// Subscribe (all partitions, shared by the group) or assign (a list).
-    async fn start(&mut self, consumer: &Arc<StreamConsumer<RelayContext>>, partitions: usize) -> Result<(), JobError> {
+    async fn start(
+        &mut self,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        partitions: usize,
+    ) -> Result<(), JobError> {
         let topic = self.spec.topic.clone();
         match &self.spec.partitions {
-            Partitions::All => consumer.subscribe(&[&topic]).map_err(|e| {
-                self.redacted(errors::classify(Some(&e), &[], &self.target))
-            }),
+            Partitions::All => consumer
+                .subscribe(&[&topic])
+                .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target))),
             Partitions::List(list) => {
                 if let Some(bad) = list.iter().find(|p| **p as usize >= partitions) {
                     return Err(JobError {
@@ -391,17 +466,26 @@ impl Runner {
                     // Explicit offsets only where the group has none committed.
                     let c = consumer.clone();
                     let probe = tpl.clone();
-                    let committed = tokio::task::spawn_blocking(move || c.committed_offsets(probe, Duration::from_secs(10)))
-                        .await
-                        .map_err(|e| JobError { class: ErrorClass::Other, message: e.to_string() })?
-                        .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
+                    let committed = tokio::task::spawn_blocking(move || {
+                        c.committed_offsets(probe, Duration::from_secs(10))
+                    })
+                    .await
+                    .map_err(|e| JobError {
+                        class: ErrorClass::Other,
+                        message: e.to_string(),
+                    })?
+                    .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
                     for e in committed.elements_for_topic(&topic) {
-                        if let (Some(o), Offset::Invalid) = (starts.get(&e.partition()), e.offset()) {
-                            let _ = tpl.set_partition_offset(&topic, e.partition(), Offset::Offset(*o));
+                        if let (Some(o), Offset::Invalid) = (starts.get(&e.partition()), e.offset())
+                        {
+                            let _ =
+                                tpl.set_partition_offset(&topic, e.partition(), Offset::Offset(*o));
                         }
                     }
                 }
-                consumer.assign(&tpl).map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
                 let mut core = lock(&consumer.context().core);
                 for p in list {
                     core.assigned.insert(*p);
@@ -413,7 +497,11 @@ impl Runner {
     }
 
     /// Commit what is acked, leave the group, forget this consumer's batches.
-    pub(crate) async fn close(&mut self, consumer: Arc<StreamConsumer<RelayContext>>, core: &Arc<Mutex<Core>>) {
+    pub(crate) async fn close(
+        &mut self,
+        consumer: Arc<StreamConsumer<RelayContext>>,
+        core: &Arc<Mutex<Core>>,
+    ) {
         let commit = lock(core).to_commit(&self.spec.topic);
         let c = consumer;
         let job = self.spec.id.clone();
@@ -429,7 +517,9 @@ impl Runner {
                         // So the revoke during close does not commit it again.
                         lock(&core2).note_committed(&commit);
                     }
-                    Err(e) => warn!(job = %job, error = %e, "final commit failed; unacked records will be read again"),
+                    Err(e) => {
+                        warn!(job = %job, error = %e, "final commit failed; unacked records will be read again")
+                    }
                 }
             }
             drop(c);
@@ -448,4 +538,3 @@ impl Runner {
         self.report(Some(core), false);
     }
 }
-

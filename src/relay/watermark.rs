@@ -69,7 +69,9 @@ impl Watermarks {
         };
         let mut moved = Vec::new();
         for p in parts {
-            let Some(part) = self.partitions.get_mut(&p) else { continue };
+            let Some(part) = self.partitions.get_mut(&p) else {
+                continue;
+            };
             if let Some(entry) = part.queue.iter_mut().find(|(seq, _, _)| *seq == batch_seq) {
                 entry.2 = true;
             }
@@ -112,7 +114,9 @@ impl Watermarks {
 
     /// All known watermarks, by partition.
     pub fn watermarks(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.partitions.iter().filter_map(|(p, s)| s.watermark.map(|w| (*p, w)))
+        self.partitions
+            .iter()
+            .filter_map(|(p, s)| s.watermark.map(|w| (*p, w)))
     }
 
     /// Batches sent and not yet acked that still carry a tracked partition.
@@ -122,7 +126,9 @@ impl Watermarks {
 
     /// Whether `partition` has records sent and not yet acked.
     pub fn has_unacked(&self, partition: i32) -> bool {
-        self.partitions.get(&partition).is_some_and(|p| !p.queue.is_empty())
+        self.partitions
+            .get(&partition)
+            .is_some_and(|p| !p.queue.is_empty())
     }
 }
 
@@ -181,7 +187,10 @@ mod tests {
         assert_eq!(w.ack(2), vec![(2, 101)]);
         assert_eq!(w.ack(3), vec![]);
         assert_eq!(w.ack(1), vec![(0, 7), (1, 10)]);
-        assert_eq!((w.watermark(0), w.watermark(1), w.watermark(2)), (Some(7), Some(10), Some(101)));
+        assert_eq!(
+            (w.watermark(0), w.watermark(1), w.watermark(2)),
+            (Some(7), Some(10), Some(101))
+        );
     }
 
     #[test]
@@ -280,7 +289,10 @@ mod tests {
                     assert_eq!(w.watermark(p), expect, "order {perm:?}, partition {p}");
                 }
             }
-            assert_eq!((w.watermark(0), w.watermark(1), w.in_flight()), (Some(40), Some(15), 0));
+            assert_eq!(
+                (w.watermark(0), w.watermark(1), w.in_flight()),
+                (Some(40), Some(15), 0)
+            );
         });
         assert_eq!(count, 120);
     }

@@ -14,9 +14,13 @@
 use super::tls::TestPki;
 use argon2::password_hash::PasswordHasher;
 use base64::Engine;
-use connectivity_agent::control_plane::{BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, StartOptions};
+use connectivity_agent::control_plane::{
+    BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, StartOptions,
+};
 use connectivity_agent::delivery::DeliveryOptions;
-use connectivity_agent::protocol::{AGENT_PATH, AgentMessage, ControlMessage, Hello, HostFacts, PROTOCOL_VERSION};
+use connectivity_agent::protocol::{
+    AGENT_PATH, AgentMessage, ControlMessage, Hello, HostFacts, PROTOCOL_VERSION,
+};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,7 +71,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { heartbeat_interval_ms: 1000, heartbeat_timeout_ms: 3000, sink: None, delivery: None, extra_toml: String::new() }
+        Options {
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 3000,
+            sink: None,
+            delivery: None,
+            extra_toml: String::new(),
+        }
     }
 }
 
@@ -141,12 +151,23 @@ impl TestControlPlane {
         Self::serve(pki, config_path, opts, "127.0.0.1:0").await
     }
 
-    async fn serve(pki: TestPki, config_path: PathBuf, opts: Options, bind: &str) -> TestControlPlane {
-        let config = ControlPlaneConfig::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    async fn serve(
+        pki: TestPki,
+        config_path: PathBuf,
+        opts: Options,
+        bind: &str,
+    ) -> TestControlPlane {
+        let config = ControlPlaneConfig::load(&config_path)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
         let shutdown = CancellationToken::new();
-        let start = StartOptions { sink: opts.sink.clone(), delivery: opts.delivery.clone() };
-        let handle = ControlPlane::start_with(config, listener, shutdown.clone(), start).await.unwrap_or_else(|e| panic!("start: {e:#}"));
+        let start = StartOptions {
+            sink: opts.sink.clone(),
+            delivery: opts.delivery.clone(),
+        };
+        let handle = ControlPlane::start_with(config, listener, shutdown.clone(), start)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e:#}"));
         TestControlPlane {
             addr: handle.local_addr(),
             registry: handle.registry(),
@@ -164,7 +185,10 @@ impl TestControlPlane {
     pub async fn restart(mut self) -> TestControlPlane {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(WAIT, h.stopped()).await.expect("stop timed out").expect("stopped cleanly");
+            tokio::time::timeout(WAIT, h.stopped())
+                .await
+                .expect("stop timed out")
+                .expect("stopped cleanly");
         }
         let bind = self.addr.to_string();
         // `self` has a Drop impl, so its fields are swapped out, not moved.
@@ -179,7 +203,10 @@ impl TestControlPlane {
     pub async fn stop_keeping_files(mut self) -> TestPki {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(WAIT, h.stopped()).await.expect("stop timed out").expect("stopped cleanly");
+            tokio::time::timeout(WAIT, h.stopped())
+                .await
+                .expect("stop timed out")
+                .expect("stopped cleanly");
         }
         std::mem::replace(&mut self.pki, TestPki::generate())
     }
@@ -221,16 +248,30 @@ impl TestControlPlane {
 
     /// Any console request with the console token; returns status and the
     /// JSON body (`Null` when there is none, e.g. 204).
-    pub async fn console(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    pub async fn console(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.http().request(method, format!("{}{path}", self.base_url())).bearer_auth(CONSOLE_TOKEN);
+        let mut req = self
+            .http()
+            .request(method, format!("{}{path}", self.base_url()))
+            .bearer_auth(CONSOLE_TOKEN);
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.expect("console request");
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.expect("console body");
-        let json = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).expect("console json") };
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("console json")
+        };
         (status, json)
     }
 
@@ -238,22 +279,32 @@ impl TestControlPlane {
     pub async fn connect(&self, authorization: Option<&str>) -> Result<Ws, tungstenite::Error> {
         let mut req = self.ws_url().into_client_request()?;
         if let Some(a) = authorization {
-            req.headers_mut().insert("authorization", HeaderValue::from_str(a).expect("header"));
+            req.headers_mut()
+                .insert("authorization", HeaderValue::from_str(a).expect("header"));
         }
         let connector = Connector::Rustls(self.pki.client_config());
-        let (ws, _resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)))
-            .await
-            .expect("connect timed out")?;
+        let (ws, _resp) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)),
+        )
+        .await
+        .expect("connect timed out")?;
         Ok(ws)
     }
 
     /// Connect as the `agent` user, send a hello for `agent_id` in `GROUP`,
     /// and return the socket once welcomed.
     pub async fn connect_agent(&self, agent_id: &str) -> (Ws, ControlMessage) {
-        let mut ws = self.connect(Some(&basic(USER, PASSWORD))).await.expect("connect");
+        let mut ws = self
+            .connect(Some(&basic(USER, PASSWORD)))
+            .await
+            .expect("connect");
         send(&mut ws, &AgentMessage::Hello(hello(agent_id, GROUP))).await;
         let welcome = recv(&mut ws).await;
-        assert!(matches!(welcome, ControlMessage::Welcome { .. }), "expected welcome, got {welcome:?}");
+        assert!(
+            matches!(welcome, ControlMessage::Welcome { .. }),
+            "expected welcome, got {welcome:?}"
+        );
         (ws, welcome)
     }
 
@@ -261,7 +312,10 @@ impl TestControlPlane {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(WAIT, h.stopped()).await.expect("stop timed out").expect("stopped cleanly");
+            tokio::time::timeout(WAIT, h.stopped())
+                .await
+                .expect("stop timed out")
+                .expect("stopped cleanly");
         }
     }
 }
@@ -274,7 +328,10 @@ impl Drop for TestControlPlane {
 
 /// `Basic <base64(user:password)>`.
 pub fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// A hello as a real agent would send it.
@@ -285,13 +342,19 @@ pub fn hello(agent_id: &str, group: &str) -> Hello {
         agent_id: agent_id.into(),
         agent_name: format!("{agent_id}-name"),
         group: group.into(),
-        host: HostFacts { hostname: "test-host".into(), os: "linux".into(), arch: "x86_64".into() },
+        host: HostFacts {
+            hostname: "test-host".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        },
         proxy: Some("proxy.example:3128".into()),
     }
 }
 
 pub async fn send(ws: &mut Ws, msg: &AgentMessage) {
-    ws.send(Message::text(connectivity_agent::protocol::encode(msg))).await.expect("send");
+    ws.send(Message::text(connectivity_agent::protocol::encode(msg)))
+        .await
+        .expect("send");
 }
 
 /// Next control message that is not a heartbeat.
@@ -307,9 +370,14 @@ pub async fn recv(ws: &mut Ws) -> ControlMessage {
 /// Next control message, heartbeats included.
 pub async fn recv_any(ws: &mut Ws) -> ControlMessage {
     loop {
-        let frame = tokio::time::timeout(WAIT, ws.next()).await.expect("no message in time");
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no message in time");
         match frame {
-            Some(Ok(Message::Text(t))) => return connectivity_agent::protocol::decode(t.as_str()).expect("valid control message"),
+            Some(Ok(Message::Text(t))) => {
+                return connectivity_agent::protocol::decode(t.as_str())
+                    .expect("valid control message");
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected a text frame, got {other:?}"),
         }
@@ -320,7 +388,9 @@ pub async fn recv_any(ws: &mut Ws) -> ControlMessage {
 /// Reads on until the stream ends, which completes the close handshake.
 pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
     let closed = loop {
-        let frame = tokio::time::timeout(WAIT, ws.next()).await.expect("no close in time");
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no close in time");
         match frame {
             Some(Ok(Message::Close(Some(f)))) => break (f.code.into(), f.reason.to_string()),
             Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
@@ -336,7 +406,10 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

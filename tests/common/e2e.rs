@@ -27,7 +27,10 @@ pub const E2E_WAIT: Duration = Duration::from_secs(40);
 /// `RUST_LOG=connectivity_agent=debug cargo test --test relay_e2e -- --nocapture`
 /// shows the agent's and the control plane's logs.
 pub fn logs() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// A control plane with fast delivery retries, the test broker, and a
@@ -48,12 +51,23 @@ impl E2e {
     pub async fn start_with_toml(extra_toml: String) -> E2e {
         logs();
         let broker = kafka::broker();
-        let mut delivery = DeliveryOptions::new(connectivity_agent::tls::client_config(None).expect("CA roots"));
+        let mut delivery =
+            DeliveryOptions::new(connectivity_agent::tls::client_config(None).expect("CA roots"));
         delivery.retry_base = Duration::from_millis(100);
         delivery.retry_cap = Duration::from_secs(1);
-        let cp = TestControlPlane::start(Options { extra_toml, delivery: Some(delivery), ..Options::default() }).await;
+        let cp = TestControlPlane::start(Options {
+            extra_toml,
+            delivery: Some(delivery),
+            ..Options::default()
+        })
+        .await;
         let dir = tempfile::tempdir().expect("tempdir");
-        E2e { cp, broker, _logs: LogDump(dir.path().to_owned()), dir }
+        E2e {
+            cp,
+            broker,
+            _logs: LogDump(dir.path().to_owned()),
+            dir,
+        }
     }
 
     /// Where job `id` writes its records.
@@ -73,12 +87,16 @@ impl E2e {
             cp::PASSWORD,
             self.cp.pki.ca_file.display(),
             state.display(),
-            state.file_name().and_then(|n| n.to_str()).unwrap_or("agent"),
+            state
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("agent"),
         )
     }
 
     pub fn agent_config(&self, state: &Path) -> AgentConfig {
-        let profile = Profile::parse(Path::new("InstallerProfile.cfg"), self.profile_text(state)).expect("profile");
+        let profile = Profile::parse(Path::new("InstallerProfile.cfg"), self.profile_text(state))
+            .expect("profile");
         let secrets = SecretValues::from_profile(&profile);
         config::validate(&profile, &secrets, &|_| None).expect("valid profile")
     }
@@ -90,8 +108,15 @@ impl E2e {
         let config = self.agent_config(&state);
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let task = tokio::spawn(async move { connectivity_agent::agent::runner::run_agent(config, s).await.map(|_| ()) });
-        InProcessAgent { stop, task: Some(task) }
+        let task = tokio::spawn(async move {
+            connectivity_agent::agent::runner::run_agent(config, s)
+                .await
+                .map(|_| ())
+        });
+        InProcessAgent {
+            stop,
+            task: Some(task),
+        }
     }
 
     /// Run the agent binary with state in `<dir>/<name>`; its output goes
@@ -104,15 +129,29 @@ impl E2e {
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&profile).expect("profile");
-            f.write_all(self.profile_text(&state).as_bytes()).expect("write profile");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&profile)
+                .expect("profile");
+            f.write_all(self.profile_text(&state).as_bytes())
+                .expect("write profile");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("{name}.log"))).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log file");
         Command::new(env!("CARGO_BIN_EXE_connectivity-agent"))
             .arg("run")
             .arg("--config")
             .arg(&profile)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -123,7 +162,12 @@ impl E2e {
     /// Wait until the agent binary `child` (state `<dir>/<name>`) has a
     /// session other than `previous`; fails at once if it exits. Returns
     /// the session id.
-    pub async fn wait_binary_connected(&self, child: &mut Child, name: &str, previous: Option<&str>) -> String {
+    pub async fn wait_binary_connected(
+        &self,
+        child: &mut Child,
+        name: &str,
+        previous: Option<&str>,
+    ) -> String {
         let id_file = self.dir.path().join(name).join("agent-id");
         let deadline = Instant::now() + E2E_WAIT;
         loop {
@@ -132,10 +176,16 @@ impl E2e {
             }
             let id = std::fs::read_to_string(&id_file).unwrap_or_default();
             let record = self.cp.registry.get(id.trim());
-            if let Some(a) = record.filter(|a| a.state == connectivity_agent::control_plane::AgentState::Connected && Some(a.session_id.as_str()) != previous) {
+            if let Some(a) = record.filter(|a| {
+                a.state == connectivity_agent::control_plane::AgentState::Connected
+                    && Some(a.session_id.as_str()) != previous
+            }) {
                 return a.session_id;
             }
-            assert!(Instant::now() < deadline, "agent binary {name} did not connect");
+            assert!(
+                Instant::now() < deadline,
+                "agent binary {name} did not connect"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -164,7 +214,10 @@ impl E2e {
 
     /// `GET /api/v1/jobs/{id}`.
     pub async fn job_view(&self, id: &str) -> Value {
-        let (status, body) = self.cp.console("GET", &format!("/api/v1/jobs/{id}"), None).await;
+        let (status, body) = self
+            .cp
+            .console("GET", &format!("/api/v1/jobs/{id}"), None)
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -178,7 +231,10 @@ impl E2e {
             if pred(&view) {
                 return view;
             }
-            assert!(Instant::now() < deadline, "job {id}: timed out waiting for {what}; last view:\n{view:#}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: timed out waiting for {what}; last view:\n{view:#}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -187,9 +243,15 @@ impl E2e {
     /// returns that agent's `error`.
     pub async fn wait_job_error(&self, id: &str, class: &str) -> Value {
         let view = self
-            .wait_job(id, &format!("an error of class {class}"), |v| agents(v).iter().any(|a| a["error"]["class"] == class))
+            .wait_job(id, &format!("an error of class {class}"), |v| {
+                agents(v).iter().any(|a| a["error"]["class"] == class)
+            })
             .await;
-        agents(&view).into_iter().find(|a| a["error"]["class"] == class).map(|a| a["error"].clone()).unwrap_or_default()
+        agents(&view)
+            .into_iter()
+            .find(|a| a["error"]["class"] == class)
+            .map(|a| a["error"].clone())
+            .unwrap_or_default()
     }
 
     /// Wait until the sink of job `id` holds at least `n` records.
@@ -202,7 +264,10 @@ impl E2e {
             }
             if Instant::now() >= deadline {
                 let view = self.job_view(id).await;
-                panic!("job {id}: {} of {n} records after {E2E_WAIT:?}; job view:\n{view:#}", records.len());
+                panic!(
+                    "job {id}: {} of {n} records after {E2E_WAIT:?}; job view:\n{view:#}",
+                    records.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -222,7 +287,11 @@ impl Drop for LogDump {
             if entry.path().extension().is_some_and(|e| e == "log") {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("---- {} (last lines)\n{}", entry.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                eprintln!(
+                    "---- {} (last lines)\n{}",
+                    entry.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
     }
@@ -244,7 +313,10 @@ impl InProcessAgent {
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
-            let r = tokio::time::timeout(Duration::from_secs(30), task).await.expect("agent stopped in time").expect("agent task");
+            let r = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("agent stopped in time")
+                .expect("agent task");
             assert!(r.is_ok(), "agent ended with {r:?}");
         }
     }
@@ -259,7 +331,13 @@ impl Drop for InProcessAgent {
 /// Every line of a JSONL sink (none if the file does not exist yet).
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     match std::fs::read_to_string(path) {
-        Ok(text) => text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()))).collect(),
+        Ok(text) => text
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()))
+            })
+            .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("{}: {e}", path.display()),
     }
@@ -267,12 +345,26 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 
 /// `n` records `{"n": i}` keyed `k<i>` (the key spreads them over partitions).
 pub fn numbered(from: usize, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    (from..from + n).map(|i| (format!("k{i}").into_bytes(), json!({"n": i}).to_string().into_bytes())).collect()
+    (from..from + n)
+        .map(|i| {
+            (
+                format!("k{i}").into_bytes(),
+                json!({"n": i}).to_string().into_bytes(),
+            )
+        })
+        .collect()
 }
 
 /// Produce `records` over PLAINTEXT; returns (partition, offset) of each.
-pub async fn produce(broker: &TestBroker, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Vec<(i32, i64)> {
-    let refs: Vec<(Option<&[u8]>, &[u8])> = records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_slice())).collect();
+pub async fn produce(
+    broker: &TestBroker,
+    topic: &str,
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    let refs: Vec<(Option<&[u8]>, &[u8])> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), v.as_slice()))
+        .collect();
     kafka::produce(broker, topic, &refs).await
 }
 
@@ -283,21 +375,38 @@ pub fn assert_exactly_once_in_order(records: &[Value], produced: &BTreeMap<(i32,
     let mut seen = BTreeSet::new();
     let mut last: BTreeMap<i64, i64> = BTreeMap::new();
     for r in records {
-        let (p, o) = (r["partition"].as_i64().expect("partition"), r["offset"].as_i64().expect("offset"));
-        assert!(seen.insert((p as i32, o)), "record {p}:{o} reached the sink twice");
+        let (p, o) = (
+            r["partition"].as_i64().expect("partition"),
+            r["offset"].as_i64().expect("offset"),
+        );
+        assert!(
+            seen.insert((p as i32, o)),
+            "record {p}:{o} reached the sink twice"
+        );
         if let Some(prev) = last.insert(p, o) {
             assert!(o > prev, "partition {p}: offset {o} came after {prev}");
         }
-        let expected = produced.get(&(p as i32, o)).unwrap_or_else(|| panic!("record {p}:{o} was never produced (or not in this range): {r}"));
+        let expected = produced.get(&(p as i32, o)).unwrap_or_else(|| {
+            panic!("record {p}:{o} was never produced (or not in this range): {r}")
+        });
         assert_eq!(&r["value"], expected, "value of {p}:{o}");
     }
     let missing: Vec<_> = produced.keys().filter(|k| !seen.contains(k)).collect();
-    assert!(missing.is_empty(), "{} records missing from the sink, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} records missing from the sink, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
 }
 
 /// (partition, offset) → value, for [`assert_exactly_once_in_order`].
 pub fn positions(records: &[(Vec<u8>, Vec<u8>)], at: &[(i32, i64)]) -> BTreeMap<(i32, i64), Value> {
-    records.iter().zip(at).map(|((_, v), pos)| (*pos, serde_json::from_slice(v).expect("json value"))).collect()
+    records
+        .iter()
+        .zip(at)
+        .map(|((_, v), pos)| (*pos, serde_json::from_slice(v).expect("json value")))
+        .collect()
 }
 
 /// Records per partition in `at`.
@@ -315,28 +424,43 @@ pub fn committed_reached(view: &Value, ends: &BTreeMap<i32, i64>) -> bool {
     let mut best: BTreeMap<i32, i64> = BTreeMap::new();
     for a in agents(view) {
         for p in a["partitions"].as_array().cloned().unwrap_or_default() {
-            let (part, committed) = (p["partition"].as_i64().unwrap_or(-1) as i32, p["committed"].as_i64().unwrap_or(-1));
+            let (part, committed) = (
+                p["partition"].as_i64().unwrap_or(-1) as i32,
+                p["committed"].as_i64().unwrap_or(-1),
+            );
             let e = best.entry(part).or_insert(-1);
             *e = (*e).max(committed);
         }
     }
-    ends.iter().all(|(p, end)| best.get(p).is_some_and(|c| c >= end))
+    ends.iter()
+        .all(|(p, end)| best.get(p).is_some_and(|c| c >= end))
 }
 
 /// The offsets the consumer group `group` has committed for `topic`, read
 /// from the broker (partition → next offset; partitions without a commit
 /// are left out). Reading does not join the group.
-pub async fn kafka_committed(broker: &TestBroker, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+pub async fn kafka_committed(
+    broker: &TestBroker,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = broker.plaintext_config().set("group.id", group).create().expect("consumer");
+    let consumer: BaseConsumer = broker
+        .plaintext_config()
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, Duration::from_secs(10)))
-        .await
-        .expect("join")
-        .expect("committed offsets");
+    let committed = tokio::task::spawn_blocking(move || {
+        consumer.committed_offsets(tpl, Duration::from_secs(10))
+    })
+    .await
+    .expect("join")
+    .expect("committed offsets");
     committed
         .elements()
         .iter()

@@ -1,5 +1,5 @@
-pub mod kafka;
-pub mod tls;
 pub mod control_plane;
-pub mod proxy;
 pub mod e2e;
+pub mod kafka;
+pub mod proxy;
+pub mod tls;

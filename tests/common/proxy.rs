@@ -26,7 +26,11 @@ impl TinyProxy {
             .expect("tinyproxy is not installed: run scripts/test.sh (it installs it) or apt-get install tinyproxy");
         let dir = tempfile::tempdir().expect("tempdir");
         // Reserve a free port; tinyproxy binds it right after (tiny race, retried below).
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = dir.path().join("tinyproxy.log");
         let mut conf = format!(
             "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\nLogLevel Info\nLogFile \"{}\"\nPidFile \"{}\"\n",
@@ -46,10 +50,19 @@ impl TinyProxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("start tinyproxy");
-        let proxy = TinyProxy { port, child, _dir: dir, log };
+        let proxy = TinyProxy {
+            port,
+            child,
+            _dir: dir,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tinyproxy did not listen on {port}: {}", proxy.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "tinyproxy did not listen on {port}: {}",
+                proxy.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         proxy
