@@ -86,13 +86,12 @@ pub fn data_segments_to(pid: u32, port: u16) -> anyhow::Result<u64> {
         if !line.starts_with(char::is_whitespace) || line.contains("users:(") {
             mine = line.contains(&needle);
         }
-        if mine {
-            if let Some(v) = line
+        if mine
+            && let Some(v) = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("data_segs_out:"))
-            {
-                total += v.parse::<u64>().unwrap_or(0);
-            }
+        {
+            total += v.parse::<u64>().unwrap_or(0);
         }
     }
     Ok(total)

@@ -72,18 +72,7 @@ pub async fn execute(
                 deadline,
             )
             .await;
-            let message = if report.ok {
-                format!("all steps passed in {} ms", report.elapsed_ms)
-            } else {
-                let failed = report
-                    .steps
-                    .iter()
-                    .find(|s| s.status == crate::kafka::probe::StepStatus::Failed);
-                match failed {
-                    Some(s) => format!("{:?} failed: {}", s.step, s.detail),
-                    None => "test did not complete".to_owned(),
-                }
-            };
+            let message = report.summary();
             done(report.ok, message, serde_json::to_value(&report).ok())
         }
         Command::PauseJob { job_id } => {

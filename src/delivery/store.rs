@@ -147,11 +147,10 @@ impl Store {
                 // commit, and the ack waiting for it, never pays for one.
                 // Without the checkpointer, commits keep checkpointing.
                 let checkpoints = checkpointer(&thread_path);
-                if checkpoints.is_some() {
-                    if let Err(err) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+                if checkpoints.is_some()
+                    && let Err(err) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
                         tracing::warn!(%err, "cannot move WAL checkpoints off the writer; commits checkpoint themselves");
                     }
-                }
                 // Ends when every Store handle is dropped.
                 while let Some(call) = rx.blocking_recv() {
                     call(&mut conn);

@@ -109,6 +109,34 @@ impl TestReport {
     pub fn step(&self, name: StepName) -> Option<&Step> {
         self.steps.iter().find(|s| s.step == name)
     }
+
+    /// One line for the operator: every step passed, or which step failed
+    /// and why (the error's own message, which says how to fix it).
+    pub fn summary(&self) -> String {
+        if self.ok {
+            return format!("all steps passed in {} ms", self.elapsed_ms);
+        }
+        match self.steps.iter().find(|s| s.status == StepStatus::Failed) {
+            Some(s) => match &s.error {
+                Some(e) => format!("{} step failed: {}", s.step.as_str(), e.message),
+                None => format!("{} step failed: {}", s.step.as_str(), s.detail),
+            },
+            None => "test did not complete".to_owned(),
+        }
+    }
+}
+
+impl StepName {
+    /// The name used on the wire and in the console API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::AllowList => "allow_list",
+            StepName::Dns => "dns",
+            StepName::Tcp => "tcp",
+            StepName::Tls => "tls",
+            StepName::Kafka => "kafka",
+        }
+    }
 }
 
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -692,6 +720,25 @@ mod tests {
         assert_eq!(json["steps"][0]["step"], "allow_list");
         assert_eq!(json["steps"][0]["error"]["class"], "not_allowed");
         assert_eq!(json["steps"][1]["status"], "skipped");
+        let summary = report.summary();
+        assert!(
+            summary.starts_with("allow_list step failed: ")
+                && summary.ends_with(&s.error.as_ref().unwrap().message),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn step_names_are_the_wire_names() {
+        for name in [
+            StepName::AllowList,
+            StepName::Dns,
+            StepName::Tcp,
+            StepName::Tls,
+            StepName::Kafka,
+        ] {
+            assert_eq!(serde_json::to_value(name).unwrap(), name.as_str());
+        }
     }
 
     #[tokio::test]
@@ -717,6 +764,7 @@ mod tests {
             report.step(StepName::Kafka).unwrap().status,
             StepStatus::Skipped
         );
+        assert_eq!(report.summary(), format!("dns step failed: {}", e.message));
     }
 
     #[tokio::test]

@@ -229,7 +229,8 @@ pub fn unique_topic(prefix: &str) -> String {
 }
 
 /// Creates `name` (replication factor 1) over PLAINTEXT and waits until the
-/// controller has committed it. Panics on failure, including "already exists".
+/// broker's metadata shows every partition with a leader. Panics on failure,
+/// including "already exists".
 pub async fn create_topic(b: &TestBroker, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = b
         .plaintext_config()
@@ -249,6 +250,35 @@ pub async fn create_topic(b: &TestBroker, name: &str, partitions: i32) {
         if let Err((topic, code)) = r {
             panic!("CreateTopics {topic}: {code:?} ({code})");
         }
+    }
+    // CreateTopics answers once the controller has the topic; the broker's
+    // metadata cache follows a moment later, and a client that asks in
+    // between is told the topic does not exist. Wait until every partition
+    // has a leader.
+    let started = std::time::Instant::now();
+    loop {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5));
+        let ready = md.as_ref().is_ok_and(|md| {
+            md.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0)
+            })
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "topic {name} created but its metadata did not show {partitions} partitions with leaders within 30 s: {:?}",
+            md.map(|md| md.topics().len())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
