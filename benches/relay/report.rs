@@ -557,10 +557,14 @@ impl Results {
                     k.secs, k.slope_mib_per_10min, k.slope_second_half_mib_per_10min
                 )
             }),
-            // Flat: over a run of at least 10 minutes, the second half grows
-            // by less than 1 MiB per 10 minutes (a leak keeps growing; the
-            // allocator settling in the first minutes does not).
-            self.soak.as_ref().filter(|k| k.secs >= 590.0).map(|k| k.slope_second_half_mib_per_10min.abs() < 1.0),
+            // No growth: over a run of at least 10 minutes, the second half
+            // grows by less than 1 MiB per 10 minutes and the end is not above
+            // the first minute by more than 1 MiB (a leak keeps growing; the
+            // allocator settling in the first minutes, or giving memory back,
+            // does not).
+            self.soak.as_ref().filter(|k| k.secs >= 590.0).map(|k| {
+                k.slope_second_half_mib_per_10min < 1.0 && k.rss_end_mib <= k.rss_after_1min_mib + 1.0
+            }),
         ));
         let idle = self.idle.first();
         t.push((

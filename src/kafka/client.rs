@@ -249,9 +249,11 @@ pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
     validate(spec)?;
     let mut c = connection_config(&spec.bootstrap_servers, &spec.security)?;
     let session = spec.session_timeout_ms;
-    // Prefetch at most a few batches' worth: memory stays bounded per job
-    // however far behind the control plane is.
-    let queued_kb = (u64::from(spec.max_bytes) * 4 / 1024).clamp(4096, 65536);
+    // Prefetch at most two batches' worth per partition queue: memory stays
+    // bounded per job however far behind the control plane is. Four were
+    // no faster, and the memory went to the bytes in flight instead (24 MiB,
+    // for a distant control plane; docs/PERFORMANCE.md).
+    let queued_kb = (u64::from(spec.max_bytes) * 2 / 1024).clamp(2048, 65536);
     c.set("group.id", &spec.consumer_group)
         .set(
             "client.id",
@@ -369,7 +371,8 @@ mod tests {
             ("sasl.password", "tok3n"),
             ("ssl.ca.location", "probe"),
             ("ssl.endpoint.identification.algorithm", "https"),
-            ("queued.max.messages.kbytes", "4096"),
+            ("queued.max.messages.kbytes", "2048"),
+            ("fetch.max.bytes", "2097152"),
         ] {
             assert_eq!(c.get(k), Some(v), "{k}");
         }

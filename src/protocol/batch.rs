@@ -57,7 +57,18 @@ pub struct BatchWriter {
 
 impl BatchWriter {
     pub fn new(job_id: &str, batch_seq: u64, topic: &str, capacity: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(capacity.max(64));
+        Self::with_buffer(
+            BytesMut::with_capacity(capacity.max(64)),
+            job_id,
+            batch_seq,
+            topic,
+        )
+    }
+
+    /// Like [`BatchWriter::new`], in a buffer whose memory is reused (its
+    /// contents are cleared).
+    pub fn with_buffer(mut buf: BytesMut, job_id: &str, batch_seq: u64, topic: &str) -> Self {
+        buf.clear();
         buf.put_slice(MAGIC);
         put_str16(&mut buf, job_id);
         buf.put_u64(batch_seq);
@@ -301,6 +312,28 @@ mod tests {
             ),
             (2, 5, None, None, None)
         );
+    }
+
+    #[test]
+    fn a_reused_buffer_keeps_its_memory_and_none_of_its_contents() {
+        let first = sample();
+        let addr = first.as_ptr();
+        let clone = first.clone();
+        // Not reusable while another handle (a frame being written) holds it.
+        let first = first.try_into_mut().unwrap_err();
+        drop(clone);
+        let buf = first.try_into_mut().expect("the only handle");
+        let mut w = BatchWriter::with_buffer(buf, "job-2", 8, "orders");
+        w.push(1, 9, None, None, Some(b"x"), []);
+        let frame = w.finish();
+        assert_eq!(frame.as_ptr(), addr, "the same allocation");
+        let batch = decode(frame).unwrap();
+        assert_eq!(
+            (batch.job_id.as_str(), batch.batch_seq, batch.topic.as_str()),
+            ("job-2", 8, "orders")
+        );
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].value.as_deref(), Some(&b"x"[..]));
     }
 
     #[test]

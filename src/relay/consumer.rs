@@ -17,7 +17,7 @@ use crate::kafka::errors::ErrorLog;
 use crate::protocol::batch::BatchWriter;
 use crate::protocol::job::PartitionState;
 use crate::relay::watermark::Watermarks;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -86,7 +86,14 @@ pub struct Core {
     pub rebalanced: bool,
     /// Some broker connection was up at the last statistics report.
     pub broker_up: Option<bool>,
+    /// Buffers of acked batches, reused for new ones (at most [`SPARE`]):
+    /// a fresh buffer per batch cost page faults and copies as it grew,
+    /// measured at a sixth of the agent's CPU with 10 KiB records.
+    spare: Vec<BytesMut>,
 }
+
+/// Buffers kept for reuse per job, at most.
+const SPARE: usize = 4;
 
 impl Core {
     /// Drop a partition from everything: watermark, stats, unsent batches.
@@ -101,6 +108,28 @@ impl Core {
             s.parts.retain(|(q, _)| *q != p);
         }
         self.rebalanced = true;
+    }
+
+    /// Keep the buffer of an acked frame for the next batch, if nothing
+    /// else holds it any more.
+    pub fn recycle(&mut self, frame: Bytes) {
+        if self.spare.len() < SPARE
+            && let Ok(buf) = frame.try_into_mut()
+        {
+            self.spare.push(buf);
+        }
+    }
+
+    /// A buffer for a new batch: a recycled one, or a new one of `capacity`.
+    pub fn buffer(&mut self, capacity: usize) -> BytesMut {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(capacity))
+    }
+
+    /// Give the recycled buffers back (nothing is in flight).
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
     }
 
     /// Seal the batch being built, if it holds anything.

@@ -77,7 +77,7 @@ const CHUNK: usize = 128;
 
 /// Bytes in flight per job (sent and unacked, plus sealed and waiting) at
 /// most, whatever the window: memory stays bounded with large records.
-const WINDOW_BYTES: usize = 16 * 1024 * 1024;
+const WINDOW_BYTES: usize = 24 * 1024 * 1024;
 
 pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
@@ -236,7 +236,14 @@ impl Runner {
                         info!("brokers reachable again");
                         self.error = None;
                     }
-                    lock(core).rebalanced = false;
+                    {
+                        let mut c = lock(core);
+                        c.rebalanced = false;
+                        if self.unacked.is_empty() && c.sealed.is_empty() && c.building.is_none() {
+                            // Idle: no memory kept for batches that may not come.
+                            c.release_spare();
+                        }
+                    }
                     self.report(Some(core), true);
                 }
                 Some(msg) = records.next(), if take_records => {
@@ -366,23 +373,22 @@ impl Runner {
             c.seal();
             sealed += 1;
         }
-        let b = c.building.get_or_insert_with(|| {
+        if c.building.is_none() {
             let seq = next_seq();
-            Building {
+            // A new buffer is small to start and grows as records come: a
+            // full-size one per batch cost an mmap and page faults for every
+            // small batch, and its memory while unacked.
+            let buf = c.buffer(max_bytes.min(16 * 1024));
+            c.building = Some(Building {
                 seq,
-                // Small to start, grown as records come: a full-size buffer
-                // per batch cost an mmap and page faults for every small
-                // batch, and its memory while unacked.
-                writer: BatchWriter::new(
-                    &self.spec.id,
-                    seq,
-                    &self.spec.topic,
-                    max_bytes.min(16 * 1024),
-                ),
+                writer: BatchWriter::with_buffer(buf, &self.spec.id, seq, &self.spec.topic),
                 parts: Vec::new(),
                 opened: Instant::now(),
-            }
-        });
+            });
+        }
+        let Some(b) = c.building.as_mut() else {
+            return sealed;
+        };
         b.writer.push(
             p,
             o,
@@ -494,7 +500,9 @@ impl Runner {
             let mut c = lock(core);
             for seq in acks {
                 if let Some(i) = self.unacked.iter().position(|(s, _)| *s == seq) {
-                    self.unacked.remove(i);
+                    if let Some((_, frame)) = self.unacked.remove(i) {
+                        c.recycle(frame);
+                    }
                     self.batches_acked += 1;
                 }
                 for (p, w) in c.tracker.ack(seq) {
