@@ -79,16 +79,7 @@ impl AllowList {
     /// Check every `host:port` of a bootstrap list; the error names the first
     /// endpoint that is not allowed.
     pub fn check_bootstrap(&self, bootstrap: &str) -> Result<(), String> {
-        for ep in bootstrap
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            let (host, port) = split_host_port(ep)
-                .ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
-            let port: u16 = port
-                .parse()
-                .map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
+        for (ep, host, port) in endpoints(bootstrap)? {
             if self.allows_name(host, port) {
                 continue;
             }
@@ -119,6 +110,24 @@ impl fmt::Display for AllowList {
         let items: Vec<&str> = self.rules.iter().map(|r| r.text.as_str()).collect();
         f.write_str(&items.join(","))
     }
+}
+
+/// The entries of a bootstrap list, as (entry, host as written, port).
+pub fn endpoints(bootstrap: &str) -> Result<Vec<(&str, &str, u16)>, String> {
+    let mut out = Vec::new();
+    for ep in bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (host, port) = split_host_port(ep)
+            .ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
+        out.push((ep, host, port));
+    }
+    Ok(out)
 }
 
 /// Split `host:port`, `[v6]:port`; `None` when there is no port.
@@ -184,6 +193,28 @@ fn parse_rule(item: &str) -> Result<Rule, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_entries_are_split_and_bad_ones_named() {
+        assert_eq!(
+            endpoints(" a:9092, [::1]:9093 ,").unwrap(),
+            vec![("a:9092", "a", 9092), ("[::1]:9093", "[::1]", 9093)]
+        );
+        assert_eq!(
+            endpoints("a:9092,kafka").unwrap_err(),
+            "stream endpoint \"kafka\" is not host:port"
+        );
+        assert_eq!(
+            endpoints("a:99999").unwrap_err(),
+            "stream endpoint \"a:99999\" has an invalid port"
+        );
+        // The allow-list check refuses the same entries with the same words.
+        let allow = AllowList::parse("127.0.0.1:*").unwrap();
+        assert_eq!(
+            allow.check_bootstrap("kafka").unwrap_err(),
+            "stream endpoint \"kafka\" is not host:port"
+        );
+    }
 
     #[test]
     fn matches_exact_wildcard_and_cidr() {

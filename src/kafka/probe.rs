@@ -8,7 +8,7 @@
 //! a truststore is wrong), and Kafka (librdkafka connects, authenticates and
 //! fetches the topic's metadata). Everything runs under one deadline.
 
-use crate::allowlist::{AllowList, split_host_port};
+use crate::allowlist::AllowList;
 use crate::kafka::client::{connection_config, protocol_name, uses_tls};
 use crate::kafka::context::CaptureContext;
 use crate::kafka::errors::{self, Target};
@@ -347,19 +347,10 @@ fn join(addrs: &[SocketAddr]) -> String {
 }
 
 fn endpoints(bootstrap: &str) -> Result<Vec<(String, u16)>, String> {
-    let mut out = Vec::new();
-    for ep in bootstrap
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let (host, port) = split_host_port(ep)
-            .ok_or_else(|| format!("stream endpoint {ep:?} is not host:port"))?;
-        let port = port
-            .parse()
-            .map_err(|_| format!("stream endpoint {ep:?} has an invalid port"))?;
-        out.push((host.trim_matches(['[', ']']).to_owned(), port));
-    }
+    let out: Vec<_> = crate::allowlist::endpoints(bootstrap)?
+        .into_iter()
+        .map(|(_, host, port)| (host.trim_matches(['[', ']']).to_owned(), port))
+        .collect();
     if out.is_empty() {
         return Err("bootstrap_servers is empty; give host:port of the stream endpoint".into());
     }
