@@ -62,7 +62,7 @@ pub fn job_spec(id: &str, broker: &Broker, topic: &str, group: &str) -> JobSpec 
     }
 }
 
-fn consumer_config(
+pub fn consumer_config(
     broker: &Broker,
     topic: &str,
     group: &str,
@@ -100,7 +100,7 @@ pub fn rdkafka(
 ) -> anyhow::Result<Drained> {
     let consumer: BaseConsumer = consumer_config(broker, topic, group, settings)?.create()?;
     consumer.subscribe(&[topic])?;
-    let cpu0 = thread_cpu_s();
+    let cpu0 = process_cpu_s();
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut first = None;
     let mut last_progress = Instant::now();
@@ -124,7 +124,7 @@ pub fn rdkafka(
     }
     let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     // librdkafka's own threads count too: take the whole process.
-    let cpu_s = thread_cpu_s() - cpu0;
+    let cpu_s = process_cpu_s() - cpu0;
     drop(consumer);
     Ok(Drained {
         records,
@@ -136,7 +136,7 @@ pub fn rdkafka(
 
 /// CPU seconds of this whole process (the bare consumer runs alone in it
 /// while it is measured, apart from an idle control plane).
-fn thread_cpu_s() -> f64 {
+pub fn process_cpu_s() -> f64 {
     crate::procstat::sample("self").map_or(0.0, |s| s.cpu_s)
 }
 

@@ -17,6 +17,7 @@
 mod agent;
 mod broker;
 mod ceiling;
+mod floor;
 mod meter;
 mod paced;
 mod procstat;
@@ -128,6 +129,8 @@ struct Plan {
     /// Records of each distance topic (the relay over 50 ms is slow), by size.
     distance_records: fn(usize) -> u64,
     distance_partitions: i32,
+    /// Runs through the proxy without and with the delay, alternately.
+    distance_pairs: usize,
     latency_rates: Vec<u64>,
     latency_partitions: Vec<i32>,
     latency_secs: f64,
@@ -146,6 +149,7 @@ fn plan(args: &Args) -> Plan {
             records: |_| 20_000,
             distance_records: |_| 5_000,
             distance_partitions: 1,
+            distance_pairs: 1,
             latency_rates: args.rates.clone().unwrap_or(vec![1000]),
             latency_partitions: args.partitions.clone().unwrap_or(vec![1]),
             latency_secs: args.latency_secs.unwrap_or(1.0),
@@ -172,6 +176,7 @@ fn plan(args: &Args) -> Plan {
                 _ => 60_000,
             },
             distance_partitions: 6,
+            distance_pairs: 3,
             latency_rates: args.rates.clone().unwrap_or(vec![1000, 10_000]),
             latency_partitions: args.partitions.clone().unwrap_or(vec![1, 6]),
             latency_secs: args.latency_secs.unwrap_or(20.0),
@@ -309,6 +314,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     );
                     runs.push(scenarios::drain_kcat(&ctx, &f).await?);
                     runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Agent).await?);
+                    runs.push(scenarios::drain_floor(&ctx, &f).await?);
                     for ms in &args.queue_backoff {
                         runs.push(
                             scenarios::drain_rdkafka(
@@ -343,7 +349,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "\n== distance: {size} B records, {partitions} partitions: filling {n} records"
             );
             let f = scenarios::fill(&ctx, size, partitions, n).await?;
-            for one_way in [None, Some(Duration::from_millis(25))] {
+            // Direct once, then the proxy without and with the delay,
+            // alternately: the machine's noise falls on both alike.
+            let delayed = Some(Duration::from_millis(25));
+            let mut plan_runs = vec![None];
+            for _ in 0..plan.distance_pairs {
+                plan_runs.extend([Some(Duration::ZERO), delayed]);
+            }
+            for one_way in plan_runs {
                 let mut r = scenarios::drain_relay(&ctx, &f, SinkKind::Discard, one_way).await?;
                 r.part = report::DISTANCE.into();
                 print(&r);

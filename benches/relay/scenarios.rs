@@ -4,13 +4,14 @@
 use crate::agent::{Agent, ProfileArgs};
 use crate::broker::{self, Broker};
 use crate::ceiling::{self, Settings};
+use crate::floor;
 use crate::meter::{self, Latency, Meter};
 use crate::procstat::{self, Sample};
 use crate::proxy;
 use crate::system::{SinkKind, System};
 use crate::{paced, report};
 use anyhow::{Context, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -186,6 +187,30 @@ pub async fn drain_rdkafka(
     Ok(r)
 }
 
+/// The floor: the bare consumer writing batch frames over a TLS pipe
+/// (`floor.rs`).
+pub async fn drain_floor(ctx: &Ctx, f: &Filled) -> anyhow::Result<report::Run> {
+    let (b, t, g, n) = (
+        ctx.broker.clone(),
+        f.topic.clone(),
+        ctx.unique("group"),
+        f.records,
+    );
+    let tls_dir = ctx
+        .system
+        .ca_file()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let broker0 = ctx.broker_cpu();
+    let d = tokio::task::spawn_blocking(move || floor::tls_pipe(&b, &t, &g, n, &tls_dir)).await??;
+    let mut r = run(f, report::FLOOR);
+    r.set_rate(d.records, d.bytes, d.secs);
+    r.consumer_cpu_s = Some(d.cpu_s);
+    r.broker_cpu_s = delta(broker0, ctx.broker_cpu());
+    Ok(r)
+}
+
 pub async fn drain_kcat(ctx: &Ctx, f: &Filled) -> anyhow::Result<report::Run> {
     let (b, t, n) = (ctx.broker.clone(), f.topic.clone(), f.records);
     let d = tokio::task::spawn_blocking(move || ceiling::kcat(&b, &t, n)).await??;
@@ -295,6 +320,7 @@ pub async fn drain_relay(
     let name = match (sink, one_way) {
         (SinkKind::Discard, None) => report::RELAY_DISCARD,
         (SinkKind::Jsonl, None) => report::RELAY_JSONL,
+        (SinkKind::Discard, Some(d)) if d.is_zero() => report::RELAY_DISCARD_PROXY,
         (SinkKind::Discard, Some(_)) => report::RELAY_DISCARD_RTT,
         (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, delayed",
     };

@@ -389,7 +389,7 @@ mod tests {
             vec![
                 "spec.topic = \"\": is empty; fix: give the name of the topic (stream) to consume".to_string(),
                 "spec.max_bytes = \"8388609\": is out of range; fix: give 1 to 8388608 bytes (half the largest frame; default 1048576)".into(),
-                "spec.window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 32)".into(),
+                "spec.window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 64)".into(),
                 "sink.path = \"out/users.jsonl\": is a relative path; fix: give an absolute path, e.g. /var/lib/connectivity-agent/out/users.jsonl".into(),
             ]
         );

@@ -149,7 +149,8 @@ pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
     positive(
         "window",
         spec.window.into(),
-        "give at least 1 batch in flight (default 32)",
+        // (`bad_numbers_are_named` checks it follows defaults::window)
+        "give at least 1 batch in flight (default 64)",
     )?;
     if !(1000..=3_600_000).contains(&spec.session_timeout_ms) {
         return Err(ConfigError::Invalid {
@@ -299,10 +300,14 @@ pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
         // One fetch response is held in memory until its last record is
         // relayed; librdkafka's default allows 50 MiB.
         .set("fetch.max.bytes", (queued_kb * 1024).to_string())
-        // The default (1000 ms) idles a fetcher whose bounded queue was full
-        // for up to a second after the relay drained it (measured: the relay
-        // ran at 1-5% of a bare consumer; see docs/PERFORMANCE.md).
-        .set("fetch.queue.backoff.ms", "10")
+        // How long a fetcher whose bounded queue is full waits before it
+        // looks again. The default (1000 ms) held the relay at 1-5% of a
+        // bare consumer; 10 ms still starved it whenever the relay drained
+        // the small queue faster than that (the fetcher idle, the queue
+        // empty): 1 ms made the relay 36% faster at 1 KiB records. 0 spins.
+        // Only a full queue waits, so an idle job costs nothing more
+        // (docs/PERFORMANCE.md).
+        .set("fetch.queue.backoff.ms", "1")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
     Ok(c)
 }

@@ -49,7 +49,7 @@ pub mod defaults {
         100
     }
     pub fn window() -> u32 {
-        32
+        64
     }
     pub fn session_timeout_ms() -> u32 {
         6000
