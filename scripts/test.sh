@@ -33,6 +33,9 @@ if [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
 
 cargo build --lib --bins --tests
 cargo test --lib --bins --tests -- "$@"
+# The benchmark's own checks of its pure parts (record layout, percentiles,
+# charts, the delaying proxy, the distance ratio); it has no test harness.
+cargo test --bench relay
 scripts/check-unit.sh "${CARGO_TARGET_DIR:-target}/debug/connectivity-agent"
 # The benchmark's short form, so that its harness cannot rot: every part
 # for a few seconds against the same broker; it asserts nothing about speed

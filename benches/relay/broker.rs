@@ -8,7 +8,7 @@
 //! millisecond timestamps:
 //!
 //! ```text
-//! {"ts_us":1700000000000000,"seq":0000000042,"pad":"xxxx...x"}
+//! {"ts_us":1700000000000000,"seq":        42,"pad":"xxxx...x"}
 //! ```
 
 use anyhow::{Context, bail};
@@ -186,7 +186,9 @@ pub fn now_us() -> u64 {
 
 /// A record value of exactly `size` bytes (at least [`MIN_RECORD`]).
 pub fn record(seq: u64, ts_us: u64, size: usize) -> Vec<u8> {
-    let head = format!("{{\"ts_us\":{ts_us:016},\"seq\":{seq:010},\"pad\":\"");
+    // Numbers right-aligned in fixed-width fields, padded with spaces (JSON
+    // allows them; leading zeros it does not), so `stamp` can rewrite them.
+    let head = format!("{{\"ts_us\":{ts_us:>16},\"seq\":{seq:>10},\"pad\":\"");
     debug_assert_eq!(head.len(), 50);
     let mut v = head.into_bytes();
     v.resize(size.max(MIN_RECORD) - 2, b'x');
@@ -196,14 +198,18 @@ pub fn record(seq: u64, ts_us: u64, size: usize) -> Vec<u8> {
 
 /// Rewrite the time and sequence number of a record made by [`record`].
 pub fn stamp(value: &mut [u8], seq: u64, ts_us: u64) {
-    value[TS_AT].copy_from_slice(format!("{ts_us:016}").as_bytes());
-    value[SEQ_AT].copy_from_slice(format!("{seq:010}").as_bytes());
+    value[TS_AT].copy_from_slice(format!("{ts_us:>16}").as_bytes());
+    value[SEQ_AT].copy_from_slice(format!("{seq:>10}").as_bytes());
 }
 
 /// The produce time and sequence number of a record made by [`record`].
 pub fn parse(value: &[u8]) -> Option<(u64, u64)> {
     let digits = |r: std::ops::Range<usize>| -> Option<u64> {
         let s = value.get(r)?;
+        let s = &s[s.iter().take_while(|&&b| b == b' ').count()..];
+        if s.is_empty() {
+            return None;
+        }
         s.iter().try_fold(0u64, |n, &b| {
             b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
         })
@@ -216,6 +222,8 @@ pub fn self_check() -> anyhow::Result<()> {
     for size in [MIN_RECORD, 100, 1024, 10240] {
         let mut v = record(0, 0, size);
         anyhow::ensure!(v.len() == size, "record of {size} bytes has {}", v.len());
+        anyhow::ensure!(parse(&v) == Some((0, 0)), "fresh record does not parse");
+        serde_json::from_slice::<serde_json::Value>(&v).context("fresh record is not JSON")?;
         stamp(&mut v, 42, 1_700_000_000_123_456);
         anyhow::ensure!(
             parse(&v) == Some((1_700_000_000_123_456, 42)),

@@ -78,7 +78,7 @@ pub fn tls_pipe(
         ceiling::consumer_config(broker, topic, group, Settings::Agent)?.create()?;
     consumer.subscribe(&[topic])?;
     let cpu0 = ceiling::process_cpu_s();
-    let (mut records, mut bytes, mut seq) = (0u64, 0u64, 0u64);
+    let (mut records, mut bytes, mut seq, mut sent) = (0u64, 0u64, 0u64, 0u64);
     let mut first = None;
     let mut last_progress = Instant::now();
     let mut writer = BatchWriter::new("floor", seq, topic, max_bytes);
@@ -106,6 +106,7 @@ pub fn tls_pipe(
                     let next = BatchWriter::new("floor", seq, topic, 0);
                     let frame = std::mem::replace(&mut writer, next).finish();
                     tls.write_all(&frame)?;
+                    sent += frame.len() as u64;
                     let buf = frame.try_into_mut().unwrap_or_default();
                     writer = BatchWriter::with_buffer(buf, "floor", seq, topic);
                 }
@@ -119,14 +120,19 @@ pub fn tls_pipe(
         }
     }
     if !writer.is_empty() {
-        tls.write_all(&writer.finish())?;
+        let frame = writer.finish();
+        tls.write_all(&frame)?;
+        sent += frame.len() as u64;
     }
     tls.conn.send_close_notify();
     tls.flush()?;
     tls.sock.shutdown(std::net::Shutdown::Write)?;
-    let (_, last) = reader
+    let (received, last) = reader
         .join()
         .map_err(|_| anyhow::anyhow!("TLS pipe reader panicked"))??;
+    if received != sent {
+        bail!("TLS pipe: {sent} bytes sent but {received} received");
+    }
     let secs = first.map_or(0.0, |t| last.duration_since(t).as_secs_f64());
     let cpu_s = ceiling::process_cpu_s() - cpu0;
     drop(consumer);

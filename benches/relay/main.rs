@@ -212,6 +212,7 @@ async fn self_check() -> anyhow::Result<()> {
     meter::self_check()?;
     svg::self_check()?;
     proxy::self_check().await?;
+    report::self_check()?;
     Ok(())
 }
 

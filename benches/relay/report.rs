@@ -225,6 +225,93 @@ impl Distance {
     }
 }
 
+/// The distance topics of `runs`, records/s of each kind of run.
+fn distance_of(runs: &[Run]) -> Vec<Distance> {
+    let part_runs = |size: usize, partitions: i32, consumer: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| {
+                r.part == DISTANCE
+                    && r.size == size
+                    && r.partitions == partitions
+                    && r.consumer == consumer
+            })
+            .map(|r| r.rec_per_s)
+            .collect()
+    };
+    let mut keys: Vec<(usize, i32)> = runs
+        .iter()
+        .filter(|r| r.part == DISTANCE)
+        .map(|r| (r.size, r.partitions))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let median = |z: usize, p: i32, c: &str| {
+        let mut v = part_runs(z, p, c);
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    keys.into_iter()
+        .filter_map(|(size, partitions)| {
+            Some(Distance {
+                size,
+                partitions,
+                direct: median(size, partitions, RELAY_DISCARD),
+                proxied: median(size, partitions, RELAY_DISCARD_PROXY),
+                delayed: median(size, partitions, RELAY_DISCARD_RTT)?,
+            })
+        })
+        .collect()
+}
+
+/// Checks run under `cargo test`: the distance ratio is the median delayed
+/// run over the median proxied one, and over the direct run in results
+/// that have no proxied runs (before commit b36b75f).
+pub fn self_check() -> anyhow::Result<()> {
+    let run = |consumer: &str, rec_per_s: f64| Run {
+        part: DISTANCE.into(),
+        size: 1024,
+        partitions: 6,
+        consumer: consumer.into(),
+        rec_per_s,
+        ..Default::default()
+    };
+    let mut runs = vec![
+        run(RELAY_DISCARD, 100.0),
+        run(RELAY_DISCARD_PROXY, 90.0),
+        run(RELAY_DISCARD_RTT, 81.0),
+        run(RELAY_DISCARD_PROXY, 80.0),
+        run(RELAY_DISCARD_RTT, 60.0),
+        run(RELAY_DISCARD_PROXY, 100.0),
+        run(RELAY_DISCARD_RTT, 72.0),
+    ];
+    let d = distance_of(&runs);
+    anyhow::ensure!(
+        d.len() == 1
+            && (d[0].direct, d[0].proxied, d[0].delayed) == (Some(100.0), Some(90.0), 72.0),
+        "distance medians: direct {:?}, proxied {:?}, delayed {:?}",
+        d.first().map(|d| d.direct),
+        d.first().map(|d| d.proxied),
+        d.first().map(|d| d.delayed)
+    );
+    anyhow::ensure!(
+        d[0].ratio() == Some(0.8),
+        "distance ratio {:?}",
+        d[0].ratio()
+    );
+    runs.retain(|r| r.consumer != RELAY_DISCARD_PROXY);
+    let d = distance_of(&runs);
+    anyhow::ensure!(
+        d[0].ratio() == Some(0.72),
+        "ratio without proxied runs {:?}",
+        d[0].ratio()
+    );
+    Ok(())
+}
+
 impl Results {
     fn runs_of(&self, size: usize, partitions: i32, consumer: &str) -> Vec<&Run> {
         self.part_runs(THROUGHPUT, size, partitions, consumer)
@@ -244,38 +331,7 @@ impl Results {
 
     /// The distance topics, records/s of each kind of run.
     fn distance(&self) -> Vec<Distance> {
-        let mut keys: Vec<(usize, i32)> = self
-            .runs
-            .iter()
-            .filter(|r| r.part == DISTANCE)
-            .map(|r| (r.size, r.partitions))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let median = |z: usize, p: i32, c: &str| {
-            let mut v: Vec<f64> = self
-                .part_runs(DISTANCE, z, p, c)
-                .iter()
-                .map(|r| r.rec_per_s)
-                .collect();
-            v.sort_by(f64::total_cmp);
-            match v.len() {
-                0 => None,
-                n if n % 2 == 1 => Some(v[n / 2]),
-                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-            }
-        };
-        keys.into_iter()
-            .filter_map(|(size, partitions)| {
-                Some(Distance {
-                    size,
-                    partitions,
-                    direct: median(size, partitions, RELAY_DISCARD),
-                    proxied: median(size, partitions, RELAY_DISCARD_PROXY),
-                    delayed: median(size, partitions, RELAY_DISCARD_RTT)?,
-                })
-            })
-            .collect()
+        distance_of(&self.runs)
     }
 
     /// The best of the bare rdkafka runs of a topic (librdkafka's default
