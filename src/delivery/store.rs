@@ -497,6 +497,57 @@ mod tests {
         .unwrap()
     }
 
+    /// The checkpointer moves the WAL into the database file by itself (the
+    /// writer does not, with `wal_autocheckpoint` off), and stops when its
+    /// sender is dropped.
+    #[test]
+    fn checkpointer_moves_the_wal_and_stops_with_its_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let writer = open_connection(&path).unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let write = |from: i64| {
+            writer
+                .execute_batch(&format!(
+                    "CREATE TABLE IF NOT EXISTS filler (n INTEGER, pad BLOB);
+                     WITH RECURSIVE c(n) AS (SELECT {from} UNION ALL SELECT n + 1 FROM c WHERE n < {from} + 499)
+                     INSERT INTO filler SELECT n, zeroblob(1000) FROM c;"
+                ))
+                .unwrap();
+        };
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !ok() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+
+        write(0);
+        let before = db_len();
+        // Half a MB sits in the WAL; nothing moves it yet.
+        std::thread::sleep(CHECKPOINT_EVERY + std::time::Duration::from_millis(300));
+        assert_eq!(
+            db_len(),
+            before,
+            "nothing but the checkpointer should checkpoint"
+        );
+
+        let stop = checkpointer(&path).expect("checkpointer starts");
+        wait_for(
+            "the checkpointer moves the WAL into the database file",
+            &|| db_len() >= before + 500 * 1000,
+        );
+
+        drop(stop);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let after = db_len();
+        write(1000);
+        std::thread::sleep(2 * CHECKPOINT_EVERY + std::time::Duration::from_millis(300));
+        assert_eq!(db_len(), after, "a stopped checkpointer checkpointed");
+    }
+
     #[tokio::test]
     async fn jobs_and_watermarks_round_trip() {
         let dir = tempfile::tempdir().unwrap();
