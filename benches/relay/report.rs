@@ -225,28 +225,40 @@ impl Distance {
     }
 }
 
-/// The distance topics of `runs`, records/s of each kind of run.
-fn distance_of(runs: &[Run]) -> Vec<Distance> {
-    let part_runs = |size: usize, partitions: i32, consumer: &str| -> Vec<f64> {
-        runs.iter()
-            .filter(|r| {
-                r.part == DISTANCE
-                    && r.size == size
-                    && r.partitions == partitions
-                    && r.consumer == consumer
-            })
-            .map(|r| r.rec_per_s)
-            .collect()
-    };
-    let mut keys: Vec<(usize, i32)> = runs
+/// The runs of one part, topic and consumer.
+fn part_runs<'a>(
+    runs: &'a [Run],
+    part: &str,
+    size: usize,
+    partitions: i32,
+    consumer: &str,
+) -> Vec<&'a Run> {
+    runs.iter()
+        .filter(|r| {
+            r.part == part && r.size == size && r.partitions == partitions && r.consumer == consumer
+        })
+        .collect()
+}
+
+/// The topics (size, partitions) of one part, in order.
+fn part_topics(runs: &[Run], part: &str) -> Vec<(usize, i32)> {
+    let mut t: Vec<(usize, i32)> = runs
         .iter()
-        .filter(|r| r.part == DISTANCE)
+        .filter(|r| r.part == part)
         .map(|r| (r.size, r.partitions))
         .collect();
-    keys.sort();
-    keys.dedup();
+    t.sort();
+    t.dedup();
+    t
+}
+
+/// The distance topics of `runs`, records/s of each kind of run.
+fn distance_of(runs: &[Run]) -> Vec<Distance> {
     let median = |z: usize, p: i32, c: &str| {
-        let mut v = part_runs(z, p, c);
+        let mut v: Vec<f64> = part_runs(runs, DISTANCE, z, p, c)
+            .iter()
+            .map(|r| r.rec_per_s)
+            .collect();
         v.sort_by(f64::total_cmp);
         match v.len() {
             0 => None,
@@ -254,7 +266,8 @@ fn distance_of(runs: &[Run]) -> Vec<Distance> {
             n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
         }
     };
-    keys.into_iter()
+    part_topics(runs, DISTANCE)
+        .into_iter()
         .filter_map(|(size, partitions)| {
             Some(Distance {
                 size,
@@ -318,15 +331,7 @@ impl Results {
     }
 
     fn part_runs(&self, part: &str, size: usize, partitions: i32, consumer: &str) -> Vec<&Run> {
-        self.runs
-            .iter()
-            .filter(|r| {
-                r.part == part
-                    && r.size == size
-                    && r.partitions == partitions
-                    && r.consumer == consumer
-            })
-            .collect()
+        part_runs(&self.runs, part, size, partitions, consumer)
     }
 
     /// The distance topics, records/s of each kind of run.
@@ -349,15 +354,7 @@ impl Results {
     }
 
     fn topics(&self) -> Vec<(usize, i32)> {
-        let mut t: Vec<(usize, i32)> = self
-            .runs
-            .iter()
-            .filter(|r| r.part == THROUGHPUT)
-            .map(|r| (r.size, r.partitions))
-            .collect();
-        t.sort();
-        t.dedup();
-        t
+        part_topics(&self.runs, THROUGHPUT)
     }
 
     /// The report as Markdown.
