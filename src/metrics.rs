@@ -42,6 +42,7 @@ struct Metrics {
     batch_rtt: Family<JobLabels, Histogram>,
     records: Family<JobLabels, Gauge<u64, AtomicU64>>,
     bytes: Family<JobLabels, Gauge<u64, AtomicU64>>,
+    bytes_uncompressed: Family<JobLabels, Gauge<u64, AtomicU64>>,
     acks: Family<JobLabels, Gauge<u64, AtomicU64>>,
     running: Family<JobLabels, Gauge>,
     errors: Family<ErrorLabels, Counter>,
@@ -68,6 +69,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         }),
         records: Family::default(),
         bytes: Family::default(),
+        bytes_uncompressed: Family::default(),
         acks: Family::default(),
         running: Family::default(),
         errors: Family::default(),
@@ -102,8 +104,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "job_bytes_relayed",
-        "Bytes of records sent to the control plane",
+        "Bytes of batch frames sent to the control plane, as sent (compressed when the job compresses)",
         m.bytes.clone(),
+    );
+    registry.register(
+        "job_bytes_uncompressed",
+        "Bytes of the same batch frames before compression",
+        m.bytes_uncompressed.clone(),
     );
     registry.register(
         "job_batches_acked",
@@ -194,6 +201,9 @@ pub fn observe_job(state: &JobState) {
     };
     m.records.get_or_create(&job).set(state.records_relayed);
     m.bytes.get_or_create(&job).set(state.bytes_relayed);
+    m.bytes_uncompressed
+        .get_or_create(&job)
+        .set(state.bytes_uncompressed);
     m.acks.get_or_create(&job).set(state.batches_acked);
     m.running
         .get_or_create(&job)

@@ -1122,6 +1122,7 @@ async fn job_states_are_shown_per_agent_and_stray_jobs_are_revoked() {
         }],
         records_relayed: 11,
         bytes_relayed: 1100,
+        bytes_uncompressed: 1100,
         batches_acked: 3,
     };
     send(&mut ws, &AgentMessage::JobState(state)).await;
@@ -1169,6 +1170,7 @@ async fn job_states_are_shown_per_agent_and_stray_jobs_are_revoked() {
         partitions: vec![],
         records_relayed: 0,
         bytes_relayed: 0,
+        bytes_uncompressed: 0,
         batches_acked: 0,
     };
     send(&mut ws, &AgentMessage::JobState(ghost.clone())).await;

@@ -94,6 +94,17 @@ async fn agent_serves_metrics_and_health() {
         Some(200.0),
         "{metrics}"
     );
+    // Uncompressed (the job's default): the frames went as they were.
+    let bytes = value_of(&metrics, "connectivity_agent_job_bytes_relayed{job=\"m\"}");
+    assert!(bytes.is_some_and(|b| b > 200.0 * 20.0), "{metrics}");
+    assert_eq!(
+        value_of(
+            &metrics,
+            "connectivity_agent_job_bytes_uncompressed{job=\"m\"}"
+        ),
+        bytes,
+        "{metrics}"
+    );
     assert!(
         value_of(
             &metrics,

@@ -9,8 +9,8 @@ use common::kafka::{self, TestBroker};
 use connectivity_agent::allowlist::AllowList;
 use connectivity_agent::protocol::batch::{self, Batch};
 use connectivity_agent::protocol::job::{
-    ErrorClass, JobPhase, JobSpec, JobState, Partitions, Sasl, SaslMechanism, Security,
-    SecurityProtocol, StartPosition, Truststore, TruststoreFormat,
+    Compression, ErrorClass, JobPhase, JobSpec, JobState, Partitions, Sasl, SaslMechanism,
+    Security, SecurityProtocol, StartPosition, Truststore, TruststoreFormat,
 };
 use connectivity_agent::relay::{self, JobHandle, Jobs, Outbound, RelaySettings};
 use connectivity_agent::secret::Secret;
@@ -60,6 +60,7 @@ fn spec(id: &str, bootstrap: &str, topic: &str, group: &str) -> JobSpec {
         max_wait_ms: 50,
         window: 8,
         session_timeout_ms: 6000,
+        compression: Compression::None,
         security: Security {
             protocol: SecurityProtocol::Plaintext,
             ..Default::default()
@@ -72,6 +73,8 @@ struct ControlPlane {
     rx: mpsc::Receiver<Outbound>,
     stash: VecDeque<Batch>,
     states: HashMap<String, JobState>,
+    /// Frames that came compressed ("CAZ1").
+    compressed: usize,
 }
 
 impl ControlPlane {
@@ -80,6 +83,7 @@ impl ControlPlane {
             rx,
             stash: VecDeque::new(),
             states: HashMap::new(),
+            compressed: 0,
         }
     }
 
@@ -90,6 +94,9 @@ impl ControlPlane {
                 batch_seq,
                 frame,
             } => {
+                if frame.starts_with(batch::MAGIC_COMPRESSED) {
+                    self.compressed += 1;
+                }
                 let b = batch::decode(frame).expect("a valid batch frame");
                 assert_eq!(
                     (b.job_id.as_str(), b.batch_seq),
@@ -321,12 +328,46 @@ async fn plaintext_three_partitions_thousand_records_all_delivered_and_committed
         .await;
     assert_eq!(s.phase, JobPhase::Running);
     assert_eq!(s.records_relayed, 1000);
+    // Without compression the frames go as they are.
+    assert_eq!((cp.compressed, s.bytes_uncompressed), (0, s.bytes_relayed));
     let acked: Vec<i64> = s.partitions.iter().map(|p| p.acked).collect();
     assert_eq!(acked, want);
     let relayed: Vec<i64> = s.partitions.iter().map(|p| p.relayed).collect();
     assert_eq!(relayed, want);
     h.drain(Duration::from_secs(10)).await;
     wait_committed(&b, &group, &topic, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lz4_and_zstd_batches_carry_every_record_and_the_state_counts_the_bytes_saved() {
+    logs();
+    let b = kafka::broker();
+    for codec in [Compression::Lz4, Compression::Zstd] {
+        let name = codec.as_str();
+        let topic = kafka::unique_topic(&format!("relay-{name}"));
+        kafka::create_topic(&b, &topic, 2).await;
+        let seeded = seed(&b, &topic, 0, 600).await;
+        let want = highs(&seeded, 2);
+        let group = kafka::unique_topic(&format!("group-{name}"));
+        let mut s = spec(name, &b.plaintext, &topic, &group);
+        s.compression = codec;
+        let (h, mut cp, _tx) = spawn(s);
+        let batches = deliver_all(&mut cp, |s| h.ack(s), &seeded, 600).await;
+        wait_committed(&b, &group, &topic, &want).await;
+        assert_eq!(cp.compressed, batches, "{name}: every batch compressed");
+        let s = cp
+            .state(name, WAIT, |s| s.batches_acked as usize == batches)
+            .await;
+        assert_eq!(s.records_relayed, 600);
+        // The seeded values repeat their field names: well under half the bytes.
+        assert!(
+            s.bytes_relayed * 2 < s.bytes_uncompressed,
+            "{name}: {} bytes sent for {} before compression",
+            s.bytes_relayed,
+            s.bytes_uncompressed
+        );
+        h.drain(Duration::from_secs(10)).await;
+    }
 }
 
 async fn run_secure(b: &TestBroker, prefix: &str, security: Security) {

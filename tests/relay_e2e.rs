@@ -77,6 +77,58 @@ async fn every_record_of_a_multi_partition_topic_arrives_once_in_order_across_tw
 }
 
 #[tokio::test]
+async fn lz4_and_zstd_jobs_arrive_exactly_once_through_the_control_plane() {
+    let started = Instant::now();
+    let t = E2e::start().await;
+    let agent = t.spawn_agent("agent");
+    let mut jobs = Vec::new();
+    for codec in ["lz4", "zstd"] {
+        let topic = topic(&t, &format!("e2e-{codec}"), 2).await;
+        let records = numbered(0, 200);
+        let at = produce(&t.broker, &topic, &records).await;
+        let mut job = t.job(codec, &topic);
+        job["spec"]["compression"] = codec.into();
+        let created = t.create_job(&job).await;
+        assert_eq!(
+            created["definition"]["spec"]["compression"], codec,
+            "{created}"
+        );
+        jobs.push((codec, records, at));
+    }
+    for (codec, records, at) in &jobs {
+        let got = t.wait_records(codec, 200).await;
+        assert_exactly_once_in_order(&got, &positions(records, at));
+        let view = t
+            .wait_job(codec, "all committed", |v| {
+                committed_reached(v, &counts(at))
+            })
+            .await;
+        let a = &agents(&view)[0];
+        let (sent, raw) = (
+            a["bytes_relayed"].as_u64().unwrap(),
+            a["bytes_uncompressed"].as_u64().unwrap(),
+        );
+        assert!(
+            sent > 0 && sent < raw,
+            "{codec}: {sent} bytes sent for {raw}: {view:#}"
+        );
+    }
+    // A codec the agent does not know is refused, naming the ones it does.
+    let mut job = t.job("gzip", "any-topic");
+    job["spec"]["compression"] = "gzip".into();
+    let (status, body) = t.cp.console("POST", "/api/v1/jobs", Some(&job)).await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("gzip") && text.contains("lz4") && text.contains("zstd"),
+        "{text}"
+    );
+    agent.stop().await;
+    t.cp.stop().await;
+    eprintln!("took {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn start_positions_earliest_latest_and_explicit_offsets() {
     let started = Instant::now();
     let t = E2e::start().await;

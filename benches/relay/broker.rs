@@ -8,8 +8,11 @@
 //! millisecond timestamps:
 //!
 //! ```text
-//! {"ts_us":1700000000000000,"seq":        42,"pad":"xxxx...x"}
+//! {"ts_us":1700000000000000,"seq":        42,"pad":"..."}
 //! ```
+//!
+//! What the pad holds ([`Payload`]) matters only to compression: topics are
+//! filled with words, or with random characters.
 
 use anyhow::{Context, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -29,6 +32,84 @@ pub const MIN_RECORD: usize = 52;
 /// Where the produce time sits in a record value.
 const TS_AT: std::ops::Range<usize> = 9..25;
 const SEQ_AT: std::ops::Range<usize> = 32..42;
+
+/// Where the pad of a record starts (after `"pad":"`).
+const PAD_AT: usize = 50;
+
+/// What the pad of a filled record holds. A batch compresses only as well
+/// as its records do, so the compression runs fill one topic of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Words drawn at random (uniformly) from a vocabulary of 128 English
+    /// and technical words, different in every record: text with about one
+    /// bit of information per character, between log lines (which compress
+    /// better) and prose.
+    Words,
+    /// Random characters of the base64 alphabet, 6 bits in every 8: what an
+    /// encrypted or already compressed value carried in JSON looks like.
+    Random,
+}
+
+impl Payload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Payload::Words => "words",
+            Payload::Random => "random",
+        }
+    }
+}
+
+const WORDS: &str = "the of and to in is that for it as was with be by on not he this are or his from at which \
+    but have an they you were her she there been one all we their has would when if so no will more can out \
+    up about into them some could time only new other then also any these two may first like our over such \
+    order customer status shipped pending amount currency invoice account region service request response \
+    latency error warning info debug user session token event stream topic partition offset batch agent \
+    control plane group record value key header timestamp commit ack window broker consumer producer \
+    payload schema version created updated deleted id name type source target";
+
+/// Fill the pad of `value` (made by [`record`]) with `payload`, drawn from `rng`.
+pub fn repad(value: &mut [u8], payload: Payload, rng: &mut u64) {
+    let end = value.len() - 2;
+    let pad = &mut value[PAD_AT.min(end)..end];
+    let mut next = || {
+        // xorshift64: fast, and plenty random for filling pads.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    match payload {
+        Payload::Random => {
+            const B64: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            for chunk in pad.chunks_mut(10) {
+                let mut r = next();
+                for b in chunk {
+                    *b = B64[(r & 63) as usize];
+                    r >>= 6;
+                }
+            }
+        }
+        Payload::Words => {
+            thread_local! {
+                static VOCABULARY: Vec<&'static str> = WORDS.split_whitespace().collect();
+            }
+            VOCABULARY.with(|words| {
+                let mut at = 0;
+                while at < pad.len() {
+                    let w = words[(next() % words.len() as u64) as usize].as_bytes();
+                    let n = w.len().min(pad.len() - at);
+                    pad[at..at + n].copy_from_slice(&w[..n]);
+                    at += n;
+                    if at < pad.len() {
+                        pad[at] = b' ';
+                        at += 1;
+                    }
+                }
+            });
+        }
+    }
+}
 
 /// The broker under test, as described by its `broker.env`.
 #[derive(Debug, Clone)]
@@ -119,12 +200,15 @@ impl Broker {
         partitions: i32,
         size: usize,
         count: u64,
+        payload: Payload,
     ) -> anyhow::Result<Duration> {
         let producer = self.producer(20)?;
         let started = Instant::now();
         let mut value = record(0, 0, size);
+        let mut rng = 0x2545_F491_4F6C_DD1D_u64;
         for seq in 0..count {
             stamp(&mut value, seq, now_us());
+            repad(&mut value, payload, &mut rng);
             let p = (seq % partitions as u64) as i32;
             loop {
                 match producer.send(
@@ -230,6 +314,23 @@ pub fn self_check() -> anyhow::Result<()> {
             "stamped record does not parse back"
         );
         serde_json::from_slice::<serde_json::Value>(&v).context("record is not JSON")?;
+        for payload in [Payload::Words, Payload::Random] {
+            let mut rng = 1;
+            let before = v.clone();
+            repad(&mut v, payload, &mut rng);
+            anyhow::ensure!(v.len() == size, "repadded record has {} bytes", v.len());
+            anyhow::ensure!(
+                parse(&v) == Some((1_700_000_000_123_456, 42)),
+                "repadded record lost its stamp"
+            );
+            serde_json::from_slice::<serde_json::Value>(&v)
+                .with_context(|| format!("{} record is not JSON", payload.name()))?;
+            anyhow::ensure!(
+                size <= PAD_AT + 2 || v != before,
+                "{} pad changed nothing",
+                payload.name()
+            );
+        }
     }
     Ok(())
 }

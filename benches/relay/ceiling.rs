@@ -55,6 +55,7 @@ pub fn job_spec(id: &str, broker: &Broker, topic: &str, group: &str) -> JobSpec 
         max_wait_ms: connectivity_agent::protocol::job::defaults::max_wait_ms(),
         window: connectivity_agent::protocol::job::defaults::window(),
         session_timeout_ms: connectivity_agent::protocol::job::defaults::session_timeout_ms(),
+        compression: Default::default(),
         security: Security {
             protocol: SecurityProtocol::Plaintext,
             ..Default::default()

@@ -28,7 +28,10 @@ mod svg;
 mod system;
 
 use anyhow::Context;
+use broker::Payload;
 use clap::Parser;
+use connectivity_agent::protocol::job::Compression;
+use proxy::Link;
 use scenarios::{Consumer, Ctx};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -131,6 +134,12 @@ struct Plan {
     distance_partitions: i32,
     /// Runs through the proxy without and with the delay, alternately.
     distance_pairs: usize,
+    /// Records of each compression topic on the loopback and over the
+    /// limited link (1 KiB records).
+    compression_records: (u64, u64),
+    compression_partitions: i32,
+    /// Runs of each codec (none, lz4, zstd in turn).
+    compression_rounds: usize,
     latency_rates: Vec<u64>,
     latency_partitions: Vec<i32>,
     latency_secs: f64,
@@ -150,6 +159,9 @@ fn plan(args: &Args) -> Plan {
             distance_records: |_| 5_000,
             distance_partitions: 1,
             distance_pairs: 1,
+            compression_records: (5_000, 2_000),
+            compression_partitions: 1,
+            compression_rounds: 1,
             latency_rates: args.rates.clone().unwrap_or(vec![1000]),
             latency_partitions: args.partitions.clone().unwrap_or(vec![1]),
             latency_secs: args.latency_secs.unwrap_or(1.0),
@@ -177,6 +189,10 @@ fn plan(args: &Args) -> Plan {
             },
             distance_partitions: 6,
             distance_pairs: 3,
+            // The limited link carries about 12,000 uncompressed records/s.
+            compression_records: (500_000, 100_000),
+            compression_partitions: 6,
+            compression_rounds: 2,
             latency_rates: args.rates.clone().unwrap_or(vec![1000, 10_000]),
             latency_partitions: args.partitions.clone().unwrap_or(vec![1, 6]),
             latency_secs: args.latency_secs.unwrap_or(20.0),
@@ -290,9 +306,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let print = |r: &report::Run| {
+        let sent = match (r.frame_mib, r.frame_raw_mib) {
+            (Some(a), Some(b)) if b > 0.0 && r.compression.is_some() => {
+                format!("  sent {:.0}% of the frame bytes", a / b * 100.0)
+            }
+            _ => String::new(),
+        };
         println!(
-            "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s)",
-            r.consumer, r.rec_per_s, r.mib_per_s, r.secs
+            "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s){}{sent}",
+            r.consumer,
+            r.rec_per_s,
+            r.mib_per_s,
+            r.secs,
+            r.compression
+                .as_ref()
+                .map_or(String::new(), |c| format!("  {c}")),
         )
     };
     let relay_only = args.only.iter().any(|o| o == "relay");
@@ -308,7 +336,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let mut runs = Vec::new();
                 if relay_only {
                     // Only the relay (for profiling it).
-                    runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Discard, None).await?);
+                    runs.push(scenarios::drain_relay_direct(&ctx, &f, SinkKind::Discard).await?);
                 } else {
                     runs.push(
                         scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?,
@@ -326,8 +354,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                             .await?,
                         );
                     }
-                    runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Discard, None).await?);
-                    runs.push(scenarios::drain_relay(&ctx, &f, SinkKind::Jsonl, None).await?);
+                    runs.push(scenarios::drain_relay_direct(&ctx, &f, SinkKind::Discard).await?);
+                    runs.push(scenarios::drain_relay_direct(&ctx, &f, SinkKind::Jsonl).await?);
                     if plan.ceiling_twice {
                         runs.push(
                             scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?,
@@ -352,18 +380,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let f = scenarios::fill(&ctx, size, partitions, n).await?;
             // Direct once, then the proxy without and with the delay,
             // alternately: the machine's noise falls on both alike.
-            let delayed = Some(Duration::from_millis(25));
+            let delayed = Some(Link::delay(Duration::from_millis(25)));
             let mut plan_runs = vec![None];
             for _ in 0..plan.distance_pairs {
-                plan_runs.extend([Some(Duration::ZERO), delayed]);
+                plan_runs.extend([Some(Link::delay(Duration::ZERO)), delayed]);
             }
-            for one_way in plan_runs {
-                let mut r = scenarios::drain_relay(&ctx, &f, SinkKind::Discard, one_way).await?;
+            for link in plan_runs {
+                let mut r =
+                    scenarios::drain_relay(&ctx, &f, SinkKind::Discard, link, Compression::None)
+                        .await?;
                 r.part = report::DISTANCE.into();
                 print(&r);
                 results.runs.push(r);
             }
             ctx.broker.delete_topic(&f.topic).await?;
+        }
+    }
+    if wanted(&args, "compression") {
+        let partitions = plan.compression_partitions;
+        let limited = Link {
+            one_way: Duration::from_millis(report::LINK_ONE_WAY_MS),
+            bytes_per_s: Some(report::LINK_BYTES_PER_S),
+        };
+        let codecs = [Compression::None, Compression::Lz4, Compression::Zstd];
+        for payload in [Payload::Words, Payload::Random] {
+            for (link, n) in [
+                (None, plan.compression_records.0),
+                (Some(limited), plan.compression_records.1),
+            ] {
+                let n = (n as f64 * args.scale).max(1000.0) as u64;
+                println!(
+                    "\n== compression: 1 KiB records of {}, {partitions} partitions, {}: filling {n} records",
+                    payload.name(),
+                    if link.is_some() {
+                        "limited link"
+                    } else {
+                        "loopback"
+                    }
+                );
+                let f = scenarios::fill_with(&ctx, 1024, partitions, n, payload).await?;
+                for _ in 0..plan.compression_rounds {
+                    for codec in codecs {
+                        let mut r =
+                            scenarios::drain_relay(&ctx, &f, SinkKind::Discard, link, codec)
+                                .await?;
+                        r.part = report::COMPRESSION.into();
+                        print(&r);
+                        results.runs.push(r);
+                    }
+                }
+                ctx.broker.delete_topic(&f.topic).await?;
+            }
         }
     }
     if wanted(&args, "latency") {

@@ -15,9 +15,15 @@ pub const RELAY_DISCARD: &str = "relay -> discard";
 pub const RELAY_JSONL: &str = "relay -> jsonl";
 pub const RELAY_DISCARD_RTT: &str = "relay -> discard, +50 ms RTT";
 pub const RELAY_DISCARD_PROXY: &str = "relay -> discard, through the proxy, no delay";
-/// `Run::part` of the throughput runs and of the distance runs.
+pub const RELAY_DISCARD_LINK: &str = "relay -> discard, over the limited link";
+/// `Run::part` of the throughput, distance and compression runs.
 pub const THROUGHPUT: &str = "throughput";
 pub const DISTANCE: &str = "distance";
+pub const COMPRESSION: &str = "compression";
+/// The limited link of the compression runs: 100 Mbit/s each way, 50 ms
+/// round trip (a site's uplink to a cloud region).
+pub const LINK_BYTES_PER_S: u64 = 100_000_000 / 8;
+pub const LINK_ONE_WAY_MS: u64 = 25;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -46,6 +52,23 @@ pub struct Run {
     /// SIGTERM to exit of the agent.
     pub stop_s: Option<f64>,
     pub sink_file_mib: Option<f64>,
+    /// What the records' pad holds (`words`, `random`); older runs: `None`.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// CPU seconds of the agent over its whole life (a relay that
+    /// compresses ahead of a slow link does much of its work before the
+    /// first record arrives).
+    #[serde(default)]
+    pub consumer_cpu_total_s: Option<f64>,
+    /// The job's compression; `None`: none.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Batch frames the agent sent, as sent and before compression
+    /// (from its job state).
+    #[serde(default)]
+    pub frame_mib: Option<f64>,
+    #[serde(default)]
+    pub frame_raw_mib: Option<f64>,
 }
 
 impl Run {
@@ -252,19 +275,86 @@ fn part_topics(runs: &[Run], part: &str) -> Vec<(usize, i32)> {
     t
 }
 
+/// The median of the values present; `None` if there are none.
+fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().flatten().collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// One row of the compression table: the medians of its runs.
+struct CompressionRow {
+    size: usize,
+    partitions: i32,
+    payload: String,
+    consumer: String,
+    codec: String,
+    runs: usize,
+    rec_per_s: f64,
+    /// Frame bytes sent over frame bytes before compression.
+    sent_per_raw: Option<f64>,
+    /// Frame bytes sent per record.
+    sent_per_record: Option<f64>,
+    agent_cpu_per_m: Option<f64>,
+    cp_cpu_per_m: Option<f64>,
+    peak_rss_mib: Option<f64>,
+}
+
+/// The compression runs of `runs` as rows: by topic, payload, link and codec.
+fn compression_of(runs: &[Run]) -> Vec<CompressionRow> {
+    let mut keys: Vec<(usize, i32, String, String, String)> = Vec::new();
+    for r in runs.iter().filter(|r| r.part == COMPRESSION) {
+        let k = (
+            r.size,
+            r.partitions,
+            r.payload.clone().unwrap_or_default(),
+            r.consumer.clone(),
+            r.compression.clone().unwrap_or_else(|| "none".into()),
+        );
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(size, partitions, payload, consumer, codec)| {
+            let of: Vec<&Run> = part_runs(runs, COMPRESSION, size, partitions, &consumer)
+                .into_iter()
+                .filter(|r| {
+                    r.payload.as_deref().unwrap_or_default() == payload
+                        && r.compression.as_deref().unwrap_or("none") == codec
+                })
+                .collect();
+            let m = |f: &dyn Fn(&Run) -> Option<f64>| median(of.iter().map(|r| f(r)));
+            Some(CompressionRow {
+                rec_per_s: m(&|r| Some(r.rec_per_s))?,
+                sent_per_raw: m(&|r| Some(r.frame_mib? / r.frame_raw_mib?)),
+                sent_per_record: m(&|r| Some(r.frame_mib? * MIB / r.records as f64)),
+                agent_cpu_per_m: m(&|r| Some(r.consumer_cpu_total_s? / (r.records as f64 / 1e6))),
+                cp_cpu_per_m: m(&|r| Some(r.cp_cpu_s? / (r.records as f64 / 1e6))),
+                peak_rss_mib: m(&|r| r.peak_rss_mib),
+                runs: of.len(),
+                size,
+                partitions,
+                payload,
+                consumer,
+                codec,
+            })
+        })
+        .collect()
+}
+
 /// The distance topics of `runs`, records/s of each kind of run.
 fn distance_of(runs: &[Run]) -> Vec<Distance> {
     let median = |z: usize, p: i32, c: &str| {
-        let mut v: Vec<f64> = part_runs(runs, DISTANCE, z, p, c)
-            .iter()
-            .map(|r| r.rec_per_s)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(v[n / 2]),
-            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
+        median(
+            part_runs(runs, DISTANCE, z, p, c)
+                .iter()
+                .map(|r| Some(r.rec_per_s)),
+        )
     };
     part_topics(runs, DISTANCE)
         .into_iter()
@@ -321,6 +411,52 @@ pub fn self_check() -> anyhow::Result<()> {
         d[0].ratio() == Some(0.72),
         "ratio without proxied runs {:?}",
         d[0].ratio()
+    );
+    // Compression rows: one per payload, link and codec, medians of their runs.
+    let z = |consumer: &str, codec: Option<&str>, payload: &str, rec_per_s: f64, sent: f64| Run {
+        part: COMPRESSION.into(),
+        size: 1024,
+        partitions: 6,
+        consumer: consumer.into(),
+        records: 1_000_000,
+        rec_per_s,
+        payload: Some(payload.into()),
+        compression: codec.map(Into::into),
+        frame_mib: Some(sent),
+        frame_raw_mib: Some(1000.0),
+        ..Default::default()
+    };
+    let runs = vec![
+        z(RELAY_DISCARD_LINK, None, "words", 10.0, 1000.0),
+        z(RELAY_DISCARD_LINK, Some("lz4"), "words", 20.0, 500.0),
+        z(RELAY_DISCARD_LINK, None, "words", 12.0, 1000.0),
+        z(RELAY_DISCARD_LINK, Some("lz4"), "words", 30.0, 400.0),
+        z(RELAY_DISCARD_LINK, Some("lz4"), "random", 9.0, 1000.0),
+        z(RELAY_DISCARD, Some("lz4"), "words", 99.0, 500.0),
+    ];
+    let rows = compression_of(&runs);
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}/{}: {} runs, {} rec/s, sent/raw {:.3}",
+                r.consumer,
+                r.payload,
+                r.codec,
+                r.runs,
+                r.rec_per_s,
+                r.sent_per_raw.unwrap_or(-1.0)
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        got == [
+            format!("{RELAY_DISCARD_LINK}/words/none: 2 runs, 11 rec/s, sent/raw 1.000"),
+            format!("{RELAY_DISCARD_LINK}/words/lz4: 2 runs, 25 rec/s, sent/raw 0.450"),
+            format!("{RELAY_DISCARD_LINK}/random/lz4: 1 runs, 9 rec/s, sent/raw 1.000"),
+            format!("{RELAY_DISCARD}/words/lz4: 1 runs, 99 rec/s, sent/raw 0.500"),
+        ],
+        "compression rows: {got:?}"
     );
     Ok(())
 }
@@ -465,6 +601,67 @@ impl Results {
                     f0(d.delayed),
                     pct(d.ratio()),
                     pct(d.direct.filter(|b| *b > 0.0).map(|b| d.delayed / b)),
+                );
+            }
+        }
+        let compression = compression_of(&self.runs);
+        if !compression.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n### Compression: none, lz4, zstd, on the loopback and over a limited link\n"
+            );
+            let _ = writeln!(
+                s,
+                "Each job compresses its batch frames with the codec shown (`compression` in the job spec). Two topics per payload: \
+                 the pad of every record holds random words (text) or random base64 characters (what encrypted or compressed \
+                 values look like). \"loopback\": the agent connected directly. \"limited link\": through the bench's proxy, \
+                 limited to {} Mbit/s each way with {} ms round trip, a site's uplink to a cloud region. Medians of the runs; \
+                 \"vs none\" is over the same payload and link without compression. Sent / raw: bytes of batch frames sent over \
+                 their bytes before compression, from the agent's job state. Agent CPU: over the agent's whole life, start-up included \
+                 (ahead of a slow link it compresses most records before the first one arrives); control plane CPU: the bench \
+                 process, which also runs the proxy on the limited link.\n",
+                LINK_BYTES_PER_S * 8 / 1_000_000,
+                2 * LINK_ONE_WAY_MS
+            );
+            let _ = writeln!(
+                s,
+                "| record | partitions | payload | link | compression | runs | records/s | vs none | sent / raw | bytes sent per record | agent CPU s / M rec | control plane CPU s / M rec | agent peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            );
+            for r in &compression {
+                let none = compression.iter().find(|n| {
+                    (
+                        n.size,
+                        n.partitions,
+                        &n.payload,
+                        &n.consumer,
+                        n.codec.as_str(),
+                    ) == (r.size, r.partitions, &r.payload, &r.consumer, "none")
+                });
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    size_name(r.size),
+                    r.partitions,
+                    r.payload,
+                    if r.consumer == RELAY_DISCARD_LINK {
+                        "limited"
+                    } else {
+                        "loopback"
+                    },
+                    r.codec,
+                    r.runs,
+                    f0(r.rec_per_s),
+                    none.filter(|n| n.rec_per_s > 0.0)
+                        .map_or("-".into(), |n| format!(
+                            "**{:.0}%**",
+                            r.rec_per_s / n.rec_per_s * 100.0
+                        )),
+                    r.sent_per_raw
+                        .map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
+                    opt(r.sent_per_record, 0),
+                    opt(r.agent_cpu_per_m, 2),
+                    opt(r.cp_cpu_per_m, 2),
+                    opt(r.peak_rss_mib, 1),
                 );
             }
         }

@@ -2,15 +2,16 @@
 //! fixed rate, the idle agent, and memory over a long run.
 
 use crate::agent::{Agent, ProfileArgs};
-use crate::broker::{self, Broker};
+use crate::broker::{self, Broker, Payload};
 use crate::ceiling::{self, Settings};
 use crate::floor;
 use crate::meter::{self, Latency, Meter};
 use crate::procstat::{self, Sample};
-use crate::proxy;
+use crate::proxy::{self, Link};
 use crate::system::{SinkKind, System};
 use crate::{paced, report};
 use anyhow::{Context, bail};
+use connectivity_agent::protocol::job::Compression;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,13 +126,26 @@ pub struct Filled {
     pub records: u64,
     pub end: Vec<i64>,
     pub fill_rec_per_s: f64,
+    pub payload: Payload,
 }
 
+/// A new topic filled with `records` of `size` bytes holding words.
 pub async fn fill(ctx: &Ctx, size: usize, partitions: i32, records: u64) -> anyhow::Result<Filled> {
+    fill_with(ctx, size, partitions, records, Payload::Words).await
+}
+
+pub async fn fill_with(
+    ctx: &Ctx,
+    size: usize,
+    partitions: i32,
+    records: u64,
+    payload: Payload,
+) -> anyhow::Result<Filled> {
     let topic = ctx.unique(&format!("{size}b-{partitions}p"));
     ctx.broker.create_topic(&topic, partitions).await?;
     let (b, t) = (ctx.broker.clone(), topic.clone());
-    let took = tokio::task::spawn_blocking(move || b.fill(&t, partitions, size, records)).await??;
+    let took = tokio::task::spawn_blocking(move || b.fill(&t, partitions, size, records, payload))
+        .await??;
     let end = ctx.broker.end_offsets(&topic, partitions)?;
     let total: i64 = end.iter().sum();
     if total as u64 != records {
@@ -144,6 +158,7 @@ pub async fn fill(ctx: &Ctx, size: usize, partitions: i32, records: u64) -> anyh
         records,
         end,
         fill_rec_per_s: records as f64 / took.as_secs_f64(),
+        payload,
     })
 }
 
@@ -154,6 +169,7 @@ fn run(f: &Filled, consumer: &str) -> report::Run {
         partitions: f.partitions,
         consumer: consumer.to_owned(),
         records: f.records,
+        payload: Some(f.payload.name().into()),
         ..Default::default()
     }
 }
@@ -252,24 +268,34 @@ async fn wait_committed(
     }
 }
 
+/// The relay connected directly, without compression.
+pub async fn drain_relay_direct(
+    ctx: &Ctx,
+    f: &Filled,
+    sink: SinkKind,
+) -> anyhow::Result<report::Run> {
+    drain_relay(ctx, f, sink, None, Compression::None).await
+}
+
 /// The relay drains the topic: agent process + control plane + `sink`,
-/// optionally `one_way` apart. Counts records the sink accepted (and so the
-/// control plane acked), then checks the agent committed all of them.
+/// optionally through a proxy that models the `link` between them, with the
+/// job's `compression`. Counts records the sink accepted (and so the control
+/// plane acked), then checks the agent committed all of them.
 pub async fn drain_relay(
     ctx: &Ctx,
     f: &Filled,
     sink: SinkKind,
-    one_way: Option<Duration>,
+    link: Option<Link>,
+    compression: Compression,
 ) -> anyhow::Result<report::Run> {
     let meter = ctx.system.meter();
     meter.reset();
     let (job, group) = (ctx.unique("job"), ctx.unique("group"));
-    let sink_path = ctx
-        .system
-        .add_job(&job, &ctx.job_spec(&job, &f.topic, &group), sink, &ctx.out)
-        .await?;
-    let proxy = match one_way {
-        Some(d) => Some(proxy::start(ctx.system.addr(), d).await?),
+    let mut spec = ctx.job_spec(&job, &f.topic, &group);
+    spec.compression = compression;
+    let sink_path = ctx.system.add_job(&job, &spec, sink, &ctx.out).await?;
+    let proxy = match link {
+        Some(l) => Some(proxy::start(ctx.system.addr(), l).await?),
         None => None,
     };
     let url = format!(
@@ -317,17 +343,26 @@ pub async fn drain_relay(
     );
     let c = meter.count();
     let committed_at = wait_committed(ctx, &group, &f.topic, &f.end).await?;
-    let name = match (sink, one_way) {
+    let name = match (sink, link) {
         (SinkKind::Discard, None) => report::RELAY_DISCARD,
         (SinkKind::Jsonl, None) => report::RELAY_JSONL,
-        (SinkKind::Discard, Some(d)) if d.is_zero() => report::RELAY_DISCARD_PROXY,
+        (SinkKind::Discard, Some(l)) if l.bytes_per_s.is_some() => report::RELAY_DISCARD_LINK,
+        (SinkKind::Discard, Some(l)) if l.one_way.is_zero() => report::RELAY_DISCARD_PROXY,
         (SinkKind::Discard, Some(_)) => report::RELAY_DISCARD_RTT,
-        (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, delayed",
+        (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, through the proxy",
     };
     let mut r = run(f, name);
+    if compression != Compression::None {
+        r.compression = Some(compression.as_str().into());
+    }
+    if let Some((sent, raw)) = ctx.system.frame_bytes(&job, c.records).await {
+        r.frame_mib = Some(sent as f64 / MIB);
+        r.frame_raw_mib = Some(raw as f64 / MIB);
+    }
     r.set_rate(c.records, c.bytes, c.span_s());
     let cpu = at_last.cpu_s - at_first.map_or(0.0, |s| s.cpu_s);
     r.consumer_cpu_s = Some(cpu);
+    r.consumer_cpu_total_s = Some(at_last.cpu_s);
     r.cpu_s_per_m = Some(cpu / (c.records as f64 / 1e6));
     r.peak_rss_mib = Some(at_last.hwm_kib as f64 / 1024.0);
     r.cp_cpu_s = delta(self_first, self_last);
@@ -491,7 +526,10 @@ pub async fn idle(ctx: &Ctx, partitions: i32, secs: f64) -> anyhow::Result<repor
     // (batch sealed, acked, committed) before measuring.
     let b = ctx.broker.clone();
     let t = topic.clone();
-    tokio::task::spawn_blocking(move || b.fill(&t, partitions, 100, partitions as u64)).await??;
+    tokio::task::spawn_blocking(move || {
+        b.fill(&t, partitions, 100, partitions as u64, Payload::Words)
+    })
+    .await??;
     let ok = meter::wait_for(
         || meter.count().records >= partitions as u64,
         || meter.count().records,

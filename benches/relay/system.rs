@@ -10,7 +10,8 @@
 use crate::meter::Meter;
 use anyhow::Context;
 use connectivity_agent::control_plane::{
-    BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, SinkError, StartOptions,
+    BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, SinkError,
+    StartOptions,
 };
 use connectivity_agent::delivery::{Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat};
 use connectivity_agent::protocol::{Batch, JobSpec};
@@ -112,6 +113,7 @@ pub struct System {
     ca_file: PathBuf,
     meter: Arc<Meter>,
     jobs: Arc<JobService>,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
     handle: Option<ControlPlane>,
 }
@@ -226,12 +228,14 @@ token_hash = "{}"
             .await
             .context("starting the control plane")?;
         let jobs = handle.jobs();
+        let registry = handle.registry();
         let _ = sink.delivery.set(jobs.delivery().clone());
         Ok(System {
             addr: handle.local_addr(),
             ca_file,
             meter,
             jobs,
+            registry,
             shutdown,
             handle: Some(handle),
         })
@@ -296,6 +300,25 @@ token_hash = "{}"
             .await
             .map_err(|e| anyhow::anyhow!("creating job {id}: {e}"))?;
         Ok(path)
+    }
+
+    /// Bytes of batch frames job `id` sent, as sent and before compression,
+    /// from its agent's state once that counts `records` relayed (agents
+    /// report every 2 s); `None` if it does not within 10 s.
+    pub async fn frame_bytes(&self, id: &str, records: u64) -> Option<(u64, u64)> {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let states = self.registry.job_states(id);
+            if states.iter().map(|s| s.state.records_relayed).sum::<u64>() >= records {
+                return Some(states.iter().fold((0, 0), |(a, b), s| {
+                    (a + s.state.bytes_relayed, b + s.state.bytes_uncompressed)
+                }));
+            }
+            if tokio::time::Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn remove_job(&self, id: &str) -> anyhow::Result<()> {

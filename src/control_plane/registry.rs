@@ -739,6 +739,7 @@ mod tests {
                 .collect(),
             records_relayed: 0,
             bytes_relayed: 0,
+            bytes_uncompressed: 0,
             batches_acked: 0,
         }
     }

@@ -71,6 +71,7 @@ impl Shared {
                 partitions: Vec::new(),
                 records_relayed: 0,
                 bytes_relayed: 0,
+                bytes_uncompressed: 0,
                 batches_acked: 0,
             }),
         })

@@ -480,6 +480,7 @@ impl Runner {
         self.shared.expect_ack(sealed.seq);
         self.records_relayed += u64::from(sealed.records);
         self.bytes_relayed += sealed.frame.len() as u64;
+        self.bytes_uncompressed += sealed.raw_len as u64;
         self.unacked.push_back((sealed.seq, sealed.frame.clone()));
         permit.send(Outbound::Batch {
             job_id: self.spec.id.clone(),

@@ -35,8 +35,9 @@ use crate::backoff::Backoff;
 use crate::kafka::client;
 use crate::kafka::errors::{self, ErrorLog, Target};
 use crate::kafka::metadata;
+use crate::protocol::batch::Compressor;
 use crate::protocol::job::{
-    ErrorClass, JobError, JobPhase, JobSpec, JobState, Partitions, StartPosition,
+    Compression, ErrorClass, JobError, JobPhase, JobSpec, JobState, Partitions, StartPosition,
 };
 use crate::relay::consumer::{self, Core, RelayContext, lock};
 use crate::relay::job::{CLOSE_TIMEOUT, Shared};
@@ -75,6 +76,7 @@ pub(crate) struct Runner {
     pub(crate) unacked: VecDeque<(u64, Bytes)>,
     pub(crate) records_relayed: u64,
     pub(crate) bytes_relayed: u64,
+    pub(crate) bytes_uncompressed: u64,
     pub(crate) batches_acked: u64,
     pub(crate) phase: JobPhase,
     pub(crate) error: Option<JobError>,
@@ -114,6 +116,7 @@ impl Runner {
             unacked: VecDeque::new(),
             records_relayed: 0,
             bytes_relayed: 0,
+            bytes_uncompressed: 0,
             batches_acked: 0,
             phase: JobPhase::Starting,
             error: None,
@@ -323,6 +326,7 @@ impl Runner {
             partitions,
             records_relayed: self.records_relayed,
             bytes_relayed: self.bytes_relayed,
+            bytes_uncompressed: self.bytes_uncompressed,
             batches_acked: self.batches_acked,
         };
         *self.shared.state.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
@@ -340,7 +344,21 @@ impl Runner {
     /// One consumer's life: create, check, subscribe, pump, commit, close.
     async fn consume(&mut self, config: &ClientConfig, backoff: &mut Backoff) -> Exit {
         self.set(JobPhase::Starting, self.error.clone(), None);
-        let core = Arc::new(Mutex::new(Core::default()));
+        let compressor = match self.spec.compression {
+            Compression::None => None,
+            codec => match Compressor::new(codec) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    return Exit::Failed(JobError {
+                        class: ErrorClass::Config,
+                        message: format!("cannot set up {} compression: {e}", codec.as_str()),
+                    });
+                }
+            },
+        };
+        let mut core = Core::default();
+        core.compressor = compressor;
+        let core = Arc::new(Mutex::new(core));
         let start_offsets = match &self.spec.start {
             StartPosition::Offsets(m) => m.clone(),
             _ => BTreeMap::new(),
