@@ -760,7 +760,16 @@ impl Results {
                 r.part,
                 size_name(r.size),
                 r.partitions,
-                r.consumer,
+                if r.part == COMPRESSION {
+                    format!(
+                        "{} ({}, {})",
+                        r.consumer,
+                        r.compression.as_deref().unwrap_or("none"),
+                        r.payload.as_deref().unwrap_or("-")
+                    )
+                } else {
+                    r.consumer.clone()
+                },
                 f0(r.records as f64),
                 r.secs,
                 f0(r.rec_per_s),
