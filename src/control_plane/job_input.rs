@@ -16,8 +16,8 @@ use super::config::Group;
 use crate::delivery::{FieldError, JobDefinition};
 use crate::kafka::client::{self, ConfigError as ClientConfigError};
 use crate::protocol::job::{
-    Partitions, Sasl, SaslMechanism, Security, SecurityProtocol, StartPosition, Truststore,
-    TruststoreFormat,
+    Compression, Partitions, Sasl, SaslMechanism, Security, SecurityProtocol, StartPosition,
+    Truststore, TruststoreFormat,
 };
 use crate::protocol::{ControlMessage, MAX_CONTROL_MESSAGE_BYTES};
 use crate::secret::{MASK, Secret};
@@ -419,6 +419,7 @@ fn try_type(path: &str, v: &Value) -> Option<Result<(), serde_json::Error>> {
             ty::<u32>(v)
         }
         "spec.max_wait_ms" => ty::<u64>(v),
+        "spec.compression" => ty::<Compression>(v),
         "spec.security" => ty::<Security>(v),
         "spec.security.protocol" => ty::<SecurityProtocol>(v),
         "spec.security.sasl" => ty::<Sasl>(v),
@@ -488,6 +489,20 @@ mod tests {
             vec![
                 "spec.max_records = \"many\": invalid type: string \"many\", expected u32; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"
             ]
+        );
+        let mut v = good();
+        v["spec"]["compression"] = json!("gzip");
+        assert_eq!(
+            lines(from_json(v).unwrap_err()),
+            vec![
+                "spec.compression = \"gzip\": unknown variant `gzip`, expected one of `none`, `lz4`, `zstd`; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"
+            ]
+        );
+        let mut v = good();
+        v["spec"]["compresion"] = json!("lz4");
+        assert!(
+            lines(from_json(v).unwrap_err())[0].contains("did you mean \"compression\"?"),
+            "a misspelt compression is named"
         );
         let mut v = good();
         v["spec"].as_object_mut().unwrap().remove("topic");

@@ -177,14 +177,6 @@ pub struct Compressor {
     scratch: Vec<u8>,
 }
 
-impl std::fmt::Debug for Compressor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compressor")
-            .field("codec", &self.codec)
-            .finish()
-    }
-}
-
 impl Compressor {
     pub fn new(codec: Compression) -> std::io::Result<Self> {
         let zstd = match codec {
@@ -196,10 +188,6 @@ impl Compressor {
             zstd,
             scratch: Vec::new(),
         })
-    }
-
-    pub fn codec(&self) -> Compression {
-        self.codec
     }
 
     /// `frame` compressed, in a buffer of exactly its size (what a frame
