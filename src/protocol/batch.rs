@@ -615,6 +615,33 @@ mod tests {
             )),
             Err(BatchError::Corrupt("zstd", _))
         ));
+        // What the agent is told, word for word.
+        let said = |f: Bytes| decode(f).unwrap_err().to_string();
+        assert_eq!(
+            said(with_head(CODEC_LZ4, u32::MAX, body)),
+            "compressed batch frame claims 4294967295 bytes inside, over the 16777216 byte frame limit"
+        );
+        assert_eq!(
+            said(with_head(9, 1, b"")),
+            "compressed batch frame uses codec 9; this control plane knows 1 (lz4) and 2 (zstd) \
+             (upgrade the control plane, or set the job's compression to \"none\")"
+        );
+        assert_eq!(
+            said(with_head(CODEC_LZ4, raw.len() as u32 + 1, body)),
+            format!(
+                "compressed batch frame claims {} bytes inside but holds {}",
+                raw.len() + 1,
+                raw.len()
+            )
+        );
+        assert!(
+            said(with_head(CODEC_ZSTD, 10, b"not zstd"))
+                .starts_with("compressed batch frame is corrupt (zstd): "),
+        );
+        assert_eq!(
+            said(Bytes::from_static(b"CAZ1\x01")),
+            "batch frame is truncated: compressed frame header"
+        );
         // A compressed frame inside a compressed frame is not a batch.
         let nested = with_head(CODEC_LZ4, z.len() as u32, &lz4_flex::block::compress(&z));
         assert_eq!(decode(nested), Err(BatchError::BadMagic));
