@@ -10,7 +10,7 @@ use connectivity_agent::allowlist::AllowList;
 use connectivity_agent::protocol::batch::{self, Batch};
 use connectivity_agent::protocol::job::{
     Compression, ErrorClass, JobPhase, JobSpec, JobState, Partitions, Sasl, SaslMechanism,
-    Security, SecurityProtocol, StartPosition, Truststore, TruststoreFormat,
+    Security, SecurityProtocol, StartPosition, Truststore, TruststoreFormat, defaults,
 };
 use connectivity_agent::relay::{self, JobHandle, Jobs, Outbound, RelaySettings};
 use connectivity_agent::secret::Secret;
@@ -59,6 +59,7 @@ fn spec(id: &str, bootstrap: &str, topic: &str, group: &str) -> JobSpec {
         max_bytes: 1024 * 1024,
         max_wait_ms: 50,
         window: 8,
+        window_bytes: defaults::window_bytes(),
         session_timeout_ms: 6000,
         compression: Compression::None,
         security: Security {
@@ -550,6 +551,69 @@ async fn a_full_window_stops_fetching_until_an_ack_frees_a_slot() {
     let rest: BTreeMap<_, _> = seeded.into_iter().filter(|((_, o), _)| *o >= 15).collect();
     deliver_all(&mut cp, |s| h.ack(s), &rest, 45).await;
     wait_committed(&b, &group, &topic, &[60]).await;
+    h.drain(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_window_stops_fetching_before_the_batch_window_does() {
+    logs();
+    let b = kafka::broker();
+    let topic = kafka::unique_topic("relay-window-bytes");
+    kafka::create_topic(&b, &topic, 1).await;
+    // 40 records of 16 KiB, two to a batch: about 32 KiB per batch.
+    let owned: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("key-{i}").into_bytes(),
+                vec![b'a' + (i % 26) as u8; 16 * 1024],
+            )
+        })
+        .collect();
+    let recs: Vec<(Option<&[u8]>, &[u8])> = owned
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), v.as_slice()))
+        .collect();
+    let seeded: Seeded = kafka::produce(&b, &topic, &recs)
+        .await
+        .into_iter()
+        .zip(owned)
+        .collect();
+    let group = kafka::unique_topic("group-window-bytes");
+    let (h, mut cp, _tx) = spawn(JobSpec {
+        max_records: 2,
+        window: 16,
+        window_bytes: 64 * 1024,
+        ..spec("wb", &b.plaintext, &topic, &group)
+    });
+
+    // 64 KiB in flight is two batches, far below the window of 16 batches
+    // (which the default 24 MiB would let through).
+    let b1 = cp.batch(WAIT).await.expect("batch 1");
+    let mut first = vec![b1];
+    first.extend(cp.quiet_for(Duration::from_secs(3)).await);
+    let sent: usize = first.iter().map(|b| b.records.len()).sum();
+    assert!(
+        (1..=3).contains(&first.len()),
+        "{} batches ({sent} records of 16 KiB) sent with 64 KiB in flight at most",
+        first.len()
+    );
+    let s = cp.state("wb", WAIT, |_| true).await;
+    assert!(
+        s.partitions[0].fetched <= 12,
+        "fetching stopped while the bytes in flight were at the cap: {:?}",
+        s.partitions
+    );
+
+    // Acks free room; everything arrives, once and in order.
+    for b in &first {
+        h.ack(b.batch_seq);
+    }
+    let rest: Seeded = seeded
+        .into_iter()
+        .filter(|((_, o), _)| *o >= sent as i64)
+        .collect();
+    deliver_all(&mut cp, |s| h.ack(s), &rest, 40 - sent).await;
+    wait_committed(&b, &group, &topic, &[40]).await;
     h.drain(Duration::from_secs(10)).await;
 }
 

@@ -150,15 +150,35 @@ impl Broker {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        self.create_topic_with(name, partitions, &[]).await
+    }
+
+    /// A topic that keeps at most `bytes` per partition (the broker deletes
+    /// older segments), for runs that produce more than the disk holds.
+    pub async fn create_bounded_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        bytes: u64,
+    ) -> anyhow::Result<()> {
+        let bytes = bytes.to_string();
+        self.create_topic_with(name, partitions, &[("retention.bytes", &bytes)])
+            .await
+    }
+
+    async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for r in admin
-            .create_topics(
-                &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-                &opts,
-            )
-            .await?
-        {
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            topic = topic.set(k, v);
+        }
+        for r in admin.create_topics(&[topic], &opts).await? {
             if let Err((t, code)) = r {
                 bail!("cannot create topic {t}: {code}");
             }

@@ -54,6 +54,7 @@ pub fn job_spec(id: &str, broker: &Broker, topic: &str, group: &str) -> JobSpec 
         max_bytes: connectivity_agent::protocol::job::defaults::max_bytes(),
         max_wait_ms: connectivity_agent::protocol::job::defaults::max_wait_ms(),
         window: connectivity_agent::protocol::job::defaults::window(),
+        window_bytes: connectivity_agent::protocol::job::defaults::window_bytes(),
         session_timeout_ms: connectivity_agent::protocol::job::defaults::session_timeout_ms(),
         compression: Default::default(),
         security: Security {

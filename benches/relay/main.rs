@@ -85,6 +85,9 @@ struct Args {
     /// Diagnosis: the relay jobs' in-flight window (default: the job default).
     #[arg(long)]
     window: Option<u32>,
+    /// Diagnosis: the relay jobs' bytes in flight (`window_bytes`).
+    #[arg(long)]
+    window_bytes: Option<u64>,
     /// Diagnosis: the relay jobs' `max_wait_ms`.
     #[arg(long)]
     max_wait_ms: Option<u64>,
@@ -273,6 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let tuning = scenarios::Tuning {
         window: args.window,
+        window_bytes: args.window_bytes,
         max_wait_ms: args.max_wait_ms,
         max_records: args.max_records,
     };
@@ -299,7 +303,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .push("Short run (CI): tiny volumes, numbers mean nothing.".into());
     }
     results.notes.extend(results_note);
-    if args.window.is_some() || args.max_wait_ms.is_some() || args.max_records.is_some() {
+    if args.window.is_some()
+        || args.window_bytes.is_some()
+        || args.max_wait_ms.is_some()
+        || args.max_records.is_some()
+    {
         results.notes.push(format!(
             "Diagnosis run: relay jobs changed from their defaults: {tuning:?}."
         ));

@@ -27,6 +27,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[derive(Debug, Clone, Default)]
 pub struct Tuning {
     pub window: Option<u32>,
+    pub window_bytes: Option<u64>,
     pub max_wait_ms: Option<u64>,
     pub max_records: Option<u32>,
 }
@@ -79,6 +80,7 @@ impl Ctx {
         let mut spec = ceiling::job_spec(id, &self.broker, topic, group);
         let t = &self.tuning;
         spec.window = t.window.unwrap_or(spec.window);
+        spec.window_bytes = t.window_bytes.unwrap_or(spec.window_bytes);
         spec.max_wait_ms = t.max_wait_ms.unwrap_or(spec.max_wait_ms);
         spec.max_records = t.max_records.unwrap_or(spec.max_records);
         spec
@@ -581,7 +583,11 @@ pub async fn soak(
     every: Duration,
 ) -> anyhow::Result<report::Soak> {
     let topic = ctx.unique("soak");
-    ctx.broker.create_topic(&topic, partitions).await?;
+    // An hour at 10 MB/s would fill the disk: old segments go (the sink
+    // has had them long before).
+    ctx.broker
+        .create_bounded_topic(&topic, partitions, 256 * 1024 * 1024)
+        .await?;
     let meter = ctx.system.meter();
     meter.reset();
     let (job, group) = (ctx.unique("job"), ctx.unique("group"));

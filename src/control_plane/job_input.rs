@@ -418,7 +418,7 @@ fn try_type(path: &str, v: &Value) -> Option<Result<(), serde_json::Error>> {
         "spec.max_records" | "spec.max_bytes" | "spec.window" | "spec.session_timeout_ms" => {
             ty::<u32>(v)
         }
-        "spec.max_wait_ms" => ty::<u64>(v),
+        "spec.max_wait_ms" | "spec.window_bytes" => ty::<u64>(v),
         "spec.compression" => ty::<Compression>(v),
         "spec.security" => ty::<Security>(v),
         "spec.security.protocol" => ty::<SecurityProtocol>(v),
@@ -496,6 +496,14 @@ mod tests {
             lines(from_json(v).unwrap_err()),
             vec![
                 "spec.compression = \"gzip\": unknown variant `gzip`, expected one of `none`, `lz4`, `zstd`; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"
+            ]
+        );
+        let mut v = good();
+        v["spec"]["window_bytes"] = json!("64MiB");
+        assert_eq!(
+            lines(from_json(v).unwrap_err()),
+            vec![
+                "spec.window_bytes = \"64MiB\": invalid type: string \"64MiB\", expected u64; fix: give a value of the documented type; docs/CONTROL_PLANE.md lists every job field"
             ]
         );
         let mut v = good();

@@ -187,6 +187,20 @@ impl JobDefinition {
                 ),
             ));
         }
+        {
+            use crate::protocol::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
+            if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&s.window_bytes) {
+                e.push(FieldError::new(
+                    "spec.window_bytes",
+                    Some(s.window_bytes.to_string()),
+                    "is out of range",
+                    format!(
+                        "give {MIN_WINDOW_BYTES} to {MAX_WINDOW_BYTES} bytes in flight on each agent running the job (default {}, 24 MiB; the agent holds them in memory)",
+                        crate::protocol::job::defaults::window_bytes()
+                    ),
+                ));
+            }
+        }
         match &s.partitions {
             Partitions::List(list) if list.is_empty() => {
                 e.push(FieldError::new(
@@ -372,6 +386,7 @@ mod tests {
         let d = def(GOOD);
         d.validate().unwrap();
         assert!(!d.paused);
+        assert_eq!(d.spec.window_bytes, 24 << 20);
         assert_eq!(d.value_format, ValueFormat::ConnectPayload);
     }
 
@@ -381,6 +396,7 @@ mod tests {
         d.spec.topic = String::new();
         d.spec.max_bytes = (MAX_FRAME_BYTES / 2) as u32 + 1;
         d.spec.window = 0;
+        d.spec.window_bytes = 1 << 31;
         d.sink = serde_json::from_str(r#"{"kind":"jsonl","path":"out/users.jsonl"}"#).unwrap();
         let err = d.validate().unwrap_err();
         let lines: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
@@ -390,6 +406,7 @@ mod tests {
                 "spec.topic = \"\": is empty; fix: give the name of the topic (stream) to consume".to_string(),
                 "spec.max_bytes = \"8388609\": is out of range; fix: give 1 to 8388608 bytes (half the largest frame; default 1048576)".into(),
                 "spec.window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 64)".into(),
+                "spec.window_bytes = \"2147483648\": is out of range; fix: give 65536 to 1073741824 bytes in flight on each agent running the job (default 25165824, 24 MiB; the agent holds them in memory)".into(),
                 "sink.path = \"out/users.jsonl\": is a relative path; fix: give an absolute path, e.g. /var/lib/connectivity-agent/out/users.jsonl".into(),
             ]
         );

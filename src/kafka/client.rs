@@ -152,6 +152,17 @@ pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
         // (`bad_numbers_are_named` checks it follows defaults::window)
         "give at least 1 batch in flight (default 64)",
     )?;
+    {
+        use crate::protocol::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
+        if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&spec.window_bytes) {
+            return Err(ConfigError::Invalid {
+                field: "window_bytes",
+                value: spec.window_bytes.to_string(),
+                // (`bad_numbers_are_named` checks it follows defaults)
+                fix: "give 65536..1073741824 bytes in flight (default 25165824, 24 MiB)",
+            });
+        }
+    }
     if !(1000..=3_600_000).contains(&spec.session_timeout_ms) {
         return Err(ConfigError::Invalid {
             field: "session_timeout_ms",
@@ -252,8 +263,8 @@ pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
     let session = spec.session_timeout_ms;
     // Prefetch at most two batches' worth per partition queue: memory stays
     // bounded per job however far behind the control plane is. Four were
-    // no faster, and the memory went to the bytes in flight instead (24 MiB,
-    // for a distant control plane; docs/PERFORMANCE.md).
+    // no faster, and the memory went to the bytes in flight instead
+    // (`window_bytes`, for a distant control plane; docs/PERFORMANCE.md).
     let queued_kb = (u64::from(spec.max_bytes) * 2 / 1024).clamp(2048, 65536);
     c.set("group.id", &spec.consumer_group)
         .set(
@@ -485,6 +496,17 @@ mod tests {
             crate::protocol::job::defaults::window()
         );
         assert_eq!(validate(&s).unwrap_err().to_string(), want);
+        use crate::protocol::job::defaults::{self, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
+        for bad in [0, MIN_WINDOW_BYTES - 1, MAX_WINDOW_BYTES + 1] {
+            let mut s = spec();
+            s.window_bytes = bad;
+            let want = format!(
+                "job field window_bytes is {bad}; give {MIN_WINDOW_BYTES}..{MAX_WINDOW_BYTES} bytes in flight (default {}, 24 MiB)",
+                defaults::window_bytes()
+            );
+            assert_eq!(validate(&s).unwrap_err().to_string(), want);
+        }
+        assert_eq!(defaults::window_bytes(), 24 << 20);
         let mut s = spec();
         s.session_timeout_ms = 10;
         assert!(

@@ -30,6 +30,11 @@ pub struct JobSpec {
     /// Batches in flight (sent, not yet acked) before the agent stops fetching.
     #[serde(default = "defaults::window")]
     pub window: u32,
+    /// Bytes of batch frames in flight (sent and unacked, or sealed and
+    /// waiting) before the agent stops fetching, whatever `window` says:
+    /// the agent keeps them for resending, so this is a memory cap too.
+    #[serde(default = "defaults::window_bytes")]
+    pub window_bytes: u64,
     /// Kafka consumer session timeout: how fast partitions of a dead agent move.
     #[serde(default = "defaults::session_timeout_ms")]
     pub session_timeout_ms: u32,
@@ -82,6 +87,17 @@ pub mod defaults {
     pub fn window() -> u32 {
         64
     }
+    /// 24 MiB: with librdkafka's prefetch it keeps an agent running one job
+    /// under 64 MiB of memory, and covers 50 ms of round trip at up to
+    /// 480 MiB/s (docs/PERFORMANCE.md).
+    pub fn window_bytes() -> u64 {
+        24 * 1024 * 1024
+    }
+    /// The smallest `window_bytes` a job may give: below a few batches the
+    /// relay waits for an ack after every one.
+    pub const MIN_WINDOW_BYTES: u64 = 64 * 1024;
+    /// The largest `window_bytes` a job may give (the agent's memory).
+    pub const MAX_WINDOW_BYTES: u64 = 1024 * 1024 * 1024;
     pub fn session_timeout_ms() -> u32 {
         6000
     }

@@ -75,10 +75,6 @@ const DRAIN_MAX: usize = 1024;
 /// Records appended to batches under one lock of the job's core.
 const CHUNK: usize = 128;
 
-/// Bytes in flight per job (sent and unacked, plus sealed and waiting) at
-/// most, whatever the window: memory stays bounded with large records.
-const WINDOW_BYTES: usize = 24 * 1024 * 1024;
-
 pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -95,6 +91,9 @@ impl Runner {
         errors: &ErrorLog,
     ) -> Exit {
         let window = self.spec.window as usize;
+        // Bytes in flight (sent and unacked, plus sealed and waiting) at most,
+        // whatever the window: memory stays bounded with large records.
+        let window_bytes = usize::try_from(self.spec.window_bytes).unwrap_or(usize::MAX);
         let eager = window.min(EAGER);
         let max_records = self.spec.max_records as usize;
         let max_wait = Duration::from_millis(self.spec.max_wait_ms);
@@ -148,7 +147,7 @@ impl Runner {
             let window_full = session.is_some()
                 && !paused
                 && !draining
-                && (in_flight >= window || in_flight_bytes >= WINDOW_BYTES);
+                && (in_flight >= window || in_flight_bytes >= window_bytes);
             let want_fetch = session.is_some() && !paused && !draining && !window_full;
             if window_full {
                 full_since.get_or_insert_with(Instant::now);
@@ -275,7 +274,7 @@ impl Runner {
                                 }
                             }
                             taken += 1;
-                            if chunk.len() >= CHUNK.min(room) || taken >= DRAIN_MAX || in_flight_bytes >= WINDOW_BYTES {
+                            if chunk.len() >= CHUNK.min(room) || taken >= DRAIN_MAX || in_flight_bytes >= window_bytes {
                                 break;
                             }
                             next = records.next().now_or_never().flatten();
@@ -298,7 +297,7 @@ impl Runner {
                             }
                             break 'drain;
                         }
-                        if dry || taken >= DRAIN_MAX || in_flight >= window || in_flight_bytes >= WINDOW_BYTES {
+                        if dry || taken >= DRAIN_MAX || in_flight >= window || in_flight_bytes >= window_bytes {
                             break 'drain;
                         }
                         next = records.next().now_or_never().flatten();
