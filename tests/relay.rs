@@ -163,13 +163,21 @@ type Seeded = BTreeMap<(i32, i64), (Vec<u8>, Vec<u8>)>;
 
 /// Produce `n` keyed JSON records; returns (partition, offset) -> (key, value).
 async fn seed(b: &TestBroker, topic: &str, from: usize, n: usize) -> Seeded {
-    let owned: Vec<(Vec<u8>, Vec<u8>)> = (from..from + n)
-        .map(|i| {
-            (
-                format!("key-{i}").into_bytes(),
-                format!(r#"{{"schema":{{}},"payload":{{"ID":{i}}}}}"#).into_bytes(),
-            )
-        })
+    produce_keyed(b, topic, from..from + n, |i| {
+        format!(r#"{{"schema":{{}},"payload":{{"ID":{i}}}}}"#).into_bytes()
+    })
+    .await
+}
+
+/// Produce records `key-i` with `value(i)` for each `i`.
+async fn produce_keyed(
+    b: &TestBroker,
+    topic: &str,
+    numbers: std::ops::Range<usize>,
+    value: impl Fn(usize) -> Vec<u8>,
+) -> Seeded {
+    let owned: Vec<(Vec<u8>, Vec<u8>)> = numbers
+        .map(|i| (format!("key-{i}").into_bytes(), value(i)))
         .collect();
     let recs: Vec<(Option<&[u8]>, &[u8])> = owned
         .iter()
@@ -561,23 +569,10 @@ async fn the_byte_window_stops_fetching_before_the_batch_window_does() {
     let topic = kafka::unique_topic("relay-window-bytes");
     kafka::create_topic(&b, &topic, 1).await;
     // 40 records of 16 KiB, two to a batch: about 32 KiB per batch.
-    let owned: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
-        .map(|i| {
-            (
-                format!("key-{i}").into_bytes(),
-                vec![b'a' + (i % 26) as u8; 16 * 1024],
-            )
-        })
-        .collect();
-    let recs: Vec<(Option<&[u8]>, &[u8])> = owned
-        .iter()
-        .map(|(k, v)| (Some(k.as_slice()), v.as_slice()))
-        .collect();
-    let seeded: Seeded = kafka::produce(&b, &topic, &recs)
-        .await
-        .into_iter()
-        .zip(owned)
-        .collect();
+    let seeded = produce_keyed(&b, &topic, 0..40, |i| {
+        vec![b'a' + (i % 26) as u8; 16 * 1024]
+    })
+    .await;
     let group = kafka::unique_topic("group-window-bytes");
     let (h, mut cp, _tx) = spawn(JobSpec {
         max_records: 2,

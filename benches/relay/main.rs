@@ -37,6 +37,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use system::SinkKind;
 
+/// Round trip the distance runs add, ms (the target's 50 ms).
+const RTT_MS: u64 = 50;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "relay",
@@ -90,7 +93,7 @@ struct Args {
     window_bytes: Option<u64>,
     /// Diagnosis: the round trip the distance runs add, ms (the tables
     /// still say 50 ms; a note says what was used).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = RTT_MS)]
     rtt_ms: u64,
     /// Diagnosis: the relay jobs' `max_wait_ms`.
     #[arg(long)]
@@ -307,17 +310,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .push("Short run (CI): tiny volumes, numbers mean nothing.".into());
     }
     results.notes.extend(results_note);
-    if args.rtt_ms != 50 {
+    if args.rtt_ms != RTT_MS {
         results.notes.push(format!(
             "Diagnosis run: the distance runs add {} ms of round trip, not 50 ms (the tables' \"+50 ms\" labels mean this delay).",
             args.rtt_ms / 2 * 2
         ));
     }
-    if args.window.is_some()
-        || args.window_bytes.is_some()
-        || args.max_wait_ms.is_some()
-        || args.max_records.is_some()
-    {
+    if tuning != scenarios::Tuning::default() {
         results.notes.push(format!(
             "Diagnosis run: relay jobs changed from their defaults: {tuning:?}."
         ));

@@ -24,7 +24,7 @@ const COMMIT_PATIENCE: Duration = Duration::from_secs(20);
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Job fields a diagnosis run may change (`None`: the job default).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tuning {
     pub window: Option<u32>,
     pub window_bytes: Option<u64>,
