@@ -133,6 +133,7 @@ set_paths() {
     PID_FILE="$DIR/broker.pid"
     ENV_FILE="$DIR/broker.env"
     LOG_FILE="$DIR/broker.log"
+    GC_LOG="$DIR/gc.log"
     PROPS="$DIR/server.properties"
 }
 
@@ -414,6 +415,7 @@ write_env() {
         echo "KAFKA_LIBS_DIR=$LIBS_DIR"
         echo "KAFKA_BROKER_PID=$BROKER_PID"
         echo "KAFKA_BROKER_LOG=$LOG_FILE"
+        echo "KAFKA_GC_LOG=$GC_LOG"
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
 }
@@ -502,7 +504,10 @@ cmd_start() {
     (
         cd "$DIR"
         exec 8>&- 9>&-
+        # The GC log (pauses, stamped with the wall clock in ms) lets the
+        # benchmark tell the broker's pauses from the relay's in a latency tail.
         exec setsid "$JAVA" $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+            "-Xlog:gc:file=$GC_LOG:timemillis:filecount=2,filesize=8m" \
             -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
             -Dlog4j2.configurationFile="$LOG4J_CONF" \
             -Dkafka.test.dir="$DIR" \

@@ -118,6 +118,8 @@ pub struct Broker {
     pub bootstrap: String,
     /// The broker's JVM, for its CPU time.
     pub pid: Option<u32>,
+    /// The JVM's GC log (pauses), when the broker writes one.
+    pub gc_log: Option<std::path::PathBuf>,
 }
 
 impl Broker {
@@ -140,6 +142,7 @@ impl Broker {
         Ok(Broker {
             bootstrap: (*bootstrap).to_owned(),
             pid: vars.get("KAFKA_BROKER_PID").and_then(|p| p.parse().ok()),
+            gc_log: vars.get("KAFKA_GC_LOG").map(std::path::PathBuf::from),
         })
     }
 
@@ -164,6 +167,17 @@ impl Broker {
         let bytes = bytes.to_string();
         self.create_topic_with(name, partitions, &[("retention.bytes", &bytes)])
             .await
+    }
+
+    /// A topic whose records carry the broker's append time as their
+    /// timestamp (`LogAppendTime`) instead of the producer's.
+    pub async fn create_log_time_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        self.create_topic_with(
+            name,
+            partitions,
+            &[("message.timestamp.type", "LogAppendTime")],
+        )
+        .await
     }
 
     async fn create_topic_with(

@@ -3,7 +3,7 @@
 //! own consumer settings), and `kcat -C` as an outside reference.
 
 use crate::broker::{self, Broker};
-use crate::meter::Meter;
+use crate::meter::{Meter, Stamp};
 use anyhow::{Context, bail};
 use connectivity_agent::protocol::job::{
     JobSpec, Partitions, Security, SecurityProtocol, StartPosition,
@@ -215,7 +215,14 @@ pub fn consume_into(
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
                 let payload = m.payload().unwrap_or_default();
-                let stamps: Vec<(u64, u64)> = broker::parse(payload).into_iter().collect();
+                let stamps: Vec<Stamp> = broker::parse(payload)
+                    .map(|(produced_us, seq)| Stamp {
+                        produced_us,
+                        seq,
+                        logged_ms: m.timestamp().to_millis(),
+                    })
+                    .into_iter()
+                    .collect();
                 meter.add(1, payload.len() as u64, &stamps);
             }
             Some(Err(e)) => bail!("bare consumer: {e}"),

@@ -10,7 +10,8 @@
 //! (bare rdkafka consumer, kcat), [`system`] (the control plane in this
 //! process, with a metered sink), [`agent`] (the agent process), [`proxy`]
 //! (delay between them), [`paced`] (fixed-rate producer), [`meter`]
-//! (counts and latency), [`procstat`] (CPU, memory, machine), [`scenarios`]
+//! (counts and latency), [`gc`] (the broker's pauses against the
+//! latency tail), [`procstat`] (CPU, memory, machine), [`scenarios`]
 //! (the measurements), [`report`] and [`svg`] (tables, targets, charts).
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod agent;
 mod broker;
 mod ceiling;
 mod floor;
+mod gc;
 mod meter;
 mod paced;
 mod procstat;
@@ -236,6 +238,7 @@ fn main() -> anyhow::Result<()> {
 async fn self_check() -> anyhow::Result<()> {
     broker::self_check()?;
     meter::self_check()?;
+    gc::self_check()?;
     svg::self_check()?;
     proxy::self_check().await?;
     report::self_check()?;

@@ -15,7 +15,29 @@ struct Inner {
     last: Option<Instant>,
     /// Sequence numbers whose latency is recorded: `from..to`.
     window: Option<(u64, u64)>,
-    latencies_us: Vec<u32>,
+    latencies_us: Vec<Sample>,
+}
+
+/// What a record says of its times where it comes out.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// When `produce()` was called, µs since the epoch (in the value).
+    pub produced_us: u64,
+    pub seq: u64,
+    /// The record's Kafka timestamp, ms since the epoch: the broker's append
+    /// time on a topic with `message.timestamp.type=LogAppendTime`.
+    pub logged_ms: Option<i64>,
+}
+
+/// One measured record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub produced_us: u64,
+    /// Produce to here.
+    pub latency_us: u32,
+    /// Produce to the broker's log (its append time has ms precision, so
+    /// this is up to 1 ms short), when the record carried it.
+    pub to_log_us: Option<u32>,
 }
 
 /// Shared by whoever sees records come out and the scenario watching.
@@ -66,8 +88,8 @@ impl Meter {
     }
 
     /// `records` records of `bytes` bytes in total came out now; `stamps` are
-    /// the (produce time in µs, sequence number) of those parsed, if any.
-    pub fn add(&self, records: u64, bytes: u64, stamps: &[(u64, u64)]) {
+    /// those of them parsed, if any.
+    pub fn add(&self, records: u64, bytes: u64, stamps: &[Stamp]) {
         let now = Instant::now();
         let now_us = super::broker::now_us();
         let mut m = self.lock();
@@ -76,10 +98,17 @@ impl Meter {
         m.first.get_or_insert(now);
         m.last = Some(now);
         if let Some((from, to)) = m.window {
-            for &(ts, seq) in stamps {
-                if (from..to).contains(&seq) {
-                    m.latencies_us
-                        .push(now_us.saturating_sub(ts).min(u64::from(u32::MAX)) as u32);
+            let us = |from: u64, to: u64| to.saturating_sub(from).min(u64::from(u32::MAX)) as u32;
+            for s in stamps {
+                if (from..to).contains(&s.seq) {
+                    m.latencies_us.push(Sample {
+                        produced_us: s.produced_us,
+                        latency_us: us(s.produced_us, now_us),
+                        to_log_us: s
+                            .logged_ms
+                            .and_then(|ms| u64::try_from(ms).ok())
+                            .map(|ms| us(s.produced_us, ms * 1000)),
+                    });
                 }
             }
         }
@@ -100,8 +129,9 @@ impl Meter {
         self.lock().latencies_us.len()
     }
 
-    pub fn latency(&self) -> Latency {
-        Latency::of(std::mem::take(&mut self.lock().latencies_us))
+    /// The records measured so far; takes them.
+    pub fn take_samples(&self) -> Vec<Sample> {
+        std::mem::take(&mut self.lock().latencies_us)
     }
 }
 
@@ -166,20 +196,30 @@ pub fn self_check() -> anyhow::Result<()> {
     );
     let m = Meter::default();
     m.measure(10, 20);
+    let produced_us = super::broker::now_us() - 5_000;
+    let stamp = |seq, logged_ms| Stamp {
+        produced_us,
+        seq,
+        logged_ms,
+    };
+    // Logged 2 ms after produce (to the ms below), measured: only seq 10.
+    let logged = Some((produced_us / 1000 + 2) as i64);
     m.add(
         3,
         300,
-        &[
-            (super::broker::now_us() - 5_000, 9),
-            (super::broker::now_us() - 5_000, 10),
-            (0, 20),
-        ],
+        &[stamp(9, None), stamp(10, logged), stamp(20, None)],
     );
     anyhow::ensure!(m.count().records == 3 && m.measured() == 1, "meter counts");
-    let l = m.latency();
+    let s = m.take_samples();
+    let l = Latency::of(s.iter().map(|s| s.latency_us).collect());
     anyhow::ensure!(
         l.p50_ms >= 5.0 && l.p50_ms < 1000.0,
         "latency of a 5 ms old record: {l:?}"
+    );
+    anyhow::ensure!(
+        s[0].to_log_us
+            .is_some_and(|us| (1_000..=2_000).contains(&us)),
+        "time to the log: {s:?}"
     );
     Ok(())
 }

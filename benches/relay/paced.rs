@@ -34,7 +34,13 @@ pub fn start(
     // become 10,000 produce requests/s and the broker, not the relay, sets
     // the latency. The linger is part of what is measured, for the bare
     // consumer and the relay alike.
-    let producer = broker.producer(PRODUCER_LINGER_MS)?;
+    // BENCH_PRODUCER_LINGER_MS: another linger, for diagnosing the tail
+    // before the broker's log (the tables still say the default).
+    let linger = std::env::var("BENCH_PRODUCER_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PRODUCER_LINGER_MS);
+    let producer = broker.producer(linger)?;
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (s, st, topic) = (sent.clone(), stop.clone(), topic.to_owned());

@@ -96,6 +96,10 @@ pub struct LatencyRun {
     pub partitions: i32,
     pub consumer: String,
     pub latency: Latency,
+    /// The records over the target and the broker's GC pauses meanwhile
+    /// (none in results from before the broker wrote a GC log).
+    #[serde(default)]
+    pub tail: Option<crate::gc::Tail>,
     pub agent_cpu_pct: Option<f64>,
     pub agent_peak_rss_mib: Option<f64>,
 }
@@ -671,18 +675,28 @@ impl Results {
                 s,
                 "Each record carries the time `produce()` was called (µs); latency is taken when the sink accepted the batch \
                  (relay, discard sink) or when the bare consumer got the record. Producer: `linger.ms={}` (librdkafka's default), \
-                 part of what is measured for both.\n",
-                crate::paced::PRODUCER_LINGER_MS
+                 part of what is measured for both. The broker stamps each record with its append time (`LogAppendTime`): \"to log p99\" is the \
+                 p99 of produce to the broker's log alone. \"Over {} ms\": records slower than the target; \"mostly before the log\": those \
+                 of them that spent more than half of their time before the broker appended them; \"in a broker pause\": those of them \
+                 in flight (between produce and arrival) while the broker's JVM was stopped for garbage collection, from its GC log \
+                 (a lower bound of what the pauses explain: records produced just after a pause wait behind its backlog too); \
+                 \"broker GC pauses\": the pauses within the run, their longest and their sum.\n",
+                crate::paced::PRODUCER_LINGER_MS,
+                crate::gc::TARGET_MS
             );
             let _ = writeln!(
                 s,
-                "| rate /s | achieved /s | record | partitions | consumer | samples | p50 ms | p99 ms | max ms | agent CPU % of a core | agent peak RSS MiB |"
+                "| rate /s | achieved /s | record | partitions | consumer | samples | p50 ms | p99 ms | max ms | to log p99 ms | over {} ms | mostly before the log | in a broker pause | broker GC pauses (longest, sum ms) | agent CPU % of a core | agent peak RSS MiB |",
+                crate::gc::TARGET_MS
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            );
             for l in &self.latency {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {:.1} | **{:.1}** | {:.1} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.1} | **{:.1}** | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
                     f0(l.rate as f64),
                     f0(l.achieved_rate),
                     size_name(l.size),
@@ -692,6 +706,16 @@ impl Results {
                     l.latency.p50_ms,
                     l.latency.p99_ms,
                     l.latency.max_ms,
+                    opt(l.tail.and_then(|t| t.to_log_p99_ms), 1),
+                    l.tail.map_or("-".into(), |t| f0(t.over_target as f64)),
+                    l.tail
+                        .map_or("-".into(), |t| f0(t.over_target_mostly_to_log as f64)),
+                    l.tail
+                        .map_or("-".into(), |t| f0(t.over_target_in_pause as f64)),
+                    l.tail.map_or("-".into(), |t| format!(
+                        "{} ({:.1}, {:.0})",
+                        t.pauses, t.longest_pause_ms, t.paused_ms
+                    )),
                     opt(l.agent_cpu_pct, 1),
                     opt(l.agent_peak_rss_mib, 1),
                 );

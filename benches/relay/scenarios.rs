@@ -9,7 +9,7 @@ use crate::meter::{self, Latency, Meter};
 use crate::procstat::{self, Sample};
 use crate::proxy::{self, Link};
 use crate::system::{SinkKind, System};
-use crate::{paced, report};
+use crate::{gc, paced, report};
 use anyhow::{Context, bail};
 use connectivity_agent::protocol::job::Compression;
 use std::path::{Path, PathBuf};
@@ -402,7 +402,9 @@ pub async fn latency(
     settle: Duration,
 ) -> anyhow::Result<report::LatencyRun> {
     let topic = ctx.unique(&format!("lat-{rate}"));
-    ctx.broker.create_topic(&topic, partitions).await?;
+    // The broker stamps each record with its append time: the latency tail
+    // splits into before the log and after it.
+    ctx.broker.create_log_time_topic(&topic, partitions).await?;
     let meter = match consumer {
         Consumer::Bare => Arc::new(Meter::default()),
         Consumer::Relay => ctx.system.meter(),
@@ -466,7 +468,7 @@ pub async fn latency(
         let took = t0.elapsed().as_secs_f64();
         let cpu1 = agent.as_ref().map(|a| a.sample()).transpose()?;
         Ok((
-            meter.latency(),
+            meter.take_samples(),
             cpu0.zip(cpu1).map(|(a, b)| {
                 (
                     (b.cpu_s - a.cpu_s) / took * 100.0,
@@ -490,8 +492,15 @@ pub async fn latency(
         ctx.system.remove_job(&j).await?;
     }
     ctx.broker.delete_topic(&topic).await?;
-    let (lat, agent_use): (Latency, Option<(f64, f64)>) =
+    let (samples, agent_use) =
         result.with_context(|| format!("latency at {rate}/s; agent log:\n{log}"))?;
+    // Read after the run: the JVM writes a pause's line when it ends.
+    let tail = ctx
+        .broker
+        .gc_log
+        .as_ref()
+        .map(|log| gc::tail(&samples, &gc::read(log)));
+    let lat = Latency::of(samples.into_iter().map(|s| s.latency_us).collect());
     Ok(report::LatencyRun {
         rate,
         achieved_rate: achieved,
@@ -502,6 +511,7 @@ pub async fn latency(
             Consumer::Relay => report::RELAY_DISCARD.to_owned(),
         },
         latency: lat,
+        tail,
         agent_cpu_pct: agent_use.map(|a| a.0),
         agent_peak_rss_mib: agent_use.map(|a| a.1),
     })

@@ -7,7 +7,7 @@
 //! acked record the moment it is acked; its CPU time is this process's,
 //! reported separately from the agent's.
 
-use crate::meter::Meter;
+use crate::meter::{Meter, Stamp};
 use anyhow::Context;
 use connectivity_agent::control_plane::{
     BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, SinkError,
@@ -65,11 +65,18 @@ impl BatchSink for MeteredSink {
                 .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64))
                 .sum();
             // Parsing produce times costs a little: only while latency is measured.
-            let stamps: Vec<(u64, u64)> = if self.meter.wants_latency() {
+            let stamps: Vec<Stamp> = if self.meter.wants_latency() {
                 batch
                     .records
                     .iter()
-                    .filter_map(|r| crate::broker::parse(r.value.as_deref()?))
+                    .filter_map(|r| {
+                        let (produced_us, seq) = crate::broker::parse(r.value.as_deref()?)?;
+                        Some(Stamp {
+                            produced_us,
+                            seq,
+                            logged_ms: r.timestamp,
+                        })
+                    })
                     .collect()
             } else {
                 Vec::new()
