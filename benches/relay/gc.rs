@@ -101,7 +101,10 @@ pub fn tail(samples: &[Sample], pauses: &[Pause]) -> Tail {
         .filter(|p| p.end_us >= from && p.start_us() <= to)
         .collect();
     t.pauses = within.len();
-    t.paused_ms = within.iter().map(|p| p.us as f64 / 1000.0).sum();
+    t.paused_ms = within
+        .iter()
+        .map(|p| p.us as f64 / 1000.0)
+        .fold(0.0, |a, b| a + b);
     t.longest_pause_ms = within
         .iter()
         .map(|p| p.us as f64 / 1000.0)
@@ -181,6 +184,12 @@ pub fn self_check() -> anyhow::Result<()> {
             && (t.longest_pause_ms, t.paused_ms) == (40.0, 40.0)
             && t.to_log_p99_ms == Some(45.0),
         "tail: {t:?}"
+    );
+    // No pause: a sum of 0 ms, not -0 (an empty f64 sum is -0.0).
+    let none = tail(&samples, &[]);
+    anyhow::ensure!(
+        none.pauses == 0 && none.paused_ms.is_sign_positive(),
+        "no pause: {none:?}"
     );
     Ok(())
 }
