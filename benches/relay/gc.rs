@@ -57,7 +57,8 @@ fn parse(line: &str) -> Option<Pause> {
     })
 }
 
-/// The tail of a latency run against the broker's pauses while it ran.
+/// The tail of a latency run: where its slowest records lost their time,
+/// and the broker's pauses while it ran.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Tail {
     /// Records slower than [`TARGET_MS`].
@@ -66,8 +67,9 @@ pub struct Tail {
     /// broker was paused: a lower bound of what the pauses explain, since
     /// records produced just after a pause also wait behind its backlog.
     pub over_target_in_pause: usize,
-    /// Of those, the ones that spent more than half of their time before
-    /// the broker appended them to its log (producer, broker), not after.
+    /// Of the records over the target, the ones that spent more than half
+    /// of their time before the broker appended them to its log (producer,
+    /// broker), not after.
     #[serde(default)]
     pub over_target_mostly_to_log: usize,
     /// p99 of produce to the broker's log, over all records (none if the

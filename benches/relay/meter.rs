@@ -15,7 +15,7 @@ struct Inner {
     last: Option<Instant>,
     /// Sequence numbers whose latency is recorded: `from..to`.
     window: Option<(u64, u64)>,
-    latencies_us: Vec<Sample>,
+    samples: Vec<Sample>,
 }
 
 /// What a record says of its times where it comes out.
@@ -79,7 +79,7 @@ impl Meter {
     pub fn measure(&self, from: u64, to: u64) {
         let mut m = self.lock();
         m.window = Some((from, to));
-        m.latencies_us.clear();
+        m.samples.clear();
     }
 
     /// Whether a latency window is set (callers parse record values only then).
@@ -101,7 +101,7 @@ impl Meter {
             let us = |from: u64, to: u64| to.saturating_sub(from).min(u64::from(u32::MAX)) as u32;
             for s in stamps {
                 if (from..to).contains(&s.seq) {
-                    m.latencies_us.push(Sample {
+                    m.samples.push(Sample {
                         produced_us: s.produced_us,
                         latency_us: us(s.produced_us, now_us),
                         to_log_us: s
@@ -126,12 +126,12 @@ impl Meter {
 
     /// Latencies recorded so far in the window.
     pub fn measured(&self) -> usize {
-        self.lock().latencies_us.len()
+        self.lock().samples.len()
     }
 
     /// The records measured so far; takes them.
     pub fn take_samples(&self) -> Vec<Sample> {
-        std::mem::take(&mut self.lock().latencies_us)
+        std::mem::take(&mut self.lock().samples)
     }
 }
 
