@@ -30,11 +30,16 @@ impl Agent {
     pub fn start(bin: &Path, dir: &Path, p: &ProfileArgs<'_>) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(dir.join("state"))?;
         let profile = dir.join("InstallerProfile.cfg");
+        // BENCH_AGENT_PROFILE adds profile lines (a literal \n between them) to try
+        // agent settings side by side, e.g. agent_MEMORY_TRIM_SECONDS=0.
+        let extra = std::env::var("BENCH_AGENT_PROFILE")
+            .map(|lines| lines.replace("\\n", "\n") + "\n")
+            .unwrap_or_default();
         std::fs::write(
             &profile,
             format!(
                 "oic_URL={}\nagent_GROUP_IDENTIFIER={}\noic_USER={}\noic_PASSWORD={}\noic_CA_FILE={}\nagent_STATE_DIR={}\n\
-                 agent_NAME=bench-agent\nagent_LOG_LEVEL={}\nagent_ALLOWED_ENDPOINTS={}\nagent_DRAIN_TIMEOUT_SECONDS=10\n",
+                 agent_NAME=bench-agent\nagent_LOG_LEVEL={}\nagent_ALLOWED_ENDPOINTS={}\nagent_DRAIN_TIMEOUT_SECONDS=10\n{extra}",
                 p.url,
                 p.group,
                 p.user,

@@ -181,6 +181,7 @@ pub fn diagnostics(ctx: &CommandContext, jobs: &dyn JobHost) -> serde_json::Valu
             "allowed_endpoints": c.allowed_endpoints.to_string(), "drain_timeout_secs": c.drain_timeout.as_secs(),
             "session_grace_secs": c.session_grace.as_secs(),
             "metrics_address": c.metrics_address.map(|a| a.to_string()),
+            "memory_trim_secs": c.memory_trim.map_or(0, |d| d.as_secs()),
         },
         "connection": ctx.session.lock().map(|s| s.clone()).unwrap_or_default(),
         "jobs": states,

@@ -23,6 +23,9 @@ pub async fn run_agent(
         jobs_cancel.clone(),
     );
     let watchdog = tokio::spawn(feed_watchdog());
+    let trim = config
+        .memory_trim
+        .map(|every| tokio::spawn(crate::memory::trim_periodically(every)));
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_address {
         match crate::metrics::serve(addr, metrics_stop.clone()).await {
@@ -38,6 +41,9 @@ pub async fn run_agent(
     }
     let result = super::run(config, &jobs, shutdown).await;
     watchdog.abort();
+    if let Some(trim) = trim {
+        trim.abort();
+    }
     metrics_stop.cancel();
     jobs_cancel.cancel();
     result

@@ -50,6 +50,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "agent_DRAIN_TIMEOUT_SECONDS",
     "agent_SESSION_GRACE_SECONDS",
     "agent_METRICS_ADDRESS",
+    "agent_MEMORY_TRIM_SECONDS",
 ];
 
 /// Default state directory (systemd's `StateDirectory=connectivity-agent`).
@@ -176,6 +177,9 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     pub session_grace: Duration,
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// How often the agent gives the allocator's free memory back to the
+    /// system (`crate::memory`); `None` never.
+    pub memory_trim: Option<Duration>,
     /// Warnings to log once tracing is up (unknown keys and the like).
     pub warnings: Vec<String>,
 }
@@ -306,6 +310,8 @@ pub fn validate(
 
     let drain_timeout = v.seconds("agent_DRAIN_TIMEOUT_SECONDS", 20, 1, 600)?;
     let session_grace = v.seconds("agent_SESSION_GRACE_SECONDS", 15, 0, 3600)?;
+    let memory_trim =
+        Some(v.seconds("agent_MEMORY_TRIM_SECONDS", 1, 0, 3600)?).filter(|every| !every.is_zero());
     let metrics_address = match profile.get("agent_METRICS_ADDRESS") {
         None => None,
         Some("off") => None,
@@ -332,6 +338,7 @@ pub fn validate(
         drain_timeout,
         session_grace,
         metrics_address,
+        memory_trim,
         warnings,
     })
 }

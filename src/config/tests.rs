@@ -34,6 +34,7 @@ fn minimal_basic_profile_is_valid_with_defaults() {
     assert_eq!(c.log_level, "info");
     assert!(c.allowed_endpoints.is_empty());
     assert_eq!(c.drain_timeout, Duration::from_secs(20));
+    assert_eq!(c.memory_trim, Some(Duration::from_secs(1)));
     assert!(c.proxy.is_none());
     assert!(!format!("{c:?}").contains("s3cret"));
 }
@@ -219,4 +220,17 @@ fn missing_ca_file_is_named() {
         "{BASE}oic_USER=u\noic_PASSWORD=p\noic_CA_FILE=/nonexistent/ca.pem\n"
     ));
     assert!(e.starts_with("/etc/ca/InstallerProfile.cfg:5: oic_CA_FILE = \"/nonexistent/ca.pem\": cannot read the file"), "{e}");
+}
+
+#[test]
+fn memory_trim_can_be_turned_off_and_a_bad_value_is_named() {
+    let creds = "oic_USER=agent\noic_PASSWORD=s3cret\n";
+    let off = check(&format!("{BASE}{creds}agent_MEMORY_TRIM_SECONDS=0\n")).unwrap();
+    assert_eq!(off.memory_trim, None);
+    let every = check(&format!("{BASE}{creds}agent_MEMORY_TRIM_SECONDS=60\n")).unwrap();
+    assert_eq!(every.memory_trim, Some(Duration::from_secs(60)));
+    assert_eq!(
+        err(&format!("{BASE}{creds}agent_MEMORY_TRIM_SECONDS=often\n")),
+        "/etc/ca/InstallerProfile.cfg:5: agent_MEMORY_TRIM_SECONDS = \"often\": is not a whole number of seconds between 0 and 3600\n  fix: write a number such as 1"
+    );
 }
