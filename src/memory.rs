@@ -5,14 +5,14 @@
 //! top of a heap, so RSS rises in steps to each arena's high-water mark and
 //! stays there (measured in docs/PERFORMANCE.md, "Where the agent's memory
 //! is"). `malloc_trim(0)` walks every arena and hands its free pages back
-//! with `madvise`; run every few seconds, it keeps RSS flat without changing
-//! how the hot path allocates (fixed glibc thresholds did, and cost a
-//! quarter of the throughput). Other C libraries have no such call and need
-//! none of this.
+//! with `madvise`; run every second (`agent_MEMORY_TRIM_SECONDS`), it keeps
+//! RSS flat without changing how the hot path allocates (fixed glibc
+//! thresholds did, and cost a quarter of the throughput). Other C libraries
+//! (musl) have no such call; there this does nothing.
 
 use std::time::{Duration, Instant};
 
-/// Trim the allocator every `every` until the task is dropped.
+/// Trim the allocator every `every`, until the task is aborted.
 pub async fn trim_periodically(every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
