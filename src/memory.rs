@@ -7,7 +7,7 @@
 //! is"). `malloc_trim(0)` walks every arena and hands its free pages back
 //! with `madvise`; run every second (`agent_MEMORY_TRIM_SECONDS`), it keeps
 //! RSS flat without changing how the hot path allocates (fixed glibc
-//! thresholds did, and cost a quarter of the throughput). Other C libraries
+//! thresholds did, and cost 15–25% of the drain rate). Other C libraries
 //! (musl) have no such call; there this does nothing.
 
 use std::time::{Duration, Instant};
