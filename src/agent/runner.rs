@@ -4,6 +4,7 @@ use super::{AgentError, Stopped};
 use crate::config::AgentConfig;
 use crate::relay::{Jobs, RelaySettings};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Run the agent with real poll jobs until `shutdown` or a permanent error.
 pub async fn run_agent(
@@ -22,10 +23,11 @@ pub async fn run_agent(
         settings,
         jobs_cancel.clone(),
     );
-    let watchdog = tokio::spawn(feed_watchdog());
-    let trim = config
+    // Aborted when this function returns, the early error returns included.
+    let _watchdog = AbortOnDropHandle::new(tokio::spawn(feed_watchdog()));
+    let _trim = config
         .memory_trim
-        .map(|every| tokio::spawn(crate::memory::trim_periodically(every)));
+        .map(|every| AbortOnDropHandle::new(tokio::spawn(crate::memory::trim_periodically(every))));
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_address {
         match crate::metrics::serve(addr, metrics_stop.clone()).await {
@@ -40,10 +42,6 @@ pub async fn run_agent(
         }
     }
     let result = super::run(config, &jobs, shutdown).await;
-    watchdog.abort();
-    if let Some(trim) = trim {
-        trim.abort();
-    }
     metrics_stop.cancel();
     jobs_cancel.cancel();
     result
