@@ -27,6 +27,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# The build takes about 3 GB (target/: test binaries, the benchmark's
+# build, the broker's jars and logs). A linker that runs out of disk dies
+# with a bus error that does not say so; say it first.
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_kb=$(df -Pk "$target_dir" | awk 'NR==2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free on the disk of $target_dir; the build and tests need about 3 GB (free some space or set CARGO_TARGET_DIR to a larger disk)" >&2
+fi
+
 scripts/kafka-broker.sh start
 stop_broker() { scripts/kafka-broker.sh stop >/dev/null 2>&1 || true; }
 if [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
