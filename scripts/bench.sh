@@ -10,7 +10,7 @@
 #             nothing about speed. Built with the dev profile and run against
 #             the test broker (target/kafka-test), which scripts/test.sh
 #             has already started.
-#   (full)    about 16 minutes plus builds; release build, its own broker in
+#   (full)    about 19 minutes plus builds; release build, its own broker in
 #             target/bench/kafka (stopped again at the end), so that other
 #             tests do not share the broker while it is measured.
 #
