@@ -16,19 +16,22 @@ pub async fn run_agent(
         ..RelaySettings::default()
     };
     // Jobs get their own token: they must outlive the session's shutdown
-    // signal long enough to drain, and are stopped explicitly at the end.
+    // signal long enough to drain, and are stopped when this function returns.
     let jobs_cancel = CancellationToken::new();
     let jobs = Jobs::new(
         config.allowed_endpoints.clone(),
         settings,
         jobs_cancel.clone(),
     );
-    // Aborted when this function returns, the early error returns included.
+    // Every task and token below is stopped when this function returns, the
+    // early error return included.
+    let _stop_jobs = jobs_cancel.drop_guard();
     let _watchdog = AbortOnDropHandle::new(tokio::spawn(feed_watchdog()));
     let _trim = config
         .memory_trim
         .map(|every| AbortOnDropHandle::new(tokio::spawn(crate::memory::trim_periodically(every))));
     let metrics_stop = CancellationToken::new();
+    let _stop_metrics = metrics_stop.clone().drop_guard();
     if let Some(addr) = config.metrics_address {
         match crate::metrics::serve(addr, metrics_stop.clone()).await {
             Ok(local) => {
@@ -41,10 +44,7 @@ pub async fn run_agent(
             }
         }
     }
-    let result = super::run(config, &jobs, shutdown).await;
-    metrics_stop.cancel();
-    jobs_cancel.cancel();
-    result
+    super::run(config, &jobs, shutdown).await
 }
 
 /// Ping systemd's watchdog while the main loop makes progress. Every network
