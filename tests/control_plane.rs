@@ -1335,7 +1335,7 @@ fn bad_config_jobs_exit_64_naming_each_field() {
     assert_eq!(
         err,
         format!(
-            "{}: jobs[0]: job \"users\" has 2 problems:\n    jobs[0].bootstrap_servers = \"localhost\": is not a list of host:port; fix: give host:port[,host:port...], e.g. cell-1.streaming.eu-frankfurt-1.oci.oraclecloud.com:9092\n    jobs[0].window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 64)\n  fix: correct each field named above; docs/CONTROL_PLANE.md lists every job field",
+            "{}: jobs[0]: job \"users\" has 2 problems:\n    jobs[0].bootstrap_servers = \"localhost\": is not a list of host:port; fix: give host:port[,host:port...], e.g. cell-1.streaming.eu-frankfurt-1.oci.oraclecloud.com:9092\n    jobs[0].window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 128)\n  fix: correct each field named above; docs/CONTROL_PLANE.md lists every job field",
             path.display()
         )
     );

@@ -582,7 +582,7 @@ async fn the_byte_window_stops_fetching_before_the_batch_window_does() {
     });
 
     // 64 KiB in flight is two batches, far below the window of 16 batches
-    // (which the default 24 MiB would let through).
+    // (which the default 64 MiB would let through).
     let b1 = cp.batch(WAIT).await.expect("batch 1");
     let mut first = vec![b1];
     first.extend(cp.quiet_for(Duration::from_secs(3)).await);
@@ -822,14 +822,22 @@ async fn endpoint_outside_the_allow_list_is_refused() {
     h.drain(Duration::from_secs(2)).await;
 }
 
+/// Offsets of the records of `batches`, in order.
+fn offsets(batches: &[Batch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| b.records.iter().map(|r| r.offset))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_restored_within_grace_resends_unacked_batches_in_order() {
+async fn session_restored_within_grace_reads_the_unacked_records_again_from_kafka() {
     logs();
     let b = kafka::broker();
-    let topic = kafka::unique_topic("relay-resend");
+    let topic = kafka::unique_topic("relay-reread");
     kafka::create_topic(&b, &topic, 1).await;
-    let seeded = seed(&b, &topic, 0, 30).await;
-    let group = kafka::unique_topic("group-resend");
+    let seeded = seed(&b, &topic, 0, 60).await;
+    let group = kafka::unique_topic("group-reread");
     let (h, mut cp, _tx) = spawn(JobSpec {
         max_records: 10,
         window: 3,
@@ -839,27 +847,144 @@ async fn session_restored_within_grace_resends_unacked_batches_in_order() {
     for _ in 0..3 {
         first.push(cp.batch(WAIT).await.expect("batch"));
     }
+    assert_eq!(offsets(&first), (0..30).collect::<Vec<_>>());
+    // Batches 1 and 3 acked, 2 not: the watermark stops at the gap (10).
+    // Records 30..59 wait in batches or in librdkafka's queue.
     h.ack(first[0].batch_seq);
+    h.ack(first[2].batch_seq);
+    wait_committed(&b, &group, &topic, &[10]).await;
     h.session_lost();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The two acks freed two slots of the window: what went out meanwhile.
+    let late = cp.quiet_for(Duration::from_millis(500)).await;
+    let sent_before: usize = 30 + late.iter().map(|b| b.records.len()).sum::<usize>();
 
     let (tx2, rx2) = mpsc::channel(16);
     h.session_restored(tx2);
     let mut cp2 = ControlPlane::new(rx2);
-    let r1 = cp2.batch(WAIT).await.expect("resent batch");
-    let r2 = cp2.batch(WAIT).await.expect("resent batch");
-    assert_eq!(
-        (r1.batch_seq, r2.batch_seq),
-        (first[1].batch_seq, first[2].batch_seq)
+    let old: Vec<u64> = first.iter().map(|b| b.batch_seq).collect();
+    let next = cp2.batch(WAIT).await.expect("a batch read again");
+    assert_eq!(next.records[0].offset, 10);
+    assert!(
+        !old.contains(&next.batch_seq),
+        "a new batch, not a resent frame"
     );
-    assert_eq!(
-        (r1.records.clone(), r2.records.clone()),
-        (first[1].records.clone(), first[2].records.clone())
-    );
-    h.ack(r1.batch_seq);
-    h.ack(r2.batch_seq);
-    wait_committed(&b, &group, &topic, &[30]).await;
+    // Once the job has gone back, an ack of a batch of the old session is
+    // ignored: its records come again.
+    h.ack(first[1].batch_seq);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(committed(&b, &group, &topic, 1).await, vec![10]);
+    // Everything from the gap on is read again from Kafka and arrives once,
+    // in order, in new batches (deliver_all fails on offsets below 10).
+    let again: Seeded = seeded
+        .iter()
+        .filter(|((_, o), _)| *o >= 10)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    cp2.stash.push_front(next);
+    deliver_all(&mut cp2, |s| h.ack(s), &again, 50).await;
+    wait_committed(&b, &group, &topic, &[60]).await;
+    // Records sent count every time they cross the link.
+    cp2.state("r", WAIT, |s| s.records_relayed == sent_before as u64 + 50)
+        .await;
     assert!(cp2.quiet_for(Duration::from_millis(500)).await.is_empty());
+    h.drain(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_restored_before_any_ack_reads_again_from_where_the_job_started() {
+    logs();
+    let b = kafka::broker();
+    let topic = kafka::unique_topic("relay-reread-start");
+    kafka::create_topic(&b, &topic, 2).await;
+    let seeded = seed(&b, &topic, 0, 60).await;
+    let group = kafka::unique_topic("group-reread-start");
+    // Partition 1 only, from offset 5: no watermark and no committed offset
+    // to go back to, only where the job started.
+    let (h, mut cp, _tx) = spawn(JobSpec {
+        partitions: Partitions::List(vec![1]),
+        start: StartPosition::Offsets(BTreeMap::from([(1, 5)])),
+        max_records: 4,
+        window: 2,
+        ..spec("rs", &b.plaintext, &topic, &group)
+    });
+    let first = vec![
+        cp.batch(WAIT).await.expect("batch"),
+        cp.batch(WAIT).await.expect("batch"),
+    ];
+    assert_eq!(offsets(&first), (5..13).collect::<Vec<_>>());
+    h.session_lost();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (tx2, rx2) = mpsc::channel(16);
+    h.session_restored(tx2);
+    let mut cp2 = ControlPlane::new(rx2);
+    let want: Seeded = seeded
+        .iter()
+        .filter(|((p, o), _)| *p == 1 && *o >= 5)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    deliver_all(&mut cp2, |s| h.ack(s), &want, want.len()).await;
+    wait_committed(&b, &group, &topic, &[-1, highs(&seeded, 2)[1]]).await;
+    h.drain(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_to_the_socket_are_not_held_but_frames_queued_for_it_are() {
+    logs();
+    let b = kafka::broker();
+    let topic = kafka::unique_topic("relay-held");
+    kafka::create_topic(&b, &topic, 1).await;
+    // 40 records of 16 KiB, two to a batch: about 32 KiB per batch.
+    let seeded = produce_keyed(&b, &topic, 0..40, |i| {
+        vec![b'a' + (i % 26) as u8; 16 * 1024]
+    })
+    .await;
+    let group = kafka::unique_topic("group-held");
+    let (tx, rx) = mpsc::channel(16);
+    let h = relay::spawn(
+        JobSpec {
+            max_records: 2,
+            window: 64,
+            window_bytes: 4 * 1024 * 1024,
+            ..spec("held", &b.plaintext, &topic, &group)
+        },
+        &allow(),
+        RelaySettings {
+            held_bytes: 64 * 1024,
+            ..settings()
+        },
+        tx,
+        CancellationToken::new(),
+    );
+    let mut cp = ControlPlane::new(rx);
+    // Nobody reads the session's queue (a socket that does not drain): the
+    // frames queued for it are memory, and the job stops at 64 KiB of them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = h.state();
+    assert!(
+        s.partitions
+            .first()
+            .is_some_and(|p| (1..=8).contains(&p.fetched)),
+        "fetching stopped with 64 KiB of frames held: {:?}",
+        s.partitions
+    );
+    // Frames taken off the queue (written) are not kept: with no ack at
+    // all, everything goes out within the 4 MiB window.
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let b = cp
+            .batch(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{} of 40 records sent without an ack", got.len()));
+        got.extend(b.records.iter().map(|r| (r.offset, b.batch_seq)));
+    }
+    assert_eq!(
+        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (0..40).collect::<Vec<_>>()
+    );
+    for (_, seq) in &got {
+        h.ack(*seq);
+    }
+    wait_committed(&b, &group, &topic, &[40]).await;
     let _ = seeded;
     h.drain(Duration::from_secs(10)).await;
 }

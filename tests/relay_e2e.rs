@@ -799,6 +799,27 @@ async fn a_webhook_answering_500_then_200_loses_nothing() {
     eprintln!("took {:?}", started.elapsed());
 }
 
+/// Records produced (key, value) and where they landed (partition, offset).
+type Produced = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(i32, i64)>);
+
+/// Produce 40 chunks of `chunk` numbered records, one every 100 ms, while
+/// the agent relays; returns the records and where they landed.
+fn produce_paced(t: &E2e, topic: &str, chunk: usize) -> tokio::task::JoinHandle<Produced> {
+    let broker = t.broker.clone();
+    let topic = topic.to_owned();
+    tokio::spawn(async move {
+        let mut records = Vec::new();
+        let mut at = Vec::new();
+        for i in 0..40 {
+            let batch = numbered(i * chunk, chunk);
+            at.extend(produce(&broker, &topic, &batch).await);
+            records.extend(batch);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (records, at)
+    })
+}
+
 #[tokio::test]
 async fn an_agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() {
     let started = Instant::now();
@@ -814,19 +835,7 @@ async fn an_agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() 
     let first_session = t.wait_binary_connected(&mut agent, "agent", None).await;
 
     // Produce while the agent relays, in paced chunks.
-    let broker = t.broker.clone();
-    let producing_topic = topic.clone();
-    let producer = tokio::spawn(async move {
-        let mut records = Vec::new();
-        let mut at = Vec::new();
-        for chunk in 0..40 {
-            let batch = numbered(chunk * 25, 25);
-            at.extend(produce(&broker, &producing_topic, &batch).await);
-            records.extend(batch);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        (records, at)
-    });
+    let producer = produce_paced(&t, &topic, 25);
 
     let before_kill = t.wait_records("kill", 200).await.len();
     agent.kill().expect("SIGKILL the agent");
@@ -867,6 +876,121 @@ async fn an_agent_killed_with_sigkill_mid_stream_loses_and_duplicates_nothing() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
+    t.cp.stop().await;
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// A TCP relay in front of the control plane whose connections can be
+/// reset at once (both sockets closed), while new ones are still accepted:
+/// a proxy or load balancer restarting between the agent and the cloud.
+struct Resettable {
+    port: u16,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Resettable {
+    async fn start(target: std::net::SocketAddr) -> Resettable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let c = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Resettable {
+            port,
+            conns,
+            accept,
+        }
+    }
+
+    /// Close every connection open now.
+    fn reset(&self) -> usize {
+        let open: Vec<_> = std::mem::take(&mut *self.conns.lock().unwrap());
+        let n = open.iter().filter(|t| !t.is_finished()).count();
+        for t in open {
+            t.abort();
+        }
+        n
+    }
+}
+
+impl Drop for Resettable {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.reset();
+    }
+}
+
+#[tokio::test]
+async fn sessions_reset_mid_stream_read_unacked_records_again_and_lose_and_duplicate_nothing() {
+    let started = Instant::now();
+    let t = E2e::start().await;
+    let topic = topic(&t, "e2e-reset", 3).await;
+    let mut job = t.job("reset", &topic);
+    // Small batches and window: many batches in flight at each reset.
+    job["spec"]["max_records"] = 10.into();
+    job["spec"]["window"] = 8.into();
+    t.create_job(&job).await;
+
+    // The agent reaches the control plane through the relay, with a grace
+    // longer than the test: each reset is a session loss within the grace,
+    // so the job keeps its partitions and reads its unacked records again.
+    let relay = Resettable::start(t.cp.addr).await;
+    let state = t.dir.path().join("reset-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    let text = t
+        .profile_text(&state)
+        .replace(
+            &t.cp.base_url(),
+            &format!("https://127.0.0.1:{}", relay.port),
+        )
+        .replace(
+            "agent_SESSION_GRACE_SECONDS=2",
+            "agent_SESSION_GRACE_SECONDS=60",
+        );
+    let profile = connectivity_agent::config::Profile::parse(Path::new("reset.cfg"), text).unwrap();
+    let secrets = connectivity_agent::config::SecretValues::from_profile(&profile);
+    let cfg = connectivity_agent::config::validate(&profile, &secrets, &|_| None).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let agent =
+        tokio::spawn(async move { connectivity_agent::agent::runner::run_agent(cfg, s).await });
+
+    let producer = produce_paced(&t, &topic, 50);
+    let mut resets = Vec::new();
+    for after in [200, 800, 1400] {
+        let got = t.wait_records("reset", after).await.len();
+        resets.push((got, relay.reset()));
+    }
+    let (records, at) = producer.await.unwrap();
+    assert!(
+        resets
+            .iter()
+            .all(|(got, closed)| *got < records.len() && *closed > 0),
+        "each reset came mid-stream and closed the session: {resets:?}"
+    );
+    let got = t.wait_records("reset", records.len()).await;
+    assert_exactly_once_in_order(&got, &positions(&records, &at));
+    let view = t
+        .wait_job("reset", "all committed", |v| {
+            committed_reached(v, &counts(&at))
+        })
+        .await;
+    eprintln!(
+        "resets at {resets:?} (records in the sink, connections closed); {} duplicates dropped by the control plane",
+        view["delivery"]["duplicates_dropped"]
+    );
+    stop.cancel();
+    let _ = agent.await;
     t.cp.stop().await;
     eprintln!("took {:?}", started.elapsed());
 }

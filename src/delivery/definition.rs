@@ -195,7 +195,7 @@ impl JobDefinition {
                     Some(s.window_bytes.to_string()),
                     "is out of range",
                     format!(
-                        "give {MIN_WINDOW_BYTES} to {MAX_WINDOW_BYTES} bytes in flight on each agent running the job (default {}, 24 MiB; the agent holds them in memory)",
+                        "give {MIN_WINDOW_BYTES} to {MAX_WINDOW_BYTES} bytes in flight on each agent running the job (default {}, 64 MiB; records read again after a reconnect)",
                         crate::protocol::job::defaults::window_bytes()
                     ),
                 ));
@@ -386,7 +386,7 @@ mod tests {
         let d = def(GOOD);
         d.validate().unwrap();
         assert!(!d.paused);
-        assert_eq!(d.spec.window_bytes, 24 << 20);
+        assert_eq!(d.spec.window_bytes, 64 << 20);
         assert_eq!(d.value_format, ValueFormat::ConnectPayload);
     }
 
@@ -405,8 +405,8 @@ mod tests {
             vec![
                 "spec.topic = \"\": is empty; fix: give the name of the topic (stream) to consume".to_string(),
                 "spec.max_bytes = \"8388609\": is out of range; fix: give 1 to 8388608 bytes (half the largest frame; default 1048576)".into(),
-                "spec.window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 64)".into(),
-                "spec.window_bytes = \"2147483648\": is out of range; fix: give 65536 to 1073741824 bytes in flight on each agent running the job (default 25165824, 24 MiB; the agent holds them in memory)".into(),
+                "spec.window = \"0\": is out of range; fix: give 1 to 1024 batches in flight (default 128)".into(),
+                "spec.window_bytes = \"2147483648\": is out of range; fix: give 65536 to 1073741824 bytes in flight on each agent running the job (default 67108864, 64 MiB; records read again after a reconnect)".into(),
                 "sink.path = \"out/users.jsonl\": is a relative path; fix: give an absolute path, e.g. /var/lib/connectivity-agent/out/users.jsonl".into(),
             ]
         );

@@ -150,7 +150,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
         "window",
         spec.window.into(),
         // (`bad_numbers_are_named` checks it follows defaults::window)
-        "give at least 1 batch in flight (default 64)",
+        "give at least 1 batch in flight (default 128)",
     )?;
     {
         use crate::protocol::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
@@ -159,7 +159,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
                 field: "window_bytes",
                 value: spec.window_bytes.to_string(),
                 // (`bad_numbers_are_named` checks it follows defaults)
-                fix: "give 65536..1073741824 bytes in flight (default 25165824, 24 MiB)",
+                fix: "give 65536..1073741824 bytes in flight (default 67108864, 64 MiB)",
             });
         }
     }
@@ -501,12 +501,12 @@ mod tests {
             let mut s = spec();
             s.window_bytes = bad;
             let want = format!(
-                "job field window_bytes is {bad}; give {MIN_WINDOW_BYTES}..{MAX_WINDOW_BYTES} bytes in flight (default {}, 24 MiB)",
+                "job field window_bytes is {bad}; give {MIN_WINDOW_BYTES}..{MAX_WINDOW_BYTES} bytes in flight (default {}, 64 MiB)",
                 defaults::window_bytes()
             );
             assert_eq!(validate(&s).unwrap_err().to_string(), want);
         }
-        assert_eq!(defaults::window_bytes(), 24 << 20);
+        assert_eq!(defaults::window_bytes(), 64 << 20);
         let mut s = spec();
         s.session_timeout_ms = 10;
         assert!(

@@ -31,8 +31,10 @@ pub struct JobSpec {
     #[serde(default = "defaults::window")]
     pub window: u32,
     /// Bytes of batch frames in flight (sent and unacked, or sealed and
-    /// waiting) before the agent stops fetching, whatever `window` says:
-    /// the agent keeps them for resending, so this is a memory cap too.
+    /// waiting) before the agent stops fetching, whatever `window` says: a
+    /// job relays at most this much per round trip. Frames are not kept once
+    /// written (the agent's memory is capped separately, see
+    /// `RelaySettings::held_bytes`).
     #[serde(default = "defaults::window_bytes")]
     pub window_bytes: u64,
     /// Kafka consumer session timeout: how fast partitions of a dead agent move.
@@ -84,19 +86,23 @@ pub mod defaults {
     pub fn max_wait_ms() -> u64 {
         100
     }
+    /// 128 batches: 100 B records (2000 to a batch) over a 50 ms round trip
+    /// at 2.5 million records/s (docs/PERFORMANCE.md).
     pub fn window() -> u32 {
-        64
+        128
     }
-    /// 24 MiB: with librdkafka's prefetch it keeps an agent running one job
-    /// under 64 MiB of memory, and covers 50 ms of round trip at up to
-    /// 480 MiB/s (docs/PERFORMANCE.md).
+    /// 64 MiB: covers 50 ms of round trip at up to 1.2 GiB/s. Bytes in
+    /// flight cost no agent memory (frames are freed once written; unacked
+    /// records are read again from Kafka after a reconnect), only a re-read
+    /// of up to this much after one.
     pub fn window_bytes() -> u64 {
-        24 * 1024 * 1024
+        64 * 1024 * 1024
     }
     /// The smallest `window_bytes` a job may give: below a few batches the
     /// relay waits for an ack after every one.
     pub const MIN_WINDOW_BYTES: u64 = 64 * 1024;
-    /// The largest `window_bytes` a job may give (the agent's memory).
+    /// The largest `window_bytes` a job may give (records read again after a
+    /// reconnect).
     pub const MAX_WINDOW_BYTES: u64 = 1024 * 1024 * 1024;
     pub fn session_timeout_ms() -> u32 {
         6000

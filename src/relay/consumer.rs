@@ -41,6 +41,9 @@ pub struct PartStats {
     pub acked: i64,
     pub committed: i64,
     pub high: Option<i64>,
+    /// Offset of the first record taken into a batch since the partition
+    /// was assigned: where to read again when nothing was acked yet.
+    pub start: Option<i64>,
 }
 
 impl Default for PartStats {
@@ -51,6 +54,7 @@ impl Default for PartStats {
             acked: -1,
             committed: -1,
             high: None,
+            start: None,
         }
     }
 }
@@ -143,6 +147,37 @@ impl Core {
     /// Give the recycled buffers back (nothing is in flight).
     pub fn release_spare(&mut self) {
         self.spare = Vec::new();
+    }
+
+    /// Before the records that are not acked are read again from Kafka (a
+    /// new session): drop the batch being built and those waiting, forget
+    /// those in flight (their frames are the caller's), and return, for each
+    /// assigned partition read past everything acked, the offset to read
+    /// from again: its watermark, or the first offset read since it was
+    /// assigned when nothing was acked yet.
+    pub fn rewind(&mut self) -> Vec<(i32, i64)> {
+        if let Some(b) = self.building.take() {
+            self.keep(b.writer.finish_mut());
+        }
+        for s in std::mem::take(&mut self.sealed) {
+            self.recycle(s.frame);
+        }
+        self.tracker.abandon_in_flight();
+        let mut from = Vec::new();
+        for (p, s) in &mut self.parts {
+            if !self.assigned.contains(p) {
+                continue;
+            }
+            let Some(at) = self.tracker.watermark(*p).or(s.start) else {
+                continue;
+            };
+            if s.fetched > at {
+                from.push((*p, at));
+                s.fetched = at;
+                s.relayed = s.relayed.min(at);
+            }
+        }
+        from
     }
 
     /// Seal the batch being built, if it holds anything.

@@ -59,7 +59,18 @@ pub struct RelaySettings {
     /// are also committed on revoke and when a consumer closes. OCI Streaming
     /// allows 10 commits/s per consumer group.
     pub commit_interval: Duration,
+    /// Bytes of batch frames a job holds in memory at most: being sealed,
+    /// waiting for the window, or queued for the socket and not yet written.
+    /// Frames written to the socket are not kept (unacked records are read
+    /// again from Kafka after a reconnect), so bytes in flight on the wire
+    /// (`window_bytes`) cost no agent memory beyond this.
+    pub held_bytes: usize,
 }
+
+/// Default of [`RelaySettings::held_bytes`]: 16 MiB, enough to keep the
+/// socket busy while batches are built (docs/PERFORMANCE.md, where the agent
+/// running one job at full speed stays under 64 MiB with it).
+pub const HELD_BYTES: usize = 16 * 1024 * 1024;
 
 impl Default for RelaySettings {
     fn default() -> Self {
@@ -73,6 +84,7 @@ impl Default for RelaySettings {
             commit_interval: Duration::from_millis(u64::from(
                 crate::kafka::client::COMMIT_INTERVAL_MS,
             )),
+            held_bytes: HELD_BYTES,
         }
     }
 }

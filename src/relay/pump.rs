@@ -11,20 +11,29 @@
 //! records then stay in librdkafka's bounded queue (the fetcher stops by
 //! itself), and only after [`LONG_STALL`] are the partitions paused and the
 //! consumer polled again (docs/JOBS.md, "Batches and the window").
+//!
+//! A sent frame is kept only until the session's writer has written it; its
+//! buffer then serves a new batch or is freed, so bytes in flight on a long
+//! round trip cost no agent memory. On a restored session everything not
+//! acked (in flight, waiting or being built) is dropped, each partition is
+//! sought back to its watermark, and the records are read again from Kafka;
+//! the control plane drops the ones it had already delivered.
 
 use crate::kafka::errors::{self, ErrorLog};
 use crate::protocol::batch::BatchWriter;
+use crate::protocol::job::JobError;
 use crate::protocol::job::{ErrorClass, JobPhase};
 use crate::relay::Outbound;
 use crate::relay::consumer::{Building, Core, RelayContext, lock};
 use crate::relay::job::next_seq;
-use crate::relay::runner::{Exit, Runner};
+use crate::relay::runner::{Exit, InFlight, Runner};
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -75,6 +84,31 @@ const DRAIN_MAX: usize = 1024;
 /// Records appended to batches under one lock of the job's core.
 const CHUNK: usize = 128;
 
+/// How often a job whose held frames are all queued for the socket looks
+/// whether the writer is done with some (nothing else would wake it).
+const HELD_POLL: Duration = Duration::from_millis(2);
+
+/// Longest wait for librdkafka to move the partitions back to their
+/// watermarks on a restored session.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Free (or keep for reuse) the frames the session's writer is done with,
+/// and return the bytes of those it still holds (queued, being written).
+fn release_written(unacked: &mut VecDeque<InFlight>, c: &mut Core) -> usize {
+    let mut held = 0;
+    for u in unacked.iter_mut() {
+        match u.frame.take() {
+            Some(f) if f.is_unique() => c.recycle(f),
+            Some(f) => {
+                held += u.len;
+                u.frame = Some(f);
+            }
+            None => {}
+        }
+    }
+    held
+}
+
 pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -92,8 +126,11 @@ impl Runner {
     ) -> Exit {
         let window = self.spec.window as usize;
         // Bytes in flight (sent and unacked, plus sealed and waiting) at most,
-        // whatever the window: memory stays bounded with large records.
+        // whatever the window: a job's rate is at most this per round trip.
         let window_bytes = usize::try_from(self.spec.window_bytes).unwrap_or(usize::MAX);
+        // Bytes of frames in memory (sealed, or sent and not yet written)
+        // at most: what a slow socket can make the agent hold.
+        let held_cap = self.settings.held_bytes;
         let eager = window.min(EAGER);
         let max_records = self.spec.max_records as usize;
         let max_wait = Duration::from_millis(self.spec.max_wait_ms);
@@ -103,7 +140,6 @@ impl Runner {
             (c.session.clone(), c.session_gen, c.paused, c.draining)
         };
         let mut lost_since: Option<Instant> = session.is_none().then(Instant::now);
-        let mut resend: VecDeque<u64> = VecDeque::new();
         let mut fetching = true;
         // A full window leaves records in librdkafka's (bounded) queue rather
         // than pausing the partitions: a pause drops what was prefetched, and
@@ -117,11 +153,20 @@ impl Runner {
 
         loop {
             // Decide what may happen in this round.
-            let (sealed, sealed_bytes, build_deadline, has_building, rebalanced, building_records) = {
+            let (
+                sealed,
+                sealed_bytes,
+                build_deadline,
+                has_building,
+                rebalanced,
+                building_records,
+                held_sent,
+            ) = {
                 let mut c = lock(core);
                 if draining {
                     c.seal();
                 }
+                let held_sent = release_written(&mut self.unacked, &mut c);
                 let deadline = c
                     .building
                     .as_ref()
@@ -136,18 +181,27 @@ impl Runner {
                     c.building.is_some(),
                     std::mem::take(&mut c.rebalanced),
                     building_records,
+                    held_sent,
                 )
             };
             if rebalanced {
                 self.report(Some(core), false);
             }
             let in_flight = self.unacked.len() + sealed;
-            let in_flight_bytes =
-                sealed_bytes + self.unacked.iter().map(|(_, f)| f.len()).sum::<usize>();
+            let in_flight_bytes = sealed_bytes + self.unacked.iter().map(|u| u.len).sum::<usize>();
+            // Bytes of records that may still be taken: within the window,
+            // and within what the agent may hold in memory.
+            let held = sealed_bytes + held_sent;
+            let byte_room = window_bytes
+                .saturating_sub(in_flight_bytes)
+                .min(held_cap.saturating_sub(held));
+            // Held memory is what stops the job and the writer has some of it.
+            let held_check =
+                (held >= held_cap && held_sent > 0).then(|| Instant::now() + HELD_POLL);
             let window_full = session.is_some()
                 && !paused
                 && !draining
-                && (in_flight >= window || in_flight_bytes >= window_bytes);
+                && (in_flight >= window || byte_room == 0);
             let want_fetch = session.is_some() && !paused && !draining && !window_full;
             if window_full {
                 full_since.get_or_insert_with(Instant::now);
@@ -165,8 +219,7 @@ impl Runner {
             if draining && sealed == 0 && !has_building && self.unacked.is_empty() {
                 return Exit::Stop;
             }
-            let can_send = session.is_some()
-                && (!resend.is_empty() || (sealed > 0 && self.unacked.len() < window));
+            let can_send = session.is_some() && sealed > 0 && self.unacked.len() < window;
             let grace_end = lost_since.map(|t| t + self.settings.session_grace);
             let phase = if self.error.is_some() {
                 JobPhase::Failed
@@ -194,19 +247,22 @@ impl Runner {
                     paused = c.paused;
                     draining = c.draining;
                     if c.session.is_some() && c.session_gen != session_gen {
-                        // A new session: everything unacked goes again, in order.
-                        resend = self.unacked.iter().map(|(s, _)| *s).collect();
                         session_gen = c.session_gen;
                         lost_since = None;
                         session = c.session;
-                        info!(resend = resend.len(), "session restored");
+                        // Acks that came before the session went still
+                        // count; everything else is read again from Kafka.
+                        self.process_acks(consumer, core);
+                        match self.rewind(consumer, core).await {
+                            Ok(from) => info!(read_again_from = ?from, "session restored"),
+                            Err(e) => return Exit::Failed(e),
+                        }
                         self.last_sent = None;
                         self.report(Some(core), false);
                     } else if c.session.is_none() && session.is_some() {
                         info!(grace = ?self.settings.session_grace, "session lost; fetching stopped");
                         session = None;
                         lost_since = Some(Instant::now());
-                        resend.clear();
                     }
                 }
                 _ = self.shared.wake.notified() => {
@@ -217,17 +273,17 @@ impl Runner {
                     }
                 }
                 permit = reserve(tx.as_ref()), if can_send => match permit {
-                    Some(permit) => self.send_one(permit, core, &mut resend),
+                    Some(permit) => self.send_one(permit, core),
                     None => {
                         // The session's receiver is gone: same as a lost session.
                         session = None;
                         lost_since = Some(Instant::now());
-                        resend.clear();
                     }
                 },
                 _ = sleep_until_opt(grace_end) => return Exit::SessionGone,
                 _ = sleep_until_opt(build_deadline) => lock(core).seal(),
                 _ = sleep_until_opt(stall_check) => {}
+                _ = sleep_until_opt(held_check) => {}
                 // Before `recv`: a busy stream must not starve the reports.
                 _ = tick.tick() => {
                     let broker_up = lock(core).broker_up;
@@ -254,7 +310,7 @@ impl Runner {
                     let mut next = Some(msg);
                     let mut taken = 0;
                     let mut in_flight = in_flight;
-                    let mut in_flight_bytes = in_flight_bytes;
+                    let mut taken_bytes = 0;
                     let mut dry = false;
                     let mut failed = None;
                     let mut building_records = building_records;
@@ -265,7 +321,7 @@ impl Runner {
                         while let Some(msg) = next.take() {
                             match msg {
                                 Ok(m) => {
-                                    in_flight_bytes += m.payload_len() + m.key_len();
+                                    taken_bytes += m.payload_len() + m.key_len();
                                     chunk.push(m);
                                 }
                                 Err(e) => {
@@ -274,7 +330,7 @@ impl Runner {
                                 }
                             }
                             taken += 1;
-                            if chunk.len() >= CHUNK.min(room) || taken >= DRAIN_MAX || in_flight_bytes >= window_bytes {
+                            if chunk.len() >= CHUNK.min(room) || taken >= DRAIN_MAX || taken_bytes >= byte_room {
                                 break;
                             }
                             next = records.next().now_or_never().flatten();
@@ -297,7 +353,7 @@ impl Runner {
                             }
                             break 'drain;
                         }
-                        if dry || taken >= DRAIN_MAX || in_flight >= window || in_flight_bytes >= window_bytes {
+                        if dry || taken >= DRAIN_MAX || in_flight >= window || taken_bytes >= byte_room {
                             break 'drain;
                         }
                         next = records.next().now_or_never().flatten();
@@ -364,6 +420,11 @@ impl Runner {
             // Left over from a revoked partition: its new owner reads it.
             return 0;
         }
+        if c.parts.get(&p).is_some_and(|s| o < s.fetched) {
+            // Already taken into a batch: a partition's records go out once
+            // and in offset order, which the watermarks rely on.
+            return 0;
+        }
         let mut sealed = 0;
         if c.building
             .as_ref()
@@ -406,6 +467,7 @@ impl Runner {
         let full = b.writer.len() >= max_records || b.writer.encoded_len() >= max_bytes;
         if let Some(s) = c.parts.get_mut(&p) {
             s.fetched = s.fetched.max(o + 1);
+            s.start.get_or_insert(o);
         }
         if full {
             c.seal();
@@ -447,23 +509,8 @@ impl Runner {
         }
     }
 
-    /// Send the next frame: a resend first, else the oldest sealed batch.
-    fn send_one(
-        &mut self,
-        permit: mpsc::Permit<'_, Outbound>,
-        core: &Mutex<Core>,
-        resend: &mut VecDeque<u64>,
-    ) {
-        while let Some(seq) = resend.pop_front() {
-            if let Some((_, frame)) = self.unacked.iter().find(|(s, _)| *s == seq) {
-                permit.send(Outbound::Batch {
-                    job_id: self.spec.id.clone(),
-                    batch_seq: seq,
-                    frame: frame.clone(),
-                });
-                return;
-            }
-        }
+    /// Send the oldest sealed batch.
+    fn send_one(&mut self, permit: mpsc::Permit<'_, Outbound>, core: &Mutex<Core>) {
         let mut c = lock(core);
         let Some(sealed) = c.sealed.pop_front() else {
             return;
@@ -480,12 +527,75 @@ impl Runner {
         self.records_relayed += u64::from(sealed.records);
         self.bytes_relayed += sealed.frame.len() as u64;
         self.bytes_uncompressed += sealed.raw_len as u64;
-        self.unacked.push_back((sealed.seq, sealed.frame.clone()));
+        self.unacked.push_back(InFlight {
+            seq: sealed.seq,
+            frame: Some(sealed.frame.clone()),
+            len: sealed.frame.len(),
+        });
         permit.send(Outbound::Batch {
             job_id: self.spec.id.clone(),
             batch_seq: sealed.seq,
             frame: sealed.frame,
         });
+    }
+
+    /// A new session: drop every batch not acked and seek each partition
+    /// back to its watermark, so its records are read again from Kafka and
+    /// sent in new batches. Returns where each partition reads again. If
+    /// librdkafka cannot seek, the consumer must restart from the committed
+    /// offsets (the error says so): going on would skip records.
+    async fn rewind(
+        &mut self,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        core: &Mutex<Core>,
+    ) -> Result<Vec<(i32, i64)>, JobError> {
+        let from = {
+            let mut c = lock(core);
+            let from = c.rewind();
+            // The totals (records, bytes relayed) keep what was sent: the
+            // records read again count again, as they cross the link again.
+            for u in self.unacked.drain(..) {
+                if let Some(frame) = u.frame {
+                    c.recycle(frame);
+                }
+            }
+            from
+        };
+        self.shared.clear_inbox();
+        if from.is_empty() {
+            return Ok(from);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &from {
+            let _ = tpl.add_partition_offset(&self.spec.topic, *p, Offset::Offset(*o));
+        }
+        // With a timeout, librdkafka confirms each seek and guarantees that
+        // no record fetched before it reaches the job; it blocks meanwhile.
+        let c = consumer.clone();
+        let sought =
+            tokio::task::spawn_blocking(move || c.seek_partitions(tpl, SEEK_TIMEOUT)).await;
+        let mut failed = String::new();
+        match sought {
+            Err(e) => failed = e.to_string(),
+            Ok(Err(e)) => failed = e.to_string(),
+            Ok(Ok(tpl)) => {
+                for e in tpl.elements() {
+                    if let Err(err) = e.error() {
+                        let _ = write!(failed, "partition {}: {err}; ", e.partition());
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            return Ok(from);
+        }
+        Err(JobError {
+            class: ErrorClass::Other,
+            message: format!(
+                "could not seek back to the unacked records ({}); the consumer restarts from the committed offsets",
+                failed.trim_end_matches("; ")
+            ),
+        })
     }
 
     /// Apply acks: move watermarks and store the new offsets (committed by
@@ -499,8 +609,8 @@ impl Runner {
         {
             let mut c = lock(core);
             for seq in acks {
-                if let Some(i) = self.unacked.iter().position(|(s, _)| *s == seq) {
-                    if let Some((_, frame)) = self.unacked.remove(i) {
+                if let Some(i) = self.unacked.iter().position(|u| u.seq == seq) {
+                    if let Some(frame) = self.unacked.remove(i).and_then(|u| u.frame) {
                         c.recycle(frame);
                     }
                     self.batches_acked += 1;

@@ -21,14 +21,14 @@
 //!      --drained or cancelled: commit, close --> stopped
 //! ```
 //!
-//! Back-pressure: at most `window` batches are sent and unacked; when that
-//! many are in flight or waiting, the job *pauses* its partitions and keeps
-//! polling, so rebalances and heartbeats are still served and
-//! `max.poll.interval.ms` is never exceeded. Unacked frames are kept (at most
-//! `window`) and resent in order on a restored session; when the session
-//! stays away longer than the grace period the job commits, leaves the group
-//! (so the partitions move to another agent) and rejoins from the committed
-//! offsets once a session is back.
+//! Back-pressure: at most `window` batches (and `window_bytes`) are sent and
+//! unacked, and at most `held_bytes` of frames wait in memory; beyond that
+//! the job stops taking records (see [`pump`](super::pump)). A frame is
+//! freed once written to the socket; on a restored session the job seeks
+//! each partition back to its watermark and reads the unacked records again
+//! from Kafka. When the session stays away longer than the grace period the
+//! job commits, leaves the group (so the partitions move to another agent)
+//! and rejoins from the committed offsets once a session is back.
 
 use crate::allowlist::AllowList;
 use crate::backoff::Backoff;
@@ -63,6 +63,17 @@ pub(crate) enum Exit {
     Failed(JobError),
 }
 
+/// A batch sent and not yet acked.
+pub(crate) struct InFlight {
+    pub(crate) seq: u64,
+    /// The frame until the session's writer has written it: then only this
+    /// copy is left, and its buffer is reused or freed. The records are not
+    /// kept for resending; after a reconnect they are read again from Kafka.
+    pub(crate) frame: Option<Bytes>,
+    /// Bytes of the frame as sent.
+    pub(crate) len: usize,
+}
+
 pub(crate) struct Runner {
     pub(crate) spec: JobSpec,
     pub(crate) allow: AllowList,
@@ -72,8 +83,8 @@ pub(crate) struct Runner {
     pub(crate) target: Target,
     /// Passwords and keys of the spec: masked in any message we build.
     pub(crate) secrets: Vec<String>,
-    /// Sent, unacked frames in send order (at most `window`), for resending.
-    pub(crate) unacked: VecDeque<(u64, Bytes)>,
+    /// Sent, unacked batches in send order (at most `window`).
+    pub(crate) unacked: VecDeque<InFlight>,
     pub(crate) records_relayed: u64,
     pub(crate) bytes_relayed: u64,
     pub(crate) bytes_uncompressed: u64,

@@ -102,6 +102,16 @@ impl Watermarks {
         });
     }
 
+    /// Forget the batches in flight, keeping the watermarks: their records
+    /// will be read again from Kafka (a new session) and sent in new batches,
+    /// so a late ack of one of them moves nothing.
+    pub fn abandon_in_flight(&mut self) {
+        self.batches.clear();
+        for part in self.partitions.values_mut() {
+            part.queue.clear();
+        }
+    }
+
     /// Forget everything (the consumer was closed).
     pub fn reset(&mut self) {
         *self = Self::default();
@@ -238,6 +248,27 @@ mod tests {
         assert_eq!(w.ack(3), vec![(0, 5)]);
         // Forgetting an unknown partition is harmless.
         w.forget(7);
+    }
+
+    #[test]
+    fn abandoned_batches_keep_the_watermark_and_their_late_acks_move_nothing() {
+        let mut w = Watermarks::new();
+        w.sent(1, [(0, 9), (1, 4)]);
+        w.sent(2, [(0, 19)]);
+        w.sent(3, [(1, 9)]);
+        assert_eq!(w.ack(1), vec![(0, 10), (1, 5)]);
+        w.abandon_in_flight();
+        assert_eq!((w.watermark(0), w.watermark(1)), (Some(10), Some(5)));
+        assert_eq!(w.in_flight(), 0);
+        assert!(!w.has_unacked(0) && !w.has_unacked(1));
+        assert_eq!(w.ack(2), vec![]);
+        assert_eq!(w.ack(3), vec![]);
+        // The same records again, cut differently: the watermark goes on from
+        // where it was.
+        w.sent(4, [(0, 14)]);
+        w.sent(5, [(0, 19), (1, 9)]);
+        assert_eq!(w.ack(5), vec![(1, 10)]);
+        assert_eq!(w.ack(4), vec![(0, 20)]);
     }
 
     #[test]
