@@ -176,6 +176,16 @@ pub fn batch_sent(job: &str, seq: u64) {
     }
 }
 
+/// Batches that will never be acked (their records are read again after a
+/// reconnect and sent in new batches): no round trip to observe.
+pub fn batches_abandoned(job: &str, seqs: &[u64]) {
+    if let Ok(mut m) = METRICS.in_flight.lock() {
+        for seq in seqs {
+            m.remove(&(job.to_owned(), *seq));
+        }
+    }
+}
+
 /// The control plane acked a batch.
 pub fn batch_acked(job: &str, seq: u64) {
     let sent = METRICS
@@ -290,4 +300,29 @@ pub async fn serve(
             .await;
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(job: &str, seq: u64) -> bool {
+        METRICS
+            .in_flight
+            .lock()
+            .unwrap()
+            .contains_key(&(job.to_owned(), seq))
+    }
+
+    #[test]
+    fn abandoned_batches_leave_the_round_trip_map() {
+        let job = "metrics-abandoned-test";
+        batch_sent(job, 1);
+        batch_sent(job, 2);
+        batch_sent(job, 3);
+        batches_abandoned(job, &[1, 3]);
+        assert!(!pending(job, 1) && pending(job, 2) && !pending(job, 3));
+        batch_acked(job, 2);
+        assert!(!pending(job, 2));
+    }
 }

@@ -554,11 +554,14 @@ impl Runner {
             let from = c.rewind();
             // The totals (records, bytes relayed) keep what was sent: the
             // records read again count again, as they cross the link again.
+            let mut abandoned = Vec::with_capacity(self.unacked.len());
             for u in self.unacked.drain(..) {
+                abandoned.push(u.seq);
                 if let Some(frame) = u.frame {
                     c.recycle(frame);
                 }
             }
+            crate::metrics::batches_abandoned(&self.spec.id, &abandoned);
             from
         };
         self.shared.clear_inbox();
