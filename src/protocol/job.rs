@@ -86,8 +86,8 @@ pub mod defaults {
     pub fn max_wait_ms() -> u64 {
         100
     }
-    /// 128 batches: 100 B records (2000 to a batch) over a 50 ms round trip
-    /// at 2.5 million records/s (docs/PERFORMANCE.md).
+    /// 128 batches: 256,000 records of 100 B (2000 to a batch) per round
+    /// trip, 5 million records/s over 50 ms (docs/PERFORMANCE.md).
     pub fn window() -> u32 {
         128
     }

@@ -92,11 +92,13 @@ const HELD_POLL: Duration = Duration::from_millis(2);
 /// watermarks on a restored session.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Free (or keep for reuse) the frames the session's writer is done with,
-/// and return the bytes of those it still holds (queued, being written).
-fn release_written(unacked: &mut VecDeque<InFlight>, c: &mut Core) -> usize {
-    let mut held = 0;
+/// Free (or keep for reuse) the frames the session's writer is done with.
+/// Returns the bytes of every batch in flight, and of those whose frame the
+/// writer still holds (queued, being written).
+fn release_written(unacked: &mut VecDeque<InFlight>, c: &mut Core) -> (usize, usize) {
+    let (mut sent, mut held) = (0, 0);
     for u in unacked.iter_mut() {
+        sent += u.len;
         match u.frame.take() {
             Some(f) if f.is_unique() => c.recycle(f),
             Some(f) => {
@@ -106,7 +108,7 @@ fn release_written(unacked: &mut VecDeque<InFlight>, c: &mut Core) -> usize {
             None => {}
         }
     }
-    held
+    (sent, held)
 }
 
 pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
@@ -160,13 +162,14 @@ impl Runner {
                 has_building,
                 rebalanced,
                 building_records,
+                unacked_bytes,
                 held_sent,
             ) = {
                 let mut c = lock(core);
                 if draining {
                     c.seal();
                 }
-                let held_sent = release_written(&mut self.unacked, &mut c);
+                let (unacked_bytes, held_sent) = release_written(&mut self.unacked, &mut c);
                 let deadline = c
                     .building
                     .as_ref()
@@ -181,6 +184,7 @@ impl Runner {
                     c.building.is_some(),
                     std::mem::take(&mut c.rebalanced),
                     building_records,
+                    unacked_bytes,
                     held_sent,
                 )
             };
@@ -188,7 +192,7 @@ impl Runner {
                 self.report(Some(core), false);
             }
             let in_flight = self.unacked.len() + sealed;
-            let in_flight_bytes = sealed_bytes + self.unacked.iter().map(|u| u.len).sum::<usize>();
+            let in_flight_bytes = sealed_bytes + unacked_bytes;
             // Bytes of records that may still be taken: within the window,
             // and within what the agent may hold in memory.
             let held = sealed_bytes + held_sent;
