@@ -10,7 +10,7 @@
 
 use crate::agent::runner::run_agent;
 use crate::config::{self, Profile, SecretValues};
-use crate::control_plane::{ControlPlane, ControlPlaneConfig, auth::hash_password};
+use crate::control_plane::{ControlPlane, ControlPlaneConfig, auth::hash_password, pki};
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
@@ -87,7 +87,8 @@ protocol = "PLAINTEXT"
         sink = sink.display(),
     );
     let cp_path = dir.path().join("control-plane.toml");
-    std::fs::write(&cp_path, cp_toml)?;
+    // It holds the demo job's definition: private, like any such file.
+    write_private(&cp_path, cp_toml.as_bytes())?;
     let cp_config = ControlPlaneConfig::load(&cp_path)
         .map_err(|e| anyhow::anyhow!("demo control plane config: {e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -232,35 +233,16 @@ fn random_token() -> String {
 
 /// A CA and a server certificate for localhost, as PEM files in `dir`.
 fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "connectivity-agent demo CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &issuer)?;
+    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let pki = pki::generate("connectivity-agent demo CA", &hosts, 1)?;
     let (cert_path, key_path, ca_path) = (
         dir.join("server.pem"),
         dir.join("server-key.pem"),
         dir.join("ca.pem"),
     );
-    std::fs::write(&cert_path, format!("{}{}", cert.pem(), ca_cert.pem()))?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(&cert_path, pki.server_pem)?;
+    write_private(&key_path, pki.server_key_pem.as_bytes())?;
+    std::fs::write(&ca_path, pki.ca_pem)?;
     Ok((cert_path, key_path, ca_path))
 }
 

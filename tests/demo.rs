@@ -46,4 +46,8 @@ async fn demo_delivers_users_rows_to_the_sink() {
     ids.dedup();
     assert_eq!(ids.len(), rows.len(), "a row was printed twice: {stdout}");
     assert!(stdout.contains("delivered"), "{stdout}");
+    // The first screen is the demo's own: no warning about its temporary
+    // files (its config once was mode 644).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }

@@ -39,6 +39,34 @@ enum Command {
     HashPassword,
     /// Check the configuration and exit (0 when valid, 64 when not).
     CheckConfig,
+    /// Make a working setup in DIR: a CA, a server certificate for the
+    /// given hosts, an agent group, an agent credential, a console token, a
+    /// control-plane.toml, and the first agent's InstallerProfile.cfg.
+    Init(InitArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Directory to create the files in (created, mode 0700; existing files
+    /// are never overwritten).
+    dir: PathBuf,
+    /// A DNS name or IP address agents use to reach the control plane;
+    /// repeat for more. The first goes into oic_URL. Default: localhost and
+    /// 127.0.0.1.
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// Address and port to listen on.
+    #[arg(long, default_value = control_plane::config::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// The agent group to create.
+    #[arg(long, default_value = "PRIVATE_GROUP")]
+    group: String,
+    /// The first agent's user name (oic_USER).
+    #[arg(long, default_value = "agent")]
+    agent_user: String,
+    /// Days the server certificate is valid.
+    #[arg(long, default_value_t = control_plane::pki::DEFAULT_SERVER_DAYS)]
+    days: u32,
 }
 
 fn main() -> ExitCode {
@@ -62,7 +90,39 @@ fn main() -> ExitCode {
             }
             Err(e) => bad_config(&e),
         },
+        Some(Command::Init(args)) => init(args),
         None => serve(&cli.config),
+    }
+}
+
+fn init(args: InitArgs) -> ExitCode {
+    use control_plane::init::{self, InitError, InitOptions};
+    let hosts = if args.hosts.is_empty() {
+        init::DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect()
+    } else {
+        args.hosts
+    };
+    let options = InitOptions {
+        dir: args.dir,
+        hosts,
+        listen: args.listen,
+        group: args.group,
+        agent_user: args.agent_user,
+        server_days: args.days,
+    };
+    match init::init(&options) {
+        Ok(done) => {
+            print!("{}", init::summary(&done));
+            ExitCode::SUCCESS
+        }
+        Err(InitError::Usage(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE as u8)
+        }
+        Err(InitError::Io(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -15,8 +15,10 @@
 //! session), [`sink`] (where batches go), [`console`], [`console_jobs`]
 //! and `console_commands` (JSON API), [`commands`] (commands to agents and
 //! their answers), [`status`] (the agent states the console shows),
-//! [`audit`] (who did what), [`metrics`] (`/metrics`), [`server`] (accept loop, routing, graceful stop). Batches go
-//! to [`crate::delivery`].
+//! [`audit`] (who did what), [`metrics`] (`/metrics`), [`server`] (accept
+//! loop, routing, graceful stop), [`init`] (`control-plane init`: a first
+//! config, its CA and certificates from [`pki`]). Batches go to
+//! [`crate::delivery`].
 
 mod agent_ws;
 mod api_error;
@@ -27,10 +29,12 @@ pub mod config;
 pub mod console;
 mod console_commands;
 mod console_jobs;
+pub mod init;
 pub mod job_input;
 pub mod jobs;
 pub mod metrics;
 pub mod oauth;
+pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod session;
