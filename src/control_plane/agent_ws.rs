@@ -27,7 +27,7 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let principal = match shared.auth.agent(&headers).await {
+    let principal = match shared.auth.agent(&headers, remote.ip()).await {
         Ok(p) => {
             shared.registry.auth_succeeded(&p.to_string());
             p
@@ -46,7 +46,7 @@ pub(crate) async fn upgrade(
                 shared.registry.auth_failed(who, remote, &err.to_string());
             }
             shared.metrics.auth_failed();
-            return ApiError::unauthorized(err.to_string(), CHALLENGE).into_response();
+            return ApiError::from_auth(&err, CHALLENGE).into_response();
         }
     };
     let ws = match ws {

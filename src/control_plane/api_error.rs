@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     /// `WWW-Authenticate` challenge for 401s.
     pub challenge: Option<&'static str>,
+    /// `Retry-After` in seconds (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             status,
             message: message.into(),
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -28,6 +31,19 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: message.into(),
             challenge: Some(challenge),
+            retry_after: None,
+        }
+    }
+
+    /// The answer to a failed login: 401 with `challenge`, or 429 with
+    /// `Retry-After` when the login was throttled.
+    pub fn from_auth(err: &super::auth::AuthError, challenge: &'static str) -> Self {
+        match err.retry_after() {
+            Some(secs) => ApiError {
+                retry_after: Some(secs),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, err.to_string())
+            },
+            None => Self::unauthorized(err.to_string(), challenge),
         }
     }
 
@@ -46,6 +62,10 @@ impl IntoResponse for ApiError {
         if let Some(c) = self.challenge {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

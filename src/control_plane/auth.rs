@@ -6,9 +6,12 @@
 //! small semaphore: a flood of bad passwords queues up instead of eating every
 //! core. Console tokens are checked on every API call, so a verified token is
 //! remembered by its SHA-256 (tokens are long random strings, for which a fast
-//! hash is enough) in a small bounded cache.
+//! hash is enough) in a small bounded cache. Past a number of failures per
+//! source address or per name, logins are refused with
+//! [`AuthError::Throttled`] before any hashing ([`super::login_limit`]).
 
 use super::config::ControlPlaneConfig;
+use super::login_limit::LoginLimiter;
 use super::oauth::TokenStore;
 use crate::secret::Secret;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -16,7 +19,9 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::Semaphore;
 
 /// Argon2 checks allowed at once (the machine has few cores).
@@ -130,8 +135,9 @@ impl Principal {
     }
 }
 
-/// Why a request was not authenticated. Every variant is an HTTP 401; the
-/// message is safe to show (it never says which part was wrong).
+/// Why a request was not authenticated. Every variant is an HTTP 401 but
+/// [`AuthError::Throttled`] (429); the message is safe to show (it never
+/// says which part was wrong).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing Authorization header; send {0}")]
@@ -148,6 +154,20 @@ pub enum AuthError {
     BadConsoleToken,
     #[error("invalid client id or secret")]
     BadClient,
+    /// Too many failures from this source or for this name: HTTP 429 with
+    /// `Retry-After` (seconds).
+    #[error("too many failed logins from this address or for this name; try again in {0} s")]
+    Throttled(u64),
+}
+
+impl AuthError {
+    /// Seconds to send in `Retry-After`, for [`AuthError::Throttled`].
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            AuthError::Throttled(secs) => Some(*secs),
+            _ => None,
+        }
+    }
 }
 
 /// The credentials in an `Authorization` header.
@@ -203,6 +223,7 @@ pub struct Authenticator {
     tokens: Arc<TokenStore>,
     permits: Semaphore,
     console_cache: Mutex<HashMap<[u8; 32], String>>,
+    limiter: LoginLimiter,
 }
 
 impl Authenticator {
@@ -212,45 +233,75 @@ impl Authenticator {
             tokens,
             permits: Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
             console_cache: Mutex::new(HashMap::new()),
+            limiter: LoginLimiter::default(),
         }
     }
 
-    /// Authenticate an agent opening a WebSocket.
-    pub async fn agent(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+    /// Refuse at once when `source` or `name` failed too often lately.
+    fn throttle(&self, source: IpAddr, name: Option<&str>) -> Result<(), AuthError> {
+        self.limiter
+            .check(source, name, Instant::now())
+            .map_err(|wait| AuthError::Throttled(wait.as_secs().max(1)))
+    }
+
+    /// Count a failure, then return `err`.
+    fn failed(&self, source: IpAddr, name: Option<&str>, err: AuthError) -> AuthError {
+        self.limiter.failed(source, name, Instant::now());
+        err
+    }
+
+    /// Authenticate an agent opening a WebSocket from `source`.
+    pub async fn agent(&self, headers: &HeaderMap, source: IpAddr) -> Result<Principal, AuthError> {
         const EXPECTED: &str = "HTTP Basic credentials or a bearer token from /oauth2/v1/token";
         match presented(headers, EXPECTED)? {
             Presented::Basic { user, password } => {
-                let hash = self.config.user(&user).map(|u| u.password_hash.clone());
-                if self.verify(hash, password).await {
+                let known = self.config.user(&user);
+                let name = known.map(|u| u.name.as_str());
+                self.throttle(source, name)?;
+                if self
+                    .verify(known.map(|u| u.password_hash.clone()), password)
+                    .await
+                {
                     Ok(Principal::User(user))
                 } else {
-                    Err(AuthError::BadPassword)
+                    Err(self.failed(source, name, AuthError::BadPassword))
                 }
             }
-            Presented::Bearer(token) => self
-                .tokens
-                .lookup(token.expose())
-                .map(Principal::Client)
-                .ok_or(AuthError::BadToken),
+            Presented::Bearer(token) => {
+                self.throttle(source, None)?;
+                self.tokens
+                    .lookup(token.expose())
+                    .map(Principal::Client)
+                    .ok_or_else(|| self.failed(source, None, AuthError::BadToken))
+            }
         }
     }
 
-    /// Authenticate an OAuth client by id and secret; returns its id.
-    pub async fn client(&self, client_id: &str, secret: Secret) -> Result<(), AuthError> {
-        let hash = self
-            .config
-            .oauth_client(client_id)
-            .map(|c| c.secret_hash.clone());
-        if self.verify(hash, secret).await {
+    /// Authenticate an OAuth client by id and secret, from `source`.
+    pub async fn client(
+        &self,
+        client_id: &str,
+        secret: Secret,
+        source: IpAddr,
+    ) -> Result<(), AuthError> {
+        let known = self.config.oauth_client(client_id);
+        let name = known.map(|c| c.client_id.as_str());
+        self.throttle(source, name)?;
+        if self
+            .verify(known.map(|c| c.secret_hash.clone()), secret)
+            .await
+        {
             Ok(())
         } else {
-            Err(AuthError::BadClient)
+            Err(self.failed(source, name, AuthError::BadClient))
         }
     }
 
-    /// Authenticate a console API call; returns the token's name.
-    pub async fn console(&self, headers: &HeaderMap) -> Result<String, AuthError> {
+    /// Authenticate a console API call from `source`; returns the token's
+    /// name. Failures count under the name "console" (there is no user name).
+    pub async fn console(&self, headers: &HeaderMap, source: IpAddr) -> Result<String, AuthError> {
         const EXPECTED: &str = "\"Authorization: Bearer <console token>\"";
+        const NAME: Option<&str> = Some("console");
         let token = match presented(headers, EXPECTED)? {
             Presented::Bearer(t) => t,
             Presented::Basic { .. } => {
@@ -261,6 +312,7 @@ impl Authenticator {
         if let Some(name) = self.cache().get(&key) {
             return Ok(name.clone());
         }
+        self.throttle(source, NAME)?;
         for t in &self.config.console_tokens {
             if self.verify(Some(t.token_hash.clone()), token.clone()).await {
                 let mut cache = self.cache();
@@ -271,7 +323,7 @@ impl Authenticator {
                 return Ok(t.name.clone());
             }
         }
-        Err(AuthError::BadConsoleToken)
+        Err(self.failed(source, NAME, AuthError::BadConsoleToken))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], String>> {

@@ -10,12 +10,13 @@ use super::api_error::ApiError;
 use super::registry::{AgentRecord, GroupCounts};
 use super::server::Shared;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 const CHALLENGE: &str = "Bearer realm=\"console\"";
@@ -42,18 +43,19 @@ pub(crate) struct ConsoleUser(pub String);
 
 pub(crate) async fn require_console_token(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    match shared.auth.console(req.headers()).await {
+    match shared.auth.console(req.headers(), remote.ip()).await {
         Ok(token) => {
             tracing::debug!(%token, method = %req.method(), path = %req.uri().path(), "console request");
             req.extensions_mut().insert(ConsoleUser(token));
             next.run(req).await
         }
         Err(err) => {
-            tracing::info!(%err, path = %req.uri().path(), "console request refused");
-            ApiError::unauthorized(err.to_string(), CHALLENGE).into_response()
+            tracing::info!(%remote, %err, path = %req.uri().path(), "console request refused");
+            ApiError::from_auth(&err, CHALLENGE).into_response()
         }
     }
 }

@@ -8,7 +8,8 @@
 //! [`JobService`].
 //!
 //! Modules, one job each: [`config`] (TOML to validated config), [`auth`]
-//! (credentials and hashes), [`oauth`] (token endpoint and token store),
+//! (credentials and hashes), [`login_limit`] (failed logins per source and
+//! name), [`oauth`] (token endpoint and token store),
 //! [`registry`] (known agents and their job states), [`jobs`] (job
 //! definitions and their assignment to agents), [`job_input`] (job
 //! definitions as people write them), [`session`] (one agent's WebSocket
@@ -32,6 +33,7 @@ mod console_jobs;
 pub mod init;
 pub mod job_input;
 pub mod jobs;
+pub mod login_limit;
 pub mod metrics;
 pub mod oauth;
 pub mod pki;

@@ -9,12 +9,13 @@
 use super::auth::{self, AuthError};
 use super::server::Shared;
 use crate::secret::Secret;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -129,6 +130,8 @@ pub struct OAuthError {
     description: String,
     /// Ask for HTTP Basic (when the client tried it, per the RFC).
     challenge: bool,
+    /// `Retry-After` in seconds, for a throttled client (429).
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -138,6 +141,7 @@ impl OAuthError {
             code,
             description: description.into(),
             challenge: false,
+            retry_after: None,
         }
     }
     fn invalid_request(description: impl Into<String>) -> Self {
@@ -156,6 +160,10 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"control-plane\""),
             );
         }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }
@@ -168,10 +176,11 @@ fn no_store(h: &mut HeaderMap) {
 /// `POST /oauth2/v1/token`.
 pub(crate) async fn token(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match issue(&shared, &headers, &body).await {
+    match issue(&shared, &headers, &body, remote.ip()).await {
         Ok(r) => {
             let mut resp = axum::Json(r).into_response();
             no_store(resp.headers_mut());
@@ -185,6 +194,7 @@ async fn issue(
     shared: &Shared,
     headers: &HeaderMap,
     body: &[u8],
+    source: IpAddr,
 ) -> Result<TokenResponse, OAuthError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -226,8 +236,17 @@ async fn issue(
     }
 
     let (client_id, secret, by_basic) = client_credentials(headers, &mut form)?;
-    if let Err(e) = shared.auth.client(&client_id, secret).await {
-        tracing::info!(client_id = %client_id.chars().take(128).collect::<String>(), "token request with bad client credentials");
+    if let Err(e) = shared.auth.client(&client_id, secret, source).await {
+        tracing::info!(%source, client_id = %client_id.chars().take(128).collect::<String>(), %e, "token request with bad client credentials");
+        if let Some(secs) = e.retry_after() {
+            let mut err = OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                e.to_string(),
+            );
+            err.retry_after = Some(secs);
+            return Err(err);
+        }
         let mut err = OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", e.to_string());
         err.challenge = by_basic;
         return Err(err);
