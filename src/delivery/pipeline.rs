@@ -15,6 +15,7 @@
 
 use super::dedup::Watermarks;
 use super::definition::{JobDefinition, ValidationError};
+use super::jsonl::{self, FileEnd};
 use super::record::OutBatch;
 use super::sink::{Sink, SinkConfig, SinkError};
 use super::store::{Store, StoreError, StoredJob, Upserted};
@@ -247,7 +248,11 @@ impl Delivery {
                         source,
                     }
                 })?;
-            let marks = delivery.inner.store.watermarks(&id).await?;
+            let mut marks = delivery.inner.store.watermarks(&id).await?;
+            if let SinkConfig::Jsonl(c) = &stored.definition.sink {
+                let topic = &stored.definition.spec.topic;
+                jsonl::recover_watermarks(&delivery.inner.store, &id, c, topic, &mut marks).await;
+            }
             delivery.start_worker(
                 ActiveJob {
                     stored,
@@ -343,11 +348,12 @@ impl Delivery {
             job_id: def.spec.id.clone(),
             source,
         })?;
+        let file_end = file_end_now(&def.sink);
         let up = if must_be_new {
             let job = self
                 .inner
                 .store
-                .insert_job(def)
+                .insert_job(def, file_end)
                 .await
                 .map_err(|e| match e {
                     StoreError::AlreadyExists { job_id } => AdminError::AlreadyExists { job_id },
@@ -359,7 +365,7 @@ impl Delivery {
                 watermarks_cleared: false,
             }
         } else {
-            self.inner.store.upsert_job(def).await?
+            self.inner.store.upsert_job(def, file_end).await?
         };
         let active = ActiveJob {
             stored: up.job.clone(),
@@ -463,7 +469,8 @@ impl Delivery {
             job_id: job_id.to_owned(),
         })?;
         *lock(&handle.shared.watermarks) = Watermarks::default();
-        self.inner.store.clear_watermarks(job_id).await?;
+        let file_end = file_end_now(&handle.config.borrow().stored.definition.sink);
+        self.inner.store.clear_watermarks(job_id, file_end).await?;
         info!(job = %job_id, "watermarks reset");
         Ok(())
     }
@@ -524,6 +531,7 @@ impl Delivery {
             cancel: cancel.clone(),
             shutdown: self.inner.shutdown.clone(),
             unsaved: BTreeMap::new(),
+            unsaved_end: None,
         };
         let span = tracing::info_span!("job", job = %job_id);
         let join = self.inner.tasks.spawn(worker.run(rx).instrument(span));
@@ -540,6 +548,20 @@ impl Delivery {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(job_id, handle);
     }
+}
+
+/// Where a JSONL sink's file ends now, for the store to record when the
+/// lines before stop counting as this job's deliveries. `None` for other
+/// sinks, or when the file cannot be examined (then nothing is recovered
+/// until a write records an end).
+fn file_end_now(sink: &SinkConfig) -> Option<FileEnd> {
+    let SinkConfig::Jsonl(c) = sink else {
+        return None;
+    };
+    // One stat on an admin call: not worth a trip to the blocking pool.
+    FileEnd::of(&c.path)
+        .inspect_err(|err| warn!(%err, path = %c.path.display(), "cannot examine the sink file; its lines will not be recovered after a crash until the next write"))
+        .ok()
 }
 
 async fn stop_worker(handle: &JobHandle) {
@@ -568,6 +590,8 @@ struct Worker {
     shutdown: CancellationToken,
     /// Watermarks whose write failed, retried with the next batch.
     unsaved: BTreeMap<i32, i64>,
+    /// Where the JSONL file ended after the last batch, if not yet saved.
+    unsaved_end: Option<FileEnd>,
 }
 
 impl Worker {
@@ -617,10 +641,11 @@ impl Worker {
         }
         let filtered = lock(&self.shared.watermarks).filter(records);
         if !filtered.records.is_empty() {
-            self.deliver_with_retries(&topic, batch_seq, &filtered.records)
+            let file_end = self
+                .deliver_with_retries(&topic, batch_seq, &filtered.records)
                 .await?;
             let moved = lock(&self.shared.watermarks).advance(&filtered.records);
-            self.save_watermarks(moved).await;
+            self.save_watermarks(moved, file_end).await;
         }
         let mut stats = lock(&self.shared.stats);
         stats.records_delivered += filtered.records.len() as u64;
@@ -642,7 +667,7 @@ impl Worker {
         topic: &str,
         batch_seq: u64,
         records: &[Record],
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Option<FileEnd>, DeliveryError> {
         let mut backoff = Backoff::new(self.options.retry_base, self.options.retry_cap);
         loop {
             let active = self.config.borrow_and_update().clone();
@@ -659,9 +684,9 @@ impl Worker {
                 OutBatch::bare(&self.job_id, topic)
             };
             let err = match active.sink.deliver(&batch).await {
-                Ok(()) => {
+                Ok(file_end) => {
                     lock(&self.shared.stats).sink_state = SinkState::Ok;
-                    return Ok(());
+                    return Ok(file_end);
                 }
                 Err(err) => err,
             };
@@ -704,14 +729,23 @@ impl Worker {
         }
     }
 
-    /// Persist moved watermarks. A failed write does not hold back the ack:
+    /// Persist moved watermarks, with where the JSONL file ends after the
+    /// batch (one transaction). A failed write does not hold back the ack:
     /// the sink has the records; the cost is a possible duplicate if the
     /// control plane also restarts before the next successful write.
-    async fn save_watermarks(&mut self, moved: Vec<(i32, i64)>) {
+    async fn save_watermarks(&mut self, moved: Vec<(i32, i64)>, file_end: Option<FileEnd>) {
         self.unsaved.extend(moved);
+        self.unsaved_end = file_end.or(self.unsaved_end);
         let marks: Vec<(i32, i64)> = self.unsaved.iter().map(|(p, o)| (*p, *o)).collect();
-        match self.store.set_watermarks(&self.job_id, marks).await {
-            Ok(()) => self.unsaved.clear(),
+        match self
+            .store
+            .set_watermarks(&self.job_id, marks, self.unsaved_end)
+            .await
+        {
+            Ok(()) => {
+                self.unsaved.clear();
+                self.unsaved_end = None;
+            }
             Err(err) => {
                 lock(&self.shared.stats).watermark_write_errors += 1;
                 warn!(%err, "cannot save watermarks; a restart now may deliver duplicates");

@@ -261,6 +261,33 @@ fn write_payload(out: &mut Vec<u8>, field: &str, p: Option<&Payload>) {
     }
 }
 
+/// A line's topic, partition and offset lie within its first this many
+/// bytes: Kafka topic names have at most 249 characters, none escaped.
+pub const LINE_POSITION_MAX: usize = 1024;
+
+/// Topic, partition and offset of a line that [`write_record`] wrote, read
+/// from its start (the first [`LINE_POSITION_MAX`] bytes are enough); `None`
+/// for anything else.
+pub fn line_position(line: &[u8]) -> Option<(String, i32, i64)> {
+    let rest = line.strip_prefix(b"{\"topic\":")?;
+    let mut strings = serde_json::Deserializer::from_slice(rest).into_iter::<String>();
+    let topic = strings.next()?.ok()?;
+    let rest = rest[strings.byte_offset()..].strip_prefix(b",\"partition\":")?;
+    let (partition, rest) = leading_number(rest)?;
+    let (offset, rest) = leading_number(rest.strip_prefix(b",\"offset\":")?)?;
+    if rest.first() != Some(&b',') {
+        return None;
+    }
+    Some((topic, i32::try_from(partition).ok()?, offset))
+}
+
+/// A non-negative integer at the start of `s`, and what follows it.
+fn leading_number(s: &[u8]) -> Option<(i64, &[u8])> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let n = std::str::from_utf8(&s[..digits]).ok()?.parse().ok()?;
+    Some((n, &s[digits..]))
+}
+
 /// Append `s` as a JSON string literal.
 fn push_str(out: &mut Vec<u8>, s: &str) {
     // Serializing a &str into a Vec cannot fail: no I/O, no non-string keys.
@@ -291,6 +318,27 @@ mod tests {
         let text = String::from_utf8(batch.to_jsonl()).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         text.trim_end_matches('\n').to_owned()
+    }
+
+    #[test]
+    fn line_position_reads_what_write_record_wrote() {
+        let full = line(Some(b"{\"a\":1}"), ValueFormat::Raw);
+        assert_eq!(line_position(full.as_bytes()), Some(("t".into(), 1, 7)));
+        // The start of a line is enough.
+        assert_eq!(
+            line_position(&full.as_bytes()[..40]),
+            Some(("t".into(), 1, 7))
+        );
+        for bad in [
+            &b"{\"topic\":\"t\",\"partition\":1,\"offset\":7"[..],
+            b"{\"topic\":\"t\",\"partition\":-1,\"offset\":7,",
+            b"{\"topic\":\"t\",\"partition\":4294967296,\"offset\":7,",
+            b"{\"partition\":1,\"offset\":7,\"topic\":\"t\"}",
+            b"{\"topic\":\"t",
+            b"not json",
+        ] {
+            assert_eq!(line_position(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -3,13 +3,12 @@
 //! it; a sink error means no ack, and the batch is retried, never skipped.
 
 use super::definition::FieldError;
+use super::jsonl::{FileEnd, JsonlSink};
 use super::record::OutBatch;
 use super::webhook::{WebhookConfig, WebhookSink};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where a job's records go. JSON, tagged by `kind`.
@@ -160,80 +159,26 @@ impl Sink {
     /// Build a sink. `http` is the shared client for webhooks.
     pub fn new(config: &SinkConfig, http: &reqwest::Client) -> Result<Sink, SinkError> {
         Ok(match config {
-            SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink {
-                path: c.path.clone(),
-                fsync: c.fsync,
-            }),
+            SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink::new(c)),
             SinkConfig::Webhook(c) => Sink::Webhook(WebhookSink::new(c, http.clone())?),
             SinkConfig::Discard => Sink::Discard,
         })
     }
 
-    /// Hand over a batch. `Ok` means the sink accepted every record in it.
     /// Whether the sink uses the records of a batch (all but discard).
     pub fn reads_records(&self) -> bool {
         !matches!(self, Sink::Discard)
     }
 
-    pub async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
+    /// Hand over a batch. `Ok` means the sink accepted every record in it;
+    /// a JSONL sink also says where its file ends now, for the store.
+    pub async fn deliver(&self, batch: &OutBatch) -> Result<Option<FileEnd>, SinkError> {
         match self {
-            Sink::Jsonl(s) => s.deliver(batch).await,
-            Sink::Webhook(s) => s.deliver(batch).await,
-            Sink::Discard => Ok(()),
+            Sink::Jsonl(s) => s.deliver(batch).await.map(Some),
+            Sink::Webhook(s) => s.deliver(batch).await.map(|()| None),
+            Sink::Discard => Ok(None),
         }
     }
-}
-
-/// Appends JSON lines to a file.
-#[derive(Debug)]
-pub struct JsonlSink {
-    path: PathBuf,
-    fsync: bool,
-}
-
-impl JsonlSink {
-    async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
-        let lines = batch.to_jsonl();
-        let path = self.path.clone();
-        let fsync = self.fsync;
-        // File I/O blocks; it runs on the blocking pool and always finishes,
-        // even if the caller stops waiting, so no half batch is left behind.
-        tokio::task::spawn_blocking(move || {
-            append(&path, &lines, fsync).map_err(|source| SinkError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        })
-        .await
-        .map_err(|e| SinkError::Config(format!("file writer task failed: {e}")))?
-    }
-}
-
-/// Append `data` in one go. The file is opened for every batch so that a log
-/// rotation (move or delete) is followed. On a failed write the file is cut
-/// back to its previous length, so a retry never leaves a torn line.
-fn append(path: &Path, data: &[u8], fsync: bool) -> io::Result<()> {
-    let existed = path.exists();
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    let start = file.metadata()?.len();
-    let written = file
-        .write_all(data)
-        .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
-    if let Err(err) = written {
-        let _ = file.set_len(start);
-        return Err(err);
-    }
-    if fsync && !existed {
-        // A new file's directory entry must reach the disk too.
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -284,19 +229,5 @@ mod tests {
         };
         assert!(!io(io::ErrorKind::PermissionDenied).is_retryable());
         assert!(io(io::ErrorKind::StorageFull).is_retryable());
-    }
-
-    #[test]
-    fn append_creates_a_private_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.jsonl");
-        append(&path, b"a\n", true).unwrap();
-        append(&path, b"b\n", false).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
     }
 }

@@ -13,6 +13,7 @@
 //! watermarks that means a possible duplicate, never a loss.
 
 use super::definition::JobDefinition;
+use super::jsonl::FileEnd;
 use super::record::ValueFormat;
 use super::sink::SinkConfig;
 use crate::protocol::JobSpec;
@@ -26,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 /// File name of the store inside the state directory.
 pub const STORE_FILE: &str = "delivery.sqlite3";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added `sink_files`. A version-1 file gains it when opened; a control
+/// plane older than 2 refuses the file (it would leave `sink_files` stale).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,6 +49,15 @@ CREATE TABLE IF NOT EXISTS watermarks (
     next_offset   INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL,
     PRIMARY KEY (job_id, partition)
+) WITHOUT ROWID;
+-- Where a JSONL job's file ended after the last write these watermarks
+-- cover (docs/DELIVERY.md); dev and ino are u64 bit patterns.
+CREATE TABLE IF NOT EXISTS sink_files (
+    job_id        TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    dev           INTEGER NOT NULL,
+    ino           INTEGER NOT NULL,
+    len           INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -183,8 +195,13 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Add a new job; fails if the id is taken.
-    pub async fn insert_job(&self, def: JobDefinition) -> Result<StoredJob, StoreError> {
+    /// Add a new job; fails if the id is taken. `file_end`: where its JSONL
+    /// file ends now, so that older lines never count as delivered.
+    pub async fn insert_job(
+        &self,
+        def: JobDefinition,
+        file_end: Option<FileEnd>,
+    ) -> Result<StoredJob, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             if read_job(&tx, &def.spec.id)?.is_some() {
@@ -193,6 +210,7 @@ impl Store {
                 });
             }
             let job = write_job(&tx, def, None)?;
+            write_file_end(&tx, &job.definition.spec.id, file_end)?;
             tx.commit()?;
             Ok(job)
         })
@@ -200,8 +218,14 @@ impl Store {
     }
 
     /// Create or replace a job. Watermarks are kept unless the topic or the
-    /// bootstrap servers changed.
-    pub async fn upsert_job(&self, def: JobDefinition) -> Result<Upserted, StoreError> {
+    /// bootstrap servers changed. `file_end` (where the job's JSONL file
+    /// ends now) is recorded when the job is new, its watermarks are
+    /// cleared or its file changes, so that older lines never count.
+    pub async fn upsert_job(
+        &self,
+        def: JobDefinition,
+        file_end: Option<FileEnd>,
+    ) -> Result<Upserted, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let old = read_job(&tx, &def.spec.id)?;
@@ -216,7 +240,14 @@ impl Store {
                 )?;
             }
             let created = old.is_none();
+            let new_file = match (&def.sink, old.as_ref().map(|o| &o.definition.sink)) {
+                (SinkConfig::Jsonl(new), Some(SinkConfig::Jsonl(old))) => new.path != old.path,
+                _ => true,
+            };
             let job = write_job(&tx, def, old.map(|o| o.created_at_ms))?;
+            if created || watermarks_cleared || new_file {
+                write_file_end(&tx, &job.definition.spec.id, file_end)?;
+            }
             tx.commit()?;
             Ok(Upserted {
                 job,
@@ -269,13 +300,15 @@ impl Store {
     }
 
     /// Store watermarks (`partition`, next offset) of a job in one
-    /// transaction. Ignored if the job no longer exists.
+    /// transaction, with where its JSONL file ends after the records they
+    /// cover. Ignored if the job no longer exists.
     pub async fn set_watermarks(
         &self,
         job_id: &str,
         marks: Vec<(i32, i64)>,
+        file_end: Option<FileEnd>,
     ) -> Result<(), StoreError> {
-        if marks.is_empty() {
+        if marks.is_empty() && file_end.is_none() {
             return Ok(());
         }
         let job_id = job_id.to_owned();
@@ -291,6 +324,9 @@ impl Store {
                 for (partition, next) in marks {
                     stmt.execute(params![job_id, partition, next, now])?;
                 }
+            }
+            if file_end.is_some() {
+                write_file_end(&tx, &job_id, file_end)?;
             }
             tx.commit()?;
             Ok(())
@@ -312,12 +348,45 @@ impl Store {
         .await
     }
 
-    /// Forget a job's watermarks, so records are delivered again (replay).
-    pub async fn clear_watermarks(&self, job_id: &str) -> Result<(), StoreError> {
+    /// Forget a job's watermarks, so records are delivered again (replay),
+    /// and record where its JSONL file ends now: the lines before were
+    /// delivered before the reset and must not count again.
+    pub async fn clear_watermarks(
+        &self,
+        job_id: &str,
+        file_end: Option<FileEnd>,
+    ) -> Result<(), StoreError> {
         let job_id = job_id.to_owned();
         self.call(move |conn| {
-            conn.execute("DELETE FROM watermarks WHERE job_id = ?1", params![job_id])?;
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM watermarks WHERE job_id = ?1", params![job_id])?;
+            write_file_end(&tx, &job_id, file_end)?;
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Where the job's JSONL file ended after the last write the store
+    /// knows of; `None` if never recorded (a store from before version 2, a
+    /// file that could not be examined, or another kind of sink).
+    pub async fn sink_file_end(&self, job_id: &str) -> Result<Option<FileEnd>, StoreError> {
+        let job_id = job_id.to_owned();
+        self.call(move |conn| {
+            let end = conn
+                .query_row(
+                    "SELECT dev, ino, len FROM sink_files WHERE job_id = ?1",
+                    params![job_id],
+                    |r| {
+                        Ok(FileEnd {
+                            dev: r.get::<_, i64>(0)? as u64,
+                            ino: r.get::<_, i64>(1)? as u64,
+                            len: r.get::<_, i64>(2)? as u64,
+                        })
+                    },
+                )
+                .optional()?;
+            Ok(end)
         })
         .await
     }
@@ -450,6 +519,29 @@ fn read_job(conn: &Connection, id: &str) -> Result<Option<StoredJob>, StoreError
     row.map(decode_job).transpose()
 }
 
+/// Record `end` as the job's file end; `None` forgets it (no recovery until
+/// the next write records one). A job that no longer exists is skipped.
+fn write_file_end(conn: &Connection, job_id: &str, end: Option<FileEnd>) -> rusqlite::Result<()> {
+    match end {
+        Some(e) => conn
+            .prepare_cached(
+                "INSERT INTO sink_files (job_id, dev, ino, len, updated_at_ms)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)
+                 ON CONFLICT (job_id) DO UPDATE SET dev = excluded.dev, ino = excluded.ino,
+                     len = excluded.len, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![
+                job_id,
+                e.dev as i64,
+                e.ino as i64,
+                e.len as i64,
+                now_ms()
+            ])?,
+        None => conn.execute("DELETE FROM sink_files WHERE job_id = ?1", params![job_id])?,
+    };
+    Ok(())
+}
+
 fn write_job(
     conn: &Connection,
     def: JobDefinition,
@@ -552,17 +644,23 @@ mod tests {
     async fn jobs_and_watermarks_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).await.unwrap();
-        store.insert_job(job("a", "t")).await.unwrap();
+        store.insert_job(job("a", "t"), None).await.unwrap();
         assert!(matches!(
-            store.insert_job(job("a", "t")).await,
+            store.insert_job(job("a", "t"), None).await,
             Err(StoreError::AlreadyExists { .. })
         ));
         store
-            .set_watermarks("a", vec![(0, 10), (1, 3)])
+            .set_watermarks("a", vec![(0, 10), (1, 3)], None)
             .await
             .unwrap();
-        store.set_watermarks("a", vec![(0, 12)]).await.unwrap();
-        store.set_watermarks("ghost", vec![(0, 1)]).await.unwrap();
+        store
+            .set_watermarks("a", vec![(0, 12)], None)
+            .await
+            .unwrap();
+        store
+            .set_watermarks("ghost", vec![(0, 1)], None)
+            .await
+            .unwrap();
         assert_eq!(
             store.watermarks("a").await.unwrap(),
             BTreeMap::from([(0, 12), (1, 3)])
@@ -570,9 +668,9 @@ mod tests {
         assert!(store.watermarks("ghost").await.unwrap().is_empty());
 
         // Same topic: watermarks kept. New topic: cleared.
-        let up = store.upsert_job(job("a", "t")).await.unwrap();
+        let up = store.upsert_job(job("a", "t"), None).await.unwrap();
         assert!(!up.created && !up.watermarks_cleared);
-        let up = store.upsert_job(job("a", "t2")).await.unwrap();
+        let up = store.upsert_job(job("a", "t2"), None).await.unwrap();
         assert!(up.watermarks_cleared);
         assert!(store.watermarks("a").await.unwrap().is_empty());
 
@@ -584,7 +682,7 @@ mod tests {
             "pw"
         );
 
-        store.set_watermarks("a", vec![(0, 5)]).await.unwrap();
+        store.set_watermarks("a", vec![(0, 5)], None).await.unwrap();
         assert!(store.delete_job("a").await.unwrap());
         assert!(!store.delete_job("a").await.unwrap());
         assert!(store.watermarks("a").await.unwrap().is_empty());
@@ -598,7 +696,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let store = Store::open(&path).await.unwrap();
-        store.insert_job(job("a", "t")).await.unwrap();
+        store.insert_job(job("a", "t"), None).await.unwrap();
         for f in ["s.db", "s.db-wal"] {
             let mode = std::fs::metadata(dir.path().join(f))
                 .unwrap()

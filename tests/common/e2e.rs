@@ -75,48 +75,20 @@ impl E2e {
         self.dir.path().join(format!("{id}.jsonl"))
     }
 
-    /// An agent profile: Basic auth, the test CA, a state dir of its own,
-    /// loopback endpoints allowed, a short session grace.
+    /// An agent profile for this control plane ([`agent_profile_text`]).
     pub fn profile_text(&self, state: &Path) -> String {
-        format!(
-            "oic_URL={}\nagent_GROUP_IDENTIFIER={}\noic_USER={}\noic_PASSWORD={}\noic_CA_FILE={}\nagent_STATE_DIR={}\nagent_NAME={}\n\
-             agent_ALLOWED_ENDPOINTS=127.0.0.1:*,localhost:*\nagent_SESSION_GRACE_SECONDS=2\nagent_DRAIN_TIMEOUT_SECONDS=10\n",
-            self.cp.base_url(),
-            cp::GROUP,
-            cp::USER,
-            cp::PASSWORD,
-            self.cp.pki.ca_file.display(),
-            state.display(),
-            state
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("agent"),
-        )
+        agent_profile_text(&self.cp.base_url(), &self.cp.pki.ca_file, state)
     }
 
     pub fn agent_config(&self, state: &Path) -> AgentConfig {
-        let profile = Profile::parse(Path::new("InstallerProfile.cfg"), self.profile_text(state))
-            .expect("profile");
-        let secrets = SecretValues::from_profile(&profile);
-        config::validate(&profile, &secrets, &|_| None).expect("valid profile")
+        agent_config(&self.cp.base_url(), &self.cp.pki.ca_file, state)
     }
 
     /// Run an agent in this process with state in `<dir>/<name>`.
     pub fn spawn_agent(&self, name: &str) -> InProcessAgent {
         let state = self.dir.path().join(name);
         std::fs::create_dir_all(&state).expect("state dir");
-        let config = self.agent_config(&state);
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            connectivity_agent::agent::runner::run_agent(config, s)
-                .await
-                .map(|_| ())
-        });
-        InProcessAgent {
-            stop,
-            task: Some(task),
-        }
+        InProcessAgent::spawn(self.agent_config(&state))
     }
 
     /// Run the agent binary with state in `<dir>/<name>`; its output goes
@@ -276,7 +248,7 @@ impl E2e {
 
 /// On a failure, shows what the agent binaries logged (dropped before the
 /// directory that holds the logs).
-pub struct LogDump(PathBuf);
+pub struct LogDump(pub PathBuf);
 
 impl Drop for LogDump {
     fn drop(&mut self) {
@@ -297,6 +269,36 @@ impl Drop for LogDump {
     }
 }
 
+/// An agent profile: Basic auth, the CA in `ca_file`, state in `state`,
+/// loopback endpoints allowed, a short session grace.
+pub fn agent_profile_text(base_url: &str, ca_file: &Path, state: &Path) -> String {
+    format!(
+        "oic_URL={}\nagent_GROUP_IDENTIFIER={}\noic_USER={}\noic_PASSWORD={}\noic_CA_FILE={}\nagent_STATE_DIR={}\nagent_NAME={}\n\
+         agent_ALLOWED_ENDPOINTS=127.0.0.1:*,localhost:*\nagent_SESSION_GRACE_SECONDS=2\nagent_DRAIN_TIMEOUT_SECONDS=10\n",
+        base_url,
+        cp::GROUP,
+        cp::USER,
+        cp::PASSWORD,
+        ca_file.display(),
+        state.display(),
+        state
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("agent"),
+    )
+}
+
+/// [`agent_profile_text`], validated as the agent validates its profile.
+pub fn agent_config(base_url: &str, ca_file: &Path, state: &Path) -> AgentConfig {
+    let profile = Profile::parse(
+        Path::new("InstallerProfile.cfg"),
+        agent_profile_text(base_url, ca_file, state),
+    )
+    .expect("profile");
+    let secrets = SecretValues::from_profile(&profile);
+    config::validate(&profile, &secrets, &|_| None).expect("valid profile")
+}
+
 /// The agents' states in a job view.
 pub fn agents(view: &Value) -> Vec<Value> {
     view["agents"].as_array().cloned().unwrap_or_default()
@@ -309,6 +311,21 @@ pub struct InProcessAgent {
 }
 
 impl InProcessAgent {
+    /// Run `config` in this process until stopped.
+    pub fn spawn(config: AgentConfig) -> InProcessAgent {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            connectivity_agent::agent::runner::run_agent(config, s)
+                .await
+                .map(|_| ())
+        });
+        InProcessAgent {
+            stop,
+            task: Some(task),
+        }
+    }
+
     /// Graceful stop (drain, commit, goodbye); must finish in time and cleanly.
     pub async fn stop(mut self) {
         self.stop.cancel();
