@@ -30,6 +30,11 @@ struct PartitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubjectLabels {
+    subject: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     job: String,
     class: String,
@@ -51,6 +56,8 @@ struct Metrics {
     acked: Family<PartitionLabels, Gauge>,
     committed: Family<PartitionLabels, Gauge>,
     lag: Family<PartitionLabels, Gauge>,
+    control_plane_cert_expiry: Gauge,
+    ca_file_expiry: Family<SubjectLabels, Gauge>,
     /// Last error message per job, so a repeated report is not counted twice.
     last_error: Mutex<HashMap<String, String>>,
     /// When each batch was sent: (job, seq) -> instant. Bounded by the windows.
@@ -78,6 +85,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         acked: Family::default(),
         committed: Family::default(),
         lag: Family::default(),
+        control_plane_cert_expiry: Gauge::default(),
+        ca_file_expiry: Family::default(),
         last_error: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashMap::new()),
         registry: Registry::default(),
@@ -148,6 +157,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "High watermark minus committed offset",
         m.lag.clone(),
     );
+    registry.register(
+        "control_plane_certificate_expiry_timestamp_seconds",
+        "notAfter of the control plane's certificate seen at the last handshake (Unix seconds)",
+        m.control_plane_cert_expiry.clone(),
+    );
+    registry.register(
+        "ca_file_certificate_expiry_timestamp_seconds",
+        "notAfter of each certificate in oic_CA_FILE (Unix seconds), by subject",
+        m.ca_file_expiry.clone(),
+    );
     Metrics { registry, ..m }
 });
 
@@ -158,6 +177,21 @@ pub fn set_session_connected(up: bool) {
 
 pub fn session_connected() -> bool {
     METRICS.session_connected.get() == 1
+}
+
+/// `notAfter` of the control plane's certificate, seen at a handshake.
+pub fn set_control_plane_cert_expiry(not_after: i64) {
+    METRICS.control_plane_cert_expiry.set(not_after);
+}
+
+/// `notAfter` of a certificate in `oic_CA_FILE`.
+pub fn set_ca_file_expiry(subject: &str, not_after: i64) {
+    METRICS
+        .ca_file_expiry
+        .get_or_create(&SubjectLabels {
+            subject: subject.to_owned(),
+        })
+        .set(not_after);
 }
 
 pub fn count_reconnect() {

@@ -525,16 +525,7 @@ async fn drain_restart_and_diagnostics_of_an_in_process_agent() {
             .await
             .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    let text =
-        t.cp.http()
-            .get(format!("{}/metrics", t.cp.base_url()))
-            .bearer_auth(CONSOLE_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+    let text = t.cp.metrics().await;
     for needle in [
         "control_plane_agents{state=\"reconnecting\"} 1",
         "control_plane_sessions_opened_total 1",

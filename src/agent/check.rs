@@ -2,7 +2,7 @@
 //! step (DNS, TCP or proxy, TLS, auth, hello) and say which step fails and why.
 
 use super::connect::{Connector, STEP_TIMEOUT};
-use super::{auth, session};
+use super::{auth, certificate, session};
 use crate::config::AgentConfig;
 use crate::protocol::{AgentMessage, Hello, HostFacts, PROTOCOL_VERSION};
 use futures_util::SinkExt;
@@ -79,13 +79,14 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
     ) else {
         return results;
     };
-    let tls = connector.open_tls(stream).await;
-    let Some(tls) = record(
-        &mut push,
-        "TLS",
-        tls.map(|s| (s, format!("certificate of {} verified", connector.host)))
-            .map_err(|e| e.message),
-    ) else {
+    let tls = connector.open_tls(stream).await.map(|v| {
+        let detail = match &v.certificate {
+            Some(leaf) => certificate::verified(&connector.host, leaf),
+            None => format!("certificate of {} verified", connector.host),
+        };
+        (v.stream, detail)
+    });
+    let Some(tls) = record(&mut push, "TLS", tls.map_err(|e| e.message)) else {
         return results;
     };
     let mut authenticator = match auth::Authenticator::new(config) {

@@ -3,8 +3,11 @@
 //! the credentials. Each failure names its step, so `check` and the logs can
 //! say exactly where the path to the control plane breaks.
 
+use super::certificate::{self, CaFile};
 use crate::config::{AgentConfig, ProxyConfig, ProxyProtocol};
 use crate::protocol::{AGENT_PATH, MAX_FRAME_BYTES};
+use crate::tls::cert::CertFacts;
+use crate::tls::diagnose::{Recording, SeenChain, diagnose, rustls_error, seen};
 use base64::Engine;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -85,7 +88,17 @@ pub struct Connector {
     pub host: String,
     pub port: u16,
     pub proxy: Option<ProxyConfig>,
-    tls: Arc<rustls::ClientConfig>,
+    /// webpki against the system's CAs and `oic_CA_FILE`; each handshake
+    /// wraps it in a [`Recording`] so a refused chain can be explained.
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    ca_file: Arc<CaFile>,
+}
+
+/// A verified TLS stream to the control plane and its certificate.
+pub struct Verified {
+    pub stream: Box<dyn Io>,
+    /// The certificate it presented (`None` only if it does not parse).
+    pub certificate: Option<CertFacts>,
 }
 
 impl Connector {
@@ -102,7 +115,8 @@ impl Connector {
                 .proxy
                 .clone()
                 .filter(|p| p.applies_to(url.host_str().unwrap_or_default())),
-            tls: crate::tls::client_config(config.ca_file.as_deref())?,
+            verifier: crate::tls::verifier(config.ca_file.as_deref())?,
+            ca_file: Arc::new(CaFile::load(config.ca_file.as_deref())),
         })
     }
 
@@ -139,22 +153,52 @@ impl Connector {
         let name = ServerName::try_from(host.to_owned()).map_err(|_| {
             ConnectError::permanent(step, format!("{host:?} is not a valid TLS server name"))
         })?;
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let chain = SeenChain::default();
+        let verifier = Recording::new(self.verifier.clone(), chain.clone());
+        let config = crate::tls::client_config_verified_by(verifier)
+            .map_err(|e| ConnectError::permanent(step, e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {
             Err(_) => Err(ConnectError::new(
                 step,
                 format!("TLS handshake with {host} timed out after {STEP_TIMEOUT:?}"),
             )),
-            Ok(Err(e)) => Err(ConnectError::new(step, describe_tls_error(host, &e))),
+            Ok(Err(e)) => {
+                // The diagnosis speaks of the control plane; a proxy's
+                // certificate keeps rustls' words and the short hints.
+                let cause = rustls_error(&e)
+                    .filter(|_| step == Step::Tls)
+                    .and_then(|r| diagnose(r, &seen(&chain), host, &self.ca_file.certs));
+                let message = match cause {
+                    Some(cause) => format!(
+                        "TLS handshake with {host} failed: {}",
+                        certificate::refused(&cause, &self.ca_file)
+                    ),
+                    None => describe_tls_error(host, &e),
+                };
+                Err(ConnectError::new(step, message))
+            }
             Ok(Ok(s)) => Ok(s),
         }
     }
 
-    /// TLS over `stream` to the control plane.
-    pub async fn open_tls(&self, stream: Box<dyn Io>) -> Result<Box<dyn Io>, ConnectError> {
-        Ok(Box::new(
-            self.tls_handshake(stream, &self.host, Step::Tls).await?,
-        ))
+    /// TLS over `stream` to the control plane; the certificate's expiry is
+    /// recorded (metric, and a warning within 30 days) once per connection.
+    pub async fn open_tls(&self, stream: Box<dyn Io>) -> Result<Verified, ConnectError> {
+        let tls = self.tls_handshake(stream, &self.host, Step::Tls).await?;
+        let certificate = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| CertFacts::parse(leaf));
+        if let Some(leaf) = &certificate {
+            certificate::observe(leaf);
+        }
+        Ok(Verified {
+            stream: Box::new(tls),
+            certificate,
+        })
     }
 
     /// The WebSocket upgrade, with `authorization` as the `Authorization` header.
@@ -228,7 +272,7 @@ impl Connector {
     pub async fn connect(&self, authorization: &str) -> Result<Channel, ConnectError> {
         let stream = self.open_stream().await?;
         let tls = self.open_tls(stream).await?;
-        self.upgrade(tls, authorization).await
+        self.upgrade(tls.stream, authorization).await
     }
 }
 
@@ -371,9 +415,11 @@ async fn http_connect(
     }
 }
 
+/// rustls' words plus a short hint, for what [`diagnose`] does not explain
+/// (a proxy's certificate, a chain that does not parse).
 fn describe_tls_error(host: &str, e: &std::io::Error) -> String {
     let text = e.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+    let hint = if text.contains("UnknownIssuer") {
         "; the certificate is not trusted: put the CA certificate (PEM) of the control plane in oic_CA_FILE"
     } else if text.contains("NotValidForName") {
         "; the certificate does not name this host: use the host name the certificate was issued for in oic_URL"

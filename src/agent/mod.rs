@@ -8,6 +8,7 @@
 //! supervisor shows the reason instead of restarting into the same wall.
 
 pub mod auth;
+pub mod certificate;
 pub mod check;
 pub mod commands;
 pub mod connect;

@@ -41,6 +41,8 @@ pub struct TlsSettings {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The server certificate (the file's first), for expiry and messages.
+    pub certificate: crate::tls::cert::CertFacts,
 }
 
 /// An agent group agents can join.
@@ -299,7 +301,7 @@ impl Validator<'_> {
             )
         })?;
 
-        let tls = self.tls(raw.tls)?;
+        let (tls, tls_warnings) = self.tls(raw.tls)?;
         let heartbeat_interval = self.positive_ms(
             "heartbeat_interval_ms",
             raw.heartbeat_interval_ms,
@@ -349,7 +351,7 @@ impl Validator<'_> {
 
         let groups = self.groups(raw.groups)?;
         let known: BTreeSet<&str> = groups.iter().map(|g| g.id.as_str()).collect();
-        let mut warnings = Vec::new();
+        let mut warnings = tls_warnings;
 
         let mut users = Vec::new();
         for (i, u) in raw.users.into_iter().enumerate() {
@@ -575,7 +577,9 @@ impl Validator<'_> {
         )
     }
 
-    fn tls(&self, raw: Option<RawTls>) -> Result<TlsSettings, ConfigError> {
+    /// The TLS files, checked; with warnings about the certificate's chain
+    /// and dates ([`super::certificate::check`]).
+    fn tls(&self, raw: Option<RawTls>) -> Result<(TlsSettings, Vec<String>), ConfigError> {
         let raw = raw.ok_or_else(|| {
             self.err(
                 "tls",
@@ -602,11 +606,24 @@ impl Validator<'_> {
         let server_config = crate::tls::server_config(&cert_file, &key_file).map_err(|e| {
             self.err("tls", None, e.to_string(), "give a PEM certificate chain in tls.cert_file and its matching private key in tls.key_file")
         })?;
-        Ok(TlsSettings {
+        let certs = crate::tls::read_cert_facts(&cert_file).unwrap_or_default();
+        let now = crate::tls::cert::now_secs();
+        let (certificate, warnings) =
+            super::certificate::check(&cert_file, &certs, now).map_err(|(problem, fix)| {
+                self.err(
+                    "tls.cert_file",
+                    Some(cert_file.display().to_string()),
+                    problem,
+                    fix,
+                )
+            })?;
+        let tls = TlsSettings {
             cert_file,
             key_file,
             server_config,
-        })
+            certificate,
+        };
+        Ok((tls, warnings))
     }
 
     fn groups(&self, raw: Vec<RawGroup>) -> Result<Vec<Group>, ConfigError> {

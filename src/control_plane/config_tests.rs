@@ -363,3 +363,97 @@ fn jks_with_one_cert(password: &str) -> Vec<u8> {
     v.extend_from_slice(h.finalize().as_slice());
     v
 }
+
+/// Write `cert` followed by `chain` as the fixture's cert.pem, `key` as its key.pem.
+fn with_certificate(f: &Fixture, cert: &rcgen::Certificate, chain: &[&str], key: &rcgen::KeyPair) {
+    let mut pem = cert.pem();
+    for c in chain {
+        pem.push_str(c);
+    }
+    std::fs::write(f.dir.path().join("cert.pem"), pem).unwrap();
+    std::fs::write(f.dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn a_ca_certificate_as_server_certificate_is_refused_with_the_fix() {
+    let f = Fixture::new();
+    // What `openssl req -x509` makes with OpenSSL 3.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cp.example.com");
+    with_certificate(&f, &params.self_signed(&key).unwrap(), &[], &key);
+    let err = f.parse(&f.text("")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: tls.cert_file = {:?}: the first certificate (\"CN=cp.example.com\") is a CA certificate \
+             (basicConstraints CA:TRUE), which agents refuse as a server's certificate (OpenSSL 3's `openssl req -x509` \
+             makes one)\n  fix: make a server certificate signed by a CA with `control-plane init` (docs/CONTROL_PLANE.md), \
+             put it (followed by any intermediate CA certificate) in tls.cert_file, and give agents the CA's certificate in oic_CA_FILE",
+            f.path().display(),
+            f.dir.path().join("cert.pem").display().to_string()
+        )
+    );
+}
+
+type TestIssuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn test_ca(name: &str, parent: Option<&TestIssuer>) -> TestIssuer {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    match parent {
+        None => rcgen::CertifiedIssuer::self_signed(p, key).unwrap(),
+        Some(parent) => rcgen::CertifiedIssuer::signed_by(p, key, parent).unwrap(),
+    }
+}
+
+#[test]
+fn a_chain_without_its_intermediate_and_a_certificate_near_expiry_are_warned_about() {
+    let f = Fixture::new();
+    let root = test_ca("root", None);
+    let mid = test_ca("mid", Some(&root));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    // Twelve and a half days left.
+    let not_after = crate::tls::cert::now_secs() + 12 * 86_400 + 43_200;
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after as u64);
+    let leaf = params.signed_by(&key, &mid).unwrap();
+    // The root is there, the intermediate is not.
+    with_certificate(&f, &leaf, &[&root.pem()], &key);
+    let config = f.parse(&f.text("")).unwrap();
+    let file = f.dir.path().join("cert.pem");
+    assert_eq!(
+        config.warnings[..2],
+        [
+            format!(
+                "tls.cert_file ({}): the chain stops at a certificate issued by \"CN=mid\", and the file holds CA \
+                 certificates but not that one; agents refuse the chain unless their oic_CA_FILE holds it: put the \
+                 certificate of \"CN=mid\" after the server certificate",
+                file.display()
+            ),
+            format!(
+                "tls.cert_file ({}): the certificate (\"CN=localhost\") expires at {}, in 12 days: renew it before \
+                 then (agents refuse it once it has expired)",
+                file.display(),
+                crate::control_plane::timefmt::rfc3339_secs(not_after)
+            ),
+        ]
+    );
+    assert_eq!(config.tls.certificate.not_after, not_after);
+    // With the intermediate, no chain warning.
+    with_certificate(&f, &leaf, &[&mid.pem(), &root.pem()], &key);
+    let config = f.parse(&f.text("")).unwrap();
+    assert!(
+        !config.warnings.iter().any(|w| w.contains("chain")),
+        "{:?}",
+        config.warnings
+    );
+}

@@ -1,4 +1,5 @@
-//! The console API (`/api/v1/...`): JSON views of groups and agents for
+//! The console API (`/api/v1/...`): JSON views of the control plane's own
+//! status (version, certificate expiry), groups and agents for
 //! operators and their tools, and the job routes of
 //! [`console_jobs`](super::console_jobs). Every route needs `Authorization:
 //! Bearer <console token>`.
@@ -24,6 +25,7 @@ const CHALLENGE: &str = "Bearer realm=\"console\"";
 /// The console routes, behind the console-token check.
 pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     Router::new()
+        .route("/api/v1/status", get(status))
         .route("/api/v1/groups", get(groups))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}", get(agent))
@@ -58,6 +60,26 @@ pub(crate) async fn require_console_token(
             ApiError::from_auth(&err, CHALLENGE).into_response()
         }
     }
+}
+
+/// `GET /api/v1/status`: the control plane itself.
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    /// The server certificate and how long it has left.
+    tls: super::certificate::CertificateView,
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
+    let tls = &shared.config.tls;
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        tls: super::certificate::CertificateView::new(
+            &tls.cert_file,
+            &tls.certificate,
+            crate::tls::cert::now_secs(),
+        ),
+    })
 }
 
 /// One group in `GET /api/v1/groups`.

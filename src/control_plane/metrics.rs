@@ -46,6 +46,8 @@ pub struct Metrics {
     duplicates_dropped: Family<Labels, Counter>,
     sink_errors: Family<Labels, Counter>,
     queued_batches: Family<Labels, Gauge>,
+    certificate_expiry: Gauge,
+    certificate_refusals: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,8 @@ impl Metrics {
             duplicates_dropped: Family::default(),
             sink_errors: Family::default(),
             queued_batches: Family::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_refusals: Family::default(),
             registry: prometheus_client::registry::Registry::default(),
         };
         registry.register("agents", "Agents known, by console state (connected, draining, reconnecting, auth_failing, version_refused, refused, gone)", m.agents.clone());
@@ -127,7 +131,29 @@ impl Metrics {
             "Batches waiting for the job's sink",
             m.queued_batches.clone(),
         );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate in tls.cert_file (Unix seconds)",
+            m.certificate_expiry.clone(),
+        );
+        registry.register(
+            "tls_certificate_refusals",
+            "TLS handshakes in which the client refused the certificate, by the alert it sent",
+            m.certificate_refusals.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// `notAfter` of the server certificate, set at start.
+    pub fn set_certificate_expiry(&self, not_after: i64) {
+        self.certificate_expiry.set(not_after);
+    }
+
+    /// A client ended a handshake with a certificate alert.
+    pub fn certificate_refused(&self, alert: rustls::AlertDescription) {
+        self.certificate_refusals
+            .get_or_create(&vec![("alert", format!("{alert:?}"))])
+            .inc();
     }
 
     pub fn session_opened(&self) {

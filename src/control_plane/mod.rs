@@ -8,7 +8,8 @@
 //! [`JobService`].
 //!
 //! Modules, one job each: [`config`] (TOML to validated config), [`auth`]
-//! (credentials and hashes), [`login_limit`] (failed logins per source and
+//! (credentials and hashes), [`certificate`] (its own TLS certificate:
+//! checks, expiry, why clients refuse it), [`login_limit`] (failed logins per source and
 //! name), [`oauth`] (token endpoint and token store),
 //! [`registry`] (known agents and their job states), [`jobs`] (job
 //! definitions and their assignment to agents), [`job_input`] (job
@@ -25,6 +26,7 @@ mod agent_ws;
 mod api_error;
 pub mod audit;
 pub mod auth;
+pub mod certificate;
 pub mod commands;
 pub mod config;
 pub mod console;
@@ -149,7 +151,11 @@ impl ControlPlane {
             commands: Arc::new(commands::CommandHub::default()),
             audit: Arc::new(audit),
             metrics: Arc::new(metrics::Metrics::new()),
+            refusals: certificate::RefusalLog::default(),
         });
+        shared
+            .metrics
+            .set_certificate_expiry(shared.config.tls.certificate.not_after);
         tracing::info!(%local_addr, groups = shared.config.groups.len(), jobs = jobs.delivery().jobs().len(), "control plane listening");
         let task = tokio::spawn(server::serve(listener, shared));
         Ok(ControlPlane {

@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     /// Who did what through the console.
     pub audit: Arc<super::audit::AuditLog>,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Rate limit of the log lines about clients refusing our certificate.
+    pub refusals: super::certificate::RefusalLog,
 }
 
 /// Every route of the port.
@@ -143,6 +145,27 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) -> anyhow:
     Ok(())
 }
 
+/// A failed TLS handshake: when the client refused our certificate (its
+/// alert says so), count it and say why and what fixes it, once per source
+/// per [`REFUSAL_LOG_INTERVAL`](super::certificate::REFUSAL_LOG_INTERVAL).
+fn handshake_failed(shared: &Shared, remote: SocketAddr, err: &std::io::Error) {
+    let leaf = &shared.config.tls.certificate;
+    let refusal = match crate::tls::diagnose::rustls_error(err) {
+        Some(rustls::Error::AlertReceived(alert)) => {
+            super::certificate::refusal_cause(*alert, leaf).map(|cause| (*alert, cause))
+        }
+        _ => None,
+    };
+    let Some((alert, cause)) = refusal else {
+        tracing::debug!(%remote, %err, "tls handshake failed");
+        return;
+    };
+    shared.metrics.certificate_refused(alert);
+    if shared.refusals.due(remote.ip(), std::time::Instant::now()) {
+        tracing::warn!(%remote, alert = ?alert, %cause, "a client refused the control plane's certificate");
+    }
+}
+
 /// One TCP connection: TLS handshake, then HTTP/1.1 until it closes, is
 /// upgraded to a WebSocket, or the server stops.
 async fn connection<S>(
@@ -164,7 +187,7 @@ async fn connection<S>(
         r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
-                tracing::debug!(%remote, %err, "tls handshake failed");
+                handshake_failed(&shared, remote, &err);
                 return;
             }
             Err(_) => {

@@ -15,13 +15,12 @@ use crate::kafka::errors::{self, Target};
 use crate::kafka::metadata;
 use crate::kafka::truststore;
 use crate::protocol::job::{ErrorClass, JobError, JobSpec, Security};
+use crate::tls::diagnose::{Recording, SeenChain};
 use rdkafka::consumer::BaseConsumer;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -365,10 +364,10 @@ async fn tls_step(
     budget: Duration,
 ) -> Step {
     let t = Instant::now();
-    let seen = Arc::new(Mutex::new(Vec::<CertificateDer<'static>>::new()));
+    let seen = SeenChain::default();
     let result = tls_handshake(sec, host, ep, stream, budget, seen.clone()).await;
     let mut s = step(StepName::Tls, t, result);
-    let chain = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let chain = crate::tls::diagnose::seen(&seen);
     s.certificates = chain.iter().filter_map(|c| cert_info(c)).collect();
     s
 }
@@ -379,7 +378,7 @@ async fn tls_handshake(
     ep: &str,
     stream: tokio::net::TcpStream,
     budget: Duration,
-    seen: Arc<Mutex<Vec<CertificateDer<'static>>>>,
+    seen: SeenChain,
 ) -> Result<String, JobError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -410,7 +409,8 @@ async fn tls_handshake(
     )
     .build()
     .map_err(|e| fail(ErrorClass::Config, format!("cannot use {source}: {e}")))?;
-    let verifier = Arc::new(Recording { inner, seen });
+    // Keeps the chain, so the report shows it whether or not it verified.
+    let verifier = Recording::new(inner, seen);
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(ErrorClass::Other, format!("TLS setup failed: {e}")))?
@@ -492,74 +492,15 @@ fn tls_error(ep: &str, host: &str, source: &str, e: &std::io::Error) -> JobError
     fail(ErrorClass::Tls, message)
 }
 
-/// Verifies with webpki and remembers the chain it was shown, so the report
-/// can show it whether or not it verified.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    seen: Arc<Mutex<Vec<CertificateDer<'static>>>>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.clear();
-        seen.push(end_entity.clone().into_owned());
-        seen.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        drop(seen);
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(m, c, d)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(m, c, d)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let v = cert.validity();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let c = crate::tls::cert::CertFacts::parse(der)?;
     Some(CertInfo {
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
-        not_before: rfc3339(v.not_before.timestamp()),
-        not_after: rfc3339(v.not_after.timestamp()),
-        expired: v.not_after.timestamp() < now,
+        not_before: c.not_before_text(),
+        not_after: c.not_after_text(),
+        expired: c.not_after < crate::tls::cert::now_secs(),
+        subject: c.subject,
+        issuer: c.issuer,
     })
-}
-
-/// Unix seconds as RFC 3339 UTC.
-fn rfc3339(secs: i64) -> String {
-    crate::control_plane::timefmt::rfc3339_secs(secs)
 }
 
 /// Connect with librdkafka, authenticate, and fetch the topic's metadata.
@@ -683,6 +624,7 @@ fn break_blocking(consumer: Arc<BaseConsumer<CaptureContext>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control_plane::timefmt::rfc3339_secs as rfc3339;
 
     #[test]
     fn rfc3339_matches_known_dates() {

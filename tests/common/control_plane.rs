@@ -246,6 +246,19 @@ impl TestControlPlane {
         (status, resp.json().await.expect("console json"))
     }
 
+    /// `GET /metrics` with the console token: the text exposition.
+    pub async fn metrics(&self) -> String {
+        self.http()
+            .get(format!("{}/metrics", self.base_url()))
+            .bearer_auth(CONSOLE_TOKEN)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// Any console request with the console token; returns status and the
     /// JSON body (`Null` when there is none, e.g. 204).
     pub async fn console(

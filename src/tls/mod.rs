@@ -3,7 +3,13 @@
 //! The agent trusts the system roots plus an optional CA file (`oic_CA_FILE`);
 //! there is deliberately no switch that turns verification off. The crypto
 //! provider is `ring`, chosen explicitly so no build needs aws-lc's toolchain.
+//! [`cert`] reads the facts of a certificate (names, dates, CA or not) and
+//! [`diagnose`] names why a chain was refused.
 
+pub mod cert;
+pub mod diagnose;
+
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
@@ -111,6 +117,36 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsCo
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The webpki verifier [`client_config`] uses, on its own, to be wrapped
+/// (by [`diagnose::Recording`]) and given to [`client_config_verified_by`].
+pub fn verifier(extra_ca: Option<&Path>) -> Result<Arc<dyn ServerCertVerifier>, TlsConfigError> {
+    let roots = Arc::new(root_store(extra_ca)?);
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map(|v| v as Arc<dyn ServerCertVerifier>)
+        .map_err(|e| TlsConfigError::Rustls(rustls::Error::General(e.to_string())))
+}
+
+/// [`client_config`] with `verifier` in place of the plain webpki one.
+pub fn client_config_verified_by(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The facts of every certificate in a PEM file (those that parse).
+pub fn read_cert_facts(path: &Path) -> Result<Vec<cert::CertFacts>, TlsConfigError> {
+    Ok(read_certs(path)?
+        .iter()
+        .filter_map(|c| cert::CertFacts::parse(c))
+        .collect())
 }
 
 /// Server configuration from PEM certificate chain and key files.
