@@ -234,7 +234,8 @@ fn random_token() -> String {
 /// A CA and a server certificate for localhost, as PEM files in `dir`.
 fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let pki = pki::generate("connectivity-agent demo CA", &hosts, 1)?;
+    // A year, like `init`: shorter would trip the 30-day expiry warning.
+    let pki = pki::generate("connectivity-agent demo CA", &hosts, pki::DEFAULT_SERVER_DAYS)?;
     let (cert_path, key_path, ca_path) = (
         dir.join("server.pem"),
         dir.join("server-key.pem"),
