@@ -235,7 +235,11 @@ fn random_token() -> String {
 fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
     // A year, like `init`: shorter would trip the 30-day expiry warning.
-    let pki = pki::generate("connectivity-agent demo CA", &hosts, pki::DEFAULT_SERVER_DAYS)?;
+    let pki = pki::generate(
+        "connectivity-agent demo CA",
+        &hosts,
+        pki::DEFAULT_SERVER_DAYS,
+    )?;
     let (cert_path, key_path, ca_path) = (
         dir.join("server.pem"),
         dir.join("server-key.pem"),
