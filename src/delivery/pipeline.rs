@@ -18,7 +18,7 @@ use super::definition::{JobDefinition, ValidationError};
 use super::jsonl::{self, FileEnd};
 use super::record::OutBatch;
 use super::sink::{Sink, SinkConfig, SinkError};
-use super::store::{Store, StoreError, StoredJob, Upserted};
+use super::store::{Store, StoreError, StoredJob, Upserted, changes_stream};
 use crate::backoff::Backoff;
 use crate::protocol::{Batch, ControlMessage, Record};
 use serde::Serialize;
@@ -348,24 +348,24 @@ impl Delivery {
             job_id: def.spec.id.clone(),
             source,
         })?;
-        let file_end = file_end_now(&def.sink);
-        let up = if must_be_new {
-            let job = self
-                .inner
-                .store
-                .insert_job(def, file_end)
-                .await
-                .map_err(|e| match e {
-                    StoreError::AlreadyExists { job_id } => AdminError::AlreadyExists { job_id },
-                    e => e.into(),
-                })?;
-            Upserted {
-                job,
-                created: true,
-                watermarks_cleared: false,
+        // The old worker stops before the store forgets its watermarks: a
+        // batch it finished afterwards would write the old stream's offsets
+        // back, and the next start would drop the new stream's records below
+        // them as duplicates.
+        let old_stream = existing
+            .as_ref()
+            .filter(|h| changes_stream(&h.config.borrow().stored.definition, &def));
+        if let Some(h) = old_stream {
+            stop_worker(h).await;
+        }
+        let up = match self.store_job(def, must_be_new).await {
+            Ok(up) => up,
+            Err(err) => {
+                if let Some(h) = old_stream {
+                    self.restart_worker(h);
+                }
+                return Err(err);
             }
-        } else {
-            self.inner.store.upsert_job(def, file_end).await?
         };
         let active = ActiveJob {
             stored: up.job.clone(),
@@ -391,6 +391,45 @@ impl Delivery {
             }
         }
         Ok(up)
+    }
+
+    async fn store_job(
+        &self,
+        def: JobDefinition,
+        must_be_new: bool,
+    ) -> Result<Upserted, AdminError> {
+        let file_end = file_end_now(&def.sink);
+        if !must_be_new {
+            return Ok(self.inner.store.upsert_job(def, file_end).await?);
+        }
+        let job = self
+            .inner
+            .store
+            .insert_job(def, file_end)
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists { job_id } => AdminError::AlreadyExists { job_id },
+                e => e.into(),
+            })?;
+        Ok(Upserted {
+            job,
+            created: true,
+            watermarks_cleared: false,
+        })
+    }
+
+    /// Start a stopped worker again as it was, when its replacement could not
+    /// be stored.
+    fn restart_worker(&self, handle: &JobHandle) {
+        let active = {
+            let config = handle.config.borrow();
+            ActiveJob {
+                stored: config.stored.clone(),
+                sink: config.sink.clone(),
+            }
+        };
+        let marks = lock(&handle.shared.watermarks).as_map().clone();
+        self.start_worker(active, marks);
     }
 
     fn check_path_unique(&self, def: &JobDefinition) -> Result<(), AdminError> {

@@ -129,6 +129,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether `new` reads another stream than `old` (topic or servers), whose
+/// offsets mean nothing for the old one: its watermarks are then cleared.
+pub fn changes_stream(old: &JobDefinition, new: &JobDefinition) -> bool {
+    old.spec.topic != new.spec.topic || old.spec.bootstrap_servers != new.spec.bootstrap_servers
+}
+
 impl Store {
     /// Open (or create) the store in `state_dir`, as [`STORE_FILE`].
     pub async fn open_in(state_dir: &Path) -> Result<Store, StoreError> {
@@ -229,10 +235,9 @@ impl Store {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let old = read_job(&tx, &def.spec.id)?;
-            let watermarks_cleared = old.as_ref().is_some_and(|o| {
-                o.definition.spec.topic != def.spec.topic
-                    || o.definition.spec.bootstrap_servers != def.spec.bootstrap_servers
-            });
+            let watermarks_cleared = old
+                .as_ref()
+                .is_some_and(|o| changes_stream(&o.definition, &def));
             if watermarks_cleared {
                 tx.execute(
                     "DELETE FROM watermarks WHERE job_id = ?1",
