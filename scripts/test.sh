@@ -41,8 +41,8 @@ scripts/kafka-broker.sh start
 stop_broker() { scripts/kafka-broker.sh stop >/dev/null 2>&1 || true; }
 if [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
 
-cargo build --lib --bins --tests
-cargo test --lib --bins --tests -- "$@"
+cargo build --workspace --lib --bins --tests
+cargo test --workspace --lib --bins --tests -- "$@"
 # The benchmark's own checks of its pure parts (record layout, percentiles,
 # charts, the delaying proxy, the distance ratio); it has no test harness.
 cargo test --bench relay

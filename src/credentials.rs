@@ -21,7 +21,7 @@
 use crate::config::{
     self, AgentConfig, ConfigError, DEFAULT_STATE_DIR, Entry, Profile, SECRET_KEYS, SecretValues,
 };
-use crate::secret::Secret;
+use connectivity_protocol::secret::Secret;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -466,7 +466,7 @@ pub fn load_agent_config(
 
 /// `YYYY-MM-DD` in UTC.
 pub fn utc_date(t: SystemTime) -> String {
-    crate::control_plane::timefmt::utc_date(t)
+    connectivity_common::timefmt::utc_date(t)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 
 use crate::agent::runner::run_agent;
 use crate::config::{self, Profile, SecretValues};
-use crate::control_plane::{ControlPlane, ControlPlaneConfig, auth::hash_password, pki};
 use anyhow::Context;
+use connectivity_control_plane::{ControlPlane, ControlPlaneConfig, auth::hash_password, pki};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -273,7 +273,7 @@ impl TempDir {
             std::process::id(),
             random_token()
         ));
-        crate::agent::identity::create_private_dir(&path)?;
+        connectivity_common::fs::create_private_dir(&path)?;
         Ok(TempDir(path))
     }
     fn path(&self) -> &Path {

@@ -13,19 +13,13 @@
 
 pub mod agent;
 pub mod allowlist;
-pub mod backoff;
 pub mod config;
-pub mod control_plane;
 pub mod credentials;
-pub mod delivery;
 pub mod demo;
 pub mod install;
 pub mod kafka;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
-pub mod protocol;
 pub mod relay;
-pub mod secret;
 pub mod service;
-pub mod tls;

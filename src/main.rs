@@ -5,7 +5,7 @@
 use clap::{Parser, Subcommand};
 use connectivity_agent::agent::{self, AgentError, EX_CONFIG};
 use connectivity_agent::config::{AgentConfig, ConfigError, EX_USAGE};
-use connectivity_agent::protocol::command::EX_RESTART;
+use connectivity_protocol::command::EX_RESTART;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    connectivity_agent::tls::install_default_provider();
+    connectivity_common::tls::install_default_provider();
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),

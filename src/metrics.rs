@@ -5,8 +5,8 @@
 //! process-wide registry; per-job and per-partition values are snapshots of
 //! the jobs' own state, refreshed when the session forwards a job state.
 
-use crate::protocol::JobState;
-use crate::protocol::job::JobPhase;
+use connectivity_protocol::JobState;
+use connectivity_protocol::job::JobPhase;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

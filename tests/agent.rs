@@ -9,7 +9,7 @@ use common::proxy::{PROXY_PASSWORD, PROXY_USER, TinyProxy};
 use connectivity_agent::agent::jobs::{JobHost, Outbound};
 use connectivity_agent::agent::{self, AgentError};
 use connectivity_agent::config::{self, AgentConfig, Profile, SecretValues};
-use connectivity_agent::protocol::JobSpec;
+use connectivity_protocol::JobSpec;
 use futures_util::future::BoxFuture;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -11,7 +11,7 @@ use connectivity_agent::agent::{
     jobs::{JobHost, Outbound},
 };
 use connectivity_agent::config::{self, Profile, SecretValues};
-use connectivity_agent::protocol::{self, AgentMessage, ControlMessage, JobSpec, PROTOCOL_VERSION};
+use connectivity_protocol::{AgentMessage, ControlMessage, JobSpec, PROTOCOL_VERSION};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use std::path::Path;
@@ -49,7 +49,7 @@ enum Behaviour {
 type Events = mpsc::UnboundedSender<String>;
 
 async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events) -> u16 {
-    let tls = connectivity_agent::tls::server_config(&pki.cert_file, &pki.key_file).unwrap();
+    let tls = connectivity_common::tls::server_config(&pki.cert_file, &pki.key_file).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -72,16 +72,18 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
                     return;
                 };
                 assert!(matches!(
-                    protocol::decode::<AgentMessage>(&hello),
+                    connectivity_protocol::decode::<AgentMessage>(&hello),
                     Ok(AgentMessage::Hello(_))
                 ));
                 if let Behaviour::RefuseVersion = behaviour {
                     let no = ControlMessage::Rejected {
-                        reason: connectivity_agent::protocol::RejectReason::VersionRefused,
+                        reason: connectivity_protocol::RejectReason::VersionRefused,
                         message: "protocol version 1 is not supported; this control plane speaks 2"
                             .into(),
                     };
-                    let _ = ws.send(Message::text(protocol::encode(&no))).await;
+                    let _ = ws
+                        .send(Message::text(connectivity_protocol::encode(&no)))
+                        .await;
                     let _ = ws.close(None).await;
                     let _ = events.send("refused".into());
                     return;
@@ -92,7 +94,7 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
                     heartbeat_timeout_ms: 400,
                     protocol_version: PROTOCOL_VERSION,
                 };
-                ws.send(Message::text(protocol::encode(&welcome)))
+                ws.send(Message::text(connectivity_protocol::encode(&welcome)))
                     .await
                     .unwrap();
                 match behaviour {
@@ -114,7 +116,7 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
                             tokio::select! {
                                 m = ws.next() => match m {
                                     Some(Ok(Message::Text(t))) => {
-                                        if let Ok(msg) = protocol::decode::<AgentMessage>(&t) {
+                                        if let Ok(msg) = connectivity_protocol::decode::<AgentMessage>(&t) {
                                             let _ = events.send(match msg {
                                                 AgentMessage::ProtocolError { message } => format!("protocol_error: {message}"),
                                                 AgentMessage::Heartbeat { .. } => "heartbeat".into(),
@@ -127,7 +129,7 @@ async fn fake_control_plane(pki: &TestPki, behaviour: Behaviour, events: Events)
                                 },
                                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                                     let hb = ControlMessage::Heartbeat { seq: 1 };
-                                    if ws.send(Message::text(protocol::encode(&hb))).await.is_err() { return; }
+                                    if ws.send(Message::text(connectivity_protocol::encode(&hb))).await.is_err() { return; }
                                 }
                             }
                         }

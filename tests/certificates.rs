@@ -9,7 +9,7 @@ use common::control_plane::{Options, TestControlPlane, WAIT};
 use common::tls::{Ca, self_signed_ca_certificate, serve_tls};
 use connectivity_agent::agent::check::{StepResult, check};
 use connectivity_agent::config::{self, AgentConfig, Profile, SecretValues};
-use connectivity_agent::control_plane::timefmt::rfc3339_secs;
+use connectivity_common::timefmt::rfc3339_secs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

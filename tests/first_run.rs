@@ -3,6 +3,8 @@
 //! what init wrote, with no other step; and the manual openssl recipe of the
 //! same page, run as it is written there.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -28,13 +30,18 @@ fn free_port() -> u16 {
 }
 
 fn control_plane(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_control-plane"))
+    Command::new(common::control_plane_bin())
         .args(args)
         .output()
         .expect("run control-plane")
 }
 
-fn spawn(program: &str, args: &[&str], log: &Path, env: &[(&str, &Path)]) -> Killed {
+fn spawn(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    log: &Path,
+    env: &[(&str, &Path)],
+) -> Killed {
     let log = std::fs::File::create(log).expect("log file");
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -59,7 +66,7 @@ fn token_from(summary: &str) -> String {
 
 #[tokio::test]
 async fn init_makes_a_control_plane_and_an_agent_that_connect_at_once() {
-    connectivity_agent::tls::install_default_provider();
+    connectivity_common::tls::install_default_provider();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cp");
     let port = free_port();
@@ -87,7 +94,7 @@ async fn init_makes_a_control_plane_and_an_agent_that_connect_at_once() {
     let agent_state = tmp.path().join("agent-state");
     std::fs::create_dir_all(&agent_state).unwrap();
     let _cp = spawn(
-        env!("CARGO_BIN_EXE_control-plane"),
+        common::control_plane_bin(),
         &["--config", config.to_str().unwrap()],
         &tmp.path().join("control-plane.log"),
         &[],
@@ -100,7 +107,7 @@ async fn init_makes_a_control_plane_and_an_agent_that_connect_at_once() {
         &[("STATE_DIRECTORY", &agent_state)],
     );
 
-    let tls = connectivity_agent::tls::client_config(Some(&dir.join("tls/ca.pem"))).unwrap();
+    let tls = connectivity_common::tls::client_config(Some(&dir.join("tls/ca.pem"))).unwrap();
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .timeout(Duration::from_secs(5))
@@ -153,7 +160,7 @@ fn recipe() -> String {
 
 #[tokio::test]
 async fn the_manual_openssl_recipe_makes_a_certificate_agents_accept() {
-    connectivity_agent::tls::install_default_provider();
+    connectivity_common::tls::install_default_provider();
     let script = recipe();
     assert!(script.contains("HOST=cp.example.com\n"), "{script}");
     let script = script.replace("HOST=cp.example.com\n", "HOST=localhost\n");
@@ -170,12 +177,12 @@ async fn the_manual_openssl_recipe_makes_a_certificate_agents_accept() {
     );
 
     let tls_dir = tmp.path().join("tls");
-    let server = connectivity_agent::tls::server_config(
+    let server = connectivity_common::tls::server_config(
         &tls_dir.join("server.pem"),
         &tls_dir.join("server-key.pem"),
     )
     .unwrap();
-    let client = connectivity_agent::tls::client_config(Some(&tls_dir.join("ca.pem"))).unwrap();
+    let client = connectivity_common::tls::client_config(Some(&tls_dir.join("ca.pem"))).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move {

@@ -115,7 +115,7 @@ impl ControlPlaneProcess {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        let mut child = Command::new(common::control_plane_bin())
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -253,7 +253,7 @@ async fn produce_for_the_run(broker: &TestBroker, topic: &str) -> BTreeMap<(i32,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonl_sink_has_no_duplicate_after_control_plane_kills() {
     e2e::logs();
-    connectivity_agent::tls::install_default_provider();
+    connectivity_common::tls::install_default_provider();
     let seed = std::env::var("JSONL_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

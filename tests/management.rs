@@ -56,7 +56,7 @@ async fn connected_id(t: &E2e, name: &str) -> String {
             .to_owned();
         if !id.is_empty()
             && t.cp.registry.get(&id).is_some_and(|a| {
-                a.status.state == connectivity_agent::control_plane::status::Health::Connected
+                a.status.state == connectivity_control_plane::status::Health::Connected
             })
         {
             return id;

@@ -8,7 +8,7 @@ use common::kafka;
 use std::time::{Duration, Instant};
 
 async fn get(url: &str) -> (u16, String) {
-    connectivity_agent::tls::install_default_provider();
+    connectivity_common::tls::install_default_provider();
     match reqwest::get(url).await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(e) => (0, e.to_string()),

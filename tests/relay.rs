@@ -7,13 +7,13 @@ mod common;
 use base64::Engine as _;
 use common::kafka::{self, TestBroker};
 use connectivity_agent::allowlist::AllowList;
-use connectivity_agent::protocol::batch::{self, Batch};
-use connectivity_agent::protocol::job::{
+use connectivity_agent::relay::{self, JobHandle, Jobs, Outbound, RelaySettings};
+use connectivity_protocol::batch::{self, Batch};
+use connectivity_protocol::job::{
     Compression, ErrorClass, JobPhase, JobSpec, JobState, Partitions, Sasl, SaslMechanism,
     Security, SecurityProtocol, StartPosition, Truststore, TruststoreFormat, defaults,
 };
-use connectivity_agent::relay::{self, JobHandle, Jobs, Outbound, RelaySettings};
-use connectivity_agent::secret::Secret;
+use connectivity_protocol::secret::Secret;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};

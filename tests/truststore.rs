@@ -7,11 +7,11 @@ use base64::Engine as _;
 use common::kafka::{self, TestBroker};
 use connectivity_agent::allowlist::AllowList;
 use connectivity_agent::kafka::probe::{self, ConnectionParams, StepName, StepStatus};
-use connectivity_agent::kafka::truststore::{self, TruststoreError};
-use connectivity_agent::protocol::job::{
+use connectivity_protocol::job::{
     ErrorClass, Sasl, SaslMechanism, Security, SecurityProtocol, Truststore, TruststoreFormat,
 };
-use connectivity_agent::secret::Secret;
+use connectivity_protocol::secret::Secret;
+use connectivity_protocol::truststore::{self, TruststoreError};
 use rustls::pki_types::CertificateDer;
 use std::path::Path;
 use std::process::Command;

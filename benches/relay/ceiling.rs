@@ -5,9 +5,7 @@
 use crate::broker::{self, Broker};
 use crate::meter::{Meter, Stamp};
 use anyhow::{Context, bail};
-use connectivity_agent::protocol::job::{
-    JobSpec, Partitions, Security, SecurityProtocol, StartPosition,
-};
+use connectivity_protocol::job::{JobSpec, Partitions, Security, SecurityProtocol, StartPosition};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -50,12 +48,12 @@ pub fn job_spec(id: &str, broker: &Broker, topic: &str, group: &str) -> JobSpec 
         partitions: Partitions::All,
         consumer_group: group.into(),
         start: StartPosition::Earliest,
-        max_records: connectivity_agent::protocol::job::defaults::max_records(),
-        max_bytes: connectivity_agent::protocol::job::defaults::max_bytes(),
-        max_wait_ms: connectivity_agent::protocol::job::defaults::max_wait_ms(),
-        window: connectivity_agent::protocol::job::defaults::window(),
-        window_bytes: connectivity_agent::protocol::job::defaults::window_bytes(),
-        session_timeout_ms: connectivity_agent::protocol::job::defaults::session_timeout_ms(),
+        max_records: connectivity_protocol::job::defaults::max_records(),
+        max_bytes: connectivity_protocol::job::defaults::max_bytes(),
+        max_wait_ms: connectivity_protocol::job::defaults::max_wait_ms(),
+        window: connectivity_protocol::job::defaults::window(),
+        window_bytes: connectivity_protocol::job::defaults::window_bytes(),
+        session_timeout_ms: connectivity_protocol::job::defaults::session_timeout_ms(),
         compression: Default::default(),
         security: Security {
             protocol: SecurityProtocol::Plaintext,

@@ -15,7 +15,7 @@
 use crate::broker::Broker;
 use crate::ceiling::{self, Drained, Settings};
 use anyhow::{Context, bail};
-use connectivity_agent::protocol::batch::BatchWriter;
+use connectivity_protocol::batch::BatchWriter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rustls::pki_types::ServerName;
@@ -37,11 +37,11 @@ pub fn tls_pipe(
     expected: u64,
     tls_dir: &Path,
 ) -> anyhow::Result<Drained> {
-    let server_cfg = connectivity_agent::tls::server_config(
+    let server_cfg = connectivity_common::tls::server_config(
         &tls_dir.join("server.pem"),
         &tls_dir.join("server-key.pem"),
     )?;
-    let client_cfg = connectivity_agent::tls::client_config(Some(&tls_dir.join("ca.pem")))?;
+    let client_cfg = connectivity_common::tls::client_config(Some(&tls_dir.join("ca.pem")))?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     // The reader: decrypt everything, keep nothing; the time of its last read.

@@ -32,7 +32,7 @@ mod system;
 use anyhow::Context;
 use broker::Payload;
 use clap::Parser;
-use connectivity_agent::protocol::job::Compression;
+use connectivity_protocol::job::Compression;
 use proxy::Link;
 use scenarios::{Consumer, Ctx};
 use std::path::PathBuf;

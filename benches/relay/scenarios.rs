@@ -11,7 +11,7 @@ use crate::proxy::{self, Link};
 use crate::system::{SinkKind, System};
 use crate::{gc, paced, report};
 use anyhow::{Context, bail};
-use connectivity_agent::protocol::job::Compression;
+use connectivity_protocol::job::Compression;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,12 +71,7 @@ impl Ctx {
     }
 
     /// The spec of a relay job: defaults, plus any [`Tuning`].
-    fn job_spec(
-        &self,
-        id: &str,
-        topic: &str,
-        group: &str,
-    ) -> connectivity_agent::protocol::JobSpec {
+    fn job_spec(&self, id: &str, topic: &str, group: &str) -> connectivity_protocol::JobSpec {
         let mut spec = ceiling::job_spec(id, &self.broker, topic, group);
         let t = &self.tuning;
         spec.window = t.window.unwrap_or(spec.window);

@@ -9,12 +9,14 @@
 
 use crate::meter::{Meter, Stamp};
 use anyhow::Context;
-use connectivity_agent::control_plane::{
+use connectivity_control_plane::delivery::{
+    Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat,
+};
+use connectivity_control_plane::{
     BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, SinkError,
     StartOptions,
 };
-use connectivity_agent::delivery::{Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat};
-use connectivity_agent::protocol::{Batch, JobSpec};
+use connectivity_protocol::{Batch, JobSpec};
 use futures_util::future::BoxFuture;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::net::SocketAddr;

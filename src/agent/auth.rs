@@ -9,8 +9,8 @@
 //! connection failure.
 
 use crate::config::{AgentConfig, Credentials, ProxyConfig};
-use crate::secret::Secret;
 use base64::Engine;
+use connectivity_protocol::secret::Secret;
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -106,8 +106,8 @@ fn token_client(config: &AgentConfig, token_url: &Url) -> Result<reqwest::Client
         message: format!("cannot set up the OAuth token client: {e}"),
         permanent: true,
     };
-    let tls =
-        crate::tls::client_config(config.ca_file.as_deref()).map_err(|e| setup(e.to_string()))?;
+    let tls = connectivity_common::tls::client_config(config.ca_file.as_deref())
+        .map_err(|e| setup(e.to_string()))?;
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .connect_timeout(Duration::from_secs(10))

@@ -2,8 +2,8 @@
 //! operator when it is refused (one message per [`Cause`], each naming the
 //! fix), and its expiry and `oic_CA_FILE`'s, as warnings and metrics.
 
-use crate::tls::cert::{CertFacts, EXPIRY_WARNING_DAYS, now_secs, quoted};
-use crate::tls::diagnose::Cause;
+use connectivity_common::tls::cert::{CertFacts, EXPIRY_WARNING_DAYS, now_secs, quoted};
+use connectivity_common::tls::diagnose::Cause;
 use std::path::{Path, PathBuf};
 
 /// `oic_CA_FILE`: where it is and the certificates it holds.
@@ -19,7 +19,7 @@ impl CaFile {
     /// set their expiry metric and warn about those expiring within 30 days.
     pub fn load(path: Option<&Path>) -> CaFile {
         let certs = path
-            .and_then(|p| crate::tls::read_cert_facts(p).ok())
+            .and_then(|p| connectivity_common::tls::read_cert_facts(p).ok())
             .unwrap_or_default();
         let now = now_secs();
         for c in &certs {

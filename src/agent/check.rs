@@ -4,7 +4,7 @@
 use super::connect::{Connector, STEP_TIMEOUT};
 use super::{auth, certificate, session};
 use crate::config::AgentConfig;
-use crate::protocol::{AgentMessage, Hello, HostFacts, PROTOCOL_VERSION};
+use connectivity_protocol::{AgentMessage, Hello, HostFacts, PROTOCOL_VERSION};
 use futures_util::SinkExt;
 use std::fmt::Write as _;
 
@@ -143,7 +143,7 @@ pub async fn check(config: &AgentConfig) -> Vec<StepResult> {
         };
         let _ = ws
             .send(tokio_tungstenite::tungstenite::Message::text(
-                crate::protocol::encode(&bye),
+                connectivity_protocol::encode(&bye),
             ))
             .await;
         let _ = ws.close(None).await;

@@ -4,7 +4,7 @@
 
 use super::jobs::JobHost;
 use crate::config::{AgentConfig, Credentials};
-use crate::protocol::{Command, CommandResult};
+use connectivity_protocol::{Command, CommandResult};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,7 +123,7 @@ pub async fn execute(
                 true,
                 format!(
                     "restarting: draining, then exiting with code {} for the supervisor to start it again",
-                    crate::protocol::command::EX_RESTART
+                    connectivity_protocol::command::EX_RESTART
                 ),
                 None,
             )
@@ -148,7 +148,7 @@ pub fn diagnostics(ctx: &CommandContext, jobs: &dyn JobHost) -> serde_json::Valu
     let c = &ctx.config;
     let credentials = match &c.credentials {
         Credentials::Basic { user, .. } => {
-            json!({"style": "basic", "user": user, "password": crate::secret::MASK})
+            json!({"style": "basic", "user": user, "password": connectivity_protocol::secret::MASK})
         }
         Credentials::OAuth {
             token_url,
@@ -157,12 +157,12 @@ pub fn diagnostics(ctx: &CommandContext, jobs: &dyn JobHost) -> serde_json::Valu
             ..
         } => json!({
             "style": "oauth2_client_credentials", "token_url": token_url.as_str(), "client_id": client_id,
-            "client_secret": crate::secret::MASK, "scope": scope,
+            "client_secret": connectivity_protocol::secret::MASK, "scope": scope,
         }),
     };
     let proxy = c.proxy.as_ref().map(|p| json!({
         "address": p.address(), "protocol": format!("{:?}", p.protocol).to_lowercase(),
-        "user": p.auth.as_ref().map(|(u, _)| u.clone()), "password": p.auth.as_ref().map(|_| crate::secret::MASK),
+        "user": p.auth.as_ref().map(|(u, _)| u.clone()), "password": p.auth.as_ref().map(|_| connectivity_protocol::secret::MASK),
         "non_proxy_hosts": p.non_proxy_hosts, "source": p.source,
     }));
     // Job states hold no secrets (JobState carries ids, phases, offsets, errors).
@@ -170,9 +170,9 @@ pub fn diagnostics(ctx: &CommandContext, jobs: &dyn JobHost) -> serde_json::Valu
     json!({
         "agent": {
             "id": ctx.agent_id, "name": c.agent_name, "group": c.group, "version": env!("CARGO_PKG_VERSION"),
-            "protocol_version": crate::protocol::PROTOCOL_VERSION,
+            "protocol_version": connectivity_protocol::PROTOCOL_VERSION,
             "uptime_secs": ctx.started.elapsed().as_secs(),
-            "host": crate::protocol::HostFacts::current(),
+            "host": connectivity_protocol::HostFacts::current(),
         },
         "config": {
             "profile": c.profile_path.display().to_string(), "control_plane": c.control_plane.as_str(),

@@ -5,10 +5,10 @@
 
 use super::certificate::{self, CaFile};
 use crate::config::{AgentConfig, ProxyConfig, ProxyProtocol};
-use crate::protocol::{AGENT_PATH, MAX_FRAME_BYTES};
-use crate::tls::cert::CertFacts;
-use crate::tls::diagnose::{Recording, SeenChain, diagnose, rustls_error, seen};
 use base64::Engine;
+use connectivity_common::tls::cert::CertFacts;
+use connectivity_common::tls::diagnose::{Recording, SeenChain, diagnose, rustls_error, seen};
+use connectivity_protocol::{AGENT_PATH, MAX_FRAME_BYTES};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ pub struct Verified {
 }
 
 impl Connector {
-    pub fn new(config: &AgentConfig) -> Result<Self, crate::tls::TlsConfigError> {
+    pub fn new(config: &AgentConfig) -> Result<Self, connectivity_common::tls::TlsConfigError> {
         let url = &config.control_plane;
         Ok(Connector {
             host: url
@@ -115,7 +115,7 @@ impl Connector {
                 .proxy
                 .clone()
                 .filter(|p| p.applies_to(url.host_str().unwrap_or_default())),
-            verifier: crate::tls::verifier(config.ca_file.as_deref())?,
+            verifier: connectivity_common::tls::verifier(config.ca_file.as_deref())?,
             ca_file: Arc::new(CaFile::load(config.ca_file.as_deref())),
         })
     }
@@ -155,7 +155,7 @@ impl Connector {
         })?;
         let chain = SeenChain::default();
         let verifier = Recording::new(self.verifier.clone(), chain.clone());
-        let config = crate::tls::client_config_verified_by(verifier)
+        let config = connectivity_common::tls::client_config_verified_by(verifier)
             .map_err(|e| ConnectError::permanent(step, e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {

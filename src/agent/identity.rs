@@ -1,6 +1,7 @@
 //! The agent's stable identity: a UUID kept in the state directory, so the
 //! control plane recognises a reconnecting or restarted agent as the same one.
 
+use connectivity_common::fs::create_private_dir;
 use std::path::Path;
 
 /// Read `<state_dir>/agent-id`, creating it (and the directory) on first start.
@@ -30,15 +31,6 @@ pub fn load_or_create(state_dir: &Path) -> Result<String, String> {
             )
         })?;
     Ok(id)
-}
-
-/// Create `dir` (and parents) readable by its owner only.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What a session needs from the poll jobs: somewhere to route job messages
 //! and acks, and a way to tell them the session came or went.
 
-use crate::protocol::JobSpec;
+use connectivity_protocol::JobSpec;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -36,7 +36,7 @@ pub trait JobHost: Send + Sync {
         false
     }
     /// Latest state of every job.
-    fn states(&self) -> Vec<crate::protocol::JobState> {
+    fn states(&self) -> Vec<connectivity_protocol::JobState> {
         Vec::new()
     }
 }
@@ -69,7 +69,7 @@ impl JobHost for crate::relay::Jobs {
     fn resume(&self, job_id: &str) -> bool {
         crate::relay::Jobs::resume(self, job_id)
     }
-    fn states(&self) -> Vec<crate::protocol::JobState> {
+    fn states(&self) -> Vec<connectivity_protocol::JobState> {
         crate::relay::Jobs::states(self)
     }
 }

@@ -17,10 +17,10 @@ pub mod jobs;
 pub mod runner;
 pub mod session;
 
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::protocol::{Hello, HostFacts, PROTOCOL_VERSION};
 use connect::Connector;
+use connectivity_common::backoff::Backoff;
+use connectivity_protocol::{Hello, HostFacts, PROTOCOL_VERSION};
 use jobs::JobHost;
 use session::{SessionEnd, SessionError};
 use std::time::Duration;

@@ -8,8 +8,8 @@
 use super::commands::CommandContext;
 use super::connect::Channel;
 use super::jobs::{JobHost, Outbound};
-use crate::protocol::{
-    self, AgentMessage, Command, CommandResult, ControlMessage, Hello, RejectReason,
+use connectivity_protocol::{
+    AgentMessage, Command, CommandResult, ControlMessage, Hello, RejectReason,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -96,7 +96,7 @@ pub async fn handshake(ws: &mut Channel, hello: Hello) -> Result<Established, Se
             }
             _ => continue,
         };
-        match protocol::decode::<ControlMessage>(&text) {
+        match connectivity_protocol::decode::<ControlMessage>(&text) {
             Ok(ControlMessage::Welcome {
                 session_id,
                 heartbeat_interval_ms,
@@ -127,7 +127,7 @@ pub async fn handshake(ws: &mut Channel, hello: Hello) -> Result<Established, Se
 }
 
 async fn send(ws: &mut Channel, msg: &AgentMessage) -> Result<(), SessionError> {
-    ws.send(Message::text(protocol::encode(msg)))
+    ws.send(Message::text(connectivity_protocol::encode(msg)))
         .await
         .map_err(|e| SessionError::Io(e.to_string()))
 }
@@ -160,7 +160,7 @@ pub async fn run(
             let msg = tokio::select! {
                 biased;
                 _ = finished.cancelled() => break,
-                Some(m) = reply_rx.recv() => Message::text(protocol::encode(&m)),
+                Some(m) = reply_rx.recv() => Message::text(connectivity_protocol::encode(&m)),
                 Some(out) = out_rx.recv() => match out {
                     Outbound::Batch { frame, job_id, batch_seq } => {
                         crate::metrics::batch_sent(&job_id, batch_seq);
@@ -168,13 +168,13 @@ pub async fn run(
                     }
                     Outbound::State(state) => {
                         crate::metrics::observe_job(&state);
-                        Message::text(protocol::encode(&AgentMessage::JobState(state)))
+                        Message::text(connectivity_protocol::encode(&AgentMessage::JobState(state)))
                     }
                 },
                 _ = tick.tick() => {
                     seq += 1;
                     super::mark_progress();
-                    Message::text(protocol::encode(&AgentMessage::Heartbeat { seq }))
+                    Message::text(connectivity_protocol::encode(&AgentMessage::Heartbeat { seq }))
                 }
             };
             sink.send(msg)
@@ -185,9 +185,9 @@ pub async fn run(
         while let Ok(out) = out_rx.try_recv() {
             let msg = match out {
                 Outbound::Batch { frame, .. } => Message::Binary(frame),
-                Outbound::State(state) => {
-                    Message::text(protocol::encode(&AgentMessage::JobState(state)))
-                }
+                Outbound::State(state) => Message::text(connectivity_protocol::encode(
+                    &AgentMessage::JobState(state),
+                )),
             };
             let _ = sink.send(msg).await;
         }
@@ -195,7 +195,9 @@ pub async fn run(
             let bye = AgentMessage::Goodbye {
                 reason: "agent shutting down".into(),
             };
-            let _ = sink.send(Message::text(protocol::encode(&bye))).await;
+            let _ = sink
+                .send(Message::text(connectivity_protocol::encode(&bye)))
+                .await;
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
                     code: CloseCode::Normal,
@@ -236,7 +238,7 @@ pub async fn run(
                 }
                 _ => continue,
             };
-            match protocol::decode::<ControlMessage>(&text) {
+            match connectivity_protocol::decode::<ControlMessage>(&text) {
                 Ok(ControlMessage::Command {
                     command_id,
                     command,

@@ -9,17 +9,15 @@
 pub mod profile;
 
 use crate::allowlist::AllowList;
-use crate::secret::Secret;
+use connectivity_protocol::secret::Secret;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use url::Url;
 
 pub use profile::{Entry, Profile};
 
-/// Exit code for a bad configuration (sysexits.h EX_USAGE).
-pub const EX_USAGE: i32 = 64;
+pub use connectivity_common::EX_USAGE;
 
 /// Keys whose values are secrets.
 pub const SECRET_KEYS: &[&str] = &["oic_PASSWORD", "oic_CLIENT_SECRET", "proxy_PASSWORD"];
@@ -56,50 +54,7 @@ pub const KNOWN_KEYS: &[&str] = &[
 /// Default state directory (systemd's `StateDirectory=connectivity-agent`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/connectivity-agent";
 
-/// A configuration problem, with everything the user needs to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    /// The offending value, already masked when the key is a secret.
-    pub value: Option<String>,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl ConfigError {
-    /// An error about the file as a whole.
-    pub fn file(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        ConfigError {
-            file: path.to_owned(),
-            line: None,
-            key: None,
-            value: None,
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        f.write_str(": ")?;
-        match (&self.key, &self.value) {
-            (Some(k), Some(v)) => write!(f, "{k} = {v:?}: ")?,
-            (Some(k), None) => write!(f, "{k}: ")?,
-            (None, Some(v)) => write!(f, "{v:?}: ")?,
-            (None, None) => {}
-        }
-        write!(f, "{}\n  fix: {}", self.problem, self.fix)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use connectivity_common::ConfigError;
 
 /// How the agent authenticates to the control plane.
 #[derive(Debug, Clone, PartialEq)]
@@ -382,7 +337,7 @@ impl Validator<'_> {
             key: Some(key.to_owned()),
             value: entry.map(|e| {
                 if SECRET_KEYS.contains(&key) {
-                    crate::secret::MASK.to_owned()
+                    connectivity_protocol::secret::MASK.to_owned()
                 } else {
                     e.value.clone()
                 }
@@ -672,7 +627,9 @@ fn authority_port(raw: &str) -> Option<&str> {
 
 fn mask_userinfo(raw: &str) -> String {
     match raw.split_once("://").map(|(s, r)| (s, r.rsplit_once('@'))) {
-        Some((scheme, Some((_, host)))) => format!("{scheme}://{}@{host}", crate::secret::MASK),
+        Some((scheme, Some((_, host)))) => {
+            format!("{scheme}://{}@{host}", connectivity_protocol::secret::MASK)
+        }
         _ => raw.to_owned(),
     }
 }

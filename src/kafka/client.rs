@@ -15,8 +15,10 @@
 //! A [`ClientConfig`] holds the SASL password and the client key: never
 //! `Debug`-print it; log [`describe`] instead.
 
-use crate::kafka::truststore::{self, TruststoreError};
-use crate::protocol::job::{JobSpec, Partitions, Security, SecurityProtocol, StartPosition};
+use connectivity_protocol::job::{JobSpec, Security, StartPosition};
+use connectivity_protocol::truststore;
+pub use connectivity_protocol::validate::SpecError;
+use connectivity_protocol::validate::{protocol_name, uses_tls, validate, validate_security};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 /// How often stored offsets are committed (librdkafka auto-commit).
@@ -31,191 +33,12 @@ pub const FETCH_WAIT_MAX_MS: u32 = 500;
 /// How often librdkafka reports statistics (high watermarks, lag) to the relay.
 pub const STATISTICS_INTERVAL_MS: u32 = 5000;
 
-/// Why a job's client configuration cannot be built. Permanent: retrying
-/// the same spec cannot help, the spec has to change.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("job field {field} is empty; {fix}")]
-    Empty {
-        field: &'static str,
-        fix: &'static str,
-    },
-    #[error("job field {field} is {value}; {fix}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        fix: &'static str,
-    },
-    #[error(
-        "security.protocol is {protocol} but no SASL settings are given; add security.sasl \
-         (mechanism, username, password) or choose SSL / PLAINTEXT"
-    )]
-    MissingSasl { protocol: &'static str },
-    #[error(
-        "security.sasl is given but security.protocol is {protocol}, which does not use SASL; \
-         choose SASL_SSL (OCI Streaming) or SASL_PLAINTEXT, or remove the SASL settings"
-    )]
-    UnusedSasl { protocol: &'static str },
-    #[error(
-        "security.{field} is given but security.protocol is {protocol}, which does not use TLS; \
-         choose SSL or SASL_SSL, or remove it"
-    )]
-    UnusedTls {
-        field: &'static str,
-        protocol: &'static str,
-    },
-    #[error(
-        "security.client_cert_pem and security.client_key_pem must be given together for mutual TLS"
-    )]
-    HalfClientCert,
-    #[error("{0}")]
-    Truststore(#[from] TruststoreError),
-}
-
-/// `security.protocol` as librdkafka spells it.
-pub fn protocol_name(p: SecurityProtocol) -> &'static str {
-    match p {
-        SecurityProtocol::Plaintext => "PLAINTEXT",
-        SecurityProtocol::Ssl => "SSL",
-        SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
-        SecurityProtocol::SaslSsl => "SASL_SSL",
-    }
-}
-
-/// Whether the protocol uses TLS.
-pub fn uses_tls(p: SecurityProtocol) -> bool {
-    matches!(p, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
-}
-
-fn uses_sasl(p: SecurityProtocol) -> bool {
-    matches!(
-        p,
-        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-    )
-}
-
-/// Checks the fields of a spec that librdkafka would otherwise reject with a
-/// less helpful message (or accept and then misbehave).
-pub fn validate(spec: &JobSpec) -> Result<(), ConfigError> {
-    let empty = |field, fix| ConfigError::Empty { field, fix };
-    if spec.bootstrap_servers.trim().is_empty() {
-        return Err(empty(
-            "bootstrap_servers",
-            "give host:port of the stream endpoint, e.g. cell-1.streaming.<region>.oci.oraclecloud.com:9092",
-        ));
-    }
-    if spec.topic.trim().is_empty() {
-        return Err(empty("topic", "give the stream (topic) name"));
-    }
-    let topic = &spec.topic;
-    if topic.len() > 249
-        || !topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        return Err(ConfigError::Invalid {
-            field: "topic",
-            value: format!("{topic:?}"),
-            fix: "a Kafka topic name has at most 249 of the characters a-z A-Z 0-9 . _ - (on OCI Streaming: the stream name)",
-        });
-    }
-    if spec.consumer_group.trim().is_empty() {
-        return Err(empty(
-            "consumer_group",
-            "give a consumer group name; agents of one group share its partitions",
-        ));
-    }
-    let positive = |field: &'static str, value: u64, fix| {
-        if value == 0 {
-            Err(ConfigError::Invalid {
-                field,
-                value: "0".into(),
-                fix,
-            })
-        } else {
-            Ok(())
-        }
-    };
-    positive(
-        "max_records",
-        spec.max_records.into(),
-        "give at least 1 (default 2000)",
-    )?;
-    positive(
-        "max_bytes",
-        spec.max_bytes.into(),
-        "give at least 1 (default 1048576)",
-    )?;
-    positive(
-        "window",
-        spec.window.into(),
-        // (`bad_numbers_are_named` checks it follows defaults::window)
-        "give at least 1 batch in flight (default 128)",
-    )?;
-    {
-        use crate::protocol::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
-        if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&spec.window_bytes) {
-            return Err(ConfigError::Invalid {
-                field: "window_bytes",
-                value: spec.window_bytes.to_string(),
-                // (`bad_numbers_are_named` checks it follows defaults)
-                fix: "give 65536..1073741824 bytes in flight (default 67108864, 64 MiB)",
-            });
-        }
-    }
-    if !(1000..=3_600_000).contains(&spec.session_timeout_ms) {
-        return Err(ConfigError::Invalid {
-            field: "session_timeout_ms",
-            value: spec.session_timeout_ms.to_string(),
-            fix: "give 1000..3600000 milliseconds (default 6000), within the broker's group.min/max.session.timeout.ms",
-        });
-    }
-    if let Partitions::List(list) = &spec.partitions
-        && (list.is_empty() || list.iter().any(|p| *p < 0))
-    {
-        return Err(ConfigError::Invalid {
-            field: "partitions",
-            value: format!("{list:?}"),
-            fix: "give \"all\" or a non-empty list of partition numbers (0, 1, ...)",
-        });
-    }
-    validate_security(&spec.security)
-}
-
-/// Checks that the security settings fit together.
-pub fn validate_security(sec: &Security) -> Result<(), ConfigError> {
-    let name = protocol_name(sec.protocol);
-    match (&sec.sasl, uses_sasl(sec.protocol)) {
-        (None, true) => return Err(ConfigError::MissingSasl { protocol: name }),
-        (Some(_), false) => return Err(ConfigError::UnusedSasl { protocol: name }),
-        _ => {}
-    }
-    if !uses_tls(sec.protocol) {
-        for (field, given) in [
-            ("truststore", sec.truststore.is_some()),
-            ("client_cert_pem", sec.client_cert_pem.is_some()),
-            ("client_key_pem", sec.client_key_pem.is_some()),
-        ] {
-            if given {
-                return Err(ConfigError::UnusedTls {
-                    field,
-                    protocol: name,
-                });
-            }
-        }
-    }
-    if sec.client_cert_pem.is_some() != sec.client_key_pem.is_some() {
-        return Err(ConfigError::HalfClientCert);
-    }
-    Ok(())
-}
-
 /// Connection and security settings shared by the relay's consumer and the
 /// connection test: bootstrap servers, security protocol, SASL, TLS trust.
 pub fn connection_config(
     bootstrap_servers: &str,
     sec: &Security,
-) -> Result<ClientConfig, ConfigError> {
+) -> Result<ClientConfig, SpecError> {
     validate_security(sec)?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap_servers.trim())
@@ -257,7 +80,7 @@ pub fn connection_config(
 }
 
 /// The full consumer configuration of a poll job.
-pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, ConfigError> {
+pub fn consumer_config(spec: &JobSpec) -> Result<ClientConfig, SpecError> {
     validate(spec)?;
     let mut c = connection_config(&spec.bootstrap_servers, &spec.security)?;
     let session = spec.session_timeout_ms;
@@ -339,7 +162,7 @@ pub fn describe(config: &ClientConfig) -> String {
         .into_iter()
         .map(|(k, v)| {
             if is_secret_key(k) {
-                format!("{k}={}", crate::secret::MASK)
+                format!("{k}={}", connectivity_protocol::secret::MASK)
             } else if k.ends_with(".pem") {
                 format!(
                     "{k}=<PEM, {} certificates>",
@@ -356,8 +179,10 @@ pub fn describe(config: &ClientConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::job::{Sasl, SaslMechanism, Truststore, TruststoreFormat};
-    use crate::secret::Secret;
+    use connectivity_protocol::job::{
+        Partitions, Sasl, SaslMechanism, SecurityProtocol, Truststore, TruststoreFormat,
+    };
+    use connectivity_protocol::secret::Secret;
 
     fn spec() -> JobSpec {
         serde_json::from_str(
@@ -460,10 +285,7 @@ mod tests {
         );
         let mut s = spec();
         s.security.client_key_pem = Some(Secret::new("k"));
-        assert_eq!(
-            consumer_config(&s).unwrap_err(),
-            ConfigError::HalfClientCert
-        );
+        assert_eq!(consumer_config(&s).unwrap_err(), SpecError::HalfClientCert);
         let mut s = spec();
         s.security.truststore = Some(Truststore {
             format: TruststoreFormat::Pem,
@@ -472,7 +294,7 @@ mod tests {
         });
         assert!(matches!(
             consumer_config(&s).unwrap_err(),
-            ConfigError::Truststore(_)
+            SpecError::Truststore(_)
         ));
         let mut s = spec();
         s.security.sasl = Some(Sasl {
@@ -493,10 +315,10 @@ mod tests {
         // The fix names the current default (the text is static; this keeps it true).
         let want = format!(
             "job field window is 0; give at least 1 batch in flight (default {})",
-            crate::protocol::job::defaults::window()
+            connectivity_protocol::job::defaults::window()
         );
         assert_eq!(validate(&s).unwrap_err().to_string(), want);
-        use crate::protocol::job::defaults::{self, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
+        use connectivity_protocol::job::defaults::{self, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
         for bad in [0, MIN_WINDOW_BYTES - 1, MAX_WINDOW_BYTES + 1] {
             let mut s = spec();
             s.window_bytes = bad;

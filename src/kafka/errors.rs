@@ -10,7 +10,7 @@
 //! specific cause: when authentication fails, "all brokers down" follows, and
 //! the user needs to hear about the password, not about brokers.
 
-use crate::protocol::job::{ErrorClass, JobError};
+use connectivity_protocol::job::{ErrorClass, JobError};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::VecDeque;
@@ -29,12 +29,12 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn of(spec: &crate::protocol::job::JobSpec) -> Target {
+    pub fn of(spec: &connectivity_protocol::job::JobSpec) -> Target {
         Target {
             bootstrap: spec.bootstrap_servers.trim().to_owned(),
             topic: spec.topic.clone(),
             group: spec.consumer_group.clone(),
-            protocol: crate::kafka::client::protocol_name(spec.security.protocol),
+            protocol: connectivity_protocol::validate::protocol_name(spec.security.protocol),
             sasl: spec
                 .security
                 .sasl
@@ -379,7 +379,7 @@ pub fn definite(reported: &[Reported], t: &Target) -> Option<JobError> {
 pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 3) {
-        out = out.replace(s, crate::secret::MASK);
+        out = out.replace(s, connectivity_protocol::secret::MASK);
     }
     out
 }

@@ -18,8 +18,8 @@
 //! A forged chain cannot get in: each issuer must verify the signature on
 //! the pinned certificate the user supplied.
 
-use crate::protocol::job::{Truststore, TruststoreFormat};
-use crate::secret::Secret;
+use connectivity_protocol::job::{Truststore, TruststoreFormat};
+use connectivity_protocol::secret::Secret;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -45,7 +45,7 @@ pub async fn complete(
     bootstrap_servers: &str,
     timeout: Duration,
 ) -> Result<Option<Truststore>, String> {
-    let certs = super::truststore::certificates(ts).map_err(|e| e.to_string())?;
+    let certs = connectivity_protocol::truststore::certificates(ts).map_err(|e| e.to_string())?;
     let mut leaves = Vec::new();
     for der in &certs {
         let (_, cert) = X509Certificate::from_der(der)
@@ -70,7 +70,7 @@ pub async fn complete(
                 let added = issuers_for(&leaves, &chain)?;
                 let mut all = certs.clone();
                 all.extend(added);
-                let pem = super::truststore::pem_encode(&all);
+                let pem = connectivity_protocol::truststore::pem_encode(&all);
                 return Ok(Some(Truststore {
                     format: TruststoreFormat::Pem,
                     data: Secret::new(pem),

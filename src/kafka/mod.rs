@@ -1,6 +1,6 @@
 //! Talking to Kafka-compatible streams (OCI Streaming, Apache Kafka, Redpanda)
-//! through librdkafka: truststores as users bring them, client configuration
-//! from a poll job, classification of librdkafka's failures into something an
+//! through librdkafka: client configuration from a poll job (checked first by
+//! `protocol::validate`, truststores read by `protocol::truststore`), classification of librdkafka's failures into something an
 //! operator can act on, and the connection test behind the console's "Test".
 //!
 //! The consuming itself (batches, acks, offsets) is in [`crate::relay`].
@@ -11,4 +11,3 @@ pub mod errors;
 pub mod leaf_trust;
 pub mod metadata;
 pub mod probe;
-pub mod truststore;

@@ -9,134 +9,24 @@
 //! fetches the topic's metadata). Everything runs under one deadline.
 
 use crate::allowlist::AllowList;
-use crate::kafka::client::{connection_config, protocol_name, uses_tls};
+use crate::kafka::client::connection_config;
 use crate::kafka::context::CaptureContext;
 use crate::kafka::errors::{self, Target};
 use crate::kafka::metadata;
-use crate::kafka::truststore;
-use crate::protocol::job::{ErrorClass, JobError, JobSpec, Security};
-use crate::tls::diagnose::{Recording, SeenChain};
+use connectivity_common::tls::diagnose::{Recording, SeenChain};
+pub use connectivity_protocol::connection_test::{
+    CertInfo, ConnectionParams, Step, StepName, StepStatus, TestReport,
+};
+use connectivity_protocol::job::{ErrorClass, JobError, Security};
+use connectivity_protocol::truststore;
+use connectivity_protocol::validate::{protocol_name, uses_tls};
 use rdkafka::consumer::BaseConsumer;
 use rustls::pki_types::{CertificateDer, ServerName};
-use serde::{Deserialize, Serialize};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// What to test: a stream connection as the console holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConnectionParams {
-    pub bootstrap_servers: String,
-    /// Topic whose metadata is fetched; without it only the connection and
-    /// authentication are tested.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
-    #[serde(default)]
-    pub security: Security,
-}
-
-impl From<&JobSpec> for ConnectionParams {
-    fn from(spec: &JobSpec) -> Self {
-        ConnectionParams {
-            bootstrap_servers: spec.bootstrap_servers.clone(),
-            topic: Some(spec.topic.clone()),
-            security: spec.security.clone(),
-        }
-    }
-}
-
-/// The layers tested, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepName {
-    AllowList,
-    Dns,
-    Tcp,
-    Tls,
-    /// SASL authentication and the topic's metadata, through librdkafka.
-    Kafka,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Passed,
-    Failed,
-    /// Not run: it does not apply (TLS on PLAINTEXT) or an earlier step failed.
-    Skipped,
-}
-
-/// A certificate the endpoint presented.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertInfo {
-    pub subject: String,
-    pub issuer: String,
-    /// RFC 3339, UTC.
-    pub not_before: String,
-    pub not_after: String,
-    pub expired: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    pub step: StepName,
-    pub status: StepStatus,
-    /// What was found (addresses, handshake, partitions) or why it was skipped.
-    pub detail: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<JobError>,
-    pub elapsed_ms: u64,
-    /// The chain the endpoint sent (TLS step only), leaf first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub certificates: Vec<CertInfo>,
-}
-
-/// The result of a connection test.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TestReport {
-    /// No step failed.
-    pub ok: bool,
-    pub steps: Vec<Step>,
-    /// Partitions of the topic, when its metadata was fetched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<usize>,
-    pub elapsed_ms: u64,
-}
-
-impl TestReport {
-    pub fn step(&self, name: StepName) -> Option<&Step> {
-        self.steps.iter().find(|s| s.step == name)
-    }
-
-    /// One line for the operator: every step passed, or which step failed
-    /// and why (the error's own message, which says how to fix it).
-    pub fn summary(&self) -> String {
-        if self.ok {
-            return format!("all steps passed in {} ms", self.elapsed_ms);
-        }
-        match self.steps.iter().find(|s| s.status == StepStatus::Failed) {
-            Some(s) => match &s.error {
-                Some(e) => format!("{} step failed: {}", s.step.as_str(), e.message),
-                None => format!("{} step failed: {}", s.step.as_str(), s.detail),
-            },
-            None => "test did not complete".to_owned(),
-        }
-    }
-}
-
-impl StepName {
-    /// The name used on the wire and in the console API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepName::AllowList => "allow_list",
-            StepName::Dns => "dns",
-            StepName::Tcp => "tcp",
-            StepName::Tls => "tls",
-            StepName::Kafka => "kafka",
-        }
-    }
-}
 
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -367,7 +257,7 @@ async fn tls_step(
     let seen = SeenChain::default();
     let result = tls_handshake(sec, host, ep, stream, budget, seen.clone()).await;
     let mut s = step(StepName::Tls, t, result);
-    let chain = crate::tls::diagnose::seen(&seen);
+    let chain = connectivity_common::tls::diagnose::seen(&seen);
     s.certificates = chain.iter().filter_map(|c| cert_info(c)).collect();
     s
 }
@@ -493,11 +383,11 @@ fn tls_error(ep: &str, host: &str, source: &str, e: &std::io::Error) -> JobError
 }
 
 fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
-    let c = crate::tls::cert::CertFacts::parse(der)?;
+    let c = connectivity_common::tls::cert::CertFacts::parse(der)?;
     Some(CertInfo {
         not_before: c.not_before_text(),
         not_after: c.not_after_text(),
-        expired: c.not_after < crate::tls::cert::now_secs(),
+        expired: c.not_after < connectivity_common::tls::cert::now_secs(),
         subject: c.subject,
         issuer: c.issuer,
     })
@@ -624,7 +514,7 @@ fn break_blocking(consumer: Arc<BaseConsumer<CaptureContext>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control_plane::timefmt::rfc3339_secs as rfc3339;
+    use connectivity_common::timefmt::rfc3339_secs as rfc3339;
 
     #[test]
     fn rfc3339_matches_known_dates() {

@@ -14,10 +14,10 @@
 
 use crate::kafka::context::{on_error, on_log};
 use crate::kafka::errors::ErrorLog;
-use crate::protocol::batch::{BatchWriter, Compressor, MAGIC_COMPRESSED};
-use crate::protocol::job::PartitionState;
 use crate::relay::watermark::Watermarks;
 use bytes::{Bytes, BytesMut};
+use connectivity_protocol::batch::{BatchWriter, Compressor, MAGIC_COMPRESSED};
+use connectivity_protocol::job::PartitionState;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};

@@ -7,9 +7,9 @@
 //! `watch` channel, and the latest [`JobState`] is kept for [`JobHandle::state`].
 
 use crate::allowlist::AllowList;
-use crate::protocol::job::{JobPhase, JobSpec, JobState};
 use crate::relay::runner::Runner;
 use crate::relay::{Outbound, RelaySettings};
+use connectivity_protocol::job::{JobPhase, JobSpec, JobState};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -244,7 +244,7 @@ pub(crate) fn next_seq() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::job::ErrorClass;
+    use connectivity_protocol::job::ErrorClass;
 
     #[test]
     fn sequence_numbers_are_unique_increasing_and_clock_based() {

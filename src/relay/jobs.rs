@@ -6,9 +6,9 @@
 //! reaches exactly the job that sent the batch) and session changes.
 
 use crate::allowlist::AllowList;
-use crate::protocol::job::{JobSpec, JobState};
 use crate::relay::job::{self, JobHandle, Shared};
 use crate::relay::{Outbound, RelaySettings};
+use connectivity_protocol::job::{JobSpec, JobState};
 use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -20,8 +20,8 @@ mod pump;
 mod runner;
 pub mod watermark;
 
-use crate::protocol::job::JobState;
 use bytes::Bytes;
+use connectivity_protocol::job::JobState;
 use std::time::Duration;
 
 pub use job::{JobHandle, spawn};

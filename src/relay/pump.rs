@@ -20,13 +20,13 @@
 //! the control plane drops the ones it had already delivered.
 
 use crate::kafka::errors::{self, ErrorLog};
-use crate::protocol::batch::BatchWriter;
-use crate::protocol::job::JobError;
-use crate::protocol::job::{ErrorClass, JobPhase};
 use crate::relay::Outbound;
 use crate::relay::consumer::{Building, Core, RelayContext, lock};
 use crate::relay::job::next_seq;
 use crate::relay::runner::{Exit, InFlight, Runner};
+use connectivity_protocol::batch::BatchWriter;
+use connectivity_protocol::job::JobError;
+use connectivity_protocol::job::{ErrorClass, JobPhase};
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;

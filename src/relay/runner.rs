@@ -31,19 +31,19 @@
 //! and rejoins from the committed offsets once a session is back.
 
 use crate::allowlist::AllowList;
-use crate::backoff::Backoff;
 use crate::kafka::client;
 use crate::kafka::errors::{self, ErrorLog, Target};
 use crate::kafka::metadata;
-use crate::protocol::batch::Compressor;
-use crate::protocol::job::{
-    Compression, ErrorClass, JobError, JobPhase, JobSpec, JobState, Partitions, StartPosition,
-};
 use crate::relay::consumer::{self, Core, RelayContext, lock};
 use crate::relay::job::{CLOSE_TIMEOUT, Shared};
 use crate::relay::pump::sleep_until_opt;
 use crate::relay::{Outbound, RelaySettings};
 use bytes::Bytes;
+use connectivity_common::backoff::Backoff;
+use connectivity_protocol::batch::Compressor;
+use connectivity_protocol::job::{
+    Compression, ErrorClass, JobError, JobPhase, JobSpec, JobState, Partitions, StartPosition,
+};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
@@ -169,8 +169,9 @@ impl Runner {
         );
         debug!(config = %client::describe(&config), "consumer configuration");
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_cap);
-        let mut trust_completed = !client::uses_tls(self.spec.security.protocol)
-            || self.spec.security.truststore.is_none();
+        let mut trust_completed =
+            !connectivity_protocol::validate::uses_tls(self.spec.security.protocol)
+                || self.spec.security.truststore.is_none();
         loop {
             if !self.wait_for_session().await {
                 break;

@@ -11,7 +11,7 @@ use super::control_plane::{self as cp, Options, TestControlPlane};
 use super::kafka::{self, TestBroker};
 use connectivity_agent::agent::AgentError;
 use connectivity_agent::config::{self, AgentConfig, Profile, SecretValues};
-use connectivity_agent::delivery::DeliveryOptions;
+use connectivity_control_plane::delivery::DeliveryOptions;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ impl E2e {
         logs();
         let broker = kafka::broker();
         let mut delivery =
-            DeliveryOptions::new(connectivity_agent::tls::client_config(None).expect("CA roots"));
+            DeliveryOptions::new(connectivity_common::tls::client_config(None).expect("CA roots"));
         delivery.retry_base = Duration::from_millis(100);
         delivery.retry_cap = Duration::from_secs(1);
         let cp = TestControlPlane::start(Options {
@@ -149,7 +149,7 @@ impl E2e {
             let id = std::fs::read_to_string(&id_file).unwrap_or_default();
             let record = self.cp.registry.get(id.trim());
             if let Some(a) = record.filter(|a| {
-                a.state == connectivity_agent::control_plane::AgentState::Connected
+                a.state == connectivity_control_plane::AgentState::Connected
                     && Some(a.session_id.as_str()) != previous
             }) {
                 return a.session_id;

@@ -1,0 +1,29 @@
+//! Delivery on the control plane: what happens to a batch between the agent's
+//! WebSocket and the ack.
+//!
+//! The server hands every decoded [`Batch`](connectivity_protocol::Batch) to
+//! [`Delivery::deliver`]; it drops records the job's sink already has
+//! ([`dedup`]), applies the job's [`ValueFormat`] ([`record`]), hands the rest
+//! to the sink ([`sink`], [`jsonl`], [`webhook`]) until it accepts them, saves the new
+//! watermarks ([`store`]) and returns the [`Ack`] to send. Jobs live in the
+//! same SQLite store ([`definition`] says what a job is). docs/DELIVERY.md is
+//! the operator's view of all this.
+
+pub mod dedup;
+pub mod definition;
+pub mod jsonl;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod store;
+pub mod webhook;
+
+pub use definition::{FieldError, JobDefinition, ValidationError};
+pub use jsonl::FileEnd;
+pub use pipeline::{
+    Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, SinkErrorReport, SinkState,
+};
+pub use record::{OutBatch, OutRecord, Payload, ValueFormat};
+pub use sink::{JsonlConfig, Sink, SinkConfig, SinkError};
+pub use store::{Store, StoreError, StoredJob, Upserted};
+pub use webhook::WebhookConfig;
