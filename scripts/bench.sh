@@ -19,7 +19,9 @@
 # Results: target/bench/results/ (report.md, results.json, *.svg, logs);
 # the short form writes to target/bench/short/.
 # Environment: BENCH_KAFKA_DIR (broker directory), BENCH_PROFILE (cargo
-# profile), BENCH_OUT (results directory).
+# profile), BENCH_OUT (results directory). KAFKA_TEST_ENV (the tests'
+# variable, tests/common/kafka.rs): the short form uses the broker whose
+# broker.env it names and never starts or stops it; BENCH_KAFKA_DIR wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,16 +54,31 @@ if ! command -v kcat >/dev/null; then
 fi
 command -v ss >/dev/null || { echo "error: the benchmark needs ss (apt-get install iproute2)" >&2; exit 1; }
 
-# The broker: reuse a running one, else start it and stop it at the end.
-started_broker=0
-if ! scripts/kafka-broker.sh status "$kafka_dir" >/dev/null 2>&1; then
-  started_broker=1
+# The broker: one someone else manages (KAFKA_TEST_ENV, short form only),
+# else reuse a running one, else start it and stop it at the end.
+if [ "$short" = 1 ] && [ -n "${KAFKA_TEST_ENV:-}" ] && [ -z "${BENCH_KAFKA_DIR:-}" ]; then
+  if [ ! -f "$KAFKA_TEST_ENV" ]; then
+    echo "error: KAFKA_TEST_ENV=$KAFKA_TEST_ENV does not exist; start that broker first (scripts/kafka-broker.sh start DIR) or unset KAFKA_TEST_ENV" >&2
+    exit 1
+  fi
+  broker_env=$KAFKA_TEST_ENV
+else
+  started_broker=0
+  if ! scripts/kafka-broker.sh status "$kafka_dir" >/dev/null 2>&1; then
+    started_broker=1
+  fi
+  broker_env=$(scripts/kafka-broker.sh start "$kafka_dir")
+  stop_broker() { scripts/kafka-broker.sh stop "$kafka_dir" >/dev/null 2>&1 || true; }
+  if [ "$started_broker" = 1 ] && [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
 fi
-broker_env=$(scripts/kafka-broker.sh start "$kafka_dir")
-stop_broker() { scripts/kafka-broker.sh stop "$kafka_dir" >/dev/null 2>&1 || true; }
-if [ "$started_broker" = 1 ] && [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
 
-cargo build --profile "$profile" --bin connectivity-agent
+# One build, the bench's: for a bench target cargo builds the package's
+# binaries too, with the bench's features (dev-dependencies included), and
+# puts the agent at $bin_dir/connectivity-agent. A separate `cargo build
+# --bin` built a second agent with other features (tokio without its
+# test-util, so tokio and every crate above it again: 2 min 50 s of a dev
+# build on 2 cores), which the bench's build then replaced before it ran.
+cargo bench --profile "$profile" --bench relay --no-run
 BENCH_BROKER_ENV=$(realpath "$broker_env") \
 BENCH_AGENT_BIN=$(realpath "$bin_dir/connectivity-agent") \
 BENCH_PROFILE=$profile \

@@ -71,42 +71,71 @@ const WORDS: &str = "the of and to in is that for it as was with be by on not he
 pub fn repad(value: &mut [u8], payload: Payload, rng: &mut u64) {
     let end = value.len() - 2;
     let pad = &mut value[PAD_AT.min(end)..end];
-    let mut next = || {
-        // xorshift64: fast, and plenty random for filling pads.
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        *rng
-    };
     match payload {
-        Payload::Random => {
-            const B64: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            for chunk in pad.chunks_mut(10) {
-                let mut r = next();
-                for b in chunk {
-                    *b = B64[(r & 63) as usize];
-                    r >>= 6;
-                }
+        Payload::Random => pad_random(pad, rng),
+        Payload::Words => pad_words(pad, rng),
+    }
+}
+
+/// xorshift64: fast, and plenty random for filling pads.
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
+/// Base64 characters, 10 of them (60 bits) from each draw.
+fn pad_random(pad: &mut [u8], rng: &mut u64) {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in pad.chunks_mut(10) {
+        let mut r = next(rng);
+        for b in chunk {
+            *b = B64[(r & 63) as usize];
+            r >>= 6;
+        }
+    }
+}
+
+/// Words of [`WORDS`] separated by spaces; the last one cut to fit.
+fn pad_words(pad: &mut [u8], rng: &mut u64) {
+    thread_local! {
+        static VOCABULARY: Vec<&'static str> = WORDS.split_whitespace().collect();
+    }
+    VOCABULARY.with(|words| {
+        let mut at = 0;
+        while at < pad.len() {
+            let w = words[(next(rng) % words.len() as u64) as usize].as_bytes();
+            let n = w.len().min(pad.len() - at);
+            pad[at..at + n].copy_from_slice(&w[..n]);
+            at += n;
+            if at < pad.len() {
+                pad[at] = b' ';
+                at += 1;
             }
         }
-        Payload::Words => {
-            thread_local! {
-                static VOCABULARY: Vec<&'static str> = WORDS.split_whitespace().collect();
+    });
+}
+
+/// Send `value` to `partition` of `topic`; while librdkafka's queue is
+/// full, serve its callbacks for up to `wait` and try again.
+pub fn send_waiting(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+    wait: Duration,
+) -> Result<(), KafkaError> {
+    loop {
+        let record = BaseRecord::<(), [u8]>::to(topic)
+            .partition(partition)
+            .payload(value);
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                producer.poll(wait);
             }
-            VOCABULARY.with(|words| {
-                let mut at = 0;
-                while at < pad.len() {
-                    let w = words[(next() % words.len() as u64) as usize].as_bytes();
-                    let n = w.len().min(pad.len() - at);
-                    pad[at..at + n].copy_from_slice(&w[..n]);
-                    at += n;
-                    if at < pad.len() {
-                        pad[at] = b' ';
-                        at += 1;
-                    }
-                }
-            });
+            Err((e, _)) => return Err(e),
         }
     }
 }
@@ -244,19 +273,8 @@ impl Broker {
             stamp(&mut value, seq, now_us());
             repad(&mut value, payload, &mut rng);
             let p = (seq % partitions as u64) as i32;
-            loop {
-                match producer.send(
-                    BaseRecord::<(), [u8]>::to(topic)
-                        .partition(p)
-                        .payload(&value),
-                ) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => bail!("producing to {topic}: {e}"),
-                }
-            }
+            send_waiting(&producer, topic, p, &value, Duration::from_millis(5))
+                .map_err(|e| anyhow::anyhow!("producing to {topic}: {e}"))?;
             if seq % 1024 == 0 {
                 producer.poll(Duration::ZERO);
             }

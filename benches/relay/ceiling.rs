@@ -213,19 +213,22 @@ pub fn consume_into(
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
                 let payload = m.payload().unwrap_or_default();
-                let stamps: Vec<Stamp> = broker::parse(payload)
-                    .map(|(produced_us, seq)| Stamp {
-                        produced_us,
-                        seq,
-                        logged_ms: m.timestamp().to_millis(),
-                    })
-                    .into_iter()
-                    .collect();
-                meter.add(1, payload.len() as u64, &stamps);
+                meter.add(1, payload.len() as u64, stamp_of(&m).as_slice());
             }
             Some(Err(e)) => bail!("bare consumer: {e}"),
             None => {}
         }
     }
     Ok(())
+}
+
+/// The produce time and sequence number a record carries, and when the
+/// broker logged it.
+fn stamp_of(m: &impl Message) -> Option<Stamp> {
+    let (produced_us, seq) = broker::parse(m.payload()?)?;
+    Some(Stamp {
+        produced_us,
+        seq,
+        logged_ms: m.timestamp().to_millis(),
+    })
 }

@@ -12,7 +12,8 @@
 //! (delay between them), [`paced`] (fixed-rate producer), [`meter`]
 //! (counts and latency), [`gc`] (the broker's pauses against the
 //! latency tail), [`procstat`] (CPU, memory, machine), [`scenarios`]
-//! (the measurements), [`report`] and [`svg`] (tables, targets, charts).
+//! (the measurements), [`parts`] (the parts of a run, each a series of
+//! scenarios), [`report`] and [`svg`] (tables, targets, charts).
 #![forbid(unsafe_code)]
 
 mod agent;
@@ -22,6 +23,7 @@ mod floor;
 mod gc;
 mod meter;
 mod paced;
+mod parts;
 mod procstat;
 mod proxy;
 mod report;
@@ -30,14 +32,10 @@ mod svg;
 mod system;
 
 use anyhow::Context;
-use broker::Payload;
 use clap::Parser;
-use connectivity_protocol::job::Compression;
-use proxy::Link;
-use scenarios::{Consumer, Ctx};
-use std::path::PathBuf;
+use scenarios::Ctx;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use system::SinkKind;
 
 /// Round trip the distance runs add, ms (the target's 50 ms).
 const RTT_MS: u64 = 50;
@@ -247,22 +245,67 @@ async fn self_check() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.render {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let results: report::Results =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        std::fs::create_dir_all(&args.out)?;
-        return write(&args, &args.out, &results);
+        return render(&args, path);
     }
     let plan = plan(&args);
-    let mut results_note = None;
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let out = std::path::absolute(&args.out)?;
+    let out = clean_out(&args.out)?;
+    let machine = machine(&args);
+    let ctx = start(&args, &out).await?;
+    let mut results = new_results(&args, machine, &ctx.tuning);
+
+    let relay_only = args.only.iter().any(|o| o == "relay");
+    if wanted(&args, "throughput") || relay_only {
+        parts::throughput(&args, &plan, &ctx, relay_only, &mut results.runs).await?;
+    }
+    if wanted(&args, "distance") {
+        parts::distance(&args, &plan, &ctx, &mut results.runs).await?;
+    }
+    if wanted(&args, "compression") {
+        parts::compression(&args, &plan, &ctx, &mut results.runs).await?;
+    }
+    if wanted(&args, "latency") {
+        parts::latency(&plan, &ctx, &mut results.latency).await?;
+    }
+    if wanted(&args, "idle") {
+        results.idle.push(parts::idle(&plan, &ctx).await?);
+    }
+    if wanted(&args, "soak") && plan.soak_secs > 0.0 {
+        results.soak = Some(parts::soak(&plan, &ctx).await?);
+    }
+
+    ctx.system.stop().await;
+    results.machine.loadavg_end = procstat::loadavg();
+    results.notes.push(format!(
+        "Whole run: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    ));
+    write(&args, &out, &results)
+}
+
+/// `--render`: the report and charts of an earlier run's results.json.
+fn render(args: &Args, path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let results: report::Results =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    std::fs::create_dir_all(&args.out)?;
+    write(args, &args.out, &results)
+}
+
+/// The results directory, absolute, without the agents and sink files of
+/// an earlier run.
+fn clean_out(out: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = std::path::absolute(out)?;
     for old in ["agents", "sink"] {
         let _ = std::fs::remove_dir_all(out.join(old));
     }
+    Ok(out)
+}
+
+/// The machine's facts, printed, with a warning if it is busy.
+fn machine(args: &Args) -> procstat::Machine {
     let machine = procstat::Machine::now(&args.profile);
     println!(
         "machine: {} x {}, {}, load {}",
@@ -274,6 +317,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             machine.loadavg_start
         );
     }
+    machine
+}
+
+/// The broker, the agent binary and the control plane every scenario uses.
+async fn start(args: &Args, out: &Path) -> anyhow::Result<Ctx> {
     let broker = broker::Broker::from_env_file(&args.broker_env)?;
     anyhow::ensure!(
         args.agent_bin.is_file(),
@@ -281,23 +329,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.agent_bin.display()
     );
     let system = system::System::start(&out.join("control-plane"), args.cp_nodelay).await?;
-    if args.cp_nodelay {
-        results_note = Some("Diagnosis run: the control plane's sockets have TCP_NODELAY (set on the listener by the bench).".to_owned());
-    }
     let tuning = scenarios::Tuning {
         window: args.window,
         window_bytes: args.window_bytes,
         max_wait_ms: args.max_wait_ms,
         max_records: args.max_records,
     };
-    let ctx = Ctx::new(
+    Ctx::new(
         broker,
         system,
         args.agent_bin.clone(),
-        out.clone(),
-        tuning.clone(),
-    )?;
-    let mut results = report::Results {
+        out.to_path_buf(),
+        tuning,
+    )
+}
+
+/// Results with nothing measured yet, and notes on how this run differs
+/// from a standard one.
+fn new_results(
+    args: &Args,
+    machine: procstat::Machine,
+    tuning: &scenarios::Tuning,
+) -> report::Results {
+    let mut notes = Vec::new();
+    if args.short {
+        notes.push("Short run (CI): tiny volumes, numbers mean nothing.".into());
+    }
+    if args.cp_nodelay {
+        notes.push("Diagnosis run: the control plane's sockets have TCP_NODELAY (set on the listener by the bench).".to_owned());
+    }
+    if args.rtt_ms != RTT_MS {
+        notes.push(format!(
+            "Diagnosis run: the distance runs add {} ms of round trip, not 50 ms (the tables' \"+50 ms\" labels mean this delay).",
+            args.rtt_ms / 2 * 2
+        ));
+    }
+    if *tuning != scenarios::Tuning::default() {
+        notes.push(format!(
+            "Diagnosis run: relay jobs changed from their defaults: {tuning:?}."
+        ));
+    }
+    report::Results {
         machine,
         command: args.command.clone(),
         short: args.short,
@@ -305,210 +377,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         latency: Vec::new(),
         idle: Vec::new(),
         soak: None,
-        notes: Vec::new(),
-    };
-    if args.short {
-        results
-            .notes
-            .push("Short run (CI): tiny volumes, numbers mean nothing.".into());
+        notes,
     }
-    results.notes.extend(results_note);
-    if args.rtt_ms != RTT_MS {
-        results.notes.push(format!(
-            "Diagnosis run: the distance runs add {} ms of round trip, not 50 ms (the tables' \"+50 ms\" labels mean this delay).",
-            args.rtt_ms / 2 * 2
-        ));
-    }
-    if tuning != scenarios::Tuning::default() {
-        results.notes.push(format!(
-            "Diagnosis run: relay jobs changed from their defaults: {tuning:?}."
-        ));
-    }
-
-    let print = |r: &report::Run| {
-        let sent = match (r.frame_mib, r.frame_raw_mib) {
-            (Some(a), Some(b)) if b > 0.0 && r.compression.is_some() => {
-                format!("  sent {:.0}% of the frame bytes", a / b * 100.0)
-            }
-            _ => String::new(),
-        };
-        println!(
-            "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s){}{sent}",
-            r.consumer,
-            r.rec_per_s,
-            r.mib_per_s,
-            r.secs,
-            r.compression
-                .as_ref()
-                .map_or(String::new(), |c| format!("  {c}")),
-        )
-    };
-    let relay_only = args.only.iter().any(|o| o == "relay");
-    if wanted(&args, "throughput") || relay_only {
-        for &size in &plan.sizes {
-            for &partitions in &plan.partitions {
-                let n = ((plan.records)(size) as f64 * args.scale).max(1000.0) as u64;
-                println!(
-                    "\n== throughput: {size} B records, {partitions} partitions: filling {n} records"
-                );
-                let f = scenarios::fill(&ctx, size, partitions, n).await?;
-                println!("   filled at {:.0} records/s", f.fill_rec_per_s);
-                let mut runs = Vec::new();
-                if relay_only {
-                    // Only the relay (for profiling it).
-                    runs.push(scenarios::drain_relay_direct(&ctx, &f, SinkKind::Discard).await?);
-                } else {
-                    runs.push(
-                        scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?,
-                    );
-                    runs.push(scenarios::drain_kcat(&ctx, &f).await?);
-                    runs.push(scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Agent).await?);
-                    runs.push(scenarios::drain_floor(&ctx, &f).await?);
-                    for ms in &args.queue_backoff {
-                        runs.push(
-                            scenarios::drain_rdkafka(
-                                &ctx,
-                                &f,
-                                ceiling::Settings::AgentQueueBackoff(*ms),
-                            )
-                            .await?,
-                        );
-                    }
-                    runs.push(scenarios::drain_relay_direct(&ctx, &f, SinkKind::Discard).await?);
-                    runs.push(scenarios::drain_relay_direct(&ctx, &f, SinkKind::Jsonl).await?);
-                    if plan.ceiling_twice {
-                        runs.push(
-                            scenarios::drain_rdkafka(&ctx, &f, ceiling::Settings::Defaults).await?,
-                        );
-                    }
-                }
-                for r in runs {
-                    print(&r);
-                    results.runs.push(r);
-                }
-                ctx.broker.delete_topic(&f.topic).await?;
-            }
-        }
-    }
-    if wanted(&args, "distance") {
-        for &size in &plan.sizes {
-            let n = ((plan.distance_records)(size) as f64 * args.scale).max(1000.0) as u64;
-            let partitions = plan.distance_partitions;
-            println!(
-                "\n== distance: {size} B records, {partitions} partitions: filling {n} records"
-            );
-            let f = scenarios::fill(&ctx, size, partitions, n).await?;
-            // Direct once, then the proxy without and with the delay,
-            // alternately: the machine's noise falls on both alike.
-            let delayed = Some(Link::delay(Duration::from_millis(args.rtt_ms / 2)));
-            let mut plan_runs = vec![None];
-            for _ in 0..plan.distance_pairs {
-                plan_runs.extend([Some(Link::delay(Duration::ZERO)), delayed]);
-            }
-            for link in plan_runs {
-                let mut r =
-                    scenarios::drain_relay(&ctx, &f, SinkKind::Discard, link, Compression::None)
-                        .await?;
-                r.part = report::DISTANCE.into();
-                print(&r);
-                results.runs.push(r);
-            }
-            ctx.broker.delete_topic(&f.topic).await?;
-        }
-    }
-    if wanted(&args, "compression") {
-        let partitions = plan.compression_partitions;
-        let limited = Link {
-            one_way: Duration::from_millis(report::LINK_ONE_WAY_MS),
-            bytes_per_s: Some(report::LINK_BYTES_PER_S),
-        };
-        let codecs = [Compression::None, Compression::Lz4, Compression::Zstd];
-        for payload in [Payload::Words, Payload::Random] {
-            for (link, n) in [
-                (None, plan.compression_records.0),
-                (Some(limited), plan.compression_records.1),
-            ] {
-                let n = (n as f64 * args.scale).max(1000.0) as u64;
-                println!(
-                    "\n== compression: 1 KiB records of {}, {partitions} partitions, {}: filling {n} records",
-                    payload.name(),
-                    if link.is_some() {
-                        "limited link"
-                    } else {
-                        "loopback"
-                    }
-                );
-                let f = scenarios::fill_with(&ctx, 1024, partitions, n, payload).await?;
-                for _ in 0..plan.compression_rounds {
-                    for codec in codecs {
-                        let mut r =
-                            scenarios::drain_relay(&ctx, &f, SinkKind::Discard, link, codec)
-                                .await?;
-                        r.part = report::COMPRESSION.into();
-                        print(&r);
-                        results.runs.push(r);
-                    }
-                }
-                ctx.broker.delete_topic(&f.topic).await?;
-            }
-        }
-    }
-    if wanted(&args, "latency") {
-        for &rate in &plan.latency_rates {
-            for &partitions in &plan.latency_partitions {
-                for consumer in [Consumer::Bare, Consumer::Relay] {
-                    println!(
-                        "\n== latency: {rate} records/s of 1 KiB, {partitions} partitions, {consumer:?}"
-                    );
-                    let l = scenarios::latency(
-                        &ctx,
-                        1024,
-                        partitions,
-                        rate,
-                        plan.latency_secs,
-                        consumer,
-                        plan.settle,
-                    )
-                    .await?;
-                    println!(
-                        "   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)",
-                        l.latency.p50_ms, l.latency.p99_ms, l.latency.max_ms, l.latency.samples
-                    );
-                    results.latency.push(l);
-                }
-            }
-        }
-    }
-    if wanted(&args, "idle") {
-        println!("\n== idle agent, {:.0} s", plan.idle_secs);
-        let i = scenarios::idle(&ctx, 6, plan.idle_secs).await?;
-        println!(
-            "   {:.2}% of a core, at most {:.2} requests/s to the broker",
-            i.cpu_pct_of_core, i.requests_per_s_max
-        );
-        results.idle.push(i);
-    }
-    if wanted(&args, "soak") && plan.soak_secs > 0.0 {
-        println!(
-            "\n== memory over {:.0} s at 10,000 records/s of 1 KiB",
-            plan.soak_secs
-        );
-        let every = Duration::from_secs_f64((plan.soak_secs / 120.0).clamp(0.2, 5.0));
-        let k = scenarios::soak(&ctx, 1024, 6, 10_000, plan.soak_secs, every).await?;
-        println!(
-            "   RSS {:.1} -> {:.1} MiB, peak {:.1} MiB, trend {:+.2} MiB/10 min",
-            k.rss_after_1min_mib, k.rss_end_mib, k.hwm_mib, k.slope_mib_per_10min
-        );
-        results.soak = Some(k);
-    }
-
-    ctx.system.stop().await;
-    results.machine.loadavg_end = procstat::loadavg();
-    results.notes.push(format!(
-        "Whole run: {:.0} s.",
-        started.elapsed().as_secs_f64()
-    ));
-    write(&args, &out, &results)
 }
 
 /// report.md, results.json and the charts, into `out`.

@@ -98,19 +98,8 @@ impl Meter {
         m.first.get_or_insert(now);
         m.last = Some(now);
         if let Some((from, to)) = m.window {
-            let us = |from: u64, to: u64| to.saturating_sub(from).min(u64::from(u32::MAX)) as u32;
-            for s in stamps {
-                if (from..to).contains(&s.seq) {
-                    m.samples.push(Sample {
-                        produced_us: s.produced_us,
-                        latency_us: us(s.produced_us, now_us),
-                        to_log_us: s
-                            .logged_ms
-                            .and_then(|ms| u64::try_from(ms).ok())
-                            .map(|ms| us(s.produced_us, ms * 1000)),
-                    });
-                }
-            }
+            let measured = stamps.iter().filter(|s| (from..to).contains(&s.seq));
+            m.samples.extend(measured.map(|s| Sample::of(s, now_us)));
         }
     }
 
@@ -132,6 +121,21 @@ impl Meter {
     /// The records measured so far; takes them.
     pub fn take_samples(&self) -> Vec<Sample> {
         std::mem::take(&mut self.lock().samples)
+    }
+}
+
+impl Sample {
+    /// The record `stamp` describes, come out at `now_us` (µs since the epoch).
+    fn of(stamp: &Stamp, now_us: u64) -> Sample {
+        let us = |from: u64, to: u64| to.saturating_sub(from).min(u64::from(u32::MAX)) as u32;
+        Sample {
+            produced_us: stamp.produced_us,
+            latency_us: us(stamp.produced_us, now_us),
+            to_log_us: stamp
+                .logged_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| us(stamp.produced_us, ms * 1000)),
+        }
     }
 }
 

@@ -3,9 +3,7 @@
 
 use crate::broker::{self, Broker};
 use anyhow::bail;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, Producer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -43,47 +41,61 @@ pub fn start(
     let producer = broker.producer(linger)?;
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (s, st, topic) = (sent.clone(), stop.clone(), topic.to_owned());
+    let load = Load {
+        topic: topic.to_owned(),
+        partitions,
+        size,
+        rate,
+    };
+    let (s, st) = (sent.clone(), stop.clone());
     let started = Instant::now();
     let thread = std::thread::Builder::new()
         .name("paced-producer".into())
-        .spawn(move || {
-            let mut value = broker::record(0, 0, size);
-            let mut seq = 0u64;
-            while !st.load(Ordering::Relaxed) {
-                let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                broker::stamp(&mut value, seq, broker::now_us());
-                let p = (seq % partitions as u64) as i32;
-                loop {
-                    match producer.send(
-                        BaseRecord::<(), [u8]>::to(&topic)
-                            .partition(p)
-                            .payload(&value),
-                    ) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            producer.poll(Duration::from_millis(1));
-                        }
-                        Err((e, _)) => bail!("paced producer: {e}"),
-                    }
-                }
-                producer.poll(Duration::ZERO);
-                seq += 1;
-                s.store(seq, Ordering::Relaxed);
-            }
-            producer.flush(Duration::from_secs(30))?;
-            Ok(())
-        })?;
+        .spawn(move || produce(&producer, &load, started, &s, &st))?;
     Ok(Paced {
         sent,
         stop,
         started,
         thread,
     })
+}
+
+/// What the paced producer writes.
+struct Load {
+    topic: String,
+    partitions: i32,
+    size: usize,
+    rate: u64,
+}
+
+/// The producer thread: record `seq` is due `seq / rate` seconds after
+/// `started`, and stamped when it is sent. Counts into `sent` until `stop`,
+/// then flushes.
+fn produce(
+    producer: &BaseProducer,
+    load: &Load,
+    started: Instant,
+    sent: &AtomicU64,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut value = broker::record(0, 0, load.size);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = started + Duration::from_secs_f64(seq as f64 / load.rate as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        broker::stamp(&mut value, seq, broker::now_us());
+        let p = (seq % load.partitions as u64) as i32;
+        broker::send_waiting(producer, &load.topic, p, &value, Duration::from_millis(1))
+            .map_err(|e| anyhow::anyhow!("paced producer: {e}"))?;
+        producer.poll(Duration::ZERO);
+        seq += 1;
+        sent.store(seq, Ordering::Relaxed);
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
 }
 
 impl Paced {

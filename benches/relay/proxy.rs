@@ -69,82 +69,103 @@ pub async fn start(upstream: SocketAddr, link: Link) -> anyhow::Result<DelayProx
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
-        loop {
-            let (client, _) = tokio::select! {
-                _ = s.cancelled() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                },
-            };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::select! {
-                    _ = s.cancelled() => {}
-                    _ = async { tokio::join!(delay_line(cr, sw, link), delay_line(sr, cw, link)) } => {}
-                }
-            });
+        while let Some(client) = accept(&listener, &s).await {
+            tokio::spawn(forward(client, upstream, link, s.clone()));
         }
     });
     Ok(DelayProxy { addr, stop })
 }
 
+/// The next connection (failed accepts are skipped), or `None` once the
+/// proxy stops.
+async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            a = listener.accept() => if let Ok((client, _)) = a {
+                return Some(client);
+            },
+        }
+    }
+}
+
+/// One connection: `client` to `upstream` and back, each way through a
+/// delay line, until either side closes or the proxy stops.
+async fn forward(client: TcpStream, upstream: SocketAddr, link: Link, stop: CancellationToken) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = async { tokio::join!(delay_line(cr, sw, link), delay_line(sr, cw, link)) } => {}
+    }
+}
+
 /// Copy `from` to `to`, each chunk `link.one_way` after it was read and
 /// after the link has sent the chunks before it.
-async fn delay_line(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, link: Link) {
-    let delay = link.one_way;
+async fn delay_line(from: OwnedReadHalf, to: OwnedWriteHalf, link: Link) {
     let chunks = match link.bytes_per_s {
         Some(_) => LIMITED_CHUNKS,
         None => LINE_CHUNKS,
     };
-    let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(chunks);
-    let reader = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx
-                        .send((Instant::now() + delay, Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
+    let (tx, rx) = mpsc::channel::<(Instant, Bytes)>(chunks);
+    tokio::join!(
+        read_into_line(from, tx, link.one_way),
+        write_from_line(rx, to, link)
+    );
+}
+
+/// Put each chunk read on the line with the time it is due out.
+async fn read_into_line(
+    mut from: OwnedReadHalf,
+    tx: mpsc::Sender<(Instant, Bytes)>,
+    delay: Duration,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = (Instant::now() + delay, Bytes::copy_from_slice(&buf[..n]));
+        if tx.send(chunk).await.is_err() {
+            break;
         }
-        // Dropping `tx` lets the writer finish what is in the line, then
-        // pass the end of stream on.
-    };
-    let writer = async move {
-        // When the link has finished sending what it was given.
-        let mut link_free = Instant::now();
-        while let Some((mut due, chunk)) = rx.recv().await {
-            if let Some(rate) = link.bytes_per_s {
-                // The chunk leaves the link once the link is free and has
-                // taken the time to send it; then it travels `delay`.
-                let send = Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
-                link_free = link_free.max(due - delay) + send;
-                due = link_free + delay;
-            }
-            if !delay.is_zero() || link.bytes_per_s.is_some() {
-                // (Without either, the proxy is a plain forwarder: the baseline.)
-                tokio::time::sleep_until(due).await;
-            }
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
+    }
+    // Dropping `tx` lets the writer finish what is in the line, then
+    // pass the end of stream on.
+}
+
+/// Write each chunk of the line when it is due (and, on a limited link,
+/// once the link has sent it), then pass the end of stream on.
+async fn write_from_line(
+    mut rx: mpsc::Receiver<(Instant, Bytes)>,
+    mut to: OwnedWriteHalf,
+    link: Link,
+) {
+    let delay = link.one_way;
+    // When the link has finished sending what it was given.
+    let mut link_free = Instant::now();
+    while let Some((mut due, chunk)) = rx.recv().await {
+        if let Some(rate) = link.bytes_per_s {
+            // The chunk leaves the link once the link is free and has
+            // taken the time to send it; then it travels `delay`.
+            let send = Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+            link_free = link_free.max(due - delay) + send;
+            due = link_free + delay;
         }
-        let _ = to.shutdown().await;
-    };
-    tokio::join!(reader, writer);
+        if !delay.is_zero() || link.bytes_per_s.is_some() {
+            // (Without either, the proxy is a plain forwarder: the baseline.)
+            tokio::time::sleep_until(due).await;
+        }
+        if to.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Checks run under `cargo test`: a round trip through the proxy takes

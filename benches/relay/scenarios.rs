@@ -301,54 +301,10 @@ pub async fn drain_relay(
     );
     let mut agent = ctx.start_agent(&job, url)?;
 
-    // Resources from the first record out to the last.
-    let (mut at_first, mut self_first, mut broker_first): (
-        Option<Sample>,
-        Option<f64>,
-        Option<f64>,
-    ) = (None, None, None);
-    let mut last_progress = (0u64, Instant::now());
-    loop {
-        let c = meter.count();
-        if c.records > 0 && at_first.is_none() {
-            at_first = Some(agent.sample()?);
-            self_first = procstat::sample("self").ok().map(|s| s.cpu_s);
-            broker_first = ctx.broker_cpu();
-        }
-        if c.records >= f.records {
-            break;
-        }
-        if c.records != last_progress.0 {
-            last_progress = (c.records, Instant::now());
-        } else if last_progress.1.elapsed() > PATIENCE {
-            bail!(
-                "relay stuck at {} of {} records; agent log:\n{}",
-                c.records,
-                f.records,
-                agent.log_tail()
-            );
-        }
-        if !agent.alive() {
-            bail!("agent exited; its log:\n{}", agent.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let at_last = agent.sample()?;
-    let (self_last, broker_last) = (
-        procstat::sample("self").ok().map(|s| s.cpu_s),
-        ctx.broker_cpu(),
-    );
+    let (first, last) = wait_relayed(ctx, &meter, &mut agent, f.records).await?;
     let c = meter.count();
     let committed_at = wait_committed(ctx, &group, &f.topic, &f.end).await?;
-    let name = match (sink, link) {
-        (SinkKind::Discard, None) => report::RELAY_DISCARD,
-        (SinkKind::Jsonl, None) => report::RELAY_JSONL,
-        (SinkKind::Discard, Some(l)) if l.bytes_per_s.is_some() => report::RELAY_DISCARD_LINK,
-        (SinkKind::Discard, Some(l)) if l.one_way.is_zero() => report::RELAY_DISCARD_PROXY,
-        (SinkKind::Discard, Some(_)) => report::RELAY_DISCARD_RTT,
-        (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, through the proxy",
-    };
-    let mut r = run(f, name);
+    let mut r = run(f, relay_name(sink, link));
     if compression != Compression::None {
         r.compression = Some(compression.as_str().into());
     }
@@ -357,16 +313,11 @@ pub async fn drain_relay(
         r.frame_raw_mib = Some(raw as f64 / MIB);
     }
     r.set_rate(c.records, c.bytes, c.span_s());
-    let cpu = at_last.cpu_s - at_first.map_or(0.0, |s| s.cpu_s);
-    r.consumer_cpu_s = Some(cpu);
-    r.consumer_cpu_total_s = Some(at_last.cpu_s);
-    r.cpu_s_per_m = Some(cpu / (c.records as f64 / 1e6));
-    r.peak_rss_mib = Some(at_last.hwm_kib as f64 / 1024.0);
-    r.cp_cpu_s = delta(self_first, self_last);
-    r.broker_cpu_s = delta(broker_first, broker_last);
+    first_to_last(&mut r, first.as_ref(), &last, c.records);
     r.commit_after_s = c
         .last
         .map(|l| committed_at.saturating_duration_since(l).as_secs_f64());
+
     let stop = tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await??;
     r.stop_s = Some(stop.as_secs_f64());
     drop(proxy);
@@ -376,6 +327,84 @@ pub async fn drain_relay(
         let _ = std::fs::remove_file(&p);
     }
     Ok(r)
+}
+
+/// CPU seconds of the agent (and its memory), of this process and of the
+/// broker, at one moment.
+struct Usage {
+    agent: Sample,
+    this: Option<f64>,
+    broker: Option<f64>,
+}
+
+impl Usage {
+    fn now(ctx: &Ctx, agent: &Agent) -> anyhow::Result<Usage> {
+        Ok(Usage {
+            agent: agent.sample()?,
+            this: procstat::sample("self").ok().map(|s| s.cpu_s),
+            broker: ctx.broker_cpu(),
+        })
+    }
+}
+
+/// Wait until the sink has `records`; bail out if the relay makes no
+/// progress for [`PATIENCE`] or the agent exits. The resources used at the
+/// first record out (if any came) and at the last.
+async fn wait_relayed(
+    ctx: &Ctx,
+    meter: &Meter,
+    agent: &mut Agent,
+    records: u64,
+) -> anyhow::Result<(Option<Usage>, Usage)> {
+    let mut first = None;
+    let mut last_progress = (0u64, Instant::now());
+    loop {
+        let c = meter.count();
+        if c.records > 0 && first.is_none() {
+            first = Some(Usage::now(ctx, agent)?);
+        }
+        if c.records >= records {
+            break;
+        }
+        if c.records != last_progress.0 {
+            last_progress = (c.records, Instant::now());
+        } else if last_progress.1.elapsed() > PATIENCE {
+            bail!(
+                "relay stuck at {} of {records} records; agent log:\n{}",
+                c.records,
+                agent.log_tail()
+            );
+        }
+        if !agent.alive() {
+            bail!("agent exited; its log:\n{}", agent.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((first, Usage::now(ctx, agent)?))
+}
+
+/// The resources a relay run used from the first record out to the last
+/// (and the agent's CPU over its whole life).
+fn first_to_last(r: &mut report::Run, first: Option<&Usage>, last: &Usage, records: u64) {
+    let cpu = last.agent.cpu_s - first.map_or(0.0, |u| u.agent.cpu_s);
+    r.consumer_cpu_s = Some(cpu);
+    r.consumer_cpu_total_s = Some(last.agent.cpu_s);
+    r.cpu_s_per_m = Some(cpu / (records as f64 / 1e6));
+    r.peak_rss_mib = Some(last.agent.hwm_kib as f64 / 1024.0);
+    r.cp_cpu_s = delta(first.and_then(|u| u.this), last.this);
+    r.broker_cpu_s = delta(first.and_then(|u| u.broker), last.broker);
+}
+
+/// The consumer column of a relay run.
+fn relay_name(sink: SinkKind, link: Option<Link>) -> &'static str {
+    match (sink, link) {
+        (SinkKind::Discard, None) => report::RELAY_DISCARD,
+        (SinkKind::Jsonl, None) => report::RELAY_JSONL,
+        (SinkKind::Discard, Some(l)) if l.bytes_per_s.is_some() => report::RELAY_DISCARD_LINK,
+        (SinkKind::Discard, Some(l)) if l.one_way.is_zero() => report::RELAY_DISCARD_PROXY,
+        (SinkKind::Discard, Some(_)) => report::RELAY_DISCARD_RTT,
+        (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, through the proxy",
+    }
 }
 
 /// Which consumer a latency run measures.
@@ -405,87 +434,12 @@ pub async fn latency(
         Consumer::Relay => ctx.system.meter(),
     };
     meter.reset();
-    let group = ctx.unique("group");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut agent = None;
-    let mut job = None;
-    let bare = match consumer {
-        Consumer::Bare => {
-            let (b, t, g, m, s) = (
-                ctx.broker.clone(),
-                topic.clone(),
-                group.clone(),
-                meter.clone(),
-                stop.clone(),
-            );
-            Some(std::thread::spawn(move || {
-                ceiling::consume_into(&b, &t, &g, Settings::Defaults, m, s)
-            }))
-        }
-        Consumer::Relay => {
-            let id = ctx.unique("job");
-            ctx.system
-                .add_job(
-                    &id,
-                    &ctx.job_spec(&id, &topic, &group),
-                    SinkKind::Discard,
-                    &ctx.out,
-                )
-                .await?;
-            agent = Some(ctx.start_agent(&id, ctx.system.url())?);
-            job = Some(id);
-            None
-        }
-    };
+    let consuming = Consuming::start(ctx, consumer, &topic, &meter).await?;
     let producer = paced::start(&ctx.broker, &topic, partitions, size, rate)?;
-    let result = async {
-        if !meter::wait_for(|| meter.count().records > 0, || 0, Duration::from_secs(60)).await {
-            bail!("no record came through within 60 s");
-        }
-        tokio::time::sleep(settle).await;
-        let want = (rate as f64 * secs).round() as u64;
-        let from = producer.sent();
-        meter.measure(from, from + want);
-        let cpu0 = agent.as_ref().map(|a| a.sample()).transpose()?;
-        let t0 = Instant::now();
-        if !meter::wait_for(
-            || meter.measured() as u64 >= want,
-            || meter.measured() as u64,
-            Duration::from_secs(30),
-        )
-        .await
-        {
-            bail!(
-                "only {} of {want} measured records arrived",
-                meter.measured()
-            );
-        }
-        let took = t0.elapsed().as_secs_f64();
-        let cpu1 = agent.as_ref().map(|a| a.sample()).transpose()?;
-        Ok((
-            meter.take_samples(),
-            cpu0.zip(cpu1).map(|(a, b)| {
-                (
-                    (b.cpu_s - a.cpu_s) / took * 100.0,
-                    b.hwm_kib as f64 / 1024.0,
-                )
-            }),
-        ))
-    }
-    .await;
+    let want = (rate as f64 * secs).round() as u64;
+    let result = measure_latency(&meter, &producer, consuming.agent.as_ref(), want, settle).await;
     let (_, achieved) = producer.stop()?;
-    stop.store(true, Ordering::Relaxed);
-    if let Some(h) = bare {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("bare consumer panicked"))??;
-    }
-    let log = agent.as_ref().map(Agent::log_tail).unwrap_or_default();
-    if let Some(a) = agent {
-        tokio::task::spawn_blocking(move || a.stop(Duration::from_secs(30))).await??;
-    }
-    if let Some(j) = job {
-        ctx.system.remove_job(&j).await?;
-    }
+    let log = consuming.stop(ctx).await?;
     ctx.broker.delete_topic(&topic).await?;
     let (samples, agent_use) =
         result.with_context(|| format!("latency at {rate}/s; agent log:\n{log}"))?;
@@ -510,6 +464,109 @@ pub async fn latency(
         agent_cpu_pct: agent_use.map(|a| a.0),
         agent_peak_rss_mib: agent_use.map(|a| a.1),
     })
+}
+
+/// What consumes a latency run's topic: a bare consumer on its own thread,
+/// or the agent with a relay job.
+struct Consuming {
+    stop: Arc<AtomicBool>,
+    bare: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    agent: Option<Agent>,
+    job: Option<String>,
+}
+
+impl Consuming {
+    async fn start(
+        ctx: &Ctx,
+        consumer: Consumer,
+        topic: &str,
+        meter: &Arc<Meter>,
+    ) -> anyhow::Result<Consuming> {
+        let group = ctx.unique("group");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut consuming = Consuming {
+            stop: stop.clone(),
+            bare: None,
+            agent: None,
+            job: None,
+        };
+        match consumer {
+            Consumer::Bare => {
+                let (b, t, m) = (ctx.broker.clone(), topic.to_owned(), meter.clone());
+                consuming.bare = Some(std::thread::spawn(move || {
+                    ceiling::consume_into(&b, &t, &group, Settings::Defaults, m, stop)
+                }));
+            }
+            Consumer::Relay => {
+                let id = ctx.unique("job");
+                let spec = ctx.job_spec(&id, topic, &group);
+                ctx.system
+                    .add_job(&id, &spec, SinkKind::Discard, &ctx.out)
+                    .await?;
+                consuming.agent = Some(ctx.start_agent(&id, ctx.system.url())?);
+                consuming.job = Some(id);
+            }
+        }
+        Ok(consuming)
+    }
+
+    /// Stop consuming and remove the job; the agent's log, if there was one.
+    async fn stop(self, ctx: &Ctx) -> anyhow::Result<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.bare {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("bare consumer panicked"))??;
+        }
+        let log = self.agent.as_ref().map(Agent::log_tail).unwrap_or_default();
+        if let Some(a) = self.agent {
+            tokio::task::spawn_blocking(move || a.stop(Duration::from_secs(30))).await??;
+        }
+        if let Some(j) = self.job {
+            ctx.system.remove_job(&j).await?;
+        }
+        Ok(log)
+    }
+}
+
+/// Once records come through and `settle` has passed, the latency of the
+/// next `want` records produced; with an agent, its CPU (% of a core)
+/// meanwhile and its peak RSS (MiB).
+async fn measure_latency(
+    meter: &Meter,
+    producer: &paced::Paced,
+    agent: Option<&Agent>,
+    want: u64,
+    settle: Duration,
+) -> anyhow::Result<(Vec<meter::Sample>, Option<(f64, f64)>)> {
+    if !meter::wait_for(|| meter.count().records > 0, || 0, Duration::from_secs(60)).await {
+        bail!("no record came through within 60 s");
+    }
+    tokio::time::sleep(settle).await;
+    let from = producer.sent();
+    meter.measure(from, from + want);
+    let cpu0 = agent.map(|a| a.sample()).transpose()?;
+    let t0 = Instant::now();
+    if !meter::wait_for(
+        || meter.measured() as u64 >= want,
+        || meter.measured() as u64,
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        bail!(
+            "only {} of {want} measured records arrived",
+            meter.measured()
+        );
+    }
+    let took = t0.elapsed().as_secs_f64();
+    let cpu1 = agent.map(|a| a.sample()).transpose()?;
+    let agent_use = cpu0.zip(cpu1).map(|(a, b)| {
+        (
+            (b.cpu_s - a.cpu_s) / took * 100.0,
+            b.hwm_kib as f64 / 1024.0,
+        )
+    });
+    Ok((meter.take_samples(), agent_use))
 }
 
 /// An agent with a job on an idle topic: its CPU use and the requests it
@@ -606,38 +663,8 @@ pub async fn soak(
         .await?;
     let mut agent = ctx.start_agent(&job, ctx.system.url())?;
     let producer = paced::start(&ctx.broker, &topic, partitions, size, rate)?;
-    let result = async {
-        if !meter::wait_for(|| meter.count().records > 0, || 0, Duration::from_secs(60)).await {
-            bail!("no record came through within 60 s");
-        }
-        let t0 = Instant::now();
-        let (cpu0, rec0) = (agent.sample()?.cpu_s, meter.count().records);
-        let mut samples = Vec::new();
-        while t0.elapsed().as_secs_f64() < secs {
-            let s = agent.sample()?;
-            samples.push((t0.elapsed().as_secs_f64(), s.rss_kib as f64 / 1024.0));
-            if !agent.alive() {
-                bail!("agent exited");
-            }
-            tokio::time::sleep(every.min(Duration::from_secs_f64(
-                (secs - t0.elapsed().as_secs_f64()).max(0.01),
-            )))
-            .await;
-        }
-        let end = agent.sample()?;
-        samples.push((t0.elapsed().as_secs_f64(), end.rss_kib as f64 / 1024.0));
-        let relayed = meter.count().records - rec0;
-        Ok(report::Soak::new(
-            rate,
-            size,
-            partitions,
-            samples,
-            end.hwm_kib as f64 / 1024.0,
-            relayed,
-            end.cpu_s - cpu0,
-        ))
-    }
-    .await;
+    let load = (rate, size, partitions);
+    let result = sample_memory(&meter, &mut agent, load, secs, every).await;
     let (produced, _) = producer.stop()?;
     let log = agent.log_tail();
     // Everything produced must come out, or the run proves nothing.
@@ -658,4 +685,44 @@ pub async fn soak(
         );
     }
     Ok(soak)
+}
+
+/// Once records come through: the agent's RSS every `every` for `secs`,
+/// under `load` (records/s, record size, partitions).
+async fn sample_memory(
+    meter: &Meter,
+    agent: &mut Agent,
+    (rate, size, partitions): (u64, usize, i32),
+    secs: f64,
+    every: Duration,
+) -> anyhow::Result<report::Soak> {
+    if !meter::wait_for(|| meter.count().records > 0, || 0, Duration::from_secs(60)).await {
+        bail!("no record came through within 60 s");
+    }
+    let t0 = Instant::now();
+    let (cpu0, rec0) = (agent.sample()?.cpu_s, meter.count().records);
+    let mut samples = Vec::new();
+    while t0.elapsed().as_secs_f64() < secs {
+        let s = agent.sample()?;
+        samples.push((t0.elapsed().as_secs_f64(), s.rss_kib as f64 / 1024.0));
+        if !agent.alive() {
+            bail!("agent exited");
+        }
+        tokio::time::sleep(every.min(Duration::from_secs_f64(
+            (secs - t0.elapsed().as_secs_f64()).max(0.01),
+        )))
+        .await;
+    }
+    let end = agent.sample()?;
+    samples.push((t0.elapsed().as_secs_f64(), end.rss_kib as f64 / 1024.0));
+    let relayed = meter.count().records - rec0;
+    Ok(report::Soak::new(
+        rate,
+        size,
+        partitions,
+        samples,
+        end.hwm_kib as f64 / 1024.0,
+        relayed,
+        end.cpu_s - cpu0,
+    ))
 }

@@ -66,23 +66,7 @@ impl BatchSink for MeteredSink {
                 .iter()
                 .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64))
                 .sum();
-            // Parsing produce times costs a little: only while latency is measured.
-            let stamps: Vec<Stamp> = if self.meter.wants_latency() {
-                batch
-                    .records
-                    .iter()
-                    .filter_map(|r| {
-                        let (produced_us, seq) = crate::broker::parse(r.value.as_deref()?)?;
-                        Some(Stamp {
-                            produced_us,
-                            seq,
-                            logged_ms: r.timestamp,
-                        })
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let stamps = self.stamps(&batch);
             let arrived = self.started.elapsed();
             let (seq, n) = (batch.batch_seq, batch.records.len());
             let Some(delivery) = self.delivery.get() else {
@@ -90,30 +74,57 @@ impl BatchSink for MeteredSink {
                     job_id: batch.job_id,
                 });
             };
-            match delivery.deliver(batch).await {
-                Ok(ack) => {
-                    // Duplicates (a resend after a reconnect) are not counted twice.
-                    self.meter.add(
-                        ack.delivered as u64,
-                        if ack.duplicates == 0 { bytes } else { 0 },
-                        &stamps,
-                    );
-                    if let Some(t) = &self.trace {
-                        use std::io::Write;
-                        let done = self.started.elapsed();
-                        let mut f = t.lock().unwrap_or_else(|p| p.into_inner());
-                        let _ = writeln!(
-                            f,
-                            "{:.3} {:.3} {seq} {n}",
-                            arrived.as_secs_f64() * 1000.0,
-                            done.as_secs_f64() * 1000.0
-                        );
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(SinkError::Failed(e.to_string())),
-            }
+            let ack = delivery
+                .deliver(batch)
+                .await
+                .map_err(|e| SinkError::Failed(e.to_string()))?;
+            // Duplicates (a resend after a reconnect) are not counted twice.
+            self.meter.add(
+                ack.delivered as u64,
+                if ack.duplicates == 0 { bytes } else { 0 },
+                &stamps,
+            );
+            self.trace(arrived, seq, n);
+            Ok(())
         })
+    }
+}
+
+impl MeteredSink {
+    /// The records' produce times, parsed only while latency is measured
+    /// (it costs a little).
+    fn stamps(&self, batch: &Batch) -> Vec<Stamp> {
+        if !self.meter.wants_latency() {
+            return Vec::new();
+        }
+        batch
+            .records
+            .iter()
+            .filter_map(|r| {
+                let (produced_us, seq) = crate::broker::parse(r.value.as_deref()?)?;
+                Some(Stamp {
+                    produced_us,
+                    seq,
+                    logged_ms: r.timestamp,
+                })
+            })
+            .collect()
+    }
+
+    /// A batch's line in the BENCH_TRACE_BATCHES file, if there is one.
+    fn trace(&self, arrived: std::time::Duration, seq: u64, n: usize) {
+        use std::io::Write;
+        let Some(t) = &self.trace else {
+            return;
+        };
+        let done = self.started.elapsed();
+        let mut f = t.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            f,
+            "{:.3} {:.3} {seq} {n}",
+            arrived.as_secs_f64() * 1000.0,
+            done.as_secs_f64() * 1000.0
+        );
     }
 }
 
