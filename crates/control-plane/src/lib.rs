@@ -26,6 +26,10 @@
 //! own TLS certificate: checks, expiry, why clients refuse it) and [`init`]
 //! (`control-plane init`: a first config, its CA and certificates from
 //! [`pki`]). `docs/ARCHITECTURE.md` draws the whole picture.
+#![forbid(unsafe_code)]
+// ConfigError carries file, line, key, value and fix on purpose; it only
+// travels the start-up path, where its size costs nothing.
+#![allow(clippy::result_large_err)]
 
 pub mod audit;
 pub mod auth;

@@ -9,6 +9,7 @@
 //! [`ControlMessage::Welcome`] or [`ControlMessage::Rejected`]. After that both
 //! sides send heartbeats and either side may send a [`Goodbye`](AgentMessage::Goodbye).
 //! `docs/PROTOCOL.md` describes the flow for people adopting the protocol.
+#![forbid(unsafe_code)]
 
 pub mod batch;
 pub mod command;
