@@ -235,23 +235,38 @@ fn migrate_profile(
     if to_move.is_empty() {
         return Ok((report, None));
     }
-    let io_err = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| MigrateError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-
     // The stored file first: if we stop between the two writes the profile
     // still holds the values and the next start moves them again.
+    store_secrets(state_dir, &report.credentials_file, &to_move)?;
+    let new_text = blank_in_profile(profile, &to_move, &report)?;
+    report.moved = to_move.iter().map(|e| e.key.clone()).collect();
+    let rewritten = Profile::parse(&profile.path, new_text)?;
+    Ok((report, Some(rewritten)))
+}
+
+/// A `map_err` for an I/O failure of `action` on `path`.
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MigrateError {
+    let path = path.to_owned();
+    move |source| MigrateError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Write the credentials file: the secrets to move, and those stored
+/// before for the keys not moved now.
+fn store_secrets(
+    state_dir: &Path,
+    credentials_file: &Path,
+    to_move: &[&Entry],
+) -> Result<(), MigrateError> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(state_dir)
         .map_err(io_err("create directory", state_dir))?;
-    let stored = read_stored(&report.credentials_file)?;
+    let stored = read_stored(credentials_file)?;
     let mut text = String::from(
         "# Secrets of connectivity-agent, moved here from its InstallerProfile.cfg.\n\
          # Written by the agent; to rotate a secret, write the new value in the profile.\n",
@@ -267,14 +282,23 @@ fn migrate_profile(
     }
     let dir_meta = fs::metadata(state_dir).map_err(io_err("inspect", state_dir))?;
     write_file_atomically(
-        &report.credentials_file,
+        credentials_file,
         text.as_bytes(),
         0o600,
         owner_to_keep(&dir_meta),
     )
-    .map_err(io_err("write", &report.credentials_file))?;
+    .map_err(io_err("write", credentials_file))?;
     zeroize::Zeroize::zeroize(&mut text);
+    Ok(())
+}
 
+/// Rewrite the profile with the moved secrets blanked and a note where
+/// they went; returns its new text.
+fn blank_in_profile(
+    profile: &Profile,
+    to_move: &[&Entry],
+    report: &MigrationReport,
+) -> Result<String, MigrateError> {
     let note = |key: &str| {
         format!(
             "# {key} moved to {} on {}; write a new value here to rotate it",
@@ -282,7 +306,7 @@ fn migrate_profile(
             report.date
         )
     };
-    let new_text = blank_secrets(profile, &to_move, note);
+    let new_text = blank_secrets(profile, to_move, note);
     let old_meta = fs::metadata(&profile.path).map_err(io_err("inspect", &profile.path))?;
     let mode = old_meta.permissions().mode() & 0o700;
     write_file_atomically(
@@ -292,10 +316,7 @@ fn migrate_profile(
         owner_to_keep(&old_meta),
     )
     .map_err(io_err("rewrite", &profile.path))?;
-
-    report.moved = to_move.iter().map(|e| e.key.clone()).collect();
-    let rewritten = Profile::parse(&profile.path, new_text)?;
-    Ok((report, Some(rewritten)))
+    Ok(new_text)
 }
 
 /// The profile text with each entry's value blanked and a comment line just

@@ -33,7 +33,8 @@ pub struct DemoArgs {
 const TOPIC: &str = "ATP.ADMIN.USERS";
 const GROUP: &str = "DEMO_GROUP";
 
-/// Run the demo until `shutdown` or `--rows`.
+/// Run the demo until `shutdown` or `--rows`: a mock cluster, the control
+/// plane, an agent, then rows produced and shown until the end.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = TempDir::new()?;
     let mock = MockCluster::new(1).context("cannot start the in-process Kafka mock cluster")?;
@@ -45,7 +46,50 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let agent_password = random_token();
     let console_token = random_token();
     let sink = dir.path().join("users.jsonl");
-    let cp_toml = format!(
+    let cp_toml = control_plane_toml(
+        dir.path(),
+        &bootstrap,
+        (&cert, &key),
+        &agent_password,
+        &console_token,
+        &sink,
+    )?;
+    let cp_stop = CancellationToken::new();
+    let cp = start_control_plane(dir.path(), &cp_toml, &cp_stop).await?;
+    let port = cp.local_addr().port();
+
+    let agent_config = agent_config(dir.path(), port, &agent_password, &ca, &bootstrap)?;
+    let agent_stop = CancellationToken::new();
+    let agent = tokio::spawn(run_agent(agent_config, agent_stop.clone()));
+    print_banner(&bootstrap, port, &console_token, &sink, &ca);
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    let mut rows = Rows::default();
+    let result = produce_and_show(&args, &producer, &sink, &agent, &shutdown, &mut rows).await;
+    agent_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
+    cp_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), cp.stopped()).await;
+    println!(
+        "demo stopped: {} rows produced, {} delivered",
+        rows.produced, rows.shown
+    );
+    result
+}
+
+/// The demo control plane's configuration: one group, one agent user, a
+/// console token and the demo job writing to `sink`.
+fn control_plane_toml(
+    dir: &Path,
+    bootstrap: &str,
+    (cert, key): (&Path, &Path),
+    agent_password: &str,
+    console_token: &str,
+    sink: &Path,
+) -> anyhow::Result<String> {
+    Ok(format!(
         r#"listen = "127.0.0.1:0"
 state_dir = "{state}"
 heartbeat_interval_ms = 2000
@@ -79,35 +123,53 @@ sink = {{ kind = "jsonl", path = "{sink}" }}
 [jobs.security]
 protocol = "PLAINTEXT"
 "#,
-        state = dir.path().join("control-plane").display(),
+        state = dir.join("control-plane").display(),
         cert = cert.display(),
         key = key.display(),
         pw_hash = hash_password(agent_password.as_bytes()).map_err(anyhow::Error::msg)?,
         token_hash = hash_password(console_token.as_bytes()).map_err(anyhow::Error::msg)?,
         sink = sink.display(),
-    );
-    let cp_path = dir.path().join("control-plane.toml");
+    ))
+}
+
+/// Write the control plane's config and start it on a loopback port.
+async fn start_control_plane(
+    dir: &Path,
+    cp_toml: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<ControlPlane> {
+    let cp_path = dir.join("control-plane.toml");
     // It holds the demo job's definition: private, like any such file.
     write_private(&cp_path, cp_toml.as_bytes())?;
     let cp_config = ControlPlaneConfig::load(&cp_path)
         .map_err(|e| anyhow::anyhow!("demo control plane config: {e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let cp_stop = CancellationToken::new();
-    let cp = ControlPlane::start(cp_config, listener, cp_stop.clone()).await?;
-    let port = cp.local_addr().port();
+    ControlPlane::start(cp_config, listener, stop.clone()).await
+}
 
+/// The demo agent's configuration, from a profile like an installer's.
+fn agent_config(
+    dir: &Path,
+    port: u16,
+    agent_password: &str,
+    ca: &Path,
+    bootstrap: &str,
+) -> anyhow::Result<config::AgentConfig> {
     let profile_text = format!(
         "oic_URL=https://localhost:{port}\nagent_GROUP_IDENTIFIER={GROUP}\noic_USER=demo-agent\noic_PASSWORD={agent_password}\n\
          oic_CA_FILE={}\nagent_STATE_DIR={}\nagent_NAME=demo-agent\nagent_ALLOWED_ENDPOINTS={bootstrap}\nagent_LOG_LEVEL=warn\n",
         ca.display(),
-        dir.path().join("agent").display()
+        dir.join("agent").display()
     );
-    let profile = Profile::parse(&dir.path().join("InstallerProfile.cfg"), profile_text)?;
-    let agent_config =
-        config::validate(&profile, &SecretValues::from_profile(&profile), &|_| None)?;
-    let agent_stop = CancellationToken::new();
-    let agent = tokio::spawn(run_agent(agent_config, agent_stop.clone()));
+    let profile = Profile::parse(&dir.join("InstallerProfile.cfg"), profile_text)?;
+    Ok(config::validate(
+        &profile,
+        &SecretValues::from_profile(&profile),
+        &|_| None,
+    )?)
+}
 
+fn print_banner(bootstrap: &str, port: u16, console_token: &str, sink: &Path, ca: &Path) {
     println!("connectivity-agent demo");
     println!("  Kafka (in-process mock)   {bootstrap}, topic {TOPIC} with 3 partitions");
     println!(
@@ -120,47 +182,54 @@ protocol = "PLAINTEXT"
         ca.display()
     );
     println!("rows as the sink receives them (Kafka Connect payload only):");
+}
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()?;
-    let mut produced = 0u64;
-    let mut shown = 0u64;
+/// Rows produced to the mock cluster and rows shown from the sink.
+#[derive(Default)]
+struct Rows {
+    produced: u64,
+    shown: u64,
+}
+
+/// Produce a row every interval and print what reaches the sink, until
+/// shutdown, `--rows` rows shown, or the agent stopping.
+async fn produce_and_show<T>(
+    args: &DemoArgs,
+    producer: &FutureProducer,
+    sink: &Path,
+    agent: &tokio::task::JoinHandle<T>,
+    shutdown: &CancellationToken,
+    rows: &mut Rows,
+) -> anyhow::Result<()> {
     let mut read_pos = 0usize;
     let mut produce_tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
     let mut poll_tick = tokio::time::interval(Duration::from_millis(100));
-    let result: anyhow::Result<()> = loop {
+    loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = produce_tick.tick(), if args.rows.is_none_or(|n| produced < n) => {
-                produced += 1;
-                let value = users_row(produced);
-                let key = format!("{{\"ID\":{produced}}}");
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = produce_tick.tick(), if args.rows.is_none_or(|n| rows.produced < n) => {
+                rows.produced += 1;
+                let value = users_row(rows.produced);
+                let key = format!("{{\"ID\":{}}}", rows.produced);
                 let record = FutureRecord::to(TOPIC).key(&key).payload(&value);
                 if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
-                    break Err(anyhow::anyhow!("producing to the mock cluster failed: {e}"));
+                    return Err(anyhow::anyhow!("producing to the mock cluster failed: {e}"));
                 }
             }
             _ = poll_tick.tick() => {
-                for line in read_new_lines(&sink, &mut read_pos) {
-                    shown += 1;
+                for line in read_new_lines(sink, &mut read_pos) {
+                    rows.shown += 1;
                     println!("{}", render_line(&line));
                 }
-                if args.rows.is_some_and(|n| shown >= n) {
-                    break Ok(());
+                if args.rows.is_some_and(|n| rows.shown >= n) {
+                    return Ok(());
                 }
                 if agent.is_finished() {
-                    break Err(anyhow::anyhow!("the demo agent stopped unexpectedly"));
+                    return Err(anyhow::anyhow!("the demo agent stopped unexpectedly"));
                 }
             }
         }
-    };
-    agent_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
-    cp_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), cp.stopped()).await;
-    println!("demo stopped: {produced} rows produced, {shown} delivered");
-    result
+    }
 }
 
 /// A USERS row as Kafka Connect's JsonConverter writes it (schemas.enable=true).

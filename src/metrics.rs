@@ -6,7 +6,7 @@
 //! the jobs' own state, refreshed when the session forwards a job state.
 
 use connectivity_protocol::JobState;
-use connectivity_protocol::job::JobPhase;
+use connectivity_protocol::job::{JobPhase, PartitionState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -252,41 +252,53 @@ pub fn observe_job(state: &JobState) {
     m.running
         .get_or_create(&job)
         .set(i64::from(state.phase == JobPhase::Running));
-    if let Ok(mut last) = m.last_error.lock() {
-        match &state.error {
-            Some(e) if last.get(&state.job_id) != Some(&e.message) => {
-                let class = serde_json::to_value(e.class)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                m.errors
-                    .get_or_create(&ErrorLabels {
-                        job: state.job_id.clone(),
-                        class,
-                    })
-                    .inc();
-                last.insert(state.job_id.clone(), e.message.clone());
-            }
-            Some(_) => {}
-            None => {
-                last.remove(&state.job_id);
-            }
+    count_new_error(m, state);
+    for p in &state.partitions {
+        observe_partition(m, &state.job_id, p);
+    }
+}
+
+/// Count a job's error once per new message (a state repeats it every
+/// report); forget it when the job recovers.
+fn count_new_error(m: &Metrics, state: &JobState) {
+    let Ok(mut last) = m.last_error.lock() else {
+        return;
+    };
+    match &state.error {
+        Some(e) if last.get(&state.job_id) != Some(&e.message) => {
+            let class = serde_json::to_value(e.class)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            m.errors
+                .get_or_create(&ErrorLabels {
+                    job: state.job_id.clone(),
+                    class,
+                })
+                .inc();
+            last.insert(state.job_id.clone(), e.message.clone());
+        }
+        Some(_) => {}
+        None => {
+            last.remove(&state.job_id);
         }
     }
-    for p in &state.partitions {
-        let l = PartitionLabels {
-            job: state.job_id.clone(),
-            partition: p.partition.to_string(),
-        };
-        m.fetched.get_or_create(&l).set(p.fetched);
-        m.relayed.get_or_create(&l).set(p.relayed);
-        m.acked.get_or_create(&l).set(p.acked);
-        m.committed.get_or_create(&l).set(p.committed);
-        if let Some(hw) = p.high_watermark {
-            m.lag
-                .get_or_create(&l)
-                .set((hw - p.committed.max(0)).max(0));
-        }
+}
+
+/// A partition's offsets, and its lag when the high watermark is known.
+fn observe_partition(m: &Metrics, job: &str, p: &PartitionState) {
+    let l = PartitionLabels {
+        job: job.to_owned(),
+        partition: p.partition.to_string(),
+    };
+    m.fetched.get_or_create(&l).set(p.fetched);
+    m.relayed.get_or_create(&l).set(p.relayed);
+    m.acked.get_or_create(&l).set(p.acked);
+    m.committed.get_or_create(&l).set(p.committed);
+    if let Some(hw) = p.high_watermark {
+        m.lag
+            .get_or_create(&l)
+            .set((hw - p.committed.max(0)).max(0));
     }
 }
 
@@ -306,34 +318,34 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                    render(),
-                )
-            }),
-        )
-        .route(
-            "/healthz",
-            get(|| async {
-                if session_connected() {
-                    (axum::http::StatusCode::OK, "ok: session established\n")
-                } else {
-                    (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "not ok: no control-plane session\n",
-                    )
-                }
-            }),
-        );
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
     });
     Ok(local)
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics_page() -> impl axum::response::IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        render(),
+    )
+}
+
+/// `GET /healthz`: 200 while a control-plane session is up, 503 otherwise.
+async fn healthz() -> impl axum::response::IntoResponse {
+    if session_connected() {
+        (axum::http::StatusCode::OK, "ok: session established\n")
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ok: no control-plane session\n",
+        )
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use super::jobs::JobHost;
 use crate::config::{AgentConfig, Credentials};
+use connectivity_protocol::connection_test::ConnectionParams;
 use connectivity_protocol::{Command, CommandResult};
 use serde_json::json;
 use std::sync::Arc;
@@ -57,89 +58,91 @@ pub async fn execute(
     command_id: String,
     command: Command,
 ) -> CommandResult {
-    let done = |ok: bool, message: String, data: Option<serde_json::Value>| CommandResult {
-        command_id: command_id.clone(),
-        ok,
-        message,
-        data,
-    };
-    match command {
+    let (ok, message, data) = match command {
         Command::TestConnection { params, timeout_ms } => {
-            let deadline = Duration::from_millis(timeout_ms).min(MAX_TEST_TIMEOUT);
-            let report = crate::kafka::probe::test_connection(
-                &params,
-                &ctx.config.allowed_endpoints,
-                deadline,
-            )
-            .await;
-            let message = report.summary();
-            done(report.ok, message, serde_json::to_value(&report).ok())
+            test_connection(ctx, &params, timeout_ms).await
         }
-        Command::PauseJob { job_id } => {
-            let ok = jobs.pause(&job_id);
-            done(
-                ok,
-                if ok {
-                    format!("job {job_id} paused")
-                } else {
-                    format!("job {job_id} does not run on this agent")
-                },
-                None,
-            )
-        }
-        Command::ResumeJob { job_id } => {
-            let ok = jobs.resume(&job_id);
-            done(
-                ok,
-                if ok {
-                    format!("job {job_id} resumed")
-                } else {
-                    format!("job {job_id} does not run on this agent")
-                },
-                None,
-            )
-        }
-        Command::DrainJob { job_id } => {
-            let known = jobs.job_ids().contains(&job_id);
-            if known {
-                jobs.revoke(&job_id);
-            }
-            done(
-                known,
-                if known {
-                    format!(
-                        "job {job_id} draining: in-flight batches finish, offsets are committed, then it stops"
-                    )
-                } else {
-                    format!("job {job_id} does not run on this agent")
-                },
-                None,
-            )
-        }
-        Command::Restart => {
-            ctx.restart_requested.store(true, Ordering::SeqCst);
-            ctx.shutdown.cancel();
-            done(
-                true,
-                format!(
-                    "restarting: draining, then exiting with code {} for the supervisor to start it again",
-                    connectivity_protocol::command::EX_RESTART
-                ),
-                None,
-            )
-        }
-        Command::SetLogLevel { level } => match crate::logging::set_level(&level) {
-            Ok(()) => {
-                tracing::info!(%level, "log level changed by the control plane");
-                done(true, format!("log level is now {level}"), None)
-            }
-            Err(e) => done(false, e, None),
-        },
-        Command::Diagnostics => done(
+        Command::PauseJob { job_id } => job_toggled(jobs.pause(&job_id), &job_id, "paused"),
+        Command::ResumeJob { job_id } => job_toggled(jobs.resume(&job_id), &job_id, "resumed"),
+        Command::DrainJob { job_id } => drain_job(jobs, &job_id),
+        Command::Restart => restart(ctx),
+        Command::SetLogLevel { level } => set_log_level(&level),
+        Command::Diagnostics => (
             true,
             "diagnostics bundle".into(),
             Some(diagnostics(ctx, jobs)),
         ),
+    };
+    CommandResult {
+        command_id,
+        ok,
+        message,
+        data,
+    }
+}
+
+/// What a command did: whether it worked, a message, and data if any.
+type Outcome = (bool, String, Option<serde_json::Value>);
+
+/// The connection test, within the command's timeout (capped).
+async fn test_connection(
+    ctx: &CommandContext,
+    params: &ConnectionParams,
+    timeout_ms: u64,
+) -> Outcome {
+    let deadline = Duration::from_millis(timeout_ms).min(MAX_TEST_TIMEOUT);
+    let report =
+        crate::kafka::probe::test_connection(params, &ctx.config.allowed_endpoints, deadline).await;
+    let message = report.summary();
+    (report.ok, message, serde_json::to_value(&report).ok())
+}
+
+/// A job paused or resumed (`ok` false when it does not run here).
+fn job_toggled(ok: bool, job_id: &str, done: &str) -> Outcome {
+    let message = if ok {
+        format!("job {job_id} {done}")
+    } else {
+        format!("job {job_id} does not run on this agent")
+    };
+    (ok, message, None)
+}
+
+/// Drain a job: it finishes its in-flight batches, commits and stops.
+fn drain_job(jobs: &dyn JobHost, job_id: &str) -> Outcome {
+    let known = jobs.job_ids().iter().any(|id| id == job_id);
+    if !known {
+        return (
+            false,
+            format!("job {job_id} does not run on this agent"),
+            None,
+        );
+    }
+    jobs.revoke(job_id);
+    let message = format!(
+        "job {job_id} draining: in-flight batches finish, offsets are committed, then it stops"
+    );
+    (true, message, None)
+}
+
+/// Stop the agent so that its supervisor starts it again.
+fn restart(ctx: &CommandContext) -> Outcome {
+    ctx.restart_requested.store(true, Ordering::SeqCst);
+    ctx.shutdown.cancel();
+    let message = format!(
+        "restarting: draining, then exiting with code {} for the supervisor to start it again",
+        connectivity_protocol::command::EX_RESTART
+    );
+    (true, message, None)
+}
+
+/// Change the log level at run time.
+fn set_log_level(level: &str) -> Outcome {
+    match crate::logging::set_level(level) {
+        Ok(()) => {
+            tracing::info!(%level, "log level changed by the control plane");
+            (true, format!("log level is now {level}"), None)
+        }
+        Err(e) => (false, e, None),
     }
 }
 

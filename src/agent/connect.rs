@@ -227,39 +227,7 @@ impl Connector {
             Err(_) => Err(ConnectError::new(Step::Auth, "WebSocket upgrade timed out")),
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                let status = resp.status();
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
-                    .unwrap_or_default();
-                let detail = if body.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {body}")
-                };
-                match status.as_u16() {
-                    401 => Err(ConnectError::permanent(
-                        Step::Auth,
-                        format!(
-                            "the control plane refused the credentials (HTTP 401){detail}; check oic_USER/oic_PASSWORD or the OAuth client settings"
-                        ),
-                    )),
-                    403 => Err(ConnectError::permanent(
-                        Step::Auth,
-                        format!("the control plane forbids this agent (HTTP 403){detail}"),
-                    )),
-                    404 => Err(ConnectError::permanent(
-                        Step::Auth,
-                        format!(
-                            "no agent endpoint at {url} (HTTP 404); check that oic_URL names the control plane"
-                        ),
-                    )),
-                    _ => Err(ConnectError::new(
-                        Step::Auth,
-                        format!("WebSocket upgrade refused with HTTP {status}{detail}"),
-                    )),
-                }
+                Err(upgrade_refused(&url, &resp))
             }
             Ok(Err(e)) => Err(ConnectError::new(
                 Step::Auth,
@@ -273,6 +241,47 @@ impl Connector {
         let stream = self.open_stream().await?;
         let tls = self.open_tls(stream).await?;
         self.upgrade(tls.stream, authorization).await
+    }
+}
+
+/// The control plane answered the upgrade with an HTTP error: credentials
+/// refused (401), agent forbidden (403) and no endpoint (404) are permanent.
+fn upgrade_refused(
+    url: &str,
+    resp: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> ConnectError {
+    let status = resp.status();
+    let body = resp
+        .body()
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+        .unwrap_or_default();
+    let detail = if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    };
+    match status.as_u16() {
+        401 => ConnectError::permanent(
+            Step::Auth,
+            format!(
+                "the control plane refused the credentials (HTTP 401){detail}; check oic_USER/oic_PASSWORD or the OAuth client settings"
+            ),
+        ),
+        403 => ConnectError::permanent(
+            Step::Auth,
+            format!("the control plane forbids this agent (HTTP 403){detail}"),
+        ),
+        404 => ConnectError::permanent(
+            Step::Auth,
+            format!(
+                "no agent endpoint at {url} (HTTP 404); check that oic_URL names the control plane"
+            ),
+        ),
+        _ => ConnectError::new(
+            Step::Auth,
+            format!("WebSocket upgrade refused with HTTP {status}{detail}"),
+        ),
     }
 }
 

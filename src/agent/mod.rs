@@ -91,6 +91,8 @@ pub async fn run(
     })
 }
 
+/// Keep a session up until shutdown or a permanent refusal: connect,
+/// serve the session, back off, again.
 async fn run_loop(
     config: &AgentConfig,
     agent_id: &str,
@@ -98,124 +100,24 @@ async fn run_loop(
     ctx: &commands::CommandContext,
     shutdown: &CancellationToken,
 ) -> Result<Stopped, AgentError> {
-    let agent_id = agent_id.to_owned();
-    let connector = Connector::new(config).map_err(|e| AgentError::Setup(e.to_string()))?;
-    let mut auth = auth::Authenticator::new(config).map_err(|e| AgentError::Setup(e.message))?;
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        agent_id: agent_id.clone(),
-        agent_name: config.agent_name.clone(),
-        group: config.group.clone(),
-        host: HostFacts::current(),
-        proxy: connector.proxy_address(),
-    };
-    info!(
-        agent_id = %agent_id,
-        name = %config.agent_name,
-        group = %config.group,
-        control_plane = %config.control_plane,
-        proxy = connector.proxy_address().as_deref().unwrap_or("none"),
-        "agent starting"
-    );
-
-    let mut backoff = Backoff::default();
-    let mut announced_ready = false;
-    let mut oauth_retry_used = false;
-    let mut reconnects: u64 = 0;
+    let mut sup = Supervisor::new(config, agent_id, jobs, ctx, shutdown)?;
     loop {
         mark_progress();
         if shutdown.is_cancelled() {
             break;
         }
-        let attempt = async {
-            let authorization = auth
-                .authorization()
-                .await
-                .map_err(|e| (e.permanent, e.message))?;
-            let mut ws = connector
-                .connect(&authorization)
-                .await
-                .map_err(|e| (e.permanent, e.to_string()))?;
-            let est = session::handshake(&mut ws, hello.clone())
-                .await
-                .map_err(|e| (e.is_permanent(), e.to_string()))?;
-            Ok::<_, (bool, String)>((ws, est))
-        };
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = attempt => r,
+            r = sup.attempt() => r,
         };
-        match outcome {
-            Err((permanent, message)) => {
-                // A refused bearer token may just have been revoked: fetch a
-                // new one once before calling it permanent.
-                if permanent
-                    && auth.is_oauth()
-                    && message.starts_with("auth: the control plane refused")
-                    && !oauth_retry_used
-                {
-                    oauth_retry_used = true;
-                    auth.invalidate();
-                    warn!(%message, "token refused; fetching a new one");
-                    continue;
-                }
-                if permanent {
-                    error!(%message, "control plane refused the agent; not retrying");
-                    return Err(AgentError::Refused(message));
-                }
-                let delay = backoff.next_delay();
-                warn!(error = %message, retry_in = ?delay, attempt = backoff.attempts(), "control plane unreachable");
-                if wait(delay, shutdown).await {
-                    break;
-                }
-            }
-            Ok((ws, est)) => {
-                backoff.reset();
-                oauth_retry_used = false;
-                info!(session = %est.session_id, heartbeat = ?est.heartbeat_interval, "session established");
-                if !announced_ready {
-                    announced_ready = true;
-                    crate::service::notify_ready();
-                }
-                crate::service::notify_status(&format!("connected to {}", config.control_plane));
-                let span = info_span!("session", id = %est.session_id);
-                ctx.set_session(serde_json::json!({
-                    "state": "connected",
-                    "session_id": est.session_id,
-                    "control_plane": config.control_plane.as_str(),
-                    "proxy": connector.proxy_address(),
-                    "heartbeat_interval_ms": est.heartbeat_interval.as_millis() as u64,
-                    "connected_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                    "reconnects": reconnects,
-                }));
-                crate::metrics::set_session_connected(true);
-                let result = session::run(ws, &est, jobs, ctx, shutdown, config.drain_timeout)
-                    .instrument(span)
-                    .await;
-                crate::metrics::set_session_connected(false);
-                if !matches!(result, Ok(SessionEnd::Shutdown)) {
-                    crate::metrics::count_reconnect();
-                }
-                reconnects += 1;
-                match result {
-                    Ok(SessionEnd::Shutdown) => return Ok(Stopped::Shutdown),
-                    Ok(SessionEnd::ClosedByPeer(reason)) => {
-                        jobs.session_lost();
-                        warn!(%reason, "control plane closed the session");
-                    }
-                    Err(e @ SessionError::Rejected { .. }) => {
-                        error!(error = %e, "control plane refused the agent; not retrying");
-                        return Err(AgentError::Refused(e.to_string()));
-                    }
-                    Err(e) => {
-                        jobs.session_lost();
-                        warn!(error = %e, "session lost");
-                    }
-                }
-                crate::service::notify_status("reconnecting");
-                let delay = backoff.next_delay();
-                info!(retry_in = ?delay, "reconnecting");
+        let next = match outcome {
+            Err((permanent, message)) => sup.attempt_failed(permanent, message),
+            Ok((ws, est)) => sup.serve(ws, est).await,
+        };
+        match next {
+            Next::Again => {}
+            Next::Done(result) => return result,
+            Next::Wait(delay) => {
                 if wait(delay, shutdown).await {
                     break;
                 }
@@ -227,6 +129,188 @@ async fn run_loop(
     crate::service::notify_stopping();
     jobs.drain(Duration::ZERO).await;
     Ok(Stopped::Shutdown)
+}
+
+/// What the main loop does after a connection attempt or a session.
+enum Next {
+    /// Try again at once.
+    Again,
+    /// Try again after this delay.
+    Wait(Duration),
+    /// Stop with this outcome.
+    Done(Result<Stopped, AgentError>),
+}
+
+/// The main loop's means and its memory between attempts.
+struct Supervisor<'a> {
+    config: &'a AgentConfig,
+    jobs: &'a dyn JobHost,
+    ctx: &'a commands::CommandContext,
+    shutdown: &'a CancellationToken,
+    connector: Connector,
+    auth: auth::Authenticator,
+    hello: Hello,
+    backoff: Backoff,
+    announced_ready: bool,
+    /// A refused bearer token was already replaced once since the last
+    /// session.
+    oauth_retry_used: bool,
+    reconnects: u64,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(
+        config: &'a AgentConfig,
+        agent_id: &str,
+        jobs: &'a dyn JobHost,
+        ctx: &'a commands::CommandContext,
+        shutdown: &'a CancellationToken,
+    ) -> Result<Supervisor<'a>, AgentError> {
+        let connector = Connector::new(config).map_err(|e| AgentError::Setup(e.to_string()))?;
+        let auth = auth::Authenticator::new(config).map_err(|e| AgentError::Setup(e.message))?;
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_id: agent_id.to_owned(),
+            agent_name: config.agent_name.clone(),
+            group: config.group.clone(),
+            host: HostFacts::current(),
+            proxy: connector.proxy_address(),
+        };
+        info!(
+            agent_id = %agent_id,
+            name = %config.agent_name,
+            group = %config.group,
+            control_plane = %config.control_plane,
+            proxy = connector.proxy_address().as_deref().unwrap_or("none"),
+            "agent starting"
+        );
+        Ok(Supervisor {
+            config,
+            jobs,
+            ctx,
+            shutdown,
+            connector,
+            auth,
+            hello,
+            backoff: Backoff::default(),
+            announced_ready: false,
+            oauth_retry_used: false,
+            reconnects: 0,
+        })
+    }
+
+    /// Authorize, connect and say hello; on failure whether it is
+    /// permanent, and why.
+    async fn attempt(
+        &mut self,
+    ) -> Result<(connect::Channel, session::Established), (bool, String)> {
+        let authorization = self
+            .auth
+            .authorization()
+            .await
+            .map_err(|e| (e.permanent, e.message))?;
+        let mut ws = self
+            .connector
+            .connect(&authorization)
+            .await
+            .map_err(|e| (e.permanent, e.to_string()))?;
+        let est = session::handshake(&mut ws, self.hello.clone())
+            .await
+            .map_err(|e| (e.is_permanent(), e.to_string()))?;
+        Ok((ws, est))
+    }
+
+    /// A failed attempt: retry with a new token, give up, or back off.
+    fn attempt_failed(&mut self, permanent: bool, message: String) -> Next {
+        // A refused bearer token may just have been revoked: fetch a
+        // new one once before calling it permanent.
+        if permanent
+            && self.auth.is_oauth()
+            && message.starts_with("auth: the control plane refused")
+            && !self.oauth_retry_used
+        {
+            self.oauth_retry_used = true;
+            self.auth.invalidate();
+            warn!(%message, "token refused; fetching a new one");
+            return Next::Again;
+        }
+        if permanent {
+            error!(%message, "control plane refused the agent; not retrying");
+            return Next::Done(Err(AgentError::Refused(message)));
+        }
+        let delay = self.backoff.next_delay();
+        warn!(error = %message, retry_in = ?delay, attempt = self.backoff.attempts(), "control plane unreachable");
+        Next::Wait(delay)
+    }
+
+    /// Serve an established session until it ends, then decide what next.
+    async fn serve(&mut self, ws: connect::Channel, est: session::Established) -> Next {
+        self.established(&est);
+        let span = info_span!("session", id = %est.session_id);
+        crate::metrics::set_session_connected(true);
+        let result = session::run(
+            ws,
+            &est,
+            self.jobs,
+            self.ctx,
+            self.shutdown,
+            self.config.drain_timeout,
+        )
+        .instrument(span)
+        .await;
+        crate::metrics::set_session_connected(false);
+        if !matches!(result, Ok(SessionEnd::Shutdown)) {
+            crate::metrics::count_reconnect();
+        }
+        self.reconnects += 1;
+        self.session_ended(result)
+    }
+
+    /// A session is up: reset the backoff, tell systemd, record it for the
+    /// status command.
+    fn established(&mut self, est: &session::Established) {
+        self.backoff.reset();
+        self.oauth_retry_used = false;
+        info!(session = %est.session_id, heartbeat = ?est.heartbeat_interval, "session established");
+        if !self.announced_ready {
+            self.announced_ready = true;
+            crate::service::notify_ready();
+        }
+        crate::service::notify_status(&format!("connected to {}", self.config.control_plane));
+        self.ctx.set_session(serde_json::json!({
+            "state": "connected",
+            "session_id": est.session_id,
+            "control_plane": self.config.control_plane.as_str(),
+            "proxy": self.connector.proxy_address(),
+            "heartbeat_interval_ms": est.heartbeat_interval.as_millis() as u64,
+            "connected_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "reconnects": self.reconnects,
+        }));
+    }
+
+    /// A session ended: stop (shutdown, refused) or reconnect after a delay.
+    fn session_ended(&mut self, result: Result<SessionEnd, SessionError>) -> Next {
+        match result {
+            Ok(SessionEnd::Shutdown) => return Next::Done(Ok(Stopped::Shutdown)),
+            Ok(SessionEnd::ClosedByPeer(reason)) => {
+                self.jobs.session_lost();
+                warn!(%reason, "control plane closed the session");
+            }
+            Err(e @ SessionError::Rejected { .. }) => {
+                error!(error = %e, "control plane refused the agent; not retrying");
+                return Next::Done(Err(AgentError::Refused(e.to_string())));
+            }
+            Err(e) => {
+                self.jobs.session_lost();
+                warn!(error = %e, "session lost");
+            }
+        }
+        crate::service::notify_status("reconnecting");
+        let delay = self.backoff.next_delay();
+        info!(retry_in = ?delay, "reconnecting");
+        Next::Wait(delay)
+    }
 }
 
 /// Sleep for `delay`, pinging the watchdog; `true` when shutdown came first.

@@ -187,51 +187,21 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
 
 /// Step two: check every key and build the [`AgentConfig`].
 /// `env` reads environment variables (injected so tests control it).
+/// The keys are checked in a fixed order, so the first bad one is reported.
 pub fn validate(
     profile: &Profile,
     secrets: &SecretValues,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<AgentConfig, ConfigError> {
     let v = Validator { profile };
-    let mut warnings = Vec::new();
-    for e in &profile.entries {
-        if !KNOWN_KEYS.contains(&e.key.as_str()) {
-            warnings.push(unknown_key_warning(&profile.path, e));
-        }
-    }
-
+    let warnings = unknown_key_warnings(profile);
     let control_plane = v
         .https_url("oic_URL", true)?
         .ok_or_else(|| v.missing("oic_URL", "add oic_URL=https://<control plane host>:<port>"))?;
-    let group = v.required(
-        "agent_GROUP_IDENTIFIER",
-        "add agent_GROUP_IDENTIFIER=<the agent group created in the console>",
-    )?;
-    if !group
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(v.bad(
-            "agent_GROUP_IDENTIFIER",
-            "may only hold letters, digits, '-', '_' and '.'",
-            "use the group identifier exactly as the console shows it",
-        ));
-    }
-
+    let group = v.group()?;
     let credentials = v.credentials(secrets)?;
     let proxy = v.proxy(secrets, env)?;
-
-    let ca_file = match profile.get("oic_CA_FILE") {
-        None => None,
-        Some(p) => {
-            let path = PathBuf::from(p);
-            if let Err(e) = std::fs::metadata(&path) {
-                return Err(v.bad("oic_CA_FILE", &format!("cannot read the file: {e}"), "give the path of a PEM file holding the CA certificate(s) of the control plane"));
-            }
-            Some(path)
-        }
-    };
-
+    let ca_file = v.ca_file()?;
     let agent_name = profile
         .get("agent_NAME")
         .map(str::to_owned)
@@ -241,43 +211,13 @@ pub fn validate(
         .map(PathBuf::from)
         .or_else(|| env("STATE_DIRECTORY").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-
-    let log_level = profile
-        .get("agent_LOG_LEVEL")
-        .unwrap_or("info")
-        .to_ascii_lowercase();
-    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-        return Err(v.bad(
-            "agent_LOG_LEVEL",
-            "is not a log level",
-            "use one of error, warn, info, debug, trace",
-        ));
-    }
-
-    let allowed_endpoints = AllowList::parse(profile.get("agent_ALLOWED_ENDPOINTS").unwrap_or(""))
-        .map_err(|why| {
-            v.bad(
-                "agent_ALLOWED_ENDPOINTS",
-                &why,
-                "list the stream endpoints jobs may reach, comma-separated",
-            )
-        })?;
-
+    let log_level = v.log_level()?;
+    let allowed_endpoints = v.allowed_endpoints()?;
     let drain_timeout = v.seconds("agent_DRAIN_TIMEOUT_SECONDS", 20, 1, 600)?;
     let session_grace = v.seconds("agent_SESSION_GRACE_SECONDS", 15, 0, 3600)?;
     let memory_trim =
         Some(v.seconds("agent_MEMORY_TRIM_SECONDS", 1, 0, 3600)?).filter(|every| !every.is_zero());
-    let metrics_address = match profile.get("agent_METRICS_ADDRESS") {
-        None => None,
-        Some("off") => None,
-        Some(a) => Some(a.parse().map_err(|_| {
-            v.bad(
-                "agent_METRICS_ADDRESS",
-                "is not an address",
-                "write ip:port, for example 127.0.0.1:9464, or off",
-            )
-        })?),
-    };
+    let metrics_address = v.metrics_address()?;
 
     Ok(AgentConfig {
         profile_path: profile.path.clone(),
@@ -296,6 +236,16 @@ pub fn validate(
         memory_trim,
         warnings,
     })
+}
+
+/// A warning for each key the agent does not know (a typo, most often).
+fn unknown_key_warnings(profile: &Profile) -> Vec<String> {
+    profile
+        .entries
+        .iter()
+        .filter(|e| !KNOWN_KEYS.contains(&e.key.as_str()))
+        .map(|e| unknown_key_warning(&profile.path, e))
+        .collect()
 }
 
 fn unknown_key_warning(path: &Path, e: &Entry) -> String {
@@ -329,6 +279,83 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// `agent_GROUP_IDENTIFIER`: required, letters, digits, '-', '_' and '.'.
+    fn group(&self) -> Result<String, ConfigError> {
+        let group = self.required(
+            "agent_GROUP_IDENTIFIER",
+            "add agent_GROUP_IDENTIFIER=<the agent group created in the console>",
+        )?;
+        if !group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(self.bad(
+                "agent_GROUP_IDENTIFIER",
+                "may only hold letters, digits, '-', '_' and '.'",
+                "use the group identifier exactly as the console shows it",
+            ));
+        }
+        Ok(group)
+    }
+
+    /// `oic_CA_FILE`: optional, a file that can be read.
+    fn ca_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(p) = self.profile.get("oic_CA_FILE") else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(p);
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(self.bad(
+                "oic_CA_FILE",
+                &format!("cannot read the file: {e}"),
+                "give the path of a PEM file holding the CA certificate(s) of the control plane",
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    /// `agent_LOG_LEVEL`: one of the five levels, `info` by default.
+    fn log_level(&self) -> Result<String, ConfigError> {
+        let log_level = self
+            .profile
+            .get("agent_LOG_LEVEL")
+            .unwrap_or("info")
+            .to_ascii_lowercase();
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(self.bad(
+                "agent_LOG_LEVEL",
+                "is not a log level",
+                "use one of error, warn, info, debug, trace",
+            ));
+        }
+        Ok(log_level)
+    }
+
+    /// `agent_ALLOWED_ENDPOINTS`: the endpoints jobs may reach.
+    fn allowed_endpoints(&self) -> Result<AllowList, ConfigError> {
+        AllowList::parse(self.profile.get("agent_ALLOWED_ENDPOINTS").unwrap_or("")).map_err(|why| {
+            self.bad(
+                "agent_ALLOWED_ENDPOINTS",
+                &why,
+                "list the stream endpoints jobs may reach, comma-separated",
+            )
+        })
+    }
+
+    /// `agent_METRICS_ADDRESS`: ip:port, or off (the default).
+    fn metrics_address(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        match self.profile.get("agent_METRICS_ADDRESS") {
+            None | Some("off") => Ok(None),
+            Some(a) => Ok(Some(a.parse().map_err(|_| {
+                self.bad(
+                    "agent_METRICS_ADDRESS",
+                    "is not an address",
+                    "write ip:port, for example 127.0.0.1:9464, or off",
+                )
+            })?)),
+        }
+    }
+
     fn bad(&self, key: &str, problem: &str, fix: &str) -> ConfigError {
         let entry = self.profile.entry(key);
         ConfigError {

@@ -102,7 +102,8 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
     uninstall_to(args, &mut io::stdout().lock())
 }
 
-/// [`install`], printing to `out`.
+/// [`install`], printing to `out`: validate, read the binary, create the
+/// service user, lay out the files, then enable and start the unit.
 pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let t = Target::new(&args.root)?;
     let mut steps = Steps {
@@ -114,54 +115,74 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
         require_root("install")?;
     }
     let profile = validate_profile(&args.config, &t, &mut steps)?;
+    let binary = read_binary(args)?;
+    let service = Owner {
+        name: SERVICE_USER,
+        ids: ensure_service_user(args, &t, &mut steps)?,
+    };
+    install_files(args, &t, &profile, service, &binary, &mut steps)?;
+    start_service(args, &t, &mut steps)
+}
+
+/// The binary to install: `--binary`, or this executable.
+fn read_binary(args: &InstallArgs) -> anyhow::Result<Vec<u8>> {
     let binary_src = match &args.binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .context("cannot tell where this executable is; pass --binary")?,
     };
-    let binary = fs::read(&binary_src)
-        .with_context(|| format!("cannot read the binary {}", binary_src.display()))?;
+    fs::read(&binary_src)
+        .with_context(|| format!("cannot read the binary {}", binary_src.display()))
+}
 
+/// The service user's ids, creating the user when it is missing (`None`
+/// in a dry run that would create it).
+fn ensure_service_user(
+    args: &InstallArgs,
+    t: &Target,
+    steps: &mut Steps,
+) -> anyhow::Result<Option<Ids>> {
     if !t.on_host {
         // useradd --prefix needs <root>/etc to write the user database into.
         steps.ensure_dir(&t.path("/etc"), 0o755, ROOT, false)?;
     }
-    let ids = match user::lookup(&t.root, t.on_host, SERVICE_USER)? {
-        Some(ids) => {
-            steps.say(format_args!(
-                "ok: system user {SERVICE_USER} exists (uid {}, gid {}){}",
-                ids.uid,
-                ids.gid,
-                t.where_()
-            ))?;
-            Some(ids)
-        }
-        None => {
-            steps.act(
-                format!("create system user {SERVICE_USER} (own group, no login shell, home {DEFAULT_STATE_DIR}){}", t.where_()),
-                || user::create(&t.root, t.on_host, SERVICE_USER, DEFAULT_STATE_DIR),
-            )?;
-            if args.dry_run {
-                None
-            } else {
-                Some(
-                    user::lookup(&t.root, t.on_host, SERVICE_USER)?
-                        .context("useradd succeeded but the user is not there")?,
-                )
-            }
-        }
-    };
-    let service = Owner {
-        name: SERVICE_USER,
-        ids,
-    };
+    if let Some(ids) = user::lookup(&t.root, t.on_host, SERVICE_USER)? {
+        steps.say(format_args!(
+            "ok: system user {SERVICE_USER} exists (uid {}, gid {}){}",
+            ids.uid,
+            ids.gid,
+            t.where_()
+        ))?;
+        return Ok(Some(ids));
+    }
+    steps.act(
+        format!("create system user {SERVICE_USER} (own group, no login shell, home {DEFAULT_STATE_DIR}){}", t.where_()),
+        || user::create(&t.root, t.on_host, SERVICE_USER, DEFAULT_STATE_DIR),
+    )?;
+    if args.dry_run {
+        return Ok(None);
+    }
+    Ok(Some(
+        user::lookup(&t.root, t.on_host, SERVICE_USER)?
+            .context("useradd succeeded but the user is not there")?,
+    ))
+}
 
+/// Directories, binary, profile, stored credentials and unit file.
+fn install_files(
+    args: &InstallArgs,
+    t: &Target,
+    profile: &Profile,
+    service: Owner,
+    binary: &[u8],
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
     steps.ensure_dir(&t.path("/usr/local/bin"), 0o755, ROOT, false)?;
     steps.ensure_dir(&t.path("/etc/systemd/system"), 0o755, ROOT, false)?;
     steps.ensure_dir(&t.path(CONFIG_DIR), 0o700, service, true)?;
     steps.ensure_dir(&t.path(DEFAULT_STATE_DIR), 0o700, service, true)?;
-    steps.ensure_file("binary", &t.path(BINARY_PATH), &binary, 0o755, ROOT)?;
-    install_profile(args, &t, &profile, service, &mut steps)?;
+    steps.ensure_file("binary", &t.path(BINARY_PATH), binary, 0o755, ROOT)?;
+    install_profile(args, t, profile, service, steps)?;
     let stored = t.path(DEFAULT_STATE_DIR).join(CREDENTIALS_FILE);
     if stored.exists() {
         steps.ensure_mode(&stored, 0o600, service)?;
@@ -172,8 +193,11 @@ pub fn install_to(args: &InstallArgs, out: &mut dyn Write) -> anyhow::Result<()>
         UNIT_FILE.as_bytes(),
         0o644,
         ROOT,
-    )?;
+    )
+}
 
+/// Reload systemd, enable the unit, and start (or restart) it.
+fn start_service(args: &InstallArgs, t: &Target, steps: &mut Steps) -> anyhow::Result<()> {
     if let Some(why) = t.why_no_systemctl() {
         steps.say(format_args!(
             "skip systemctl: {why}; on the running system: systemctl daemon-reload && systemctl enable --now {UNIT_NAME}"

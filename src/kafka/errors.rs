@@ -111,201 +111,282 @@ fn rank(class: ErrorClass) -> u8 {
     }
 }
 
-/// Classify one report.
-pub fn classify_one(code: Option<RDKafkaErrorCode>, text: &str, t: &Target) -> JobError {
-    use RDKafkaErrorCode as C;
-    let lower = text.to_ascii_lowercase();
-    let has = |s: &str| lower.contains(s);
-    let detail = if text.is_empty() {
-        String::new()
-    } else {
-        format!(" (librdkafka: {})", text.trim())
-    };
-    let err = |class, message: String| JobError { class, message };
+/// One report as the classifying rules see it.
+struct Report {
+    code: Option<RDKafkaErrorCode>,
+    /// The text in lower case, searched for known phrases.
+    lower: String,
+    /// The text as a suffix for messages, empty when there is none.
+    detail: String,
+}
 
-    if has("failed to resolve") || code == Some(C::Resolve) {
-        return err(
+impl Report {
+    fn new(code: Option<RDKafkaErrorCode>, text: &str) -> Report {
+        let detail = if text.is_empty() {
+            String::new()
+        } else {
+            format!(" (librdkafka: {})", text.trim())
+        };
+        Report {
+            code,
+            lower: text.to_ascii_lowercase(),
+            detail,
+        }
+    }
+
+    fn has(&self, s: &str) -> bool {
+        self.lower.contains(s)
+    }
+}
+
+fn err(class: ErrorClass, message: String) -> JobError {
+    JobError { class, message }
+}
+
+/// Classify one report: the families are tried from the most specific
+/// cause to the least, and the first that matches names the fix.
+pub fn classify_one(code: Option<RDKafkaErrorCode>, text: &str, t: &Target) -> JobError {
+    let r = Report::new(code, text);
+    dns(&r, t)
+        .or_else(|| sasl(&r, t))
+        .or_else(|| tls(&r, t))
+        .or_else(|| authorization(&r, t))
+        .or_else(|| group_or_topic(&r, t))
+        .or_else(|| tcp(&r, t))
+        .unwrap_or_else(|| other(&r, t))
+}
+
+/// The endpoint's name does not resolve.
+fn dns(r: &Report, t: &Target) -> Option<JobError> {
+    let detail = &r.detail;
+    if r.has("failed to resolve") || r.code == Some(RDKafkaErrorCode::Resolve) {
+        return Some(err(
             ErrorClass::Dns,
             format!(
                 "cannot resolve the stream endpoint {}{detail}; check bootstrap_servers for typos and that \
                  this agent's DNS resolves the name (a private endpoint's FQDN needs the VCN's resolver)",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if has("sasl authentication error")
-        || has("authentication failed")
-        || has("invalid credentials")
-        || has("invalid username or password")
-        || code == Some(C::Authentication)
-        || code == Some(C::SaslAuthenticationFailed)
+    None
+}
+
+/// The credentials or the SASL mechanism were refused.
+fn sasl(r: &Report, t: &Target) -> Option<JobError> {
+    use RDKafkaErrorCode as C;
+    let detail = &r.detail;
+    if r.has("sasl authentication error")
+        || r.has("authentication failed")
+        || r.has("invalid credentials")
+        || r.has("invalid username or password")
+        || r.code == Some(C::Authentication)
+        || r.code == Some(C::SaslAuthenticationFailed)
     {
         let who = match &t.sasl {
             Some((mech, user)) => format!("user {user:?} with SASL {mech}"),
             None => "the client".to_owned(),
         };
-        return err(
+        return Some(err(
             ErrorClass::Sasl,
             format!(
                 "the stream endpoint {} rejected {who}{detail}; check the username and password \
                  (OCI Streaming: username <tenancy>/<user>/<stream pool OCID>, password an auth token of that user)",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if has("unsupported sasl mechanism") || code == Some(C::UnsupportedSASLMechanism) {
+    if r.has("unsupported sasl mechanism") || r.code == Some(C::UnsupportedSASLMechanism) {
         let mech = t.sasl.as_ref().map(|(m, _)| *m).unwrap_or("-");
-        return err(
+        return Some(err(
             ErrorClass::Sasl,
             format!(
                 "the stream endpoint {} does not offer SASL mechanism {mech}{detail}; choose one it enables \
                  (OCI Streaming: PLAIN)",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if has("certificate verify failed") || has("broker certificate could not be verified") {
-        let why = if has("hostname mismatch") || has("hostname") {
+    None
+}
+
+/// The certificate was not trusted, the handshake failed, or the listener
+/// does not speak the configured protocol.
+fn tls(r: &Report, t: &Target) -> Option<JobError> {
+    let detail = &r.detail;
+    if r.has("certificate verify failed") || r.has("broker certificate could not be verified") {
+        let why = if r.has("hostname mismatch") || r.has("hostname") {
             "its certificate does not name the host in bootstrap_servers: connect by the name in the certificate"
-        } else if has("expired") {
+        } else if r.has("expired") {
             "its certificate has expired: the stream's operator must renew it"
         } else {
             "its certificate is not signed by a CA in the truststore: add the stream's CA certificate to the \
              truststore (openssl s_client -showcerts -connect <host>:<port> shows the chain)"
         };
-        return err(
+        return Some(err(
             ErrorClass::Tls,
             format!(
                 "the TLS handshake with {} failed: {why}{detail}",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if has("ssl handshake failed")
-        || has("ssl") && has("wrong version number")
-        || code == Some(C::SSL)
+    if r.has("ssl handshake failed")
+        || r.has("ssl") && r.has("wrong version number")
+        || r.code == Some(RDKafkaErrorCode::SSL)
     {
-        return err(
+        return Some(err(
             ErrorClass::Tls,
             format!(
                 "the TLS handshake with {} failed{detail}; check that the port is a TLS listener \
                  (security.protocol {} expects TLS) and that the truststore holds its CA",
                 t.bootstrap, t.protocol
             ),
-        );
+        ));
     }
-    if has("might be caused by incorrect security.protocol") || has("connecting to a ssl listener")
+    if r.has("might be caused by incorrect security.protocol")
+        || r.has("connecting to a ssl listener")
     {
-        return err(
+        return Some(err(
             ErrorClass::Tls,
             format!(
                 "{} closed the connection during the first request{detail}; security.protocol {} probably does not \
                  match the listener (OCI Streaming needs SASL_SSL on port 9092)",
                 t.bootstrap, t.protocol
             ),
-        );
+        ));
     }
-    if matches!(code, Some(C::TopicAuthorizationFailed)) || has("topic authorization failed") {
-        return err(
+    None
+}
+
+/// The SASL user may not read the topic, use the group, or do something
+/// else it tried.
+fn authorization(r: &Report, t: &Target) -> Option<JobError> {
+    use RDKafkaErrorCode as C;
+    let detail = &r.detail;
+    if matches!(r.code, Some(C::TopicAuthorizationFailed)) || r.has("topic authorization failed") {
+        return Some(err(
             ErrorClass::Authorization,
             format!(
                 "not authorized to read topic {:?}{detail}; grant the SASL user read access to it (OCI: a policy \
              allowing the user's group to `use stream-pull` in the stream's compartment)",
                 t.topic
             ),
-        );
+        ));
     }
-    if matches!(code, Some(C::GroupAuthorizationFailed)) || has("group authorization failed") {
-        return err(
+    if matches!(r.code, Some(C::GroupAuthorizationFailed)) || r.has("group authorization failed") {
+        return Some(err(
             ErrorClass::Authorization,
             format!(
                 "not authorized to use consumer group {:?}{detail}; grant the SASL user read access to the group \
              (OCI: `use stream-pull` covers groups)",
                 t.group
             ),
-        );
+        ));
     }
-    if matches!(code, Some(C::ClusterAuthorizationFailed)) || has("authorization failed") {
-        return err(
+    if matches!(r.code, Some(C::ClusterAuthorizationFailed)) || r.has("authorization failed") {
+        return Some(err(
             ErrorClass::Authorization,
             format!(
                 "the stream endpoint {} refused an operation as not authorized{detail}; grant the SASL user \
              read access to topic {:?} and group {:?}",
                 t.bootstrap, t.topic, t.group
             ),
-        );
+        ));
     }
-    if matches!(code, Some(C::InconsistentGroupProtocol)) || has("inconsistent group protocol") {
-        return err(
+    None
+}
+
+/// The consumer group is shared with other kinds of clients, or the topic
+/// does not exist.
+fn group_or_topic(r: &Report, t: &Target) -> Option<JobError> {
+    use RDKafkaErrorCode as C;
+    let detail = &r.detail;
+    if matches!(r.code, Some(C::InconsistentGroupProtocol)) || r.has("inconsistent group protocol")
+    {
+        return Some(err(
             ErrorClass::Config,
             format!(
                 "another member of consumer group {:?} uses a different partition assignment strategy{detail}; \
              give this job a consumer group of its own (members of one group must all be agents of this kind)",
                 t.group
             ),
-        );
+        ));
     }
     if matches!(
-        code,
+        r.code,
         Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition)
-    ) || has("unknown topic or partition")
-        || has("topic not available")
+    ) || r.has("unknown topic or partition")
+        || r.has("topic not available")
     {
-        return err(
+        return Some(err(
             ErrorClass::TopicMissing,
             format!(
                 "topic {:?} does not exist on {}{detail}; create it, or fix the topic name (names are case-sensitive; \
              on OCI Streaming the topic is the stream name)",
                 t.topic, t.bootstrap
             ),
-        );
+        ));
     }
-    if has("connection refused") {
-        return err(
+    None
+}
+
+/// The endpoint cannot be reached or does not answer.
+fn tcp(r: &Report, t: &Target) -> Option<JobError> {
+    use RDKafkaErrorCode as C;
+    let detail = &r.detail;
+    if r.has("connection refused") {
+        return Some(err(
             ErrorClass::Tcp,
             format!(
                 "{} refused the connection{detail}; check the port and that the stream endpoint is up",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if has("timed out") && (has("connect") || has("apiversion"))
-        || has("no route to host")
-        || has("network is unreachable")
+    if r.has("timed out") && (r.has("connect") || r.has("apiversion"))
+        || r.has("no route to host")
+        || r.has("network is unreachable")
     {
-        return err(
+        return Some(err(
             ErrorClass::Tcp,
             format!(
                 "cannot connect to {}{detail}; check that firewalls, security lists and routes let this agent \
              reach the endpoint",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if matches!(code, Some(C::AllBrokersDown | C::BrokerTransportFailure))
-        || has("all broker connections are down")
+    if matches!(r.code, Some(C::AllBrokersDown | C::BrokerTransportFailure))
+        || r.has("all broker connections are down")
     {
-        return err(
+        return Some(err(
             ErrorClass::Tcp,
             format!(
                 "cannot reach any broker of {}{detail}; check the host, port and network path from this agent",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    if matches!(code, Some(C::OperationTimedOut | C::RequestTimedOut)) {
-        return err(
+    if matches!(r.code, Some(C::OperationTimedOut | C::RequestTimedOut)) {
+        return Some(err(
             ErrorClass::Tcp,
             format!(
                 "{} did not answer in time{detail}; check the network path from this agent to the endpoint",
                 t.bootstrap
             ),
-        );
+        ));
     }
-    let what = match code {
+    None
+}
+
+/// Nothing known: name the code and the text as they are.
+fn other(r: &Report, t: &Target) -> JobError {
+    let what = match r.code {
         Some(c) => format!("{c}"),
         None => "an error".to_owned(),
     };
+    let detail = &r.detail;
     err(
         ErrorClass::Other,
         format!(

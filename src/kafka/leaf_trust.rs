@@ -108,34 +108,33 @@ fn issuers_for(
         if cur.subject() == cur.issuer() && cur.verify_signature(None).is_ok() {
             return Ok(added);
         }
-        let issuer = chain[1..]
-            .iter()
-            .chain(roots.iter())
-            .find(|cand| {
-                X509Certificate::from_der(cand)
-                    .map(|(_, c)| {
-                        c.subject() == cur.issuer()
-                            && cur.verify_signature(Some(c.public_key())).is_ok()
-                    })
-                    .unwrap_or(false)
-            })
-            .cloned();
-        match issuer {
-            Some(i) => {
-                added.push(i.clone());
-                current = i;
-            }
-            None => {
-                return Err(format!(
-                    "the truststore holds the broker's own certificate (issued by {}), not a CA, and the CA that issued it \
-                     is neither sent by the broker nor trusted by this system; import that CA certificate into the truststore \
-                     (keytool -importcert -alias ca -file ca.pem) or give it as a PEM truststore",
-                    cur.issuer()
-                ));
-            }
-        }
+        let Some(issuer) = issuer_of(&cur, chain[1..].iter().chain(roots.iter())) else {
+            return Err(format!(
+                "the truststore holds the broker's own certificate (issued by {}), not a CA, and the CA that issued it \
+                 is neither sent by the broker nor trusted by this system; import that CA certificate into the truststore \
+                 (keytool -importcert -alias ca -file ca.pem) or give it as a PEM truststore",
+                cur.issuer()
+            ));
+        };
+        added.push(issuer.clone());
+        current = issuer;
     }
     Err("the broker's certificate chain is longer than 8 certificates".into())
+}
+
+/// The candidate that issued `cert`: its subject is `cert`'s issuer and
+/// its key verifies `cert`'s signature.
+fn issuer_of<'c>(
+    cert: &X509Certificate<'_>,
+    mut candidates: impl Iterator<Item = &'c CertificateDer<'static>>,
+) -> Option<CertificateDer<'static>> {
+    let issued = |cand: &CertificateDer<'_>| match X509Certificate::from_der(cand) {
+        Ok((_, c)) => {
+            c.subject() == cert.issuer() && cert.verify_signature(Some(c.public_key())).is_ok()
+        }
+        Err(_) => false,
+    };
+    candidates.find(|cand| issued(cand)).cloned()
 }
 
 /// Open a TLS handshake to `server` only to read the certificates it presents.

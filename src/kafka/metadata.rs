@@ -10,6 +10,7 @@
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,18 +43,21 @@ where
             .min(end.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(10));
         match consumer.fetch_metadata(topic, slice) {
-            Ok(md) => {
-                return Ok(Summary {
-                    brokers: md.brokers().len(),
-                    topic: md
-                        .topics()
-                        .first()
-                        .map(|t| (t.error().map(RDKafkaErrorCode::from), t.partitions().len())),
-                });
-            }
+            Ok(md) => return Ok(summary(&md)),
             Err(e) if stop.load(Ordering::Relaxed) || Instant::now() >= end => return Err(e),
             Err(_) => continue,
         }
+    }
+}
+
+/// The broker count, and the first topic's error and partition count.
+fn summary(md: &Metadata) -> Summary {
+    Summary {
+        brokers: md.brokers().len(),
+        topic: md
+            .topics()
+            .first()
+            .map(|t| (t.error().map(RDKafkaErrorCode::from), t.partitions().len())),
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::allowlist::AllowList;
 use crate::kafka::client::connection_config;
 use crate::kafka::context::CaptureContext;
-use crate::kafka::errors::{self, Target};
+use crate::kafka::errors::{self, ErrorLog, Target};
 use crate::kafka::metadata;
 use connectivity_common::tls::diagnose::{Recording, SeenChain};
 pub use connectivity_protocol::connection_test::{
@@ -21,6 +21,7 @@ use connectivity_protocol::job::{ErrorClass, JobError, Security};
 use connectivity_protocol::truststore;
 use connectivity_protocol::validate::{protocol_name, uses_tls};
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaResult;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use std::net::SocketAddr;
@@ -66,7 +67,8 @@ fn fail(class: ErrorClass, message: String) -> JobError {
     JobError { class, message }
 }
 
-/// Run the connection test, all of it within `deadline`.
+/// Run the connection test, all of it within `deadline`: each layer in
+/// turn, and the layers after the first that cannot work are skipped.
 pub async fn test_connection(
     params: &ConnectionParams,
     allow: &AllowList,
@@ -75,35 +77,63 @@ pub async fn test_connection(
     let started = Instant::now();
     let end = started + deadline;
     let mut steps = Vec::new();
-    let mut partitions = None;
-    let later = |steps: &mut Vec<Step>, from: usize, why: &str| {
-        let all = [
-            StepName::AllowList,
-            StepName::Dns,
-            StepName::Tcp,
-            StepName::Tls,
-            StepName::Kafka,
-        ];
-        for name in &all[from..] {
-            steps.push(skipped(*name, why));
-        }
-    };
 
     // Allow-list first: nothing may be contacted that the operator did not allow.
+    let (s, endpoints) = allow_list_step(params, allow).await;
+    steps.push(s);
+    let Some(endpoints) = endpoints else {
+        skip_from(&mut steps, 1, "the endpoint may not be contacted");
+        return finish(steps, None, started);
+    };
+    let (s, resolved) = dns_step(&endpoints, end).await;
+    steps.push(s);
+    let Some(resolved) = resolved else {
+        skip_from(&mut steps, 2, "DNS failed");
+        return finish(steps, None, started);
+    };
+    let (s, connected) = tcp_step(&resolved, end).await;
+    steps.push(s);
+    if connected.is_empty() {
+        skip_from(&mut steps, 3, "no endpoint accepted a TCP connection");
+        return finish(steps, None, started);
+    }
+    steps.push(tls_layer(params, connected, end).await);
+    // Kafka: authenticate and fetch metadata. Run even when our own TLS
+    // check failed: librdkafka (OpenSSL) is what the job will use.
+    let (s, partitions) = kafka_layer(params, end).await;
+    steps.push(s);
+    finish(steps, partitions, started)
+}
+
+/// Mark the layers from index `from` on as skipped, saying why.
+fn skip_from(steps: &mut Vec<Step>, from: usize, why: &str) {
+    let all = [
+        StepName::AllowList,
+        StepName::Dns,
+        StepName::Tcp,
+        StepName::Tls,
+        StepName::Kafka,
+    ];
+    for name in &all[from..] {
+        steps.push(skipped(*name, why));
+    }
+}
+
+/// The allow-list check; the endpoints to contact when it passed.
+async fn allow_list_step(
+    params: &ConnectionParams,
+    allow: &AllowList,
+) -> (Step, Option<Vec<(String, u16)>>) {
     let t = Instant::now();
     // The check may resolve names (CIDR rules): off the async threads.
     let (a, bootstrap) = (allow.clone(), params.bootstrap_servers.clone());
     let checked = tokio::task::spawn_blocking(move || a.check_bootstrap(&bootstrap))
         .await
         .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")));
-    let endpoints = match checked.and_then(|()| endpoints(&params.bootstrap_servers)) {
+    match checked.and_then(|()| endpoints(&params.bootstrap_servers)) {
         Ok(eps) => {
-            steps.push(step(
-                StepName::AllowList,
-                t,
-                Ok(format!("{} allowed", params.bootstrap_servers.trim())),
-            ));
-            eps
+            let detail = format!("{} allowed", params.bootstrap_servers.trim());
+            (step(StepName::AllowList, t, Ok(detail)), Some(eps))
         }
         Err(message) => {
             let class = if message.contains("agent_ALLOWED_ENDPOINTS") {
@@ -111,17 +141,23 @@ pub async fn test_connection(
             } else {
                 ErrorClass::Config
             };
-            steps.push(step(StepName::AllowList, t, Err(fail(class, message))));
-            later(&mut steps, 1, "the endpoint may not be contacted");
-            return finish(steps, None, started);
+            (
+                step(StepName::AllowList, t, Err(fail(class, message))),
+                None,
+            )
         }
-    };
+    }
+}
 
-    // DNS.
+/// A resolved endpoint: host, `host:port`, and its addresses.
+type Resolved = (String, String, Vec<SocketAddr>);
+
+/// Resolve every endpoint; the addresses when all of them resolved.
+async fn dns_step(endpoints: &[(String, u16)], end: Instant) -> (Step, Option<Vec<Resolved>>) {
     let t = Instant::now();
-    let mut resolved: Vec<(String, String, Vec<SocketAddr>)> = Vec::new();
+    let mut resolved: Vec<Resolved> = Vec::new();
     let mut problems = Vec::new();
-    for (host, port) in &endpoints {
+    for (host, port) in endpoints {
         let budget = DNS_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
         match tokio::time::timeout(budget, tokio::net::lookup_host((host.as_str(), *port))).await {
             Ok(Ok(addrs)) => {
@@ -132,89 +168,112 @@ pub async fn test_connection(
             Err(_) => problems.push(format!("resolving {host} timed out after {budget:?}")),
         }
     }
-    let dns_ok = problems.is_empty();
-    steps.push(step(StepName::Dns, t, if dns_ok {
-        Ok(resolved.iter().map(|(_, ep, addrs)| format!("{ep} -> {}", join(addrs))).collect::<Vec<_>>().join("; "))
-    } else {
-        Err(fail(ErrorClass::Dns, format!(
-            "{}; check bootstrap_servers for typos and that this agent's DNS resolves the name \
-             (a private endpoint's FQDN needs the VCN's resolver)", problems.join("; "))))
-    }));
-    if !dns_ok {
-        later(&mut steps, 2, "DNS failed");
-        return finish(steps, None, started);
+    if !problems.is_empty() {
+        let e = fail(
+            ErrorClass::Dns,
+            format!(
+                "{}; check bootstrap_servers for typos and that this agent's DNS resolves the name \
+             (a private endpoint's FQDN needs the VCN's resolver)",
+                problems.join("; ")
+            ),
+        );
+        return (step(StepName::Dns, t, Err(e)), None);
     }
+    let detail = resolved
+        .iter()
+        .map(|(_, ep, addrs)| format!("{ep} -> {}", join(addrs)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (step(StepName::Dns, t, Ok(detail)), Some(resolved))
+}
 
-    // TCP: every endpoint, first address that answers.
+/// A connected endpoint: host, `host:port`, and the connection.
+type Connected = (String, String, tokio::net::TcpStream);
+
+/// Connect to every endpoint (its first address that answers); the
+/// connections made, even when some endpoints failed.
+async fn tcp_step(resolved: &[Resolved], end: Instant) -> (Step, Vec<Connected>) {
     let t = Instant::now();
-    let mut connected: Vec<(String, String, tokio::net::TcpStream)> = Vec::new();
+    let mut connected: Vec<Connected> = Vec::new();
     let mut problems = Vec::new();
     let mut details = Vec::new();
-    for (host, ep, addrs) in &resolved {
-        let mut last = String::from("no address");
-        let mut ok = None;
-        for addr in addrs {
-            let budget = TCP_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
-            let t1 = Instant::now();
-            match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    details.push(format!(
-                        "{ep} connected via {addr} in {} ms",
-                        t1.elapsed().as_millis()
-                    ));
-                    ok = Some(s);
-                    break;
-                }
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: no answer within {budget:?}"),
+    for (host, ep, addrs) in resolved {
+        match connect_any(ep, addrs, end).await {
+            Ok((s, detail)) => {
+                details.push(detail);
+                connected.push((host.clone(), ep.clone(), s));
             }
-        }
-        match ok {
-            Some(s) => connected.push((host.clone(), ep.clone(), s)),
-            None => problems.push(format!("cannot connect to {ep} ({last})")),
+            Err(last) => problems.push(format!("cannot connect to {ep} ({last})")),
         }
     }
-    let tcp_ok = problems.is_empty();
-    steps.push(step(StepName::Tcp, t, if tcp_ok {
+    let result = if problems.is_empty() {
         Ok(details.join("; "))
     } else {
-        Err(fail(ErrorClass::Tcp, format!(
-            "{}; check the port, that the endpoint is up, and that firewalls, security lists and routes \
-             let this agent reach it", problems.join("; "))))
-    }));
-    if connected.is_empty() {
-        later(&mut steps, 3, "no endpoint accepted a TCP connection");
-        return finish(steps, None, started);
-    }
+        Err(fail(
+            ErrorClass::Tcp,
+            format!(
+                "{}; check the port, that the endpoint is up, and that firewalls, security lists and routes \
+             let this agent reach it",
+                problems.join("; ")
+            ),
+        ))
+    };
+    (step(StepName::Tcp, t, result), connected)
+}
 
-    // TLS: handshake with the first endpoint, as librdkafka will do it.
-    if uses_tls(params.security.protocol) {
-        let (host, ep, stream) = connected.swap_remove(0);
-        let budget = TLS_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
-        steps.push(tls_step(&params.security, &host, &ep, stream, budget).await);
-    } else {
-        steps.push(skipped(
+/// Connect to the first of `addrs` that answers: the connection and its
+/// detail line, or the last address's failure.
+async fn connect_any(
+    ep: &str,
+    addrs: &[SocketAddr],
+    end: Instant,
+) -> Result<(tokio::net::TcpStream, String), String> {
+    let mut last = String::from("no address");
+    for addr in addrs {
+        let budget = TCP_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
+        let t1 = Instant::now();
+        match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let detail = format!(
+                    "{ep} connected via {addr} in {} ms",
+                    t1.elapsed().as_millis()
+                );
+                return Ok((s, detail));
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: no answer within {budget:?}"),
+        }
+    }
+    Err(last)
+}
+
+/// TLS: handshake with the first endpoint, as librdkafka will do it; the
+/// other connections close when this returns.
+async fn tls_layer(params: &ConnectionParams, mut connected: Vec<Connected>, end: Instant) -> Step {
+    if !uses_tls(params.security.protocol) {
+        return skipped(
             StepName::Tls,
             &format!(
                 "security.protocol {} does not use TLS",
                 protocol_name(params.security.protocol)
             ),
-        ));
+        );
     }
-    drop(connected);
+    let (host, ep, stream) = connected.swap_remove(0);
+    let budget = TLS_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
+    tls_step(&params.security, &host, &ep, stream, budget).await
+}
 
-    // Kafka: authenticate and fetch metadata. Run even when our own TLS
-    // check failed: librdkafka (OpenSSL) is what the job will use.
+/// The Kafka step with what is left of the deadline (at least a second);
+/// the topic's partition count when it passed.
+async fn kafka_layer(params: &ConnectionParams, end: Instant) -> (Step, Option<usize>) {
     let t = Instant::now();
     let budget = end
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     let result = kafka_step(params, budget).await;
-    if let Ok((_, n)) = &result {
-        partitions = *n;
-    }
-    steps.push(step(StepName::Kafka, t, result.map(|(d, _)| d)));
-    finish(steps, partitions, started)
+    let partitions = result.as_ref().ok().and_then(|(_, n)| *n);
+    (step(StepName::Kafka, t, result.map(|(d, _)| d)), partitions)
 }
 
 fn finish(steps: Vec<Step>, partitions: Option<usize>, started: Instant) -> TestReport {
@@ -262,6 +321,8 @@ async fn tls_step(
     s
 }
 
+/// Handshake with rustls against the job's truststore (or the system's
+/// CAs), recording the chain the endpoint sent into `seen`.
 async fn tls_handshake(
     sec: &Security,
     host: &str,
@@ -271,28 +332,7 @@ async fn tls_handshake(
     seen: SeenChain,
 ) -> Result<String, JobError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let source = match &sec.truststore {
-        Some(ts) => {
-            let certs = truststore::certificates(ts)
-                .map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
-            let n = certs.len();
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(fail(
-                    ErrorClass::Config,
-                    format!(
-                        "none of the {n} truststore certificates can be used as a trust anchor; export the stream's CA certificate again"
-                    ),
-                ));
-            }
-            format!("the truststore ({added} CA certificates)")
-        }
-        None => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            "the system's CA certificates".to_owned()
-        }
-    };
+    let (roots, source) = trust_anchors(sec)?;
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -306,29 +346,7 @@ async fn tls_handshake(
         .map_err(|e| fail(ErrorClass::Other, format!("TLS setup failed: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match (&sec.client_cert_pem, &sec.client_key_pem) {
-        (Some(cert), Some(key)) => {
-            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    fail(
-                        ErrorClass::Config,
-                        format!("security.client_cert_pem is not PEM: {e}"),
-                    )
-                })?;
-            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
-                .ok()
-                .flatten()
-                .ok_or_else(|| fail(ErrorClass::Config, "security.client_key_pem holds no PEM private key; give a PKCS#8, PKCS#1 or SEC1 key".into()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                fail(
-                    ErrorClass::Config,
-                    format!("client certificate and key do not fit together: {e}"),
-                )
-            })?
-        }
-        _ => builder.with_no_client_auth(),
-    };
+    let config = with_client_auth(builder, sec)?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| {
         fail(
             ErrorClass::Config,
@@ -355,6 +373,57 @@ async fn tls_handshake(
         }
         Ok(Err(e)) => Err(tls_error(ep, host, &source, &e)),
     }
+}
+
+/// The CAs to verify against, and how to name them in messages.
+fn trust_anchors(sec: &Security) -> Result<(rustls::RootCertStore, String), JobError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(ts) = &sec.truststore else {
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        return Ok((roots, "the system's CA certificates".to_owned()));
+    };
+    let certs =
+        truststore::certificates(ts).map_err(|e| fail(ErrorClass::Config, e.to_string()))?;
+    let n = certs.len();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(fail(
+            ErrorClass::Config,
+            format!(
+                "none of the {n} truststore certificates can be used as a trust anchor; export the stream's CA certificate again"
+            ),
+        ));
+    }
+    Ok((roots, format!("the truststore ({added} CA certificates)")))
+}
+
+/// Finish the client config with the job's client certificate, when it
+/// has one (mutual TLS).
+fn with_client_auth(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    sec: &Security,
+) -> Result<rustls::ClientConfig, JobError> {
+    let (Some(cert), Some(key)) = (&sec.client_cert_pem, &sec.client_key_pem) else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            fail(
+                ErrorClass::Config,
+                format!("security.client_cert_pem is not PEM: {e}"),
+            )
+        })?;
+    let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail(ErrorClass::Config, "security.client_key_pem holds no PEM private key; give a PKCS#8, PKCS#1 or SEC1 key".into()))?;
+    builder.with_client_auth_cert(certs, key).map_err(|e| {
+        fail(
+            ErrorClass::Config,
+            format!("client certificate and key do not fit together: {e}"),
+        )
+    })
 }
 
 fn tls_error(ep: &str, host: &str, source: &str, e: &std::io::Error) -> JobError {
@@ -399,17 +468,7 @@ async fn kafka_step(
     params: &ConnectionParams,
     budget: Duration,
 ) -> Result<(String, Option<usize>), JobError> {
-    let target = Target {
-        bootstrap: params.bootstrap_servers.trim().to_owned(),
-        topic: params.topic.clone().unwrap_or_default(),
-        group: String::new(),
-        protocol: protocol_name(params.security.protocol),
-        sasl: params
-            .security
-            .sasl
-            .as_ref()
-            .map(|s| (s.mechanism.as_kafka(), s.username.clone())),
-    };
+    let target = target_of(params);
     let secrets: Vec<String> = params
         .security
         .sasl
@@ -439,7 +498,41 @@ async fn kafka_step(
                 format!("cannot create the Kafka client: {e}"),
             ))
         })?);
-    let topic = params.topic.clone();
+    let (result, reported) = fetch_metadata(consumer, params.topic.clone(), budget, &log, &target)
+        .await
+        .map_err(redact)?;
+    describe_metadata(result, &reported, &target).map_err(redact)
+}
+
+/// What the failures of a connection test are about.
+fn target_of(params: &ConnectionParams) -> Target {
+    Target {
+        bootstrap: params.bootstrap_servers.trim().to_owned(),
+        topic: params.topic.clone().unwrap_or_default(),
+        group: String::new(),
+        protocol: protocol_name(params.security.protocol),
+        sasl: params
+            .security
+            .sasl
+            .as_ref()
+            .map(|s| (s.mechanism.as_kafka(), s.username.clone())),
+    }
+}
+
+/// The metadata request's outcome, as it came off the blocking thread.
+type Fetched = Result<KafkaResult<metadata::Summary>, tokio::task::JoinError>;
+
+/// Run the metadata request on a blocking thread while serving the
+/// client's events; `Err` as soon as they show a definite cause (bad
+/// password, untrusted certificate, unknown host), which ends the wait early.
+/// Returns the outcome and the failures the client reported meanwhile.
+async fn fetch_metadata(
+    consumer: Arc<BaseConsumer<CaptureContext>>,
+    topic: Option<String>,
+    budget: Duration,
+    log: &ErrorLog,
+    target: &Target,
+) -> Result<(Fetched, Vec<errors::Reported>), JobError> {
     let c2 = consumer.clone();
     let timeout = budget
         .saturating_sub(Duration::from_millis(200))
@@ -454,19 +547,27 @@ async fn kafka_step(
         tokio::select! {
             r = &mut meta => break r,
             _ = tick.tick() => {
-                // Serve error events; a definite cause (bad password,
-                // untrusted certificate, unknown host) ends the wait early.
+                // Serve error events; a definite cause ends the wait early.
                 serve_events(&consumer);
-                if let Some(e) = errors::definite(&log.snapshot(), &target) {
+                if let Some(e) = errors::definite(&log.snapshot(), target) {
                     drop(stop);
                     break_blocking(consumer);
-                    return Err(redact(e));
+                    return Err(e);
                 }
             }
         }
     };
     serve_events(&consumer);
-    let reported = log.take();
+    Ok((result, log.take()))
+}
+
+/// The Kafka step's detail line and partition count from the metadata,
+/// or the classified failure (not yet redacted).
+fn describe_metadata(
+    result: Fetched,
+    reported: &[errors::Reported],
+    target: &Target,
+) -> Result<(String, Option<usize>), JobError> {
     let who = match &target.sasl {
         Some((mech, user)) => format!("authenticated as {user:?} with SASL {mech}"),
         None => format!("connected with {}", target.protocol),
@@ -476,24 +577,25 @@ async fn kafka_step(
             ErrorClass::Other,
             format!("the metadata request failed: {join}"),
         )),
-        Ok(Err(e)) => Err(redact(errors::classify(Some(&e), &reported, &target))),
+        Ok(Err(e)) => Err(errors::classify(Some(&e), reported, target)),
         Ok(Ok(metadata::Summary {
             brokers,
             topic: None,
         })) => Ok((format!("{who}; {brokers} brokers in the cluster"), None)),
         Ok(Ok(metadata::Summary {
             brokers,
-            topic: Some((err, n)),
-        })) => match err {
-            None => Ok((
-                format!(
-                    "{who}; topic {:?} has {n} partitions; {brokers} brokers",
-                    target.topic
-                ),
-                Some(n),
-            )),
-            Some(code) => Err(redact(errors::classify_one(Some(code), "", &target))),
-        },
+            topic: Some((None, n)),
+        })) => Ok((
+            format!(
+                "{who}; topic {:?} has {n} partitions; {brokers} brokers",
+                target.topic
+            ),
+            Some(n),
+        )),
+        Ok(Ok(metadata::Summary {
+            topic: Some((Some(code), _)),
+            ..
+        })) => Err(errors::classify_one(Some(code), "", target)),
     }
 }
 

@@ -22,14 +22,14 @@
 use crate::kafka::errors::{self, ErrorLog};
 use crate::relay::Outbound;
 use crate::relay::consumer::{Building, Core, RelayContext, lock};
-use crate::relay::job::next_seq;
+use crate::relay::job::{Control, next_seq};
 use crate::relay::runner::{Exit, InFlight, Runner};
 use connectivity_protocol::batch::BatchWriter;
 use connectivity_protocol::job::JobError;
 use connectivity_protocol::job::{ErrorClass, JobPhase};
 use futures_util::{FutureExt, StreamExt};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{Consumer, MessageStream, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
@@ -118,128 +118,194 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Nothing more is waiting and few batches are in flight: send now rather
+/// than after `max_wait_ms`. Otherwise the batch grows until an ack frees a
+/// slot (see `on_wake`).
+fn seal_if_quiet(core: &Mutex<Core>, taken: &Taken, limits: &Limits, paused: bool) {
+    if taken.dry && taken.in_flight < limits.eager && !paused {
+        lock(core).seal();
+    }
+}
+
+/// Limits of one consumer's pump, fixed for its life.
+struct Limits {
+    /// Batches in flight (sent and unacked, plus sealed and waiting) at most.
+    window: usize,
+    /// Bytes in flight (sent and unacked, plus sealed and waiting) at most,
+    /// whatever the window: a job's rate is at most this per round trip.
+    window_bytes: usize,
+    /// Bytes of frames in memory (sealed, or sent and not yet written)
+    /// at most: what a slow socket can make the agent hold.
+    held_cap: usize,
+    /// Batches in flight below which a partial batch goes out at once.
+    eager: usize,
+    max_records: usize,
+    max_wait: Duration,
+}
+
+impl Limits {
+    fn of(runner: &Runner) -> Limits {
+        let window = runner.spec.window as usize;
+        Limits {
+            window,
+            window_bytes: usize::try_from(runner.spec.window_bytes).unwrap_or(usize::MAX),
+            held_cap: runner.settings.held_bytes,
+            eager: window.min(EAGER),
+            max_records: runner.spec.max_records as usize,
+            max_wait: Duration::from_millis(runner.spec.max_wait_ms),
+        }
+    }
+}
+
+/// What the pump knows of the session and the control between rounds.
+struct Flow {
+    session: Option<mpsc::Sender<Outbound>>,
+    session_gen: u64,
+    paused: bool,
+    draining: bool,
+    /// When the session went; the grace period runs from here.
+    lost_since: Option<Instant>,
+    /// Whether librdkafka's fetcher runs (the partitions are not paused).
+    fetching: bool,
+    /// A full window leaves records in librdkafka's (bounded) queue rather
+    /// than pausing the partitions: a pause drops what was prefetched, and
+    /// after a resume the fetcher idles up to `fetch.queue.backoff.ms`.
+    /// Only a window full for LONG_STALL pauses (and serves rebalances).
+    full_since: Option<Instant>,
+}
+
+impl Flow {
+    fn new(c: &Control) -> Flow {
+        Flow {
+            session: c.session.clone(),
+            session_gen: c.session_gen,
+            paused: c.paused,
+            draining: c.draining,
+            lost_since: c.session.is_none().then(Instant::now),
+            fetching: true,
+            full_since: None,
+        }
+    }
+
+    /// A session to send to, and the job neither paused nor draining.
+    fn live(&self) -> bool {
+        self.session.is_some() && !self.paused && !self.draining
+    }
+
+    fn lose_session(&mut self) {
+        self.session = None;
+        self.lost_since = Some(Instant::now());
+    }
+}
+
+/// The job's batches at the start of a round, read under one lock.
+struct Snapshot {
+    sealed: usize,
+    sealed_bytes: usize,
+    build_deadline: Option<Instant>,
+    has_building: bool,
+    rebalanced: bool,
+    building_records: usize,
+    unacked_bytes: usize,
+    held_sent: usize,
+}
+
+/// What may happen in one round of the `select!`.
+struct Round {
+    in_flight: usize,
+    /// Bytes of records that may still be taken.
+    byte_room: usize,
+    building_records: usize,
+    build_deadline: Option<Instant>,
+    held_check: Option<Instant>,
+    stall_check: Option<Instant>,
+    grace_end: Option<Instant>,
+    can_send: bool,
+    take_records: bool,
+}
+
+/// The consumer's stream and the chunk of records taken from it.
+struct Intake<'a> {
+    records: MessageStream<'a, RelayContext>,
+    chunk: Vec<BorrowedMessage<'a>>,
+}
+
+/// What one round took from librdkafka.
+struct Taken {
+    count: usize,
+    bytes: usize,
+    in_flight: usize,
+    /// Nothing more was waiting in librdkafka's queue.
+    dry: bool,
+}
+
+impl<'a> Intake<'a> {
+    /// Move records into the chunk, starting with `next`, until the chunk
+    /// is full, a limit is reached or nothing more is waiting. Returns the
+    /// consumer error that stopped it, if one did.
+    fn fill(
+        &mut self,
+        next: &mut Option<KafkaResult<BorrowedMessage<'a>>>,
+        taken: &mut Taken,
+        room: usize,
+        byte_room: usize,
+    ) -> Option<KafkaError> {
+        while let Some(msg) = next.take() {
+            match msg {
+                Ok(m) => {
+                    taken.bytes += m.payload_len() + m.key_len();
+                    self.chunk.push(m);
+                }
+                Err(e) => return Some(e),
+            }
+            taken.count += 1;
+            if self.chunk.len() >= CHUNK.min(room)
+                || taken.count >= DRAIN_MAX
+                || taken.bytes >= byte_room
+            {
+                break;
+            }
+            *next = self.poll_now();
+            taken.dry = next.is_none();
+        }
+        None
+    }
+
+    /// The next record if librdkafka already holds one.
+    fn poll_now(&mut self) -> Option<KafkaResult<BorrowedMessage<'a>>> {
+        self.records.next().now_or_never().flatten()
+    }
+}
+
 impl Runner {
-    /// The main loop of a running consumer.
+    /// The main loop of a running consumer: plan the round, then serve
+    /// whichever event comes first (see the module's header for the order).
     pub(crate) async fn pump(
         &mut self,
         consumer: &Arc<StreamConsumer<RelayContext>>,
         core: &Arc<Mutex<Core>>,
         errors: &ErrorLog,
     ) -> Exit {
-        let window = self.spec.window as usize;
-        // Bytes in flight (sent and unacked, plus sealed and waiting) at most,
-        // whatever the window: a job's rate is at most this per round trip.
-        let window_bytes = usize::try_from(self.spec.window_bytes).unwrap_or(usize::MAX);
-        // Bytes of frames in memory (sealed, or sent and not yet written)
-        // at most: what a slow socket can make the agent hold.
-        let held_cap = self.settings.held_bytes;
-        let eager = window.min(EAGER);
-        let max_records = self.spec.max_records as usize;
-        let max_wait = Duration::from_millis(self.spec.max_wait_ms);
+        let limits = Limits::of(self);
         let mut control = self.shared.control.subscribe();
-        let (mut session, mut session_gen, mut paused, mut draining) = {
-            let c = control.borrow_and_update();
-            (c.session.clone(), c.session_gen, c.paused, c.draining)
+        let mut flow = Flow::new(&control.borrow_and_update());
+        let mut intake = Intake {
+            records: consumer.stream(),
+            chunk: Vec::with_capacity(CHUNK),
         };
-        let mut lost_since: Option<Instant> = session.is_none().then(Instant::now);
-        let mut fetching = true;
-        // A full window leaves records in librdkafka's (bounded) queue rather
-        // than pausing the partitions: a pause drops what was prefetched, and
-        // after a resume the fetcher idles up to `fetch.queue.backoff.ms`.
-        // Only a window full for LONG_STALL pauses (and serves rebalances).
-        let mut full_since: Option<Instant> = None;
-        let mut records = consumer.stream();
-        let mut chunk: Vec<BorrowedMessage<'_>> = Vec::with_capacity(CHUNK);
         let mut tick = tokio::time::interval(self.settings.state_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
-            // Decide what may happen in this round.
-            let (
-                sealed,
-                sealed_bytes,
-                build_deadline,
-                has_building,
-                rebalanced,
-                building_records,
-                unacked_bytes,
-                held_sent,
-            ) = {
-                let mut c = lock(core);
-                if draining {
-                    c.seal();
-                }
-                let (unacked_bytes, held_sent) = release_written(&mut self.unacked, &mut c);
-                let deadline = c
-                    .building
-                    .as_ref()
-                    .filter(|b| !b.writer.is_empty())
-                    .map(|b| b.opened + max_wait);
-                let bytes: usize = c.sealed.iter().map(|s| s.frame.len()).sum();
-                let building_records = c.building.as_ref().map_or(0, |b| b.writer.len() as usize);
-                (
-                    c.sealed.len(),
-                    bytes,
-                    deadline,
-                    c.building.is_some(),
-                    std::mem::take(&mut c.rebalanced),
-                    building_records,
-                    unacked_bytes,
-                    held_sent,
-                )
-            };
-            if rebalanced {
-                self.report(Some(core), false);
-            }
-            let in_flight = self.unacked.len() + sealed;
-            let in_flight_bytes = sealed_bytes + unacked_bytes;
-            // Bytes of records that may still be taken: within the window,
-            // and within what the agent may hold in memory.
-            let held = sealed_bytes + held_sent;
-            let byte_room = window_bytes
-                .saturating_sub(in_flight_bytes)
-                .min(held_cap.saturating_sub(held));
-            // Held memory is what stops the job and the writer has some of it.
-            let held_check =
-                (held >= held_cap && held_sent > 0).then(|| Instant::now() + HELD_POLL);
-            let window_full = session.is_some()
-                && !paused
-                && !draining
-                && (in_flight >= window || byte_room == 0);
-            let want_fetch = session.is_some() && !paused && !draining && !window_full;
-            if window_full {
-                full_since.get_or_insert_with(Instant::now);
-            } else {
-                full_since = None;
-            }
-            let long_stall = full_since.is_some_and(|t| t.elapsed() >= LONG_STALL);
-            let librdkafka_fetch = want_fetch || (window_full && !long_stall);
-            if librdkafka_fetch != fetching {
-                fetching = librdkafka_fetch;
-                self.set_fetching(consumer, core, librdkafka_fetch);
-            }
-            let take_records = !window_full || long_stall;
-            let stall_check = full_since.filter(|_| !long_stall).map(|t| t + LONG_STALL);
-            if draining && sealed == 0 && !has_building && self.unacked.is_empty() {
+            let Some(round) = self.plan_round(consumer, core, &limits, &mut flow) else {
                 return Exit::Stop;
-            }
-            let can_send = session.is_some() && sealed > 0 && self.unacked.len() < window;
-            let grace_end = lost_since.map(|t| t + self.settings.session_grace);
-            let phase = if self.error.is_some() {
-                JobPhase::Failed
-            } else if draining {
-                JobPhase::Draining
-            } else if paused {
-                JobPhase::Paused
-            } else {
-                JobPhase::Running
             };
-            if phase != self.phase {
-                self.set(phase, self.error.clone(), Some(core));
-            }
-
             // Cloned only when there is something to send (not per record).
-            let tx = if can_send { session.clone() } else { None };
+            let tx = if round.can_send {
+                flow.session.clone()
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Exit::Stop,
@@ -248,133 +314,285 @@ impl Runner {
                         return Exit::Stop;
                     }
                     let c = control.borrow_and_update().clone();
-                    paused = c.paused;
-                    draining = c.draining;
-                    if c.session.is_some() && c.session_gen != session_gen {
-                        session_gen = c.session_gen;
-                        lost_since = None;
-                        session = c.session;
-                        // Acks that came before the session went still
-                        // count; everything else is read again from Kafka.
-                        self.process_acks(consumer, core);
-                        match self.rewind(consumer, core).await {
-                            Ok(from) => info!(read_again_from = ?from, "session restored"),
-                            Err(e) => return Exit::Failed(e),
-                        }
-                        self.last_sent = None;
-                        self.report(Some(core), false);
-                    } else if c.session.is_none() && session.is_some() {
-                        info!(grace = ?self.settings.session_grace, "session lost; fetching stopped");
-                        session = None;
-                        lost_since = Some(Instant::now());
+                    if let Err(e) = self.on_control(c, &mut flow, consumer, core).await {
+                        return Exit::Failed(e);
                     }
                 }
-                _ = self.shared.wake.notified() => {
-                    self.process_acks(consumer, core);
-                    let mut c = lock(core);
-                    if self.unacked.len() + c.sealed.len() < eager && c.building.as_ref().is_some_and(|b| !b.writer.is_empty()) {
-                        c.seal();
-                    }
-                }
-                permit = reserve(tx.as_ref()), if can_send => match permit {
+                _ = self.shared.wake.notified() => self.on_wake(consumer, core, limits.eager),
+                permit = reserve(tx.as_ref()), if round.can_send => match permit {
                     Some(permit) => self.send_one(permit, core),
-                    None => {
-                        // The session's receiver is gone: same as a lost session.
-                        session = None;
-                        lost_since = Some(Instant::now());
-                    }
+                    // The session's receiver is gone: same as a lost session.
+                    None => flow.lose_session(),
                 },
-                _ = sleep_until_opt(grace_end) => return Exit::SessionGone,
-                _ = sleep_until_opt(build_deadline) => lock(core).seal(),
-                _ = sleep_until_opt(stall_check) => {}
-                _ = sleep_until_opt(held_check) => {}
+                _ = sleep_until_opt(round.grace_end) => return Exit::SessionGone,
+                _ = sleep_until_opt(round.build_deadline) => lock(core).seal(),
+                _ = sleep_until_opt(round.stall_check) => {}
+                _ = sleep_until_opt(round.held_check) => {}
                 // Before `recv`: a busy stream must not starve the reports.
-                _ = tick.tick() => {
-                    let broker_up = lock(core).broker_up;
-                    if broker_up == Some(true) && self.error.as_ref().is_some_and(|e| transient(e.class)) {
-                        info!("brokers reachable again");
-                        self.error = None;
-                    }
-                    {
-                        let mut c = lock(core);
-                        c.rebalanced = false;
-                        if self.unacked.is_empty() && c.sealed.is_empty() && c.building.is_none() {
-                            // Idle: no memory kept for batches that may not come.
-                            c.release_spare();
-                        }
-                    }
-                    self.report(Some(core), true);
-                }
-                Some(msg) = records.next(), if take_records => {
-                    // Take what librdkafka already holds in one go (one
-                    // `select!` round per record costs more than the record),
-                    // in chunks appended under one lock. The lock is not held
-                    // while polling: a poll may run the rebalance callback,
-                    // which takes it too.
-                    let mut next = Some(msg);
-                    let mut taken = 0;
-                    let mut in_flight = in_flight;
-                    let mut taken_bytes = 0;
-                    let mut dry = false;
-                    let mut failed = None;
-                    let mut building_records = building_records;
-                    'drain: loop {
-                        // Records that still fit in the window: a chunk never
-                        // seals batches beyond it.
-                        let room = window.saturating_sub(in_flight) * max_records - building_records.min(max_records);
-                        while let Some(msg) = next.take() {
-                            match msg {
-                                Ok(m) => {
-                                    taken_bytes += m.payload_len() + m.key_len();
-                                    chunk.push(m);
-                                }
-                                Err(e) => {
-                                    failed = Some(e);
-                                    break;
-                                }
-                            }
-                            taken += 1;
-                            if chunk.len() >= CHUNK.min(room) || taken >= DRAIN_MAX || taken_bytes >= byte_room {
-                                break;
-                            }
-                            next = records.next().now_or_never().flatten();
-                            dry = next.is_none();
-                        }
-                        if !chunk.is_empty() {
-                            let mut c = lock(core);
-                            for m in chunk.drain(..) {
-                                in_flight += self.on_message(&m, &mut c);
-                            }
-                            building_records = c.building.as_ref().map_or(0, |b| b.writer.len() as usize);
-                            drop(c);
-                            if self.error.as_ref().is_some_and(|e| transient(e.class)) {
-                                self.error = None;
-                            }
-                        }
-                        if let Some(e) = failed.take() {
-                            if let Some(exit) = self.on_error(e, errors, core) {
-                                return exit;
-                            }
-                            break 'drain;
-                        }
-                        if dry || taken >= DRAIN_MAX || in_flight >= window || taken_bytes >= byte_room {
-                            break 'drain;
-                        }
-                        next = records.next().now_or_never().flatten();
-                        dry = next.is_none();
-                        if dry {
-                            break 'drain;
-                        }
-                    }
-                    // Nothing more is waiting and few batches are in flight:
-                    // send now rather than after `max_wait_ms`. Otherwise the
-                    // batch grows until an ack frees a slot (see below).
-                    if dry && in_flight < eager && !paused {
-                        lock(core).seal();
+                _ = tick.tick() => self.on_tick(core),
+                Some(msg) = intake.records.next(), if round.take_records => {
+                    match self.take_records(msg, &mut intake, &round, &limits, core, errors) {
+                        Ok(taken) => seal_if_quiet(core, &taken, &limits, flow.paused),
+                        Err(exit) => return exit,
                     }
                 }
             }
         }
+    }
+
+    /// Decide what may happen in this round: free written frames, pause or
+    /// resume fetching, update the phase. `None` when a drain is complete.
+    fn plan_round(
+        &mut self,
+        consumer: &StreamConsumer<RelayContext>,
+        core: &Mutex<Core>,
+        limits: &Limits,
+        flow: &mut Flow,
+    ) -> Option<Round> {
+        let snap = self.snapshot(core, flow.draining, limits.max_wait);
+        if snap.rebalanced {
+            self.report(Some(core), false);
+        }
+        let in_flight = self.unacked.len() + snap.sealed;
+        let in_flight_bytes = snap.sealed_bytes + snap.unacked_bytes;
+        // Bytes of records that may still be taken: within the window,
+        // and within what the agent may hold in memory.
+        let held = snap.sealed_bytes + snap.held_sent;
+        let byte_room = limits
+            .window_bytes
+            .saturating_sub(in_flight_bytes)
+            .min(limits.held_cap.saturating_sub(held));
+        // Held memory is what stops the job and the writer has some of it.
+        let held_check =
+            (held >= limits.held_cap && snap.held_sent > 0).then(|| Instant::now() + HELD_POLL);
+        let window_full = flow.live() && (in_flight >= limits.window || byte_room == 0);
+        let (take_records, stall_check) = self.pace_fetching(consumer, core, flow, window_full);
+        if flow.draining && snap.sealed == 0 && !snap.has_building && self.unacked.is_empty() {
+            return None;
+        }
+        self.update_phase(flow, core);
+        Some(Round {
+            in_flight,
+            byte_room,
+            building_records: snap.building_records,
+            build_deadline: snap.build_deadline,
+            held_check,
+            stall_check,
+            grace_end: flow.lost_since.map(|t| t + self.settings.session_grace),
+            can_send: flow.session.is_some()
+                && snap.sealed > 0
+                && self.unacked.len() < limits.window,
+            take_records,
+        })
+    }
+
+    /// Read the batches' state under one lock, sealing the batch being built
+    /// when draining and releasing the frames the writer is done with.
+    fn snapshot(&mut self, core: &Mutex<Core>, draining: bool, max_wait: Duration) -> Snapshot {
+        let mut c = lock(core);
+        if draining {
+            c.seal();
+        }
+        let (unacked_bytes, held_sent) = release_written(&mut self.unacked, &mut c);
+        let build_deadline = c
+            .building
+            .as_ref()
+            .filter(|b| !b.writer.is_empty())
+            .map(|b| b.opened + max_wait);
+        Snapshot {
+            sealed: c.sealed.len(),
+            sealed_bytes: c.sealed.iter().map(|s| s.frame.len()).sum(),
+            build_deadline,
+            has_building: c.building.is_some(),
+            rebalanced: std::mem::take(&mut c.rebalanced),
+            building_records: c.building.as_ref().map_or(0, |b| b.writer.len() as usize),
+            unacked_bytes,
+            held_sent,
+        }
+    }
+
+    /// Pause or resume librdkafka's fetcher for a full window (see
+    /// [`LONG_STALL`]). Returns whether records may be taken this round and
+    /// when a full window becomes a long stall.
+    fn pace_fetching(
+        &self,
+        consumer: &StreamConsumer<RelayContext>,
+        core: &Mutex<Core>,
+        flow: &mut Flow,
+        window_full: bool,
+    ) -> (bool, Option<Instant>) {
+        let want_fetch = flow.live() && !window_full;
+        if window_full {
+            flow.full_since.get_or_insert_with(Instant::now);
+        } else {
+            flow.full_since = None;
+        }
+        let long_stall = flow.full_since.is_some_and(|t| t.elapsed() >= LONG_STALL);
+        let librdkafka_fetch = want_fetch || (window_full && !long_stall);
+        if librdkafka_fetch != flow.fetching {
+            flow.fetching = librdkafka_fetch;
+            self.set_fetching(consumer, core, librdkafka_fetch);
+        }
+        let take_records = !window_full || long_stall;
+        let stall_check = flow
+            .full_since
+            .filter(|_| !long_stall)
+            .map(|t| t + LONG_STALL);
+        (take_records, stall_check)
+    }
+
+    /// Report a phase change (failed, draining, paused or running).
+    fn update_phase(&mut self, flow: &Flow, core: &Mutex<Core>) {
+        let phase = if self.error.is_some() {
+            JobPhase::Failed
+        } else if flow.draining {
+            JobPhase::Draining
+        } else if flow.paused {
+            JobPhase::Paused
+        } else {
+            JobPhase::Running
+        };
+        if phase != self.phase {
+            self.set(phase, self.error.clone(), Some(core));
+        }
+    }
+
+    /// A control change: pause, drain, a restored session (rewound to the
+    /// watermarks) or a lost one (the grace period starts).
+    async fn on_control(
+        &mut self,
+        c: Control,
+        flow: &mut Flow,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        core: &Mutex<Core>,
+    ) -> Result<(), JobError> {
+        flow.paused = c.paused;
+        flow.draining = c.draining;
+        if c.session.is_some() && c.session_gen != flow.session_gen {
+            flow.session_gen = c.session_gen;
+            flow.lost_since = None;
+            flow.session = c.session;
+            // Acks that came before the session went still
+            // count; everything else is read again from Kafka.
+            self.process_acks(consumer, core);
+            let from = self.rewind(consumer, core).await?;
+            info!(read_again_from = ?from, "session restored");
+            self.last_sent = None;
+            self.report(Some(core), false);
+        } else if c.session.is_none() && flow.session.is_some() {
+            info!(grace = ?self.settings.session_grace, "session lost; fetching stopped");
+            flow.lose_session();
+        }
+        Ok(())
+    }
+
+    /// Acks came: apply them, and with few batches in flight send the
+    /// partial batch now rather than after `max_wait_ms` (see [`EAGER`]).
+    fn on_wake(
+        &mut self,
+        consumer: &StreamConsumer<RelayContext>,
+        core: &Mutex<Core>,
+        eager: usize,
+    ) {
+        self.process_acks(consumer, core);
+        let mut c = lock(core);
+        if self.unacked.len() + c.sealed.len() < eager
+            && c.building.as_ref().is_some_and(|b| !b.writer.is_empty())
+        {
+            c.seal();
+        }
+    }
+
+    /// The state interval: clear a healed connectivity error, free idle
+    /// memory and report the state.
+    fn on_tick(&mut self, core: &Mutex<Core>) {
+        let broker_up = lock(core).broker_up;
+        if broker_up == Some(true) && self.error.as_ref().is_some_and(|e| transient(e.class)) {
+            info!("brokers reachable again");
+            self.error = None;
+        }
+        {
+            let mut c = lock(core);
+            c.rebalanced = false;
+            if self.unacked.is_empty() && c.sealed.is_empty() && c.building.is_none() {
+                // Idle: no memory kept for batches that may not come.
+                c.release_spare();
+            }
+        }
+        self.report(Some(core), true);
+    }
+
+    /// Take what librdkafka already holds in one go (one `select!` round
+    /// per record costs more than the record), in chunks appended under one
+    /// lock. The lock is not held while polling: a poll may run the
+    /// rebalance callback, which takes it too. `Err` when a consumer error
+    /// ends this consumer.
+    fn take_records<'a>(
+        &mut self,
+        first: KafkaResult<BorrowedMessage<'a>>,
+        intake: &mut Intake<'a>,
+        round: &Round,
+        limits: &Limits,
+        core: &Mutex<Core>,
+        errors: &ErrorLog,
+    ) -> Result<Taken, Exit> {
+        let mut next = Some(first);
+        let mut taken = Taken {
+            count: 0,
+            bytes: 0,
+            in_flight: round.in_flight,
+            dry: false,
+        };
+        let mut building_records = round.building_records;
+        loop {
+            // Records that still fit in the window: a chunk never
+            // seals batches beyond it.
+            let room = limits.window.saturating_sub(taken.in_flight) * limits.max_records
+                - building_records.min(limits.max_records);
+            let failed = intake.fill(&mut next, &mut taken, room, round.byte_room);
+            if !intake.chunk.is_empty() {
+                building_records = self.append_chunk(&mut intake.chunk, &mut taken.in_flight, core);
+            }
+            if let Some(e) = failed {
+                return match self.on_error(e, errors, core) {
+                    Some(exit) => Err(exit),
+                    None => Ok(taken),
+                };
+            }
+            if taken.dry
+                || taken.count >= DRAIN_MAX
+                || taken.in_flight >= limits.window
+                || taken.bytes >= round.byte_room
+            {
+                return Ok(taken);
+            }
+            next = intake.poll_now();
+            taken.dry = next.is_none();
+            if taken.dry {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// Append the chunk to the batches under one lock, counting the batches
+    /// it sealed into `in_flight`; returns the records of the batch being
+    /// built.
+    fn append_chunk(
+        &mut self,
+        chunk: &mut Vec<BorrowedMessage<'_>>,
+        in_flight: &mut usize,
+        core: &Mutex<Core>,
+    ) -> usize {
+        let mut c = lock(core);
+        for m in chunk.drain(..) {
+            *in_flight += self.on_message(&m, &mut c);
+        }
+        let building_records = c.building.as_ref().map_or(0, |b| b.writer.len() as usize);
+        drop(c);
+        if self.error.as_ref().is_some_and(|e| transient(e.class)) {
+            self.error = None;
+        }
+        building_records
     }
 
     /// Pause or resume every assigned partition; new assignments follow

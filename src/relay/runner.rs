@@ -135,38 +135,14 @@ impl Runner {
         }
     }
 
+    /// The job's life: check and configure once, then consume while a
+    /// session is there, with backoff between failures.
     pub(crate) async fn run(mut self) {
         info!(bootstrap = %self.spec.bootstrap_servers, group = %self.spec.consumer_group, "job started");
-        let allow = self.allow.clone();
-        let bootstrap = self.spec.bootstrap_servers.clone();
-        // The check may resolve names (CIDR rules): off the async threads.
-        let allowed = tokio::task::spawn_blocking(move || allow.check_bootstrap(&bootstrap))
-            .await
-            .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")));
-        if let Err(message) = allowed {
-            return self
-                .fail_permanently(JobError {
-                    class: ErrorClass::NotAllowed,
-                    message,
-                })
-                .await;
-        }
-        let mut config = match client::consumer_config(&self.spec) {
+        let mut config = match self.initial_config().await {
             Ok(c) => c,
-            Err(e) => {
-                let message = self.redact(&e.to_string());
-                return self
-                    .fail_permanently(JobError {
-                        class: ErrorClass::Config,
-                        message,
-                    })
-                    .await;
-            }
+            Err(err) => return self.fail_permanently(err).await,
         };
-        config.set(
-            "auto.commit.interval.ms",
-            self.settings.commit_interval.as_millis().max(1).to_string(),
-        );
         debug!(config = %client::describe(&config), "consumer configuration");
         let mut backoff = Backoff::new(self.settings.retry_base, self.settings.retry_cap);
         let mut trust_completed =
@@ -176,43 +152,83 @@ impl Runner {
             if !self.wait_for_session().await {
                 break;
             }
-            // A truststore holding the broker's own certificate (the seed's
-            // s_client + keytool recipe) is completed to its CA once; see
-            // kafka::leaf_trust. Failures are retried like any other.
-            if !trust_completed {
-                match self.complete_leaf_trust().await {
-                    Ok(Some(completed)) => {
-                        config = completed;
-                        trust_completed = true;
-                    }
-                    Ok(None) => trust_completed = true,
-                    Err(err) => {
-                        let delay = backoff.next_delay();
-                        warn!(class = ?err.class, error = %err.message, retry_in = ?delay, "job failed");
-                        self.set(JobPhase::Failed, Some(err), None);
-                        if !self.idle(Some(Instant::now() + delay)).await {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            match self.consume(&config, &mut backoff).await {
+            let exit = match self
+                .complete_trust_once(&mut config, &mut trust_completed)
+                .await
+            {
+                Err(err) => Exit::Failed(err),
+                Ok(()) => self.consume(&config, &mut backoff).await,
+            };
+            match exit {
                 Exit::Stop => break,
                 Exit::SessionGone => {
                     info!("session away past the grace period; left the consumer group");
-                    continue;
                 }
                 Exit::Failed(err) => {
-                    let delay = backoff.next_delay();
-                    warn!(class = ?err.class, error = %err.message, retry_in = ?delay, "job failed");
-                    self.set(JobPhase::Failed, Some(err), None);
-                    if !self.idle(Some(Instant::now() + delay)).await {
+                    if !self.back_off(err, &mut backoff).await {
                         break;
                     }
                 }
             }
         }
+        self.finish();
+    }
+
+    /// A truststore holding the broker's own certificate (the seed's
+    /// s_client + keytool recipe) is completed to its CA once, replacing
+    /// `config`; see kafka::leaf_trust. Failures are retried like any other.
+    async fn complete_trust_once(
+        &self,
+        config: &mut ClientConfig,
+        done: &mut bool,
+    ) -> Result<(), JobError> {
+        if *done {
+            return Ok(());
+        }
+        if let Some(completed) = self.complete_leaf_trust().await? {
+            *config = completed;
+        }
+        *done = true;
+        Ok(())
+    }
+
+    /// The allow-list check and the consumer config: failures here are
+    /// permanent (the spec must change).
+    async fn initial_config(&self) -> Result<ClientConfig, JobError> {
+        let allow = self.allow.clone();
+        let bootstrap = self.spec.bootstrap_servers.clone();
+        // The check may resolve names (CIDR rules): off the async threads.
+        let allowed = tokio::task::spawn_blocking(move || allow.check_bootstrap(&bootstrap))
+            .await
+            .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")));
+        if let Err(message) = allowed {
+            return Err(JobError {
+                class: ErrorClass::NotAllowed,
+                message,
+            });
+        }
+        let mut config = client::consumer_config(&self.spec).map_err(|e| JobError {
+            class: ErrorClass::Config,
+            message: self.redact(&e.to_string()),
+        })?;
+        config.set(
+            "auto.commit.interval.ms",
+            self.settings.commit_interval.as_millis().max(1).to_string(),
+        );
+        Ok(config)
+    }
+
+    /// Report a failure and wait out the backoff; false when the job is to
+    /// stop meanwhile.
+    async fn back_off(&mut self, err: JobError, backoff: &mut Backoff) -> bool {
+        let delay = backoff.next_delay();
+        warn!(class = ?err.class, error = %err.message, retry_in = ?delay, "job failed");
+        self.set(JobPhase::Failed, Some(err), None);
+        self.idle(Some(Instant::now() + delay)).await
+    }
+
+    /// The job is over: report it stopped, with the last error if it failed.
+    fn finish(&mut self) {
         let last_error = if self.phase == JobPhase::Failed {
             self.error.clone()
         } else {
@@ -473,57 +489,75 @@ impl Runner {
         consumer: &Arc<StreamConsumer<RelayContext>>,
         partitions: usize,
     ) -> Result<(), JobError> {
-        let topic = self.spec.topic.clone();
         match &self.spec.partitions {
             Partitions::All => consumer
-                .subscribe(&[&topic])
+                .subscribe(&[self.spec.topic.as_str()])
                 .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target))),
-            Partitions::List(list) => {
-                if let Some(bad) = list.iter().find(|p| **p as usize >= partitions) {
-                    return Err(JobError {
-                        class: ErrorClass::Config,
-                        message: format!(
-                            "partition {bad} does not exist: topic {topic:?} has {partitions} partitions (0..={}); fix the job's partitions",
-                            partitions.saturating_sub(1)
-                        ),
-                    });
-                }
-                let mut tpl = TopicPartitionList::new();
-                for p in list {
-                    let _ = tpl.add_partition_offset(&topic, *p, Offset::Stored);
-                }
-                if let StartPosition::Offsets(starts) = &self.spec.start {
-                    // Explicit offsets only where the group has none committed.
-                    let c = consumer.clone();
-                    let probe = tpl.clone();
-                    let committed = tokio::task::spawn_blocking(move || {
-                        c.committed_offsets(probe, Duration::from_secs(10))
-                    })
-                    .await
-                    .map_err(|e| JobError {
-                        class: ErrorClass::Other,
-                        message: e.to_string(),
-                    })?
-                    .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
-                    for e in committed.elements_for_topic(&topic) {
-                        if let (Some(o), Offset::Invalid) = (starts.get(&e.partition()), e.offset())
-                        {
-                            let _ =
-                                tpl.set_partition_offset(&topic, e.partition(), Offset::Offset(*o));
-                        }
-                    }
-                }
-                consumer
-                    .assign(&tpl)
-                    .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
-                let mut core = lock(&consumer.context().core);
-                for p in list {
-                    core.assigned.insert(*p);
-                    core.parts.entry(*p).or_default();
-                }
-                Ok(())
+            Partitions::List(list) => self.assign(consumer, list, partitions).await,
+        }
+    }
+
+    /// Assign the listed partitions, from the group's committed offsets (or
+    /// the job's start offsets where it has none).
+    async fn assign(
+        &self,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        list: &[i32],
+        partitions: usize,
+    ) -> Result<(), JobError> {
+        let topic = &self.spec.topic;
+        if let Some(bad) = list.iter().find(|p| **p as usize >= partitions) {
+            return Err(JobError {
+                class: ErrorClass::Config,
+                message: format!(
+                    "partition {bad} does not exist: topic {topic:?} has {partitions} partitions (0..={}); fix the job's partitions",
+                    partitions.saturating_sub(1)
+                ),
+            });
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in list {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Stored);
+        }
+        if let StartPosition::Offsets(starts) = &self.spec.start {
+            self.apply_start_offsets(consumer, &mut tpl, starts).await?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
+        let mut core = lock(&consumer.context().core);
+        for p in list {
+            core.assigned.insert(*p);
+            core.parts.entry(*p).or_default();
+        }
+        Ok(())
+    }
+
+    /// Explicit offsets only where the group has none committed.
+    async fn apply_start_offsets(
+        &self,
+        consumer: &Arc<StreamConsumer<RelayContext>>,
+        tpl: &mut TopicPartitionList,
+        starts: &BTreeMap<i32, i64>,
+    ) -> Result<(), JobError> {
+        let topic = &self.spec.topic;
+        let c = consumer.clone();
+        let probe = tpl.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            c.committed_offsets(probe, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| JobError {
+            class: ErrorClass::Other,
+            message: e.to_string(),
+        })?
+        .map_err(|e| self.redacted(errors::classify(Some(&e), &[], &self.target)))?;
+        for e in committed.elements_for_topic(topic) {
+            if let (Some(o), Offset::Invalid) = (starts.get(&e.partition()), e.offset()) {
+                let _ = tpl.set_partition_offset(topic, e.partition(), Offset::Offset(*o));
             }
         }
+        Ok(())
     }
 
     /// Commit what is acked, leave the group, forget this consumer's batches.
