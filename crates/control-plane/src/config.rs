@@ -12,7 +12,7 @@
 // agent's crate allows this lint for the same type.
 #![allow(clippy::result_large_err)]
 
-use super::auth::PasswordHash;
+use super::hashes::PasswordHash;
 use super::job_input;
 use crate::delivery::{FieldError, JobDefinition, SinkConfig};
 use serde::Deserialize;
@@ -132,6 +132,11 @@ impl ControlPlaneConfig {
 
     pub fn group(&self, id: &str) -> Option<&Group> {
         self.groups.iter().find(|g| g.id == id)
+    }
+
+    /// The ids of the agent groups, in the file's order.
+    pub fn group_ids(&self) -> Vec<&str> {
+        self.groups.iter().map(|g| g.id.as_str()).collect()
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -591,10 +596,11 @@ impl Validator<'_> {
         groups: &[Group],
     ) -> Result<Vec<JobDefinition>, ConfigError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        let group_ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
         let mut jobs: Vec<JobDefinition> = Vec::new();
         for (i, table) in raw.iter().enumerate() {
             let def = job_input::from_toml(table, dir).map_err(|e| self.job_error(i, table, e))?;
-            let errors: Vec<FieldError> = job_input::check(&def, groups)
+            let errors: Vec<FieldError> = job_input::check(&def, &group_ids)
                 .into_iter()
                 .map(job_input::toml_field)
                 .collect();

@@ -12,7 +12,6 @@
 //! password, session timeout in range), and the size of the `assign_job`
 //! message.
 
-use super::config::Group;
 use crate::delivery::{FieldError, JobDefinition};
 use base64::Engine as _;
 use connectivity_protocol::job::{
@@ -209,18 +208,18 @@ fn read_truststore_file(ts: &mut Map<String, Value>, dir: &Path) -> Result<(), F
 
 /// Everything the control plane checks before accepting a definition:
 /// [`JobDefinition::validate`], the group, the agent's client configuration
-/// and the size of the `assign_job` message.
-pub fn check(def: &JobDefinition, groups: &[Group]) -> Vec<FieldError> {
+/// and the size of the `assign_job` message. `groups` are the ids of the
+/// agent groups the config defines.
+pub fn check(def: &JobDefinition, groups: &[&str]) -> Vec<FieldError> {
     let mut errors = def.validate().err().map(|e| e.0).unwrap_or_default();
-    if !def.group.trim().is_empty() && !groups.iter().any(|g| g.id == def.group) {
-        let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
+    if !def.group.trim().is_empty() && !groups.contains(&def.group.as_str()) {
         errors.push(FieldError::new(
             "group",
             Some(def.group.clone()),
             "is not an agent group of this control plane",
             format!(
                 "use one of: {} (groups are defined in control-plane.toml)",
-                ids.join(", ")
+                groups.join(", ")
             ),
         ));
     }
@@ -458,8 +457,8 @@ mod tests {
         })
     }
 
-    fn groups() -> Vec<Group> {
-        vec![Group { id: "G".into() }]
+    fn groups() -> Vec<&'static str> {
+        vec!["G"]
     }
 
     fn lines(errors: Vec<FieldError>) -> Vec<String> {

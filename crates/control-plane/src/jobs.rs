@@ -279,7 +279,7 @@ impl JobService {
     }
 
     fn checked(&self, def: &JobDefinition) -> Result<(), JobChangeError> {
-        let errors = job_input::check(def, &self.config.groups);
+        let errors = job_input::check(def, &self.config.group_ids());
         if errors.is_empty() {
             Ok(())
         } else {
