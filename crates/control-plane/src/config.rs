@@ -322,18 +322,12 @@ impl Validator<'_> {
         value: Option<u64>,
         default: u64,
     ) -> Result<Duration, ConfigError> {
-        match value.unwrap_or(default) {
-            0 => Err(self.err(
-                key,
-                Some("0".into()),
-                "must be greater than zero",
-                format!("remove the key to use the default ({default})"),
-            )),
-            v => Ok(Duration::from_millis(v)),
-        }
+        self.positive(key, value, default)
+            .map(Duration::from_millis)
     }
 
-    /// A count that must not be zero; `default` when the key is absent.
+    /// A number that must not be zero (`T::default()`); `default` when the
+    /// key is absent.
     fn positive<T>(&self, key: &str, value: Option<T>, default: T) -> Result<T, ConfigError>
     where
         T: Copy + PartialEq + Default + std::fmt::Display,
