@@ -39,6 +39,23 @@ pub struct AuditEntry {
     pub message: String,
 }
 
+/// The last [`MAX_KEPT`] entries of the file's text; lines that do not
+/// parse are skipped: one damaged line must not keep the control plane from
+/// starting.
+fn newest_entries(text: &str) -> VecDeque<AuditEntry> {
+    let mut recent = VecDeque::new();
+    for e in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
+    {
+        if recent.len() == MAX_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(e);
+    }
+    recent
+}
+
 /// The log. Writes are small and synchronous (one `write` per entry, under
 /// the lock, so lines never interleave).
 pub struct AuditLog {
@@ -51,21 +68,12 @@ impl AuditLog {
     /// newest entries back.
     pub fn open(state_dir: &Path) -> std::io::Result<AuditLog> {
         let path = state_dir.join(FILE_NAME);
-        let mut recent = VecDeque::new();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                for line in text.lines() {
-                    if let Ok(e) = serde_json::from_str::<AuditEntry>(line) {
-                        if recent.len() == MAX_KEPT {
-                            recent.pop_front();
-                        }
-                        recent.push_back(e);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
-        }
+        };
+        let recent = newest_entries(&text);
         open_append(&path)?;
         Ok(AuditLog {
             path,

@@ -7,7 +7,12 @@
 //! the file, the key, the value and the fix; the binary exits with code 64.
 //! Relative paths in the file are taken relative to the file's directory.
 
-use super::auth::PasswordHash;
+// A `ConfigError` is large (it names file, key, value, problem and fix), but
+// it is returned once, at start-up, so boxing it would buy nothing; the
+// agent's crate allows this lint for the same type.
+#![allow(clippy::result_large_err)]
+
+use super::hashes::PasswordHash;
 use super::job_input;
 use crate::delivery::{FieldError, JobDefinition, SinkConfig};
 use serde::Deserialize;
@@ -129,6 +134,11 @@ impl ControlPlaneConfig {
         self.groups.iter().find(|g| g.id == id)
     }
 
+    /// The ids of the agent groups, in the file's order.
+    pub fn group_ids(&self) -> Vec<&str> {
+        self.groups.iter().map(|g| g.id.as_str()).collect()
+    }
+
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
     }
@@ -239,6 +249,40 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     }
 }
 
+/// The keys [`Timing`] is made of, as written.
+struct RawTiming {
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    token_ttl_secs: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+}
+
+/// The durations of [`ControlPlaneConfig`], checked together because the
+/// heartbeat timeout depends on the interval.
+struct Timing {
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+    token_ttl: Duration,
+    shutdown_timeout: Duration,
+}
+
+/// Warnings for a config with which nobody can log in.
+fn credential_warnings(
+    users: &[User],
+    oauth_clients: &[OAuthClient],
+    console_tokens: &[ConsoleToken],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if users.is_empty() && oauth_clients.is_empty() {
+        warnings
+            .push("no [[users]] and no [[oauth_clients]]: no agent can authenticate".to_owned());
+    }
+    if console_tokens.is_empty() {
+        warnings.push("no [[console_tokens]]: the console API refuses every request".to_owned());
+    }
+    warnings
+}
+
 struct Validator<'a> {
     path: &'a Path,
 }
@@ -278,29 +322,89 @@ impl Validator<'_> {
         value: Option<u64>,
         default: u64,
     ) -> Result<Duration, ConfigError> {
+        self.positive(key, value, default)
+            .map(Duration::from_millis)
+    }
+
+    /// A number that must not be zero (`T::default()`); `default` when the
+    /// key is absent.
+    fn positive<T>(&self, key: &str, value: Option<T>, default: T) -> Result<T, ConfigError>
+    where
+        T: Copy + PartialEq + Default + std::fmt::Display,
+    {
         match value.unwrap_or(default) {
-            0 => Err(self.err(
+            v if v == T::default() => Err(self.err(
                 key,
                 Some("0".into()),
                 "must be greater than zero",
                 format!("remove the key to use the default ({default})"),
             )),
-            v => Ok(Duration::from_millis(v)),
+            v => Ok(v),
         }
     }
 
     fn validate(&self, raw: RawConfig) -> Result<ControlPlaneConfig, ConfigError> {
-        let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        // The order of the steps decides which error a file with several
+        // problems reports; it is kept as it was when this was one function.
+        let listen = self.listen(raw.listen)?;
+        let (tls, mut warnings) = self.tls(raw.tls)?;
+        let timing = self.timing(RawTiming {
+            heartbeat_interval_ms: raw.heartbeat_interval_ms,
+            heartbeat_timeout_ms: raw.heartbeat_timeout_ms,
+            token_ttl_secs: raw.token_ttl_secs,
+            shutdown_timeout_ms: raw.shutdown_timeout_ms,
+        })?;
+        let max_agents = self.positive("max_agents", raw.max_agents, DEFAULT_MAX_AGENTS)?;
+        let groups = self.groups(raw.groups)?;
+        let known: BTreeSet<&str> = groups.iter().map(|g| g.id.as_str()).collect();
+        let users = self.users(raw.users, &known)?;
+        let oauth_clients = self.oauth_clients(raw.oauth_clients, &known)?;
+        let console_tokens = self.console_tokens(raw.console_tokens)?;
+        warnings.extend(credential_warnings(&users, &oauth_clients, &console_tokens));
+        let webhook_ca_file = raw.webhook_ca_file.map(|p| self.resolve(&p));
+        let webhook_tls = self.webhook_tls(webhook_ca_file.as_deref())?;
+        let jobs = self.jobs(raw.jobs, &groups)?;
+        warnings.extend(self.job_secrets_warning(&jobs));
+
+        Ok(ControlPlaneConfig {
+            path: self.path.to_owned(),
+            listen,
+            tls,
+            state_dir: self.resolve(
+                raw.state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
+            ),
+            heartbeat_interval: timing.heartbeat_interval,
+            heartbeat_timeout: timing.heartbeat_timeout,
+            token_ttl: timing.token_ttl,
+            shutdown_timeout: timing.shutdown_timeout,
+            max_agents,
+            groups,
+            users,
+            oauth_clients,
+            console_tokens,
+            jobs,
+            webhook_ca_file,
+            webhook_tls,
+            warnings,
+        })
+    }
+
+    fn listen(&self, raw: Option<String>) -> Result<SocketAddr, ConfigError> {
+        let listen_text = raw.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        listen_text.parse().map_err(|_| {
             self.err(
                 "listen",
                 Some(listen_text.clone()),
                 "not an IP address and port",
                 format!("write it as \"IP:PORT\", e.g. {DEFAULT_LISTEN:?} or \"[::]:7443\""),
             )
-        })?;
+        })
+    }
 
-        let (tls, tls_warnings) = self.tls(raw.tls)?;
+    /// Heartbeats, token lifetime and the shutdown deadline.
+    fn timing(&self, raw: RawTiming) -> Result<Timing, ConfigError> {
         let heartbeat_interval = self.positive_ms(
             "heartbeat_interval_ms",
             raw.heartbeat_interval_ms,
@@ -320,40 +424,29 @@ impl Validator<'_> {
                 format!("use at least {HEARTBEAT_TIMEOUT_FACTOR} intervals ({default_timeout}), or remove the key"),
             ));
         }
-        let token_ttl = match raw.token_ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS) {
-            0 => {
-                return Err(self.err(
-                    "token_ttl_secs",
-                    Some("0".into()),
-                    "must be greater than zero",
-                    format!("remove the key to use the default ({DEFAULT_TOKEN_TTL_SECS})"),
-                ));
-            }
-            v => Duration::from_secs(v),
-        };
+        let token_ttl = Duration::from_secs(self.positive(
+            "token_ttl_secs",
+            raw.token_ttl_secs,
+            DEFAULT_TOKEN_TTL_SECS,
+        )?);
         let shutdown_timeout = self.positive_ms(
             "shutdown_timeout_ms",
             raw.shutdown_timeout_ms,
             DEFAULT_SHUTDOWN_TIMEOUT_MS,
         )?;
-        let max_agents = match raw.max_agents.unwrap_or(DEFAULT_MAX_AGENTS) {
-            0 => {
-                return Err(self.err(
-                    "max_agents",
-                    Some("0".into()),
-                    "must be greater than zero",
-                    format!("remove the key to use the default ({DEFAULT_MAX_AGENTS})"),
-                ));
-            }
-            v => v,
-        };
+        Ok(Timing {
+            heartbeat_interval,
+            heartbeat_timeout,
+            token_ttl,
+            shutdown_timeout,
+        })
+    }
 
-        let groups = self.groups(raw.groups)?;
-        let known: BTreeSet<&str> = groups.iter().map(|g| g.id.as_str()).collect();
-        let mut warnings = tls_warnings;
-
+    /// `[[users]]`: names HTTP Basic can carry, each once, hashes that
+    /// parse, groups that exist.
+    fn users(&self, raw: Vec<RawUser>, known: &BTreeSet<&str>) -> Result<Vec<User>, ConfigError> {
         let mut users = Vec::new();
-        for (i, u) in raw.users.into_iter().enumerate() {
+        for (i, u) in raw.into_iter().enumerate() {
             let at = |k: &str| format!("users[{i}].{k}");
             self.name(&at("name"), &u.name)?;
             if u.name.contains(':') {
@@ -373,16 +466,25 @@ impl Validator<'_> {
                 ));
             }
             let password_hash = self.hash(&at("password_hash"), &u.password_hash)?;
-            self.group_refs(&at("groups"), &u.groups, &known)?;
+            self.group_refs(&at("groups"), &u.groups, known)?;
             users.push(User {
                 name: u.name,
                 password_hash,
                 groups: u.groups,
             });
         }
+        Ok(users)
+    }
 
+    /// `[[oauth_clients]]`: each client id once, hashes that parse, groups
+    /// that exist, scopes without spaces.
+    fn oauth_clients(
+        &self,
+        raw: Vec<RawClient>,
+        known: &BTreeSet<&str>,
+    ) -> Result<Vec<OAuthClient>, ConfigError> {
         let mut oauth_clients = Vec::new();
-        for (i, c) in raw.oauth_clients.into_iter().enumerate() {
+        for (i, c) in raw.into_iter().enumerate() {
             let at = |k: &str| format!("oauth_clients[{i}].{k}");
             self.name(&at("client_id"), &c.client_id)?;
             if oauth_clients
@@ -397,17 +499,8 @@ impl Validator<'_> {
                 ));
             }
             let secret_hash = self.hash(&at("secret_hash"), &c.secret_hash)?;
-            self.group_refs(&at("groups"), &c.groups, &known)?;
-            for s in &c.scopes {
-                if s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                    return Err(self.err(
-                        at("scopes"),
-                        Some(s.clone()),
-                        "a scope must be non-empty and contain no spaces",
-                        "list each scope as its own string",
-                    ));
-                }
-            }
+            self.group_refs(&at("groups"), &c.groups, known)?;
+            self.scopes(&at("scopes"), &c.scopes)?;
             oauth_clients.push(OAuthClient {
                 client_id: c.client_id,
                 secret_hash,
@@ -415,9 +508,27 @@ impl Validator<'_> {
                 scopes: c.scopes,
             });
         }
+        Ok(oauth_clients)
+    }
 
+    fn scopes(&self, key: &str, scopes: &[String]) -> Result<(), ConfigError> {
+        let bad =
+            |s: &String| s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+        match scopes.iter().find(|s| bad(s)) {
+            Some(s) => Err(self.err(
+                key,
+                Some(s.clone()),
+                "a scope must be non-empty and contain no spaces",
+                "list each scope as its own string",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `[[console_tokens]]`: each name once, hashes that parse.
+    fn console_tokens(&self, raw: Vec<RawConsoleToken>) -> Result<Vec<ConsoleToken>, ConfigError> {
         let mut console_tokens = Vec::new();
-        for (i, t) in raw.console_tokens.into_iter().enumerate() {
+        for (i, t) in raw.into_iter().enumerate() {
             let at = |k: &str| format!("console_tokens[{i}].{k}");
             self.name(&at("name"), &t.name)?;
             if console_tokens
@@ -437,61 +548,37 @@ impl Validator<'_> {
                 token_hash,
             });
         }
+        Ok(console_tokens)
+    }
 
-        if users.is_empty() && oauth_clients.is_empty() {
-            warnings.push(
-                "no [[users]] and no [[oauth_clients]]: no agent can authenticate".to_owned(),
-            );
-        }
-        if console_tokens.is_empty() {
-            warnings
-                .push("no [[console_tokens]]: the console API refuses every request".to_owned());
-        }
-        let webhook_ca_file = raw.webhook_ca_file.map(|p| self.resolve(&p));
-        let webhook_tls = connectivity_common::tls::client_config(webhook_ca_file.as_deref()).map_err(|e| {
+    /// TLS for webhook sinks: the system's CAs plus `webhook_ca_file`.
+    fn webhook_tls(
+        &self,
+        webhook_ca_file: Option<&Path>,
+    ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+        connectivity_common::tls::client_config(webhook_ca_file).map_err(|e| {
             self.err(
                 "webhook_ca_file",
-                webhook_ca_file.as_ref().map(|p| p.display().to_string()),
+                webhook_ca_file.map(|p| p.display().to_string()),
                 e.to_string(),
                 "point it at a readable PEM file of the CA certificates that signed your webhook endpoints, or remove the key",
             )
-        })?;
-        let jobs = self.jobs(raw.jobs, &groups)?;
-        if !jobs.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(self.path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                warnings.push(format!(
-                    "{} holds job secrets (SASL passwords, truststores) and is readable by other users (mode {:o}); chmod 600 it",
-                    self.path.display(),
-                    meta.permissions().mode() & 0o777
-                ));
-            }
-        }
+        })
+    }
 
-        Ok(ControlPlaneConfig {
-            path: self.path.to_owned(),
-            listen,
-            tls,
-            state_dir: self.resolve(
-                raw.state_dir
-                    .as_deref()
-                    .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
-            ),
-            heartbeat_interval,
-            heartbeat_timeout,
-            token_ttl,
-            shutdown_timeout,
-            max_agents,
-            groups,
-            users,
-            oauth_clients,
-            console_tokens,
-            jobs,
-            webhook_ca_file,
-            webhook_tls,
-            warnings,
+    /// A warning when the file holds job secrets and others may read it.
+    fn job_secrets_warning(&self, jobs: &[JobDefinition]) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        if jobs.is_empty() {
+            return None;
+        }
+        let mode = std::fs::metadata(self.path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} holds job secrets (SASL passwords, truststores) and is readable by other users (mode {:o}); chmod 600 it",
+                self.path.display(),
+                mode & 0o777
+            )
         })
     }
 
@@ -503,10 +590,11 @@ impl Validator<'_> {
         groups: &[Group],
     ) -> Result<Vec<JobDefinition>, ConfigError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        let group_ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
         let mut jobs: Vec<JobDefinition> = Vec::new();
         for (i, table) in raw.iter().enumerate() {
             let def = job_input::from_toml(table, dir).map_err(|e| self.job_error(i, table, e))?;
-            let errors: Vec<FieldError> = job_input::check(&def, groups)
+            let errors: Vec<FieldError> = job_input::check(&def, &group_ids)
                 .into_iter()
                 .map(job_input::toml_field)
                 .collect();

@@ -2,7 +2,7 @@
 //! of each bad-input case.
 
 use super::*;
-use crate::auth::weak_hash_for_tests;
+use crate::hashes::weak_hash_for_tests;
 
 /// A temp dir with a self-signed cert/key pair and a config referring to it.
 struct Fixture {

@@ -12,7 +12,6 @@
 //! password, session timeout in range), and the size of the `assign_job`
 //! message.
 
-use super::config::Group;
 use crate::delivery::{FieldError, JobDefinition};
 use base64::Engine as _;
 use connectivity_protocol::job::{
@@ -55,7 +54,7 @@ pub fn from_json(input: Value) -> Result<JobDefinition, Vec<FieldError>> {
             "send a job definition object: {\"spec\": {...}, \"group\": ..., \"sink\": {...}}",
         )]);
     };
-    let mut errors: Vec<FieldError> = map
+    let errors: Vec<FieldError> = map
         .keys()
         .filter(|k| !DEFINITION_KEYS.contains(&k.as_str()))
         .map(|k| unknown_key(k, DEFINITION_KEYS))
@@ -63,44 +62,50 @@ pub fn from_json(input: Value) -> Result<JobDefinition, Vec<FieldError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    match serde_json::from_value::<JobDefinition>(input.clone()) {
-        Ok(def) => {
-            // Serialized back, a definition has every key it understood.
-            let understood = serde_json::to_value(&def).unwrap_or(Value::Null);
-            let mut unknown = Vec::new();
-            unknown_keys(&input, &understood, "", &mut unknown);
-            errors.extend(unknown.into_iter().map(|path| {
-                let (parent, key) = path.rsplit_once('.').unwrap_or(("", &path));
-                let known = understood
-                    .pointer(&pointer(parent))
-                    .and_then(Value::as_object)
-                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
-                    .unwrap_or_default();
-                FieldError::new(
-                    &path,
-                    None,
-                    "is not a known key",
-                    format!(
-                        "remove it or correct the spelling{}",
-                        suggestion(key, &known)
-                    ),
-                )
-            }));
-            if errors.is_empty() {
-                Ok(def)
-            } else {
-                Err(errors)
-            }
-        }
-        Err(err) => Err(vec![locate("", &input).unwrap_or_else(|| {
+    let def = serde_json::from_value::<JobDefinition>(input.clone()).map_err(|err| {
+        vec![locate("", &input).unwrap_or_else(|| {
             FieldError::new(
                 "",
                 None,
                 err.to_string(),
                 "see docs/DELIVERY.md for the job definition format",
             )
-        })]),
+        })]
+    })?;
+    let errors = unknown_nested_keys(&input, &def);
+    if errors.is_empty() {
+        Ok(def)
+    } else {
+        Err(errors)
     }
+}
+
+/// Keys below the top level that `def` did not take from `input`.
+fn unknown_nested_keys(input: &Value, def: &JobDefinition) -> Vec<FieldError> {
+    // Serialized back, a definition has every key it understood.
+    let understood = serde_json::to_value(def).unwrap_or(Value::Null);
+    let mut unknown = Vec::new();
+    unknown_keys(input, &understood, "", &mut unknown);
+    unknown
+        .into_iter()
+        .map(|path| {
+            let (parent, key) = path.rsplit_once('.').unwrap_or(("", &path));
+            let known = understood
+                .pointer(&pointer(parent))
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
+            FieldError::new(
+                &path,
+                None,
+                "is not a known key",
+                format!(
+                    "remove it or correct the spelling{}",
+                    suggestion(key, &known)
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Parse one `[[jobs]]` table. `dir` is the config file's directory, for
@@ -203,18 +208,18 @@ fn read_truststore_file(ts: &mut Map<String, Value>, dir: &Path) -> Result<(), F
 
 /// Everything the control plane checks before accepting a definition:
 /// [`JobDefinition::validate`], the group, the agent's client configuration
-/// and the size of the `assign_job` message.
-pub fn check(def: &JobDefinition, groups: &[Group]) -> Vec<FieldError> {
+/// and the size of the `assign_job` message. `groups` are the ids of the
+/// agent groups the config defines.
+pub fn check(def: &JobDefinition, groups: &[&str]) -> Vec<FieldError> {
     let mut errors = def.validate().err().map(|e| e.0).unwrap_or_default();
-    if !def.group.trim().is_empty() && !groups.iter().any(|g| g.id == def.group) {
-        let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
+    if !def.group.trim().is_empty() && !groups.contains(&def.group.as_str()) {
         errors.push(FieldError::new(
             "group",
             Some(def.group.clone()),
             "is not an agent group of this control plane",
             format!(
                 "use one of: {} (groups are defined in control-plane.toml)",
-                ids.join(", ")
+                groups.join(", ")
             ),
         ));
     }
@@ -452,8 +457,8 @@ mod tests {
         })
     }
 
-    fn groups() -> Vec<Group> {
-        vec![Group { id: "G".into() }]
+    fn groups() -> Vec<&'static str> {
+        vec!["G"]
     }
 
     fn lines(errors: Vec<FieldError>) -> Vec<String> {

@@ -134,11 +134,11 @@ fn partition_views(states: &[AgentJobState]) -> Vec<PartitionView> {
     };
     for s in states {
         for p in &s.state.partitions {
-            match best.get(&p.partition) {
-                Some((held, _)) if rank(held) >= rank(s) => {}
-                _ => {
-                    best.insert(p.partition, (s, p));
-                }
+            let better = best
+                .get(&p.partition)
+                .is_none_or(|(held, _)| rank(s) > rank(held));
+            if better {
+                best.insert(p.partition, (s, p));
             }
         }
     }
@@ -159,6 +159,28 @@ fn partition_views(states: &[AgentJobState]) -> Vec<PartitionView> {
             }
         })
         .collect()
+}
+
+/// Why the config's job `i` could not be loaded: a [`ConfigError`](super::ConfigError)
+/// naming its key when the definition is at fault.
+fn load_error(config: &ControlPlaneConfig, i: usize, id: &str, e: JobChangeError) -> anyhow::Error {
+    let at = |field: &str| format!("jobs[{i}].{}", field.strip_prefix("spec.").unwrap_or(field));
+    let config_error = |field: &FieldError| super::ConfigError {
+        file: config.path.clone(),
+        line: None,
+        key: Some(at(&field.field)),
+        value: field.value.clone(),
+        problem: field.problem.clone(),
+        fix: field.fix.clone(),
+    };
+    match e {
+        JobChangeError::Conflict(f) => config_error(&f).into(),
+        JobChangeError::Invalid(fields) if !fields.is_empty() => config_error(&fields[0]).into(),
+        other => anyhow::anyhow!(
+            "cannot load job {id:?} from {} into the job store: {other}",
+            config.path.display()
+        ),
+    }
 }
 
 /// Per job, what a batch needs checked without cloning the definition.
@@ -189,27 +211,7 @@ impl JobService {
         for (i, def) in config.jobs.iter().enumerate() {
             let id = def.id().to_owned();
             if let Err(e) = delivery.put_job(def.clone()).await {
-                let at = |field: &str| {
-                    format!("jobs[{i}].{}", field.strip_prefix("spec.").unwrap_or(field))
-                };
-                let config_error = |field: &FieldError| super::ConfigError {
-                    file: config.path.clone(),
-                    line: None,
-                    key: Some(at(&field.field)),
-                    value: field.value.clone(),
-                    problem: field.problem.clone(),
-                    fix: field.fix.clone(),
-                };
-                return Err(match JobChangeError::from(e) {
-                    JobChangeError::Conflict(f) => config_error(&f).into(),
-                    JobChangeError::Invalid(fields) if !fields.is_empty() => {
-                        config_error(&fields[0]).into()
-                    }
-                    other => anyhow::anyhow!(
-                        "cannot load job {id:?} from {} into the job store: {other}",
-                        config.path.display()
-                    ),
-                });
+                return Err(load_error(&config, i, &id, e.into()));
             }
             tracing::info!(job = %id, "job from the config file loaded");
         }
@@ -277,7 +279,7 @@ impl JobService {
     }
 
     fn checked(&self, def: &JobDefinition) -> Result<(), JobChangeError> {
-        let errors = job_input::check(def, &self.config.groups);
+        let errors = job_input::check(def, &self.config.group_ids());
         if errors.is_empty() {
             Ok(())
         } else {

@@ -37,6 +37,7 @@ pub mod certificate;
 pub mod commands;
 pub mod config;
 pub mod delivery;
+mod hashes;
 mod http;
 pub mod init;
 pub mod job_input;

@@ -78,6 +78,14 @@ impl Metrics {
             certificate_refusals: Family::default(),
             registry: prometheus_client::registry::Registry::default(),
         };
+        m.register(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Every metric under its name and help text: a flat list, long because
+    /// there are that many metrics.
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let m = self;
         registry.register("agents", "Agents known, by console state (connected, draining, reconnecting, auth_failing, version_refused, refused, gone)", m.agents.clone());
         registry.register("sessions", "Open agent sessions", m.sessions.clone());
         registry.register(
@@ -141,7 +149,6 @@ impl Metrics {
             "TLS handshakes in which the client refused the certificate, by the alert it sent",
             m.certificate_refusals.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// `notAfter` of the server certificate, set at start.

@@ -164,18 +164,27 @@ async fn await_hello(conn: &mut Conn, shared: &Shared) -> Option<Hello> {
             Ok(Some(Ok(Message::Binary(_)))) => {
                 "the first message must be a hello text frame, not a binary frame".to_owned()
             }
-            Ok(Some(Ok(Message::Text(text)))) => {
-                match connectivity_protocol::decode::<AgentMessage>(text.as_str()) {
-                    Ok(AgentMessage::Hello(hello)) => return Some(hello),
-                    Ok(other) => format!("the first message must be hello, not {}", kind(&other)),
-                    Err(err) => err.to_string(),
-                }
-            }
+            Ok(Some(Ok(Message::Text(text)))) => match hello(&text) {
+                Ok(hello) => return Some(hello),
+                Err(problem) => problem,
+            },
         };
         tracing::info!(%problem, "no valid hello; closing");
         let _ = conn.protocol_error(&problem).await;
         conn.close(close_code::PROTOCOL, "expected hello").await;
         return None;
+    }
+}
+
+/// The hello in a first text frame, or what is wrong with the frame.
+fn hello(text: &str) -> Result<Hello, String> {
+    match connectivity_protocol::decode::<AgentMessage>(text) {
+        Ok(AgentMessage::Hello(hello)) => Ok(hello),
+        Ok(other) => Err(format!(
+            "the first message must be hello, not {}",
+            kind(&other)
+        )),
+        Err(err) => Err(err.to_string()),
     }
 }
 
@@ -195,7 +204,68 @@ async fn admit(
     }
     let span = tracing::Span::current();
     span.record("agent_id", hello.agent_id.as_str());
-    let refusal = if hello.protocol_version != PROTOCOL_VERSION {
+    if let Some((reason, message)) = refusal(&hello, &shared, &principal) {
+        let session = new_session(
+            &hello,
+            &principal,
+            remote,
+            String::new(),
+            CancellationToken::new(),
+        );
+        reject(&mut conn, &shared, session, reason, message).await;
+        return None;
+    }
+
+    let session_id = uuid::Uuid::new_v4().to_string();
+    span.record("session_id", session_id.as_str());
+    let cancel = shared.shutdown.child_token();
+    // Subscribed before the welcome: a change from now on is seen.
+    let job_changes = shared.jobs.subscribe();
+    let origin = BatchOrigin {
+        agent_id: hello.agent_id.clone(),
+        group: hello.group.clone(),
+        session_id: session_id.clone(),
+    };
+    let session = new_session(
+        &hello,
+        &principal,
+        remote,
+        session_id.clone(),
+        cancel.clone(),
+    );
+    if !register(&mut conn, &shared, session).await {
+        return None;
+    }
+    // Attached before the welcome: the console may send a command as soon
+    // as the registry shows the agent connected.
+    let commands = shared.commands.attach(&origin.agent_id, &origin.session_id);
+    if let Err(err) = conn.send(&welcome(&shared, session_id)).await {
+        shared.commands.detach(&origin.agent_id, &origin.session_id);
+        shared
+            .registry
+            .disconnect(&origin.agent_id, &origin.session_id, &err);
+        tracing::info!(%err, "agent left before welcome");
+        return None;
+    }
+    shared.metrics.session_opened();
+    tracing::info!(name = %hello.agent_name, group = %hello.group, version = %hello.agent_version, %principal, "agent connected");
+    Some(Live::new(
+        conn,
+        shared,
+        origin,
+        cancel,
+        job_changes,
+        commands,
+    ))
+}
+
+/// Why the hello is refused (version, group, permission), if it is.
+fn refusal(
+    hello: &Hello,
+    shared: &Shared,
+    principal: &Principal,
+) -> Option<(RejectReason, String)> {
+    if hello.protocol_version != PROTOCOL_VERSION {
         Some((
             RejectReason::VersionRefused,
             format!(
@@ -221,50 +291,35 @@ async fn admit(
         ))
     } else {
         None
-    };
-    if let Some((reason, message)) = refusal {
-        tracing::info!(?reason, %message, group = %hello.group, "agent rejected");
-        shared.registry.reject(
-            new_session(
-                &hello,
-                &principal,
-                remote,
-                String::new(),
-                CancellationToken::new(),
-            ),
-            reason,
-            &message,
-        );
-        let _ = conn
-            .send(&ControlMessage::Rejected { reason, message })
-            .await;
-        conn.close(close_code::POLICY, "rejected").await;
-        return None;
     }
+}
 
-    let session_id = uuid::Uuid::new_v4().to_string();
-    span.record("session_id", session_id.as_str());
-    let cancel = shared.shutdown.child_token();
-    // Subscribed before the welcome: a change from now on is seen.
-    let job_changes = shared.jobs.subscribe();
-    let origin = BatchOrigin {
-        agent_id: hello.agent_id.clone(),
-        group: hello.group.clone(),
-        session_id: session_id.clone(),
-    };
-    let registered = shared.registry.connect(new_session(
-        &hello,
-        &principal,
-        remote,
-        session_id.clone(),
-        cancel.clone(),
-    ));
-    match registered {
+/// Record the refusal (the console shows it) and tell the agent why.
+async fn reject(
+    conn: &mut Conn,
+    shared: &Shared,
+    session: NewSession,
+    reason: RejectReason,
+    message: String,
+) {
+    tracing::info!(?reason, %message, group = %session.group, "agent rejected");
+    shared.registry.reject(session, reason, &message);
+    let _ = conn
+        .send(&ControlMessage::Rejected { reason, message })
+        .await;
+    conn.close(close_code::POLICY, "rejected").await;
+}
+
+/// Register the session, closing an older one of the same agent. `false`
+/// (and the agent told to come back later) when the registry is full.
+async fn register(conn: &mut Conn, shared: &Shared, session: NewSession) -> bool {
+    match shared.registry.connect(session) {
         Ok(Some(older)) => {
             tracing::info!("agent reconnected; closing its older session");
             older.cancel();
+            true
         }
-        Ok(None) => {}
+        Ok(None) => true,
         Err(full) => {
             tracing::warn!(%full, "agent refused");
             let _ = conn
@@ -273,47 +328,19 @@ async fn admit(
                 })
                 .await;
             conn.close(close_code::AGAIN, "agent limit reached").await;
-            return None;
+            false
         }
     }
+}
+
+fn welcome(shared: &Shared, session_id: String) -> ControlMessage {
     let config = &shared.config;
-    let welcome = ControlMessage::Welcome {
+    ControlMessage::Welcome {
         session_id,
         heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
         protocol_version: PROTOCOL_VERSION,
-    };
-    // Attached before the welcome: the console may send a command as soon
-    // as the registry shows the agent connected.
-    let commands = shared.commands.attach(&origin.agent_id, &origin.session_id);
-    if let Err(err) = conn.send(&welcome).await {
-        shared.commands.detach(&origin.agent_id, &origin.session_id);
-        shared
-            .registry
-            .disconnect(&origin.agent_id, &origin.session_id, &err);
-        tracing::info!(%err, "agent left before welcome");
-        return None;
     }
-    shared.metrics.session_opened();
-    tracing::info!(name = %hello.agent_name, group = %hello.group, version = %hello.agent_version, %principal, "agent connected");
-    let interval = config.heartbeat_interval;
-    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-    // After a stall (a slow sink), resume the rhythm instead of a burst.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    Some(Live {
-        conn,
-        origin,
-        cancel,
-        ticker,
-        heartbeat_seq: 0,
-        last_seen: Instant::now(),
-        errors_in_a_row: 0,
-        job_changes,
-        assigned: BTreeMap::new(),
-        revoked: HashSet::new(),
-        commands,
-        shared,
-    })
 }
 
 /// The registry's view of a hello.
@@ -393,6 +420,35 @@ struct Live {
 }
 
 impl Live {
+    /// A welcomed session, its first heartbeat one interval away.
+    fn new(
+        conn: Conn,
+        shared: Arc<Shared>,
+        origin: BatchOrigin,
+        cancel: CancellationToken,
+        job_changes: tokio::sync::watch::Receiver<u64>,
+        commands: mpsc::Receiver<ControlMessage>,
+    ) -> Live {
+        let interval = shared.config.heartbeat_interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        // After a stall (a slow sink), resume the rhythm instead of a burst.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Live {
+            conn,
+            origin,
+            cancel,
+            ticker,
+            heartbeat_seq: 0,
+            last_seen: Instant::now(),
+            errors_in_a_row: 0,
+            job_changes,
+            assigned: BTreeMap::new(),
+            revoked: HashSet::new(),
+            commands,
+            shared,
+        }
+    }
+
     /// The session loop; returns why it ended.
     async fn run(&mut self) -> String {
         let timeout = self.shared.config.heartbeat_timeout;
@@ -456,15 +512,13 @@ impl Live {
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
         match msg {
-            Message::Text(text) => {
-                match connectivity_protocol::decode::<AgentMessage>(text.as_str()) {
-                    Ok(m) => {
-                        self.errors_in_a_row = 0;
-                        self.on_message(m).await
-                    }
-                    Err(err) => self.protocol_error(err.to_string()).await,
+            Message::Text(text) => match connectivity_protocol::decode::<AgentMessage>(&text) {
+                Ok(m) => {
+                    self.errors_in_a_row = 0;
+                    self.on_message(m).await
                 }
-            }
+                Err(err) => self.protocol_error(err.to_string()).await,
+            },
             Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
                 Ok(batch) => {
                     self.errors_in_a_row = 0;

@@ -116,64 +116,85 @@ fn ms(d: Duration) -> u128 {
 
 /// The state of an agent at `now`, for heartbeats every `interval`.
 pub fn status(f: &Facts, now: SystemTime, interval: Duration) -> AgentStatus {
-    let gone_after = interval * GONE_AFTER_INTERVALS;
     let silent = now.duration_since(f.last_seen).unwrap_or_default();
-    let last = timefmt::rfc3339(f.last_seen);
     if f.connected {
-        if silent > gone_after {
-            return AgentStatus {
-                state: Health::Gone,
-                reason: format!(
-                    "nothing received for {} ms (more than {GONE_AFTER_INTERVALS} heartbeat intervals of {} ms) since {last}; the session is closed at the heartbeat timeout",
-                    ms(silent),
-                    ms(interval)
-                ),
-                since: f.last_seen,
-            };
-        }
-        if let Some((at, deadline_ms)) = f.draining {
-            return AgentStatus {
-                state: Health::Draining,
-                reason: format!(
-                    "the agent is stopping gracefully: in-flight batches finish and offsets are committed within {deadline_ms} ms"
-                ),
-                since: at,
-            };
-        }
-        return AgentStatus {
-            state: Health::Connected,
-            reason: format!("session open; last message at {last}"),
-            since: f.last_seen,
-        };
+        return connected(f, silent, interval);
     }
+    // A refusal or failed login older than the last session is history.
     let since_end = f.disconnected_at.unwrap_or(f.last_seen);
     let newer = |t: SystemTime| !f.had_session || t >= since_end;
     if let Some(r) = f.refusal.filter(|r| newer(r.at)) {
-        let state = if r.reason == RejectReason::VersionRefused {
-            Health::VersionRefused
-        } else {
-            Health::Refused
-        };
-        return AgentStatus {
-            state,
-            reason: format!("hello refused from {}: {}", r.remote_addr, r.message),
-            since: r.at,
-        };
+        return refused(r);
     }
     if let Some(a) = f.auth_failure.filter(|a| newer(a.last_at)) {
+        return auth_failing(a);
+    }
+    disconnected(f, now, silent, interval)
+}
+
+/// An agent with a session: connected, draining, or silent too long.
+fn connected(f: &Facts, silent: Duration, interval: Duration) -> AgentStatus {
+    let gone_after = interval * GONE_AFTER_INTERVALS;
+    let last = timefmt::rfc3339(f.last_seen);
+    if silent > gone_after {
         return AgentStatus {
-            state: Health::AuthFailing,
+            state: Health::Gone,
             reason: format!(
-                "{} refused {} time(s) since {}, last from {}: {}",
-                a.principal,
-                a.count,
-                timefmt::rfc3339(a.first_at),
-                a.last_remote_addr,
-                a.last_error
+                "nothing received for {} ms (more than {GONE_AFTER_INTERVALS} heartbeat intervals of {} ms) since {last}; the session is closed at the heartbeat timeout",
+                ms(silent),
+                ms(interval)
             ),
-            since: a.first_at,
+            since: f.last_seen,
         };
     }
+    if let Some((at, deadline_ms)) = f.draining {
+        return AgentStatus {
+            state: Health::Draining,
+            reason: format!(
+                "the agent is stopping gracefully: in-flight batches finish and offsets are committed within {deadline_ms} ms"
+            ),
+            since: at,
+        };
+    }
+    AgentStatus {
+        state: Health::Connected,
+        reason: format!("session open; last message at {last}"),
+        since: f.last_seen,
+    }
+}
+
+fn refused(r: &Refusal) -> AgentStatus {
+    let state = if r.reason == RejectReason::VersionRefused {
+        Health::VersionRefused
+    } else {
+        Health::Refused
+    };
+    AgentStatus {
+        state,
+        reason: format!("hello refused from {}: {}", r.remote_addr, r.message),
+        since: r.at,
+    }
+}
+
+fn auth_failing(a: &AuthFailure) -> AgentStatus {
+    AgentStatus {
+        state: Health::AuthFailing,
+        reason: format!(
+            "{} refused {} time(s) since {}, last from {}: {}",
+            a.principal,
+            a.count,
+            timefmt::rfc3339(a.first_at),
+            a.last_remote_addr,
+            a.last_error
+        ),
+        since: a.first_at,
+    }
+}
+
+/// An agent without a session and nothing refused: reconnecting or gone,
+/// by how it left and how long ago.
+fn disconnected(f: &Facts, now: SystemTime, silent: Duration, interval: Duration) -> AgentStatus {
+    let since_end = f.disconnected_at.unwrap_or(f.last_seen);
     let why = f.disconnect_reason.unwrap_or("disconnected");
     let ended = timefmt::rfc3339(since_end);
     if f.said_goodbye {
@@ -197,7 +218,8 @@ pub fn status(f: &Facts, now: SystemTime, interval: Duration) -> AgentStatus {
             since: since_end,
         };
     }
-    if silent <= gone_after {
+    let last = timefmt::rfc3339(f.last_seen);
+    if silent <= interval * GONE_AFTER_INTERVALS {
         return AgentStatus {
             state: Health::Reconnecting,
             reason: format!("{why} at {ended}; last message at {last}"),

@@ -5,7 +5,7 @@
 //! expired tokens are swept when it fills, and when it is full of live
 //! tokens it refuses to issue more rather than evict one an agent relies on.
 
-use crate::auth;
+use crate::hashes;
 use base64::Engine;
 use connectivity_protocol::secret::Secret;
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ impl TokenStore {
             }
         }
         tokens.insert(
-            auth::sha256(token.expose().as_bytes()),
+            hashes::sha256(token.expose().as_bytes()),
             Issued {
                 client_id: client_id.to_owned(),
                 expires_at: now + self.ttl,
@@ -75,7 +75,7 @@ impl TokenStore {
 
     /// The client a live token belongs to. Expired tokens are dropped here.
     pub fn lookup(&self, token: &str) -> Option<String> {
-        let key = auth::sha256(token.as_bytes());
+        let key = hashes::sha256(token.as_bytes());
         let mut tokens = self.lock();
         match tokens.get(&key) {
             Some(t) if t.expires_at > Instant::now() => Some(t.client_id.clone()),
@@ -141,6 +141,6 @@ mod tests {
         assert_eq!(a.expose().len(), 43);
         assert_ne!(a.expose(), b.expose());
         let keys: Vec<_> = store.lock().keys().copied().collect();
-        assert!(keys.contains(&auth::sha256(a.expose().as_bytes())));
+        assert!(keys.contains(&hashes::sha256(a.expose().as_bytes())));
     }
 }

@@ -247,31 +247,8 @@ pub fn decompress(frame: Bytes) -> Result<Bytes, BatchError> {
     }
     let body = &frame[COMPRESSED_HEAD..];
     let out = match codec {
-        CODEC_LZ4 => {
-            let mut out = vec![0u8; raw_len];
-            let n = lz4_flex::block::decompress_into(body, &mut out)
-                .map_err(|e| BatchError::Corrupt("lz4", e.to_string()))?;
-            out.truncate(n);
-            out
-        }
-        CODEC_ZSTD => {
-            let mut out = Vec::with_capacity(raw_len);
-            ZSTD_DECOMPRESSOR.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                if cell.is_none() {
-                    *cell = Some(
-                        zstd::bulk::Decompressor::new()
-                            .map_err(|e| BatchError::Corrupt("zstd", e.to_string()))?,
-                    );
-                }
-                let Some(d) = cell.as_mut() else {
-                    return Err(BatchError::Corrupt("zstd", "no context".into()));
-                };
-                d.decompress_to_buffer(body, &mut out)
-                    .map_err(|e| BatchError::Corrupt("zstd", e.to_string()))
-            })?;
-            out
-        }
+        CODEC_LZ4 => lz4_decompress(body, raw_len)?,
+        CODEC_ZSTD => zstd_decompress(body, raw_len)?,
         other => return Err(BatchError::UnknownCodec(other)),
     };
     if out.len() != raw_len {
@@ -281,6 +258,31 @@ pub fn decompress(frame: Bytes) -> Result<Bytes, BatchError> {
         });
     }
     Ok(Bytes::from(out))
+}
+
+fn lz4_decompress(body: &[u8], raw_len: usize) -> Result<Vec<u8>, BatchError> {
+    let mut out = vec![0u8; raw_len];
+    let n = lz4_flex::block::decompress_into(body, &mut out)
+        .map_err(|e| BatchError::Corrupt("lz4", e.to_string()))?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// With this thread's decompression context, created on first use.
+fn zstd_decompress(body: &[u8], raw_len: usize) -> Result<Vec<u8>, BatchError> {
+    let corrupt = |e: std::io::Error| BatchError::Corrupt("zstd", e.to_string());
+    let mut out = Vec::with_capacity(raw_len);
+    ZSTD_DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new().map_err(corrupt)?);
+        }
+        let Some(d) = cell.as_mut() else {
+            return Err(BatchError::Corrupt("zstd", "no context".into()));
+        };
+        d.decompress_to_buffer(body, &mut out).map_err(corrupt)
+    })?;
+    Ok(out)
 }
 
 fn put_str16(buf: &mut BytesMut, s: &str) {

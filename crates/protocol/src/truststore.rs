@@ -247,39 +247,10 @@ pub fn parse_jks(data: &[u8], password: Option<&str>) -> Result<Vec<Vec<u8>>, Tr
     for index in 0..count {
         match r.u32("an entry")? {
             1 => {
-                r.utf("a private key entry's alias")?;
-                r.take(8, "a private key entry")?;
-                let n = r.u32("a private key entry")? as usize;
-                r.take(n, "a private key entry")?;
-                let chain = r.u32("a private key entry's certificate chain")?;
-                for _ in 0..chain {
-                    if version == 2 {
-                        r.utf("a certificate chain")?;
-                    }
-                    let n = r.u32("a certificate chain")? as usize;
-                    r.take(n, "a certificate chain")?;
-                }
+                skip_jks_key_entry(&mut r, version)?;
                 keys += 1;
             }
-            2 => {
-                let alias = r.utf("a certificate entry's alias")?;
-                r.take(8, "a certificate entry")?;
-                if version == 2 {
-                    let cert_type = r.utf("a certificate entry")?;
-                    if cert_type != "X.509" {
-                        return Err(TruststoreError::NotX509 { alias, cert_type });
-                    }
-                }
-                let n = r.u32("a certificate entry")? as usize;
-                let der = r.take(n, "a certificate")?;
-                if let Err(e) = x509_parser::parse_x509_certificate(der) {
-                    return Err(TruststoreError::BadCertificate {
-                        which: format!("{alias:?}"),
-                        reason: e.to_string(),
-                    });
-                }
-                certs.push(der.to_vec());
-            }
+            2 => certs.push(read_jks_cert_entry(&mut r, version)?),
             tag => {
                 return Err(TruststoreError::UnknownEntry {
                     tag,
@@ -291,14 +262,7 @@ pub fn parse_jks(data: &[u8], password: Option<&str>) -> Result<Vec<Vec<u8>>, Tr
     let body_len = r.pos;
     let digest = r.take(JKS_DIGEST_LEN, "the integrity digest at its end")?;
     if let Some(password) = password {
-        let mut h = Sha1::new();
-        let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_be_bytes).collect();
-        h.update(&utf16);
-        h.update(JKS_WHITENER);
-        h.update(&data[..body_len]);
-        if h.finalize().as_slice() != digest {
-            return Err(TruststoreError::WrongPassword);
-        }
+        check_jks_digest(&data[..body_len], digest, password)?;
     }
     if certs.is_empty() {
         let detail = if keys > 0 {
@@ -309,6 +273,58 @@ pub fn parse_jks(data: &[u8], password: Option<&str>) -> Result<Vec<Vec<u8>>, Tr
         return Err(TruststoreError::NoCertificates { detail });
     }
     Ok(certs)
+}
+
+/// A private key entry: read past its key and its certificate chain.
+fn skip_jks_key_entry(r: &mut Reader<'_>, version: u32) -> Result<(), TruststoreError> {
+    r.utf("a private key entry's alias")?;
+    r.take(8, "a private key entry")?;
+    let n = r.u32("a private key entry")? as usize;
+    r.take(n, "a private key entry")?;
+    let chain = r.u32("a private key entry's certificate chain")?;
+    for _ in 0..chain {
+        if version == 2 {
+            r.utf("a certificate chain")?;
+        }
+        let n = r.u32("a certificate chain")? as usize;
+        r.take(n, "a certificate chain")?;
+    }
+    Ok(())
+}
+
+/// A trusted certificate entry: its certificate (DER), checked to parse.
+fn read_jks_cert_entry(r: &mut Reader<'_>, version: u32) -> Result<Vec<u8>, TruststoreError> {
+    let alias = r.utf("a certificate entry's alias")?;
+    r.take(8, "a certificate entry")?;
+    if version == 2 {
+        let cert_type = r.utf("a certificate entry")?;
+        if cert_type != "X.509" {
+            return Err(TruststoreError::NotX509 { alias, cert_type });
+        }
+    }
+    let n = r.u32("a certificate entry")? as usize;
+    let der = r.take(n, "a certificate")?;
+    if let Err(e) = x509_parser::parse_x509_certificate(der) {
+        return Err(TruststoreError::BadCertificate {
+            which: format!("{alias:?}"),
+            reason: e.to_string(),
+        });
+    }
+    Ok(der.to_vec())
+}
+
+/// keytool's integrity digest: SHA-1 of the password (UTF-16BE), a fixed
+/// salt and the store's body.
+fn check_jks_digest(body: &[u8], digest: &[u8], password: &str) -> Result<(), TruststoreError> {
+    let mut h = Sha1::new();
+    let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    h.update(&utf16);
+    h.update(JKS_WHITENER);
+    h.update(body);
+    if h.finalize().as_slice() != digest {
+        return Err(TruststoreError::WrongPassword);
+    }
+    Ok(())
 }
 
 fn not_jks(data: &[u8]) -> TruststoreError {

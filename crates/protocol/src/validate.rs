@@ -73,6 +73,13 @@ fn uses_sasl(p: SecurityProtocol) -> bool {
 /// Checks the fields of a spec that librdkafka would otherwise reject with a
 /// less helpful message (or accept and then misbehave).
 pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
+    validate_names(spec)?;
+    validate_limits(spec)?;
+    validate_security(&spec.security)
+}
+
+/// The stream endpoint, the topic and the consumer group.
+fn validate_names(spec: &JobSpec) -> Result<(), SpecError> {
     let empty = |field, fix| SpecError::Empty { field, fix };
     if spec.bootstrap_servers.trim().is_empty() {
         return Err(empty(
@@ -101,6 +108,12 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
             "give a consumer group name; agents of one group share its partitions",
         ));
     }
+    Ok(())
+}
+
+/// Batch sizes, the window, the session timeout and the partitions.
+fn validate_limits(spec: &JobSpec) -> Result<(), SpecError> {
+    use crate::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
     let positive = |field: &'static str, value: u64, fix| {
         if value == 0 {
             Err(SpecError::Invalid {
@@ -128,16 +141,13 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
         // (`bad_numbers_are_named` checks it follows defaults::window)
         "give at least 1 batch in flight (default 128)",
     )?;
-    {
-        use crate::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
-        if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&spec.window_bytes) {
-            return Err(SpecError::Invalid {
-                field: "window_bytes",
-                value: spec.window_bytes.to_string(),
-                // (`bad_numbers_are_named` checks it follows defaults)
-                fix: "give 65536..1073741824 bytes in flight (default 67108864, 64 MiB)",
-            });
-        }
+    if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&spec.window_bytes) {
+        return Err(SpecError::Invalid {
+            field: "window_bytes",
+            value: spec.window_bytes.to_string(),
+            // (`bad_numbers_are_named` checks it follows defaults)
+            fix: "give 65536..1073741824 bytes in flight (default 67108864, 64 MiB)",
+        });
     }
     if !(1000..=3_600_000).contains(&spec.session_timeout_ms) {
         return Err(SpecError::Invalid {
@@ -155,7 +165,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
             fix: "give \"all\" or a non-empty list of partition numbers (0, 1, ...)",
         });
     }
-    validate_security(&spec.security)
+    Ok(())
 }
 
 /// Checks that the security settings fit together.

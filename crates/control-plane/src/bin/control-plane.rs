@@ -80,18 +80,22 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Some(Command::HashPassword) => hash_password(),
-        Some(Command::CheckConfig) => match ControlPlaneConfig::load(&cli.config) {
-            Ok(c) => {
-                for w in &c.warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!("{}: ok", cli.config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => bad_config(&e),
-        },
+        Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::Init(args)) => init(args),
         None => serve(&cli.config),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match ControlPlaneConfig::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => bad_config(&e),
     }
 }
 

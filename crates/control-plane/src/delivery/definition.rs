@@ -105,7 +105,28 @@ impl JobDefinition {
     /// Check everything the control plane can check before running the job.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut errors = Vec::new();
-        let e = &mut errors;
+        self.validate_names(&mut errors);
+        self.validate_limits(&mut errors);
+        self.validate_partitions(&mut errors);
+        self.validate_security(&mut errors);
+        self.sink.validate(&mut errors);
+        for field in self.masked_secrets() {
+            errors.push(FieldError::new(
+                field,
+                Some(MASK.into()),
+                "holds the mask instead of a value",
+                "give the real value (the mask is only kept when editing an existing job)",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError(errors))
+        }
+    }
+
+    /// The job id, its group, and the names it needs from Kafka.
+    fn validate_names(&self, e: &mut Vec<FieldError>) {
         let s = &self.spec;
         let val = |v: &str| Some(v.to_owned());
         if !is_name(&s.id) || s.id.len() > MAX_JOB_ID_LEN {
@@ -154,10 +175,16 @@ impl JobDefinition {
                 "name the Kafka consumer group the agents join",
             ));
         }
+    }
+
+    /// Batch sizes and the window of batches in flight.
+    fn validate_limits(&self, e: &mut Vec<FieldError>) {
+        use connectivity_protocol::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
+        let s = &self.spec;
         if s.max_records == 0 {
             e.push(FieldError::new(
                 "spec.max_records",
-                val("0"),
+                Some("0".into()),
                 "is zero",
                 format!(
                     "give at least 1 (default {})",
@@ -187,20 +214,23 @@ impl JobDefinition {
                 ),
             ));
         }
-        {
-            use connectivity_protocol::job::defaults::{MAX_WINDOW_BYTES, MIN_WINDOW_BYTES};
-            if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&s.window_bytes) {
-                e.push(FieldError::new(
-                    "spec.window_bytes",
-                    Some(s.window_bytes.to_string()),
-                    "is out of range",
-                    format!(
-                        "give {MIN_WINDOW_BYTES} to {MAX_WINDOW_BYTES} bytes in flight on each agent running the job (default {}, 64 MiB; records read again after a reconnect)",
-                        connectivity_protocol::job::defaults::window_bytes()
-                    ),
-                ));
-            }
+        if !(MIN_WINDOW_BYTES..=MAX_WINDOW_BYTES).contains(&s.window_bytes) {
+            e.push(FieldError::new(
+                "spec.window_bytes",
+                Some(s.window_bytes.to_string()),
+                "is out of range",
+                format!(
+                    "give {MIN_WINDOW_BYTES} to {MAX_WINDOW_BYTES} bytes in flight on each agent running the job (default {}, 64 MiB; records read again after a reconnect)",
+                    connectivity_protocol::job::defaults::window_bytes()
+                ),
+            ));
         }
+    }
+
+    /// The partitions to read and where to start in them.
+    fn validate_partitions(&self, e: &mut Vec<FieldError>) {
+        let s = &self.spec;
+        let val = |v: &str| Some(v.to_owned());
         match &s.partitions {
             Partitions::List(list) if list.is_empty() => {
                 e.push(FieldError::new(
@@ -229,21 +259,6 @@ impl JobDefinition {
                 "holds a negative partition or offset",
                 "give non-negative partition numbers and offsets",
             ));
-        }
-        self.validate_security(e);
-        self.sink.validate(e);
-        for field in self.masked_secrets() {
-            e.push(FieldError::new(
-                field,
-                Some(MASK.into()),
-                "holds the mask instead of a value",
-                "give the real value (the mask is only kept when editing an existing job)",
-            ));
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationError(errors))
         }
     }
 

@@ -382,19 +382,22 @@ impl Store {
                 .query_row(
                     "SELECT dev, ino, len FROM sink_files WHERE job_id = ?1",
                     params![job_id],
-                    |r| {
-                        Ok(FileEnd {
-                            dev: r.get::<_, i64>(0)? as u64,
-                            ino: r.get::<_, i64>(1)? as u64,
-                            len: r.get::<_, i64>(2)? as u64,
-                        })
-                    },
+                    file_end,
                 )
                 .optional()?;
             Ok(end)
         })
         .await
     }
+}
+
+/// A `sink_files` row (SQLite stores the numbers as signed).
+fn file_end(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileEnd> {
+    Ok(FileEnd {
+        dev: r.get::<_, i64>(0)? as u64,
+        ino: r.get::<_, i64>(1)? as u64,
+        len: r.get::<_, i64>(2)? as u64,
+    })
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -451,17 +454,7 @@ fn checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
     let started = conn.map_err(|e| e.to_string()).and_then(|conn| {
         std::thread::Builder::new()
             .name("delivery-store-checkpoint".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(err) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(%err, "WAL checkpoint failed; retried in a second");
-                    }
-                }
-            })
+            .spawn(move || checkpoint_until_stopped(&conn, &stopped))
             .map_err(|e| e.to_string())
     });
     match started {
@@ -469,6 +462,18 @@ fn checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
         Err(err) => {
             tracing::warn!(%err, "cannot start the WAL checkpointer");
             None
+        }
+    }
+}
+
+/// The checkpointer thread's loop: until `stopped` says so or its sender
+/// is dropped.
+fn checkpoint_until_stopped(conn: &Connection, stopped: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%err, "WAL checkpoint failed; retried in a second");
         }
     }
 }

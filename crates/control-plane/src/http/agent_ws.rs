@@ -32,22 +32,7 @@ pub(crate) async fn upgrade(
             shared.registry.auth_succeeded(&p.to_string());
             p
         }
-        Err(err) => {
-            tracing::info!(%remote, %err, "agent authentication failed");
-            // Remembered per principal so the console can say "auth failing".
-            let who = match auth::presented(&headers, "") {
-                Ok(auth::Presented::Basic { user, .. }) => {
-                    Some(auth::Principal::User(user).to_string())
-                }
-                Ok(auth::Presented::Bearer(_)) => Some("bearer token".to_owned()),
-                Err(_) => None,
-            };
-            if let Some(who) = who {
-                shared.registry.auth_failed(who, remote, &err.to_string());
-            }
-            shared.metrics.auth_failed();
-            return ApiError::from_auth(&err, CHALLENGE).into_response();
-        }
+        Err(err) => return auth_failed(&shared, &headers, remote, &err),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -75,4 +60,25 @@ pub(crate) async fn upgrade(
             session::run(socket, shared, principal, remote).await;
             drop(tracked);
         })
+}
+
+/// Count and remember a failed agent login, and answer it.
+fn auth_failed(
+    shared: &Shared,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+    err: &auth::AuthError,
+) -> Response {
+    tracing::info!(%remote, %err, "agent authentication failed");
+    // Remembered per principal so the console can say "auth failing".
+    let who = match auth::presented(headers, "") {
+        Ok(auth::Presented::Basic { user, .. }) => Some(auth::Principal::User(user).to_string()),
+        Ok(auth::Presented::Bearer(_)) => Some("bearer token".to_owned()),
+        Err(_) => None,
+    };
+    if let Some(who) = who {
+        shared.registry.auth_failed(who, remote, &err.to_string());
+    }
+    shared.metrics.auth_failed();
+    ApiError::from_auth(err, CHALLENGE).into_response()
 }

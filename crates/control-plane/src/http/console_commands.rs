@@ -80,18 +80,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// A copy of `v` with the value of every secret key replaced by the mask.
 pub(crate) fn masked(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let secret = SECRET_KEYS.contains(&k.as_str()) && !v.is_null()
-                        || k.eq_ignore_ascii_case("headers");
-                    (k.clone(), if secret { masked_leaves(v) } else { masked(v) })
-                })
-                .collect(),
-        ),
+        Value::Object(m) => Value::Object(m.iter().map(masked_entry).collect()),
         Value::Array(a) => Value::Array(a.iter().map(masked).collect()),
         other => other.clone(),
     }
+}
+
+/// One key of an object and its value, every leaf masked if the key names
+/// a secret (headers often carry credentials, so all of them are).
+fn masked_entry((k, v): (&String, &Value)) -> (String, Value) {
+    let secret =
+        SECRET_KEYS.contains(&k.as_str()) && !v.is_null() || k.eq_ignore_ascii_case("headers");
+    (k.clone(), if secret { masked_leaves(v) } else { masked(v) })
 }
 
 fn masked_leaves(v: &Value) -> Value {
@@ -486,65 +486,13 @@ async fn drain_job(
     let params = json!({"timeout_ms": req.as_ref().ok().and_then(|r| r.timeout_ms)});
     let action = "POST /api/v1/jobs/{id}/drain";
     let target = format!("job:{id}");
-    let req = match req {
-        Ok(r) => r,
-        Err(e) => {
-            return audited(
-                &shared,
-                &who.0,
-                action,
-                &target,
-                params,
-                Err(bad_request(format!(
-                    "invalid body ({e}); send {{}} or {{\"timeout_ms\": 30000}}"
-                ))),
-            );
-        }
+    let timeout_ms = match drain_timeout(req).and_then(|t| job_exists(&shared, &id).map(|()| t)) {
+        Ok(t) => t,
+        Err(e) => return audited(&shared, &who.0, action, &target, params, Err(e)),
     };
-    let timeout_ms = req.timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS);
-    if !(1..=MAX_DRAIN_TIMEOUT_MS).contains(&timeout_ms) {
-        let e = bad_request(format!(
-            "timeout_ms = {timeout_ms}: give 1 to {MAX_DRAIN_TIMEOUT_MS} ms"
-        ));
-        return audited(&shared, &who.0, action, &target, params, Err(e));
-    }
-    if shared.jobs.view(&id).is_none() {
-        return audited(
-            &shared,
-            &who.0,
-            action,
-            &target,
-            params,
-            Err(ApiError::not_found(format!("no job {id:?}"))),
-        );
-    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    // The agents that run it now, by their reports.
-    let running: Vec<String> = shared
-        .registry
-        .job_states(&id)
-        .into_iter()
-        .filter(|s| {
-            s.agent_state == crate::AgentState::Connected
-                && !matches!(s.state.phase, JobPhase::Stopped)
-        })
-        .map(|s| s.agent_id)
-        .collect();
-    let mut agents = Vec::new();
-    for agent_id in &running {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = run_command(
-            &shared,
-            agent_id,
-            Command::DrainJob { job_id: id.clone() },
-            left.min(COMMAND_TIMEOUT),
-        )
-        .await;
-        agents.push(match answer {
-            Ok(r) => json!({"agent_id": agent_id, "ok": r.ok, "message": r.message}),
-            Err(e) => json!({"agent_id": agent_id, "ok": false, "message": e.message}),
-        });
-    }
+    let running = running_agents(&shared, &id);
+    let agents = send_drains(&shared, &id, &running, deadline).await;
     // Paused after the drain commands, so no session re-assigns it.
     let view = match shared.jobs.set_paused(&id, true).await {
         Ok(v) => v,
@@ -556,29 +504,7 @@ async fn drain_job(
             return audited(&shared, &who.0, action, &target, params, Err(e));
         }
     };
-    // Wait until each of those agents reports it stopped (or is gone).
-    let stopped = |shared: &Shared| {
-        shared
-            .registry
-            .job_states(&id)
-            .iter()
-            .filter(|s| running.contains(&s.agent_id))
-            .all(|s| {
-                s.agent_state != crate::AgentState::Connected
-                    || matches!(s.state.phase, JobPhase::Stopped)
-            })
-    };
-    while !stopped(&shared) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let drained = stopped(&shared);
-    let phases: Vec<Value> = shared
-        .registry
-        .job_states(&id)
-        .into_iter()
-        .filter(|s| running.contains(&s.agent_id))
-        .map(|s| json!({"agent_id": s.agent_id, "phase": s.state.phase, "partitions": s.state.partitions}))
-        .collect();
+    let drained = await_stopped(&shared, &id, &running, deadline).await;
     let message = if drained {
         format!(
             "job {id:?} drained on {} agent(s) and paused",
@@ -589,7 +515,7 @@ async fn drain_job(
             "job {id:?} is paused, but not every agent reported it stopped within {timeout_ms} ms"
         )
     };
-    let body = json!({"ok": drained, "message": message, "agents": agents, "states": phases, "job": shared.jobs.view(&id).unwrap_or(view)});
+    let body = json!({"ok": drained, "message": message, "agents": agents, "states": phases(&shared, &id, &running), "job": shared.jobs.view(&id).unwrap_or(view)});
     shared
         .audit
         .record(&who.0, action, &target, params, drained, &message);
@@ -600,6 +526,107 @@ async fn drain_job(
         body["error"] = Value::String(message);
         (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response()
     }
+}
+
+/// The drain deadline asked for, checked.
+fn drain_timeout(req: Result<DrainRequest, serde_json::Error>) -> Result<u64, ApiError> {
+    let req = req.map_err(|e| {
+        bad_request(format!(
+            "invalid body ({e}); send {{}} or {{\"timeout_ms\": 30000}}"
+        ))
+    })?;
+    let timeout_ms = req.timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS);
+    if !(1..=MAX_DRAIN_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(bad_request(format!(
+            "timeout_ms = {timeout_ms}: give 1 to {MAX_DRAIN_TIMEOUT_MS} ms"
+        )));
+    }
+    Ok(timeout_ms)
+}
+
+fn job_exists(shared: &Shared, id: &str) -> Result<(), ApiError> {
+    match shared.jobs.view(id) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no job {id:?}"))),
+    }
+}
+
+/// The agents that run the job now, by their reports.
+fn running_agents(shared: &Shared, id: &str) -> Vec<String> {
+    shared
+        .registry
+        .job_states(id)
+        .into_iter()
+        .filter(|s| {
+            s.agent_state == crate::AgentState::Connected
+                && !matches!(s.state.phase, JobPhase::Stopped)
+        })
+        .map(|s| s.agent_id)
+        .collect()
+}
+
+/// Send the drain command to each agent in turn, within the deadline; one
+/// answer (or failure) per agent.
+async fn send_drains(
+    shared: &Shared,
+    id: &str,
+    running: &[String],
+    deadline: tokio::time::Instant,
+) -> Vec<Value> {
+    let mut agents = Vec::new();
+    for agent_id in running {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = run_command(
+            shared,
+            agent_id,
+            Command::DrainJob {
+                job_id: id.to_owned(),
+            },
+            left.min(COMMAND_TIMEOUT),
+        )
+        .await;
+        agents.push(match answer {
+            Ok(r) => json!({"agent_id": agent_id, "ok": r.ok, "message": r.message}),
+            Err(e) => json!({"agent_id": agent_id, "ok": false, "message": e.message}),
+        });
+    }
+    agents
+}
+
+/// Wait until each of the agents reports the job stopped (or is gone);
+/// whether they all did by the deadline.
+async fn await_stopped(
+    shared: &Shared,
+    id: &str,
+    running: &[String],
+    deadline: tokio::time::Instant,
+) -> bool {
+    let stopped = || {
+        shared
+            .registry
+            .job_states(id)
+            .iter()
+            .filter(|s| running.contains(&s.agent_id))
+            .all(|s| {
+                s.agent_state != crate::AgentState::Connected
+                    || matches!(s.state.phase, JobPhase::Stopped)
+            })
+    };
+    while !stopped() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stopped()
+}
+
+/// The job's phase on each of the agents, as they last reported it.
+fn phases(shared: &Shared, id: &str, running: &[String]) -> Vec<Value> {
+    shared
+        .registry
+        .job_states(id)
+        .into_iter()
+        .filter(|s| running.contains(&s.agent_id))
+        .map(|s| json!({"agent_id": s.agent_id, "phase": s.state.phase, "partitions": s.state.partitions}))
+        .collect()
 }
 
 #[derive(Deserialize)]

@@ -206,20 +206,16 @@ fn parse(body: &[u8]) -> Result<crate::delivery::JobDefinition, JobChangeError> 
             "send a job definition as JSON (docs/CONTROL_PLANE.md has examples)",
         )])
     })?;
-    crate::job_input::from_json(value).map_err(|errors| {
-        // A problem with the whole document is a problem with the body.
-        JobChangeError::Invalid(
-            errors
-                .into_iter()
-                .map(|mut e| {
-                    if e.field.is_empty() {
-                        e.field = "body".into();
-                    }
-                    e
-                })
-                .collect(),
-        )
-    })
+    crate::job_input::from_json(value)
+        .map_err(|errors| JobChangeError::Invalid(errors.into_iter().map(body_field).collect()))
+}
+
+/// A problem with the whole document is a problem with the body.
+fn body_field(mut e: crate::delivery::FieldError) -> crate::delivery::FieldError {
+    if e.field.is_empty() {
+        e.field = "body".into();
+    }
+    e
 }
 
 /// `{"error": "...", "fields": [{field, value, problem, fix}, ...]}`; `fields`

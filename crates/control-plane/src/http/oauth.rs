@@ -4,6 +4,7 @@
 //! requests are refused (503) rather than evicting a token an agent relies on.
 
 use crate::auth::{self, AuthError};
+use crate::config::OAuthClient;
 use crate::state::Shared;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -102,6 +103,30 @@ async fn issue(
     body: &[u8],
     source: IpAddr,
 ) -> Result<TokenResponse, OAuthError> {
+    let mut form = read_form(headers, body)?;
+    check_grant_type(&form)?;
+    let (client_id, secret, by_basic) = client_credentials(headers, &mut form)?;
+    let client = authenticate(shared, &client_id, secret, by_basic, source).await?;
+    let scope = granted_scope(client, form.get("scope"))?;
+    let token = shared.tokens.issue(&client_id).map_err(|e| {
+        tracing::warn!(%e, "cannot issue token");
+        OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            e.to_string(),
+        )
+    })?;
+    tracing::info!(client_id = %client_id, ttl_secs = shared.tokens.ttl().as_secs(), "issued access token");
+    Ok(TokenResponse {
+        access_token: token.expose().to_owned(),
+        token_type: "Bearer",
+        expires_in: shared.tokens.ttl().as_secs(),
+        scope,
+    })
+}
+
+/// The form-urlencoded body, each parameter at most once (RFC 6749 section 3.2).
+fn read_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -122,27 +147,36 @@ async fn issue(
             )));
         }
     }
-    match form.get("grant_type").map(String::as_str) {
-        None => {
-            return Err(OAuthError::invalid_request(
-                "missing grant_type; send grant_type=client_credentials",
-            ));
-        }
-        Some("client_credentials") => {}
-        Some(other) => {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                format!(
-                    "grant type {:?} is not supported; use client_credentials",
-                    other.chars().take(64).collect::<String>()
-                ),
-            ));
-        }
-    }
+    Ok(form)
+}
 
-    let (client_id, secret, by_basic) = client_credentials(headers, &mut form)?;
-    if let Err(e) = shared.auth.client(&client_id, secret, source).await {
+fn check_grant_type(form: &HashMap<String, String>) -> Result<(), OAuthError> {
+    match form.get("grant_type").map(String::as_str) {
+        None => Err(OAuthError::invalid_request(
+            "missing grant_type; send grant_type=client_credentials",
+        )),
+        Some("client_credentials") => Ok(()),
+        Some(other) => Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!(
+                "grant type {:?} is not supported; use client_credentials",
+                other.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// The client, if its secret is right; a throttled client is told when to
+/// retry, and one that tried HTTP Basic is asked for it again.
+async fn authenticate<'s>(
+    shared: &'s Shared,
+    client_id: &str,
+    secret: Secret,
+    by_basic: bool,
+    source: IpAddr,
+) -> Result<&'s OAuthClient, OAuthError> {
+    if let Err(e) = shared.auth.client(client_id, secret, source).await {
         tracing::info!(%source, client_id = %client_id.chars().take(128).collect::<String>(), %e, "token request with bad client credentials");
         if let Some(secs) = e.retry_after() {
             let mut err = OAuthError::new(
@@ -157,52 +191,37 @@ async fn issue(
         err.challenge = by_basic;
         return Err(err);
     }
-    let Some(client) = shared.config.oauth_client(&client_id) else {
-        return Err(OAuthError::new(
+    shared.config.oauth_client(client_id).ok_or_else(|| {
+        OAuthError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             AuthError::BadClient.to_string(),
-        ));
-    };
-
-    let scope = match form.get("scope") {
-        None => client.scopes.join(" "),
-        Some(requested) => {
-            for s in requested.split(' ').filter(|s| !s.is_empty()) {
-                if !client.scopes.iter().any(|allowed| allowed == s) {
-                    return Err(OAuthError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_scope",
-                        format!(
-                            "scope {:?} is not allowed for client {client_id:?}",
-                            s.chars().take(128).collect::<String>()
-                        ),
-                    ));
-                }
-            }
-            requested
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    };
-
-    let token = shared.tokens.issue(&client_id).map_err(|e| {
-        tracing::warn!(%e, "cannot issue token");
-        OAuthError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            e.to_string(),
         )
-    })?;
-    tracing::info!(client_id = %client_id, ttl_secs = shared.tokens.ttl().as_secs(), "issued access token");
-    Ok(TokenResponse {
-        access_token: token.expose().to_owned(),
-        token_type: "Bearer",
-        expires_in: shared.tokens.ttl().as_secs(),
-        scope,
     })
+}
+
+/// The scopes asked for if the client may have them all; all of its scopes
+/// when it asks for none in particular.
+fn granted_scope(client: &OAuthClient, requested: Option<&String>) -> Result<String, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(client.scopes.join(" "));
+    };
+    let asked: Vec<&str> = requested.split(' ').filter(|s| !s.is_empty()).collect();
+    if let Some(s) = asked
+        .iter()
+        .find(|s| !client.scopes.iter().any(|allowed| allowed == *s))
+    {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!(
+                "scope {:?} is not allowed for client {:?}",
+                s.chars().take(128).collect::<String>(),
+                client.client_id
+            ),
+        ));
+    }
+    Ok(asked.join(" "))
 }
 
 /// Client id and secret from HTTP Basic (RFC 6749 section 2.3.1: each part
