@@ -7,11 +7,6 @@
 //! the file, the key, the value and the fix; the binary exits with code 64.
 //! Relative paths in the file are taken relative to the file's directory.
 
-// A `ConfigError` is large (it names file, key, value, problem and fix), but
-// it is returned once, at start-up, so boxing it would buy nothing; the
-// agent's crate allows this lint for the same type.
-#![allow(clippy::result_large_err)]
-
 use super::hashes::PasswordHash;
 use super::job_input;
 use crate::delivery::{FieldError, JobDefinition, SinkConfig};
