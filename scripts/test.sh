@@ -17,6 +17,10 @@ command -v mvn >/dev/null || need_pkgs+=(maven)
 # The short benchmark below: kcat is its second ceiling, ss counts requests.
 command -v kcat >/dev/null || need_pkgs+=(kcat)
 command -v ss >/dev/null || need_pkgs+=(iproute2)
+# The web console's browser tests (tests/console_browser.rs): headless
+# Chromium driven through chromedriver.
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_pkgs+=(chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: the tests need these Debian packages: ${need_pkgs[*]}; install them (sudo apt-get install ${need_pkgs[*]}) and run again" >&2
