@@ -259,6 +259,31 @@ async fn an_operator_runs_agents_and_jobs_from_the_console() {
     b.wait_text("#job-delivered", "the new records", |t| t == "930")
         .await;
 
+    // Edit: the stored secrets come back masked and are kept; the job
+    // restarts with its new batch size and still logs in to the broker.
+    b.click("#job-edit").await;
+    b.find("#job-sec-pass").await;
+    let masked = b
+        .execute(
+            "return ['job-sec-pass', 'job-sec-tspass'].map(id => document.getElementById(id).value)
+               .concat([document.getElementById('job-sink-headers').value]);",
+            vec![],
+        )
+        .await;
+    assert_eq!(masked, json!(["******", "******", "Authorization: ******"]));
+    b.click("details.card summary").await;
+    b.fill("#job-max_records", "10").await;
+    b.click("#job-save").await;
+    b.wait_text("main h1", "the job's page", |t| t.starts_with(id))
+        .await;
+    let (_, view) =
+        t.cp.console("GET", &format!("/api/v1/jobs/{id}"), None)
+            .await;
+    assert_eq!(view["definition"]["spec"]["max_records"], 10, "{view}");
+    produce(&t.broker, &topic, &numbered(930, 20)).await;
+    b.wait_text("#job-delivered", "records after the edit", |t| t == "950")
+        .await;
+
     // The other views, as an operator sees them.
     b.click("#nav a[href='#/jobs']").await;
     b.wait_text("#jobs-table", "both jobs", |t| {
