@@ -50,6 +50,9 @@ cargo test --workspace --lib --bins --tests -- "$@"
 # The benchmark's own checks of its pure parts (record layout, percentiles,
 # charts, the delaying proxy, the distance ratio); it has no test harness.
 cargo test --bench relay
+# The web console's benchmark, for a few seconds with 50 agents (its full
+# run: cargo bench -p connectivity-control-plane --bench console).
+cargo test -p connectivity-control-plane --bench console
 scripts/check-unit.sh "${CARGO_TARGET_DIR:-target}/debug/connectivity-agent"
 # The benchmark's short form, so that its harness cannot rot: every part
 # for a few seconds against the same broker; it asserts nothing about speed
