@@ -165,13 +165,30 @@ impl Browser {
         }
     }
 
+    /// Make the page's viewport `width` x `height` (the window is larger
+    /// by whatever the browser's own frame takes).
     pub async fn set_window_size(&self, width: u32, height: u32) {
-        self.cmd(
-            "POST",
-            "/window/rect",
-            Some(json!({"width": width, "height": height})),
-        )
-        .await;
+        let (mut w, mut h) = (width, height);
+        for _ in 0..3 {
+            self.cmd(
+                "POST",
+                "/window/rect",
+                Some(json!({"width": w, "height": h})),
+            )
+            .await;
+            let inner = self
+                .execute("return [window.innerWidth, window.innerHeight]", vec![])
+                .await;
+            let (iw, ih) = (
+                inner[0].as_u64().unwrap_or(0) as u32,
+                inner[1].as_u64().unwrap_or(0) as u32,
+            );
+            if (iw, ih) == (width, height) {
+                return;
+            }
+            w = (w + width).saturating_sub(iw);
+            h = (h + height).saturating_sub(ih);
+        }
     }
 
     pub async fn goto(&self, url: &str) {
