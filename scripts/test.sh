@@ -17,6 +17,10 @@ command -v mvn >/dev/null || need_pkgs+=(maven)
 # The short benchmark below: kcat is its second ceiling, ss counts requests.
 command -v kcat >/dev/null || need_pkgs+=(kcat)
 command -v ss >/dev/null || need_pkgs+=(iproute2)
+# The web console's browser tests (tests/console_browser.rs): headless
+# Chromium driven through chromedriver.
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_pkgs+=(chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: the tests need these Debian packages: ${need_pkgs[*]}; install them (sudo apt-get install ${need_pkgs[*]}) and run again" >&2
@@ -46,6 +50,9 @@ cargo test --workspace --lib --bins --tests -- "$@"
 # The benchmark's own checks of its pure parts (record layout, percentiles,
 # charts, the delaying proxy, the distance ratio); it has no test harness.
 cargo test --bench relay
+# The web console's benchmark, for a few seconds with 50 agents (its full
+# run: cargo bench -p connectivity-control-plane --bench console).
+cargo test -p connectivity-control-plane --bench console
 scripts/check-unit.sh "${CARGO_TARGET_DIR:-target}/debug/connectivity-agent"
 # The benchmark's short form, so that its harness cannot rot: every part
 # for a few seconds against the same broker; it asserts nothing about speed

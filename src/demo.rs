@@ -175,6 +175,11 @@ fn print_banner(bootstrap: &str, port: u16, console_token: &str, sink: &Path, ca
     println!(
         "  control plane             https://localhost:{port} (console token {console_token})"
     );
+    println!("  web console               https://localhost:{port}/console/#token={console_token}");
+    println!(
+        "                            (the demo's own CA signed its certificate: your browser warns; {} is the CA)",
+        ca.display()
+    );
     println!("  agent                     joined group {GROUP}, job users-to-integration");
     println!("  sink                      {}", sink.display());
     println!(

@@ -46,6 +46,11 @@ async fn demo_delivers_users_rows_to_the_sink() {
     ids.dedup();
     assert_eq!(ids.len(), rows.len(), "a row was printed twice: {stdout}");
     assert!(stdout.contains("delivered"), "{stdout}");
+    assert!(
+        stdout.contains("web console               https://localhost:")
+            && stdout.contains("/console/#token="),
+        "the console's login link: {stdout}"
+    );
     // No warning about the demo's own temporary files (its config once was
     // mode 644; a short-lived certificate would warn of its expiry).
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod proxy;
 #[path = "../../crates/control-plane/tests/common/tls.rs"]
 pub mod tls;
+pub mod webdriver;
 
 #[allow(dead_code)] // only the tests that run the binary use it
 /// The `control-plane` binary, built beside the agent's by `cargo build

@@ -25,7 +25,9 @@
 //! Beside them: [`config`] (TOML to validated config), [`certificate`] (its
 //! own TLS certificate: checks, expiry, why clients refuse it) and [`init`]
 //! (`control-plane init`: a first config, its CA and certificates from
-//! [`pki`]). `docs/ARCHITECTURE.md` draws the whole picture.
+//! [`pki`]). The web console (`/console/`, `docs/CONSOLE.md`) is a page of
+//! the HTTP layer on the console API; its logins are [`console_sessions`].
+//! `docs/ARCHITECTURE.md` draws the whole picture.
 #![forbid(unsafe_code)]
 // ConfigError carries file, line, key, value and fix on purpose; it only
 // travels the start-up path, where its size costs nothing.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod certificate;
 pub mod commands;
 pub mod config;
+pub mod console_sessions;
 pub mod delivery;
 mod hashes;
 mod http;
@@ -161,6 +164,7 @@ impl ControlPlane {
             audit: Arc::new(audit),
             metrics: Arc::new(metrics::Metrics::new()),
             refusals: certificate::RefusalLog::default(),
+            console_sessions: console_sessions::ConsoleSessions::default(),
         });
         shared
             .metrics

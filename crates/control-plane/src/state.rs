@@ -36,4 +36,6 @@ pub(crate) struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rate limit of the log lines about clients refusing our certificate.
     pub refusals: crate::certificate::RefusalLog,
+    /// Browser sessions of the web console.
+    pub console_sessions: crate::console_sessions::ConsoleSessions,
 }

@@ -2,7 +2,8 @@
 //! status (version, certificate expiry), groups and agents for
 //! operators and their tools, and the job routes of
 //! [`console_jobs`](crate::console_jobs). Every route needs `Authorization:
-//! Bearer <console token>`.
+//! Bearer <console token>`, or the web console's session cookie (with its
+//! CSRF token on changes, [`console_web`](super::console_web)).
 //!
 //! Responses are objects, never bare arrays (`{"agents": [...]}`), so fields
 //! such as paging, jobs or metrics can be added without breaking clients.
@@ -31,11 +32,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/api/v1/agents/{id}", get(agent))
         .merge(super::console_jobs::routes())
         .merge(super::console_commands::routes())
+        .merge(super::console_events::routes())
         .route("/api/v1/{*rest}", any(unknown))
         .route_layer(middleware::from_fn_with_state(
             shared,
             require_console_token,
         ))
+        .layer(middleware::from_fn(super::console_web::security_headers))
 }
 
 /// The name of the console token a request was authorised with (the "who"
@@ -49,6 +52,16 @@ pub(crate) async fn require_console_token(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // The web console's session cookie, when there is no bearer token.
+    if let Some(outcome) = super::console_web::session_user(&shared, &req) {
+        return match outcome {
+            Ok(user) => {
+                req.extensions_mut().insert(user);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        };
+    }
     match shared.auth.console(req.headers(), remote.ip()).await {
         Ok(token) => {
             tracing::debug!(%token, method = %req.method(), path = %req.uri().path(), "console request");

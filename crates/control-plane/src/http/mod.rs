@@ -1,8 +1,9 @@
 //! The HTTP layer: every route of the one HTTPS port ([`router`]), the
 //! accept loop with TLS and the graceful stop ([`serve`]), the agent
 //! WebSocket upgrade ([`agent_ws`]), the OAuth2 token endpoint ([`oauth`]),
-//! and the console API ([`console`], [`console_jobs`], [`console_commands`])
-//! with its error shape ([`api_error`]).
+//! and the console API ([`console`], [`console_jobs`], [`console_commands`],
+//! [`console_events`]) with its error shape ([`api_error`]), and the web
+//! console's page and logins ([`console_web`]).
 //!
 //! It calls into the core (registry, sessions, jobs, delivery) through
 //! [`Shared`]; nothing in the core refers back to this module.
@@ -11,7 +12,9 @@ mod agent_ws;
 mod api_error;
 mod console;
 mod console_commands;
+mod console_events;
 mod console_jobs;
+mod console_web;
 mod oauth;
 mod serve;
 
@@ -36,6 +39,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .merge(console::router(shared.clone()))
         .merge(console_commands::metrics_router(shared.clone()))
+        .merge(console_web::router(shared.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/CONTROL_PLANE.md") })
         .with_state(shared)
 }
