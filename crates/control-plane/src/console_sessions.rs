@@ -8,7 +8,7 @@
 //! "who" of the audit log) and an absolute expiry. The store is bounded:
 //! when it is full, expired sessions go first, then the oldest.
 
-use crate::auth;
+use crate::hashes::sha256;
 use base64::Engine;
 use connectivity_protocol::secret::Secret;
 use std::collections::HashMap;
@@ -97,7 +97,7 @@ impl ConsoleSessions {
             }
         }
         sessions.insert(
-            auth::sha256(id.expose().as_bytes()),
+            sha256(id.expose().as_bytes()),
             Entry {
                 info: info.clone(),
                 created: now,
@@ -109,7 +109,7 @@ impl ConsoleSessions {
 
     /// The live session with this id; an expired one is dropped here.
     pub fn get(&self, id: &str) -> Option<SessionInfo> {
-        let key = auth::sha256(id.as_bytes());
+        let key = sha256(id.as_bytes());
         let mut sessions = self.lock();
         match sessions.get(&key) {
             Some(e) if e.expires > Instant::now() => Some(e.info.clone()),
@@ -123,7 +123,7 @@ impl ConsoleSessions {
 
     /// End a session (logout). Whether it existed.
     pub fn remove(&self, id: &str) -> bool {
-        self.lock().remove(&auth::sha256(id.as_bytes())).is_some()
+        self.lock().remove(&sha256(id.as_bytes())).is_some()
     }
 
     /// Sessions held, live or not yet swept.
@@ -185,11 +185,7 @@ mod tests {
         assert_ne!(a.id.expose(), b.id.expose());
         assert_ne!(a.info.csrf, b.info.csrf);
         assert_ne!(a.id.expose(), a.info.csrf);
-        assert!(
-            store
-                .lock()
-                .contains_key(&auth::sha256(a.id.expose().as_bytes()))
-        );
+        assert!(store.lock().contains_key(&sha256(a.id.expose().as_bytes())));
         assert!(same_token(&a.info.csrf, &a.info.csrf.clone()));
         assert!(!same_token(&a.info.csrf, &b.info.csrf));
         assert!(!same_token("abc", "abcd"));
