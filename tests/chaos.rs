@@ -24,6 +24,8 @@ mod common;
 
 #[path = "chaos/checker.rs"]
 mod checker;
+#[path = "chaos/hostile_cp.rs"]
+mod hostile_cp;
 #[path = "chaos/procs.rs"]
 mod procs;
 #[path = "chaos/scenarios.rs"]

@@ -136,12 +136,17 @@ pub struct Produced {
     pub at: BTreeMap<(i32, i64), u64>,
     /// Records the producer gave up on (not in the broker as far as it knows).
     pub failed: u64,
+    /// The first reason it gave.
+    pub first_error: Option<String>,
 }
 
 impl Produced {
     pub fn merge(&mut self, other: Produced) {
         self.at.extend(other.at);
         self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
     }
 
     /// Partition → next offset after the last produced record.

@@ -396,6 +396,37 @@ impl Drop for World {
     }
 }
 
+/// The offsets `group` has committed for `topic`, read from the broker
+/// (partitions without a commit are left out; empty if the broker cannot
+/// be asked).
+pub async fn committed(client: &ClientConfig, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut client = client.clone();
+    client.set("group.id", group);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client.create().expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(&topic, p);
+        }
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .expect("join")
+}
+
 /// Run a command that must succeed.
 pub fn run(cmd: &str, args: &[&str]) {
     let out = std::process::Command::new(cmd)
@@ -415,7 +446,7 @@ fn hash(s: &str) -> u64 {
     })
 }
 
-async fn create_topic(client: &ClientConfig, topic: &str) {
+pub async fn create_topic(client: &ClientConfig, topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         client.create().expect("admin client");
@@ -455,7 +486,13 @@ async fn create_topic(client: &ClientConfig, topic: &str) {
 /// Produce ids `first..first+n` at `rate` per second, each to partition
 /// `id % PARTITIONS`, idempotently (a broker restart must not make the
 /// producer write a record twice or out of order).
-async fn produce(client: ClientConfig, topic: String, first: u64, n: u64, rate: u64) -> Produced {
+pub async fn produce(
+    client: ClientConfig,
+    topic: String,
+    first: u64,
+    n: u64,
+    rate: u64,
+) -> Produced {
     let producer: FutureProducer = client
         .clone()
         .set("enable.idempotence", "true")
@@ -494,7 +531,16 @@ async fn produce(client: ClientConfig, topic: String, first: u64, n: u64, rate: 
             Ok(Ok(d)) => {
                 out.at.insert((d.partition, d.offset), id);
             }
-            _ => out.failed += 1,
+            Ok(Err((e, _))) => {
+                out.failed += 1;
+                out.first_error
+                    .get_or_insert_with(|| format!("record {id}: {e}"));
+            }
+            Err(_) => {
+                out.failed += 1;
+                out.first_error
+                    .get_or_insert_with(|| format!("record {id}: report cancelled"));
+            }
         }
     }
     out
