@@ -160,6 +160,16 @@ impl OwnBroker {
     /// Start it with `scripts/kafka-broker.sh start DIR`.
     pub fn start(dir: &Path) -> OwnBroker {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // A broker left over from an interrupted run advertises a proxy
+        // that is gone: start from scratch (fresh data, ports, properties).
+        let _ = Command::new("bash")
+            .arg(root.join("scripts/kafka-broker.sh"))
+            .arg("stop")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let out = Command::new("bash")
             .arg(root.join("scripts/kafka-broker.sh"))
             .arg("start")
