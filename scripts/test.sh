@@ -41,11 +41,17 @@ if [ -n "$free_kb" ] && [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
   echo "warning: only $((free_kb / 1024)) MiB free on the disk of $target_dir; the build and tests need about 3 GB (free some space or set CARGO_TARGET_DIR to a larger disk)" >&2
 fi
 
+# The chaos suite's fault proxy (tests/chaos.rs), built with Go once.
+TOXIPROXY_SERVER=$(scripts/toxiproxy.sh)
+export TOXIPROXY_SERVER
+
 scripts/kafka-broker.sh start
 stop_broker() { scripts/kafka-broker.sh stop >/dev/null 2>&1 || true; }
 if [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
 
 cargo build --workspace --lib --bins --tests
+# Includes the chaos suite's short form (tests/chaos.rs, about 10 minutes;
+# docs/RELIABILITY.md): its own main prints a table of the scenarios.
 cargo test --workspace --lib --bins --tests -- "$@"
 # The benchmark's own checks of its pure parts (record layout, percentiles,
 # charts, the delaying proxy, the distance ratio); it has no test harness.

@@ -12,15 +12,14 @@
 
 mod common;
 
-use common::control_plane::{self as cp, Options};
+use common::control_plane as cp;
 use common::e2e::{self, InProcessAgent, LogDump};
 use common::kafka::{self, TestBroker};
-use common::tls::TestPki;
+use common::processes::{ControlPlaneProcess, Rng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -29,24 +28,6 @@ const RUN: Duration = Duration::from_secs(60);
 const KILLS: u32 = 18;
 const PARTITIONS: i32 = 3;
 const JOB: &str = "crash-sink";
-
-/// splitmix64: a seeded schedule without depending on a RNG crate's API.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, below)`.
-    fn below(&mut self, below: Duration) -> Duration {
-        Duration::from_nanos(self.next() % below.as_nanos() as u64)
-    }
-}
 
 /// One kill per equal slot of [`RUN`], at a random moment of its slot, so
 /// the kills spread over the run but their phase against the batches is
@@ -59,119 +40,6 @@ fn kill_schedule(seed: u64) -> Vec<Duration> {
             slot * i + Duration::from_millis(300) + rng.below(slot - Duration::from_millis(300))
         })
         .collect()
-}
-
-/// The `control-plane` binary on a fixed port, with its config, certificates
-/// and state directory in `pki.dir`; its log goes to `<log_dir>/control-plane.log`.
-struct ControlPlaneProcess {
-    pki: TestPki,
-    config: PathBuf,
-    log: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl ControlPlaneProcess {
-    async fn start(log_dir: &Path) -> ControlPlaneProcess {
-        let pki = TestPki::generate();
-        // The agent reconnects to one URL, so every start uses one port.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let config = pki.dir.path().join("control-plane.toml");
-        let text = cp::config_text(&Options::default()).replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-        std::fs::write(&config, text).expect("write config");
-        let mut process = ControlPlaneProcess {
-            pki,
-            config,
-            log: log_dir.join("control-plane.log"),
-            port,
-            child: None,
-        };
-        process.spawn().await;
-        process
-    }
-
-    fn base_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    fn http(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured((*self.pki.client_config()).clone())
-            .timeout(cp::WAIT)
-            .build()
-            .expect("reqwest client")
-    }
-
-    /// Start the binary and wait until `/healthz` answers.
-    async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let mut child = Command::new(common::control_plane_bin())
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start the control-plane binary");
-        let http = self.http();
-        let deadline = Instant::now() + cp::WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("control-plane exited with {status} before it was ready");
-            }
-            let ready = http
-                .get(format!("{}/healthz", self.base_url()))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < deadline, "control-plane not ready in time");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.child = Some(child);
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL the control plane");
-            child.wait().expect("reap the control plane");
-        }
-    }
-
-    async fn console(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
-        let mut req = self
-            .http()
-            .request(method, format!("{}{path}", self.base_url()))
-            .bearer_auth(cp::CONSOLE_TOKEN);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.expect("console request");
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: HTTP {status}: {body}");
-        body
-    }
-}
-
-impl Drop for ControlPlaneProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// What a sink file holds, counted rather than asserted line by line, so a

@@ -30,6 +30,9 @@ pub struct Jobs {
 struct Inner {
     active: HashMap<String, JobHandle>,
     retiring: Vec<Retiring>,
+    /// Jobs of a graceful stop ([`Jobs::drain_all`]): out of `active` and
+    /// `retiring`, but still waiting for acks, which must reach them.
+    draining: Vec<Weak<Shared>>,
     /// The current session's channel, for jobs assigned from now on.
     out: Option<mpsc::Sender<Outbound>>,
 }
@@ -107,8 +110,9 @@ impl Jobs {
         if let Some(h) = inner.active.get(job_id) {
             h.ack(batch_seq);
         }
-        for r in &inner.retiring {
-            if let Some(s) = r.shared.upgrade().filter(|s| s.job_id == job_id) {
+        let retiring = inner.retiring.iter().map(|r| &r.shared);
+        for shared in retiring.chain(&inner.draining) {
+            if let Some(s) = shared.upgrade().filter(|s| s.job_id == job_id) {
                 s.ack(batch_seq);
             }
         }
@@ -175,7 +179,16 @@ impl Jobs {
     pub fn drain_all(&self, deadline: Duration) -> BoxFuture<'static, ()> {
         let mut inner = self.lock();
         let active: Vec<JobHandle> = inner.active.drain().map(|(_, h)| h).collect();
-        let retiring: Vec<JoinHandle<()>> = inner.retiring.drain(..).map(|r| r.done).collect();
+        let retiring: Vec<Retiring> = inner.retiring.drain(..).collect();
+        // A drain waits for the acks of what is in flight: they must still
+        // find their job, or every graceful stop with batches in flight ran
+        // into its deadline and left acked records uncommitted.
+        inner.draining = active
+            .iter()
+            .map(|h| Arc::downgrade(h.shared()))
+            .chain(retiring.iter().map(|r| r.shared.clone()))
+            .collect();
+        let retiring: Vec<JoinHandle<()>> = retiring.into_iter().map(|r| r.done).collect();
         drop(inner);
         Box::pin(async move {
             let drains = active.into_iter().map(|h| h.drain(deadline));

@@ -158,7 +158,7 @@ fn start_broker() -> PathBuf {
     PathBuf::from(path)
 }
 
-fn load_env(path: &Path) -> TestBroker {
+pub fn load_env(path: &Path) -> TestBroker {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let vars: HashMap<String, String> = text

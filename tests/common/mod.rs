@@ -4,6 +4,7 @@
 pub mod control_plane;
 pub mod e2e;
 pub mod kafka;
+pub mod processes;
 pub mod proxy;
 #[path = "../../crates/control-plane/tests/common/tls.rs"]
 pub mod tls;

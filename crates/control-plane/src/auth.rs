@@ -4,7 +4,9 @@
 //!
 //! Argon2 is slow on purpose, so checks run on the blocking pool behind a
 //! small semaphore: a flood of bad passwords queues up instead of eating every
-//! core. Console tokens are checked on every API call, so a verified token is
+//! core. Console tokens have a permit of their own, so operators are not
+//! queued behind a storm of agent logins (every agent reconnecting at once
+//! after a restart). Console tokens are checked on every API call, so a verified token is
 //! remembered by its SHA-256 (tokens are long random strings, for which a fast
 //! hash is enough) in a small bounded cache. Past a number of failures per
 //! source address or per name, logins are refused with
@@ -26,8 +28,11 @@ use tokio::sync::Semaphore;
 
 pub use super::hashes::{PasswordHash, hash_password};
 
-/// Argon2 checks allowed at once (the machine has few cores).
+/// Argon2 checks of agent and OAuth client credentials allowed at once (the
+/// machine has few cores).
 const MAX_CONCURRENT_VERIFICATIONS: usize = 2;
+/// Argon2 checks of console tokens allowed at once, besides those.
+const MAX_CONCURRENT_CONSOLE_VERIFICATIONS: usize = 1;
 /// Console tokens remembered after a successful check.
 const CONSOLE_CACHE_CAPACITY: usize = 256;
 /// Who authenticated.
@@ -148,6 +153,7 @@ pub struct Authenticator {
     config: Arc<ControlPlaneConfig>,
     tokens: Arc<TokenStore>,
     permits: Semaphore,
+    console_permits: Semaphore,
     console_cache: Mutex<HashMap<[u8; 32], String>>,
     limiter: LoginLimiter,
 }
@@ -158,6 +164,7 @@ impl Authenticator {
             config,
             tokens,
             permits: Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
+            console_permits: Semaphore::new(MAX_CONCURRENT_CONSOLE_VERIFICATIONS),
             console_cache: Mutex::new(HashMap::new()),
             limiter: LoginLimiter::default(),
         }
@@ -185,7 +192,11 @@ impl Authenticator {
                 let name = known.map(|u| u.name.as_str());
                 self.throttle(source, name)?;
                 if self
-                    .verify(known.map(|u| u.password_hash.clone()), password)
+                    .verify(
+                        &self.permits,
+                        known.map(|u| u.password_hash.clone()),
+                        password,
+                    )
                     .await
                 {
                     Ok(Principal::User(user))
@@ -214,7 +225,7 @@ impl Authenticator {
         let name = known.map(|c| c.client_id.as_str());
         self.throttle(source, name)?;
         if self
-            .verify(known.map(|c| c.secret_hash.clone()), secret)
+            .verify(&self.permits, known.map(|c| c.secret_hash.clone()), secret)
             .await
         {
             Ok(())
@@ -240,7 +251,11 @@ impl Authenticator {
         }
         self.throttle(source, NAME)?;
         for t in &self.config.console_tokens {
-            if self.verify(Some(t.token_hash.clone()), token.clone()).await {
+            let hash = Some(t.token_hash.clone());
+            if self
+                .verify(&self.console_permits, hash, token.clone())
+                .await
+            {
                 let mut cache = self.cache();
                 if cache.len() >= CONSOLE_CACHE_CAPACITY {
                     cache.clear();
@@ -257,11 +272,16 @@ impl Authenticator {
         self.console_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Argon2 check on the blocking pool, at most a few at a time. An unknown
-    /// name (`hash == None`) fails without hashing.
-    async fn verify(&self, hash: Option<PasswordHash>, secret: Secret) -> bool {
+    /// Argon2 check on the blocking pool, at most as many at a time as
+    /// `permits` allows. An unknown name (`hash == None`) fails without hashing.
+    async fn verify(
+        &self,
+        permits: &Semaphore,
+        hash: Option<PasswordHash>,
+        secret: Secret,
+    ) -> bool {
         let Some(hash) = hash else { return false };
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(_permit) = permits.acquire().await else {
             return false;
         };
         tokio::task::spawn_blocking(move || hash.verify(secret.expose().as_bytes()))
