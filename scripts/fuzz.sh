@@ -50,7 +50,10 @@ for t in "${targets[@]}"; do
   mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
   echo "fuzzing $t for ${seconds}s"
   # -rss_limit_mb: a decoder that grows past this is a finding, not noise.
-  if ! cargo +nightly fuzz run --fuzz-dir fuzz "$t" "$work/corpus/$t" "$seeds" -- \
+  # Only the profile target needs the agent crate (and so librdkafka).
+  features=()
+  [ "$t" = profile ] && features=(--features agent)
+  if ! cargo +nightly fuzz run --fuzz-dir fuzz "${features[@]}" "$t" "$work/corpus/$t" "$seeds" -- \
       -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 \
       -artifact_prefix="$work/artifacts/$t/" -print_final_stats=1; then
     failed+=("$t")
