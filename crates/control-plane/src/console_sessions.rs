@@ -8,7 +8,6 @@
 //! "who" of the audit log) and an absolute expiry. The store is bounded:
 //! when it is full, expired sessions go first, then the oldest.
 
-use crate::auth;
 use base64::Engine;
 use connectivity_protocol::secret::Secret;
 use std::collections::HashMap;
@@ -97,7 +96,7 @@ impl ConsoleSessions {
             }
         }
         sessions.insert(
-            auth::sha256(id.expose().as_bytes()),
+            crate::hashes::sha256(id.expose().as_bytes()),
             Entry {
                 info: info.clone(),
                 created: now,
@@ -109,7 +108,7 @@ impl ConsoleSessions {
 
     /// The live session with this id; an expired one is dropped here.
     pub fn get(&self, id: &str) -> Option<SessionInfo> {
-        let key = auth::sha256(id.as_bytes());
+        let key = crate::hashes::sha256(id.as_bytes());
         let mut sessions = self.lock();
         match sessions.get(&key) {
             Some(e) if e.expires > Instant::now() => Some(e.info.clone()),
@@ -123,7 +122,9 @@ impl ConsoleSessions {
 
     /// End a session (logout). Whether it existed.
     pub fn remove(&self, id: &str) -> bool {
-        self.lock().remove(&auth::sha256(id.as_bytes())).is_some()
+        self.lock()
+            .remove(&crate::hashes::sha256(id.as_bytes()))
+            .is_some()
     }
 
     /// Sessions held, live or not yet swept.
@@ -188,7 +189,7 @@ mod tests {
         assert!(
             store
                 .lock()
-                .contains_key(&auth::sha256(a.id.expose().as_bytes()))
+                .contains_key(&crate::hashes::sha256(a.id.expose().as_bytes()))
         );
         assert!(same_token(&a.info.csrf, &a.info.csrf.clone()));
         assert!(!same_token(&a.info.csrf, &b.info.csrf));

@@ -133,7 +133,7 @@ fn etags() -> &'static Vec<String> {
         ASSETS
             .iter()
             .map(|a| {
-                let d = crate::auth::sha256(a.body);
+                let d = crate::hashes::sha256(a.body);
                 let hex: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
                 format!("\"{hex}\"")
             })
