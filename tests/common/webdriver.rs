@@ -82,14 +82,31 @@ impl ChromeDriver {
 
     /// A new headless browser window of `width` x `height`.
     pub async fn browser(&self, width: u32, height: u32) -> Browser {
+        self.browser_with_args(width, height, &[]).await
+    }
+
+    /// [`Self::browser`] with more command-line flags for chromium.
+    pub async fn browser_with_args(&self, width: u32, height: u32, extra: &[&str]) -> Browser {
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--lang=en-US",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--window-size={width},{height}"));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": binary("CHROMIUM", "/usr/bin/chromium"),
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--hide-scrollbars", "--force-device-scale-factor=1", "--lang=en-US",
-                         format!("--window-size={width},{height}")]
+                "args": args
             }
         }}});
         let resp: Value = self
@@ -111,6 +128,13 @@ impl ChromeDriver {
         };
         b.set_window_size(width, height).await;
         b
+    }
+}
+
+impl ChromeDriver {
+    /// The process id of `chromedriver` (its browsers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
