@@ -47,25 +47,9 @@ impl AgentProcess {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_connectivity-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.profile)
-            // CHAOS_AGENT_LOG=connectivity_agent=debug to look closer.
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAOS_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start the agent binary");
+        // CHAOS_AGENT_LOG=connectivity_agent=debug to look closer.
+        let rust_log = std::env::var("CHAOS_AGENT_LOG").unwrap_or_else(|_| "info".into());
+        let child = e2e::spawn_agent_binary(&self.profile, &self.log, &rust_log);
         self.pids
             .lock()
             .expect("pids")

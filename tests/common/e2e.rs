@@ -111,24 +111,12 @@ impl E2e {
             f.write_all(self.profile_text(&state).as_bytes())
                 .expect("write profile");
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))
-            .expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_connectivity-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&profile)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start the agent binary")
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        spawn_agent_binary(
+            &profile,
+            &self.dir.path().join(format!("{name}.log")),
+            &rust_log,
+        )
     }
 
     /// Wait until the agent binary `child` (state `<dir>/<name>`) has a
@@ -486,4 +474,24 @@ pub async fn kafka_committed(
             _ => None,
         })
         .collect()
+}
+
+/// Start the `connectivity-agent` binary with `run --config <profile>`,
+/// its output appended to `log`.
+pub fn spawn_agent_binary(profile: &Path, log: &Path, rust_log: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_connectivity-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(profile)
+        .env("RUST_LOG", rust_log)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the agent binary")
 }
