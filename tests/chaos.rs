@@ -26,6 +26,8 @@ mod common;
 mod checker;
 #[path = "chaos/hostile_cp.rs"]
 mod hostile_cp;
+#[path = "chaos/login_flood.rs"]
+mod login_flood;
 #[path = "chaos/procs.rs"]
 mod procs;
 #[path = "chaos/scenarios.rs"]

@@ -822,6 +822,53 @@ async fn endpoint_outside_the_allow_list_is_refused() {
     h.drain(Duration::from_secs(2)).await;
 }
 
+/// The bootstrap server is allowed by name, but the broker advertises
+/// itself by address, which the allow-list does not hold: librdkafka would
+/// read from that address, so the job is refused before it joins a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_advertised_outside_the_allow_list_is_refused() {
+    logs();
+    let b = kafka::broker();
+    let topic = kafka::unique_topic("relay-advertised");
+    kafka::create_topic(&b, &topic, 1).await;
+    let port = b.plaintext.rsplit_once(':').unwrap().1;
+    let bootstrap = format!("localhost:{port}");
+    let rule = format!("localhost:{port}");
+    let only = AllowList::parse(&rule).unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut cp = ControlPlane::new(rx);
+    let h = relay::spawn(
+        spec(
+            "adv",
+            &bootstrap,
+            &topic,
+            &kafka::unique_topic("group-advertised"),
+        ),
+        &only,
+        settings(),
+        tx,
+        CancellationToken::new(),
+    );
+    let s = cp.state("adv", WAIT, |s| s.phase == JobPhase::Failed).await;
+    let e = s.error.unwrap();
+    assert_eq!(e.class, ErrorClass::NotAllowed, "{}", e.message);
+    assert_eq!(
+        e.message,
+        format!(
+            "the cluster at {bootstrap} advertises broker {0}, which is not in this agent's \
+             agent_ALLOWED_ENDPOINTS ({rule}); nothing was read. If that broker belongs to \
+             the cluster, add it there on the agent host (for example \
+             agent_ALLOWED_ENDPOINTS={0}) and restart the agent; otherwise fix the \
+             brokers' advertised.listeners",
+            b.plaintext
+        )
+    );
+    // Not retried: only the operator can change the allow-list.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.state().phase, JobPhase::Failed);
+    h.drain(Duration::from_secs(2)).await;
+}
+
 /// Offsets of the records of `batches`, in order.
 fn offsets(batches: &[Batch]) -> Vec<i64> {
     batches

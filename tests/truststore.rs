@@ -312,7 +312,8 @@ async fn connection_test_passes_with_the_jks_truststore() {
     assert_eq!(
         kafka_step.detail,
         format!(
-            "authenticated as \"alice\" with SASL PLAIN; topic {topic:?} has 3 partitions; 1 brokers"
+            "authenticated as \"alice\" with SASL PLAIN; topic {topic:?} has 3 partitions; 1 brokers, advertised as {}",
+            b.sasl_ssl
         )
     );
     let json = serde_json::to_value(&report).unwrap();

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub brokers: usize,
+    /// `host:port` of every broker the cluster advertises.
+    pub advertised: Vec<String>,
     /// The topic's error code, if the broker reported one, and its partition count.
     pub topic: Option<(Option<RDKafkaErrorCode>, usize)>,
 }
@@ -54,6 +56,11 @@ where
 fn summary(md: &Metadata) -> Summary {
     Summary {
         brokers: md.brokers().len(),
+        advertised: md
+            .brokers()
+            .iter()
+            .map(|b| format!("{}:{}", b.host(), b.port()))
+            .collect(),
         topic: md
             .topics()
             .first()

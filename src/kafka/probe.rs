@@ -580,15 +580,24 @@ fn describe_metadata(
         Ok(Err(e)) => Err(errors::classify(Some(&e), reported, target)),
         Ok(Ok(metadata::Summary {
             brokers,
+            advertised,
             topic: None,
-        })) => Ok((format!("{who}; {brokers} brokers in the cluster"), None)),
+        })) => Ok((
+            format!(
+                "{who}; {brokers} brokers in the cluster, advertised as {}",
+                advertised.join(", ")
+            ),
+            None,
+        )),
         Ok(Ok(metadata::Summary {
             brokers,
+            advertised,
             topic: Some((None, n)),
         })) => Ok((
             format!(
-                "{who}; topic {:?} has {n} partitions; {brokers} brokers",
-                target.topic
+                "{who}; topic {:?} has {n} partitions; {brokers} brokers, advertised as {}",
+                target.topic,
+                advertised.join(", ")
             ),
             Some(n),
         )),

@@ -161,6 +161,11 @@ impl Runner {
             };
             match exit {
                 Exit::Stop => break,
+                // The cluster advertises a broker outside the allow-list:
+                // only the operator can change that.
+                Exit::Failed(err) if err.class == ErrorClass::NotAllowed => {
+                    return self.fail_permanently(err).await;
+                }
                 Exit::SessionGone => {
                     info!("session away past the grace period; left the consumer group");
                 }
@@ -398,43 +403,105 @@ impl Runner {
             topic: self.spec.topic.clone(),
             start_offsets,
         };
-        let errors = ctx.errors.clone();
-        let consumer: Arc<StreamConsumer<RelayContext>> = match config.create_with_context(ctx) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                let message = self.redact(&format!("cannot create the Kafka consumer: {e}"));
-                return Exit::Failed(JobError {
-                    class: ErrorClass::Config,
-                    message,
-                });
-            }
+        let partitions = match self.preflight(config, &ctx).await {
+            Err(_) if self.cancel.is_cancelled() => return Exit::Stop,
+            Err(e) => return Exit::Failed(e),
+            Ok(partitions) => partitions,
         };
-        let exit = match self.preflight(&consumer, &errors).await {
-            Err(_) if self.cancel.is_cancelled() => Exit::Stop,
+        let errors = ctx.errors.clone();
+        let consumer = match self.create_consumer(config, ctx) {
+            Ok(c) => c,
+            Err(e) => return Exit::Failed(e),
+        };
+        let exit = match self.start(&consumer, partitions).await {
             Err(e) => Exit::Failed(e),
-            Ok(partitions) => match self.start(&consumer, partitions).await {
-                Err(e) => Exit::Failed(e),
-                Ok(()) => {
-                    // The stream answered and we are in: a later failure
-                    // starts its backoff from the bottom again.
-                    backoff.reset();
-                    self.set(JobPhase::Running, None, Some(&core));
-                    self.pump(&consumer, &core, &errors).await
-                }
-            },
+            Ok(()) => {
+                // The stream answered and we are in: a later failure
+                // starts its backoff from the bottom again.
+                backoff.reset();
+                self.set(JobPhase::Running, None, Some(&core));
+                self.pump(&consumer, &core, &errors).await
+            }
         };
         self.close(consumer, &core).await;
         exit
     }
 
+    fn create_consumer(
+        &self,
+        config: &ClientConfig,
+        ctx: RelayContext,
+    ) -> Result<Arc<StreamConsumer<RelayContext>>, JobError> {
+        config
+            .create_with_context(ctx)
+            .map(Arc::new)
+            .map_err(|e| JobError {
+                class: ErrorClass::Config,
+                message: self.redact(&format!("cannot create the Kafka consumer: {e}")),
+            })
+    }
+
     /// Fetch the topic's metadata before joining: a wrong password, an
     /// untrusted certificate or a missing topic shows up here, fast and
-    /// classified. Returns the partition count.
+    /// classified; and check the brokers the cluster advertises against the
+    /// allow-list. A client without `group.id` asks, because a group
+    /// consumer connects to the group coordinator (an advertised broker) as
+    /// soon as it exists. Returns the partition count.
     async fn preflight(
+        &mut self,
+        config: &ClientConfig,
+        ctx: &RelayContext,
+    ) -> Result<usize, JobError> {
+        let mut config = config.clone();
+        config.remove("group.id");
+        let probe_ctx = RelayContext {
+            core: ctx.core.clone(),
+            errors: ErrorLog::default(),
+            job: ctx.job.clone(),
+            topic: ctx.topic.clone(),
+            start_offsets: BTreeMap::new(),
+        };
+        let errors = probe_ctx.errors.clone();
+        let probe = self.create_consumer(&config, probe_ctx)?;
+        let (partitions, advertised) = self.topic_metadata(&probe, &errors).await?;
+        self.check_advertised(advertised).await?;
+        Ok(partitions)
+    }
+
+    /// The advertised brokers must be allowed too: librdkafka reads from
+    /// them, not from the bootstrap servers.
+    async fn check_advertised(&self, advertised: Vec<String>) -> Result<(), JobError> {
+        let allow = self.allow.clone();
+        let refused = tokio::task::spawn_blocking(move || {
+            advertised
+                .into_iter()
+                .find(|b| allow.check_bootstrap(b).is_err())
+        })
+        .await
+        .unwrap_or(None);
+        match refused {
+            None => Ok(()),
+            Some(broker) => Err(JobError {
+                class: ErrorClass::NotAllowed,
+                message: format!(
+                    "the cluster at {} advertises broker {broker}, which is not in this agent's \
+                     agent_ALLOWED_ENDPOINTS ({}); nothing was read. If that broker belongs to \
+                     the cluster, add it there on the agent host (for example \
+                     agent_ALLOWED_ENDPOINTS={broker}) and restart the agent; otherwise fix the \
+                     brokers' advertised.listeners",
+                    self.spec.bootstrap_servers, self.allow
+                ),
+            }),
+        }
+    }
+
+    /// The topic's partition count and the advertised brokers, or the
+    /// classified reason there are none.
+    async fn topic_metadata(
         &mut self,
         consumer: &Arc<StreamConsumer<RelayContext>>,
         errors: &ErrorLog,
-    ) -> Result<usize, JobError> {
+    ) -> Result<(usize, Vec<String>), JobError> {
         let c = consumer.clone();
         let topic = self.spec.topic.clone();
         let timeout = self.settings.preflight_timeout;
@@ -442,7 +509,7 @@ impl Runner {
         let stop = metadata::StopOnDrop::default();
         let stop_flag = stop.0.clone();
         let mut meta = tokio::task::spawn_blocking(move || {
-            metadata::fetch(&*c, Some(&topic), timeout, &stop_flag).map(|s| s.topic)
+            metadata::fetch(&*c, Some(&topic), timeout, &stop_flag).map(|s| (s.topic, s.advertised))
         });
         let result = loop {
             tokio::select! {
@@ -466,15 +533,15 @@ impl Runner {
                 message: format!("metadata request failed: {e}"),
             }),
             Ok(Err(e)) => Err(self.redacted(errors::classify(Some(&e), &seen, &self.target))),
-            Ok(Ok(None)) => Err(self.redacted(errors::classify_one(
+            Ok(Ok((None, _))) => Err(self.redacted(errors::classify_one(
                 Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition),
                 "",
                 &self.target,
             ))),
-            Ok(Ok(Some((Some(code), _)))) => {
+            Ok(Ok((Some((Some(code), _)), _))) => {
                 Err(self.redacted(errors::classify_one(Some(code), "", &self.target)))
             }
-            Ok(Ok(Some((None, n)))) => Ok(n),
+            Ok(Ok((Some((None, n)), advertised))) => Ok((n, advertised)),
         }
     }
 

@@ -1,8 +1,9 @@
 //! A hostile control plane against the real agent binary: a TLS WebSocket
 //! server written here welcomes the agent, assigns a real job and reads
 //! its batches, but acks batches it never received, acks for a job that
-//! does not exist, assigns a job outside the agent's allow-list and one
-//! with absurd fields. The agent must not crash, must refuse both jobs, and
+//! does not exist, assigns a job outside the agent's allow-list, one whose
+//! cluster advertises a broker outside it, and one with absurd fields. The
+//! agent must not crash, must refuse the three bad jobs, and
 //! the consumer group must commit nothing but what was really acked; then
 //! real acks of the first batches must move the commit to exactly them.
 
@@ -37,6 +38,10 @@ enum Seen {
     },
 }
 
+fn port_of(endpoint: &str) -> &str {
+    endpoint.rsplit_once(':').expect("host:port").1
+}
+
 fn spec(v: serde_json::Value) -> JobSpec {
     serde_json::from_value(v).expect("job spec")
 }
@@ -59,6 +64,14 @@ pub async fn hostile_control_plane(dir: &std::path::Path) -> Verdict {
     let outside = spec(json!({
         "id": "outside", "bootstrap_servers": "203.0.113.1:9092", "topic": topic,
         "consumer_group": format!("{group}-outside"), "security": {"protocol": "PLAINTEXT"}
+    }));
+    // Its bootstrap server is allowed by name, but the broker advertises
+    // itself at an address the allow-list does not hold.
+    let advertised = spec(json!({
+        "id": "advertised", "topic": topic, "consumer_group": format!("{group}-advertised"),
+        "bootstrap_servers": format!("localhost:{}", port_of(&broker.sasl_plaintext)),
+        "security": {"protocol": "SASL_PLAINTEXT",
+            "sasl": {"mechanism": "PLAIN", "username": broker.sasl_user, "password": broker.sasl_password}}
     }));
     let absurd = spec(json!({
         "id": "absurd", "bootstrap_servers": broker.plaintext, "topic": topic,
@@ -91,7 +104,7 @@ pub async fn hostile_control_plane(dir: &std::path::Path) -> Verdict {
             protocol_version: PROTOCOL_VERSION,
         };
         let _ = ws.send(send(&welcome)).await;
-        for j in [job, outside, absurd] {
+        for j in [job, outside, advertised, absurd] {
             let _ = ws.send(send(&ControlMessage::AssignJob(j))).await;
         }
         let mut hb = tokio::time::interval(Duration::from_millis(500));
@@ -127,6 +140,7 @@ pub async fn hostile_control_plane(dir: &std::path::Path) -> Verdict {
     let pids: Pids = Default::default();
     let url = format!("https://127.0.0.1:{port}");
     let mut agent = AgentProcess::new(dir, "agent-hostile", &url, &pki.ca_file, pids.clone());
+    agent.set_allowed_endpoints(&format!("localhost:*,{}", broker.plaintext));
     agent.spawn();
     let mut v = Verdict {
         scenario: "hostile-control-plane".into(),
@@ -139,7 +153,10 @@ pub async fn hostile_control_plane(dir: &std::path::Path) -> Verdict {
     let mut classes: BTreeMap<String, Option<ErrorClass>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline
-        && (batches.len() < 8 || !classes.get("outside").is_some_and(Option::is_some))
+        && (batches.len() < 8
+            || !["outside", "advertised"]
+                .iter()
+                .all(|j| classes.get(*j).is_some_and(Option::is_some)))
     {
         match tokio::time::timeout(Duration::from_secs(1), seen_rx.recv()).await {
             Ok(Some(Seen::Batch { seq, ends, records })) => batches.push((seq, ends, records)),
@@ -160,6 +177,12 @@ pub async fn hostile_control_plane(dir: &std::path::Path) -> Verdict {
         v.violations.push(format!(
             "a job outside the allow-list was not refused as not_allowed: {:?}",
             classes.get("outside")
+        ));
+    }
+    if classes.get("advertised").copied().flatten() != Some(ErrorClass::NotAllowed) {
+        v.violations.push(format!(
+            "a job whose cluster advertises a broker outside the allow-list was not refused as not_allowed: {:?}",
+            classes.get("advertised")
         ));
     }
     if classes.get("absurd").copied().flatten().is_none() {

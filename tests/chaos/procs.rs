@@ -46,6 +46,22 @@ impl AgentProcess {
         }
     }
 
+    /// Replace the profile's `agent_ALLOWED_ENDPOINTS` (before `spawn`).
+    pub fn set_allowed_endpoints(&self, rules: &str) {
+        let text = std::fs::read_to_string(&self.profile).expect("profile");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("agent_ALLOWED_ENDPOINTS=") {
+                    format!("agent_ALLOWED_ENDPOINTS={rules}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&self.profile, text.join("\n") + "\n").expect("profile");
+    }
+
     pub fn spawn(&mut self) {
         // CHAOS_AGENT_LOG=connectivity_agent=debug to look closer.
         let rust_log = std::env::var("CHAOS_AGENT_LOG").unwrap_or_else(|_| "info".into());

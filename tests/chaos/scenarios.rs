@@ -248,14 +248,14 @@ pub fn all() -> Vec<Scenario> {
         s(
             "hostile-agents",
             HostileAgents,
-            "authenticated peers send garbage, truncated, oversized and out-of-order frames beside the real agent",
+            "a wrong-password flood, then authenticated peers send garbage, truncated, oversized, compression-bomb and out-of-order frames beside the real agent",
             setup(),
             limits(30, &[]),
         ),
         s(
             "hostile-control-plane",
             HostileControlPlane,
-            "a fake control plane acks batches it never got and a job that does not exist, assigns a job outside the allow-list and one with absurd fields",
+            "a fake control plane acks batches it never got and a job that does not exist, assigns a job outside the allow-list, one whose cluster advertises a broker outside it, and one with absurd fields",
             setup(),
             limits(30, &[]),
         ),

@@ -3,10 +3,12 @@
 //! restarted control plane while the console API is timed; and
 //! authenticated peers that send what no agent would.
 
+use super::login_flood;
 use super::world::{JOB, World};
 use crate::common::control_plane as cp;
 use bytes::Bytes;
-use connectivity_protocol::batch::BatchWriter;
+use connectivity_protocol::batch::{BatchWriter, Compressor};
+use connectivity_protocol::job::Compression;
 use connectivity_protocol::{AgentMessage, ControlMessage};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -284,6 +286,7 @@ pub async fn reconnect_storm(w: &mut World, window: Duration, extra: &mut Vec<St
 /// everything of it out of the sink.
 pub async fn hostile_agents(w: &mut World, window: Duration, extra: &mut Vec<String>) -> String {
     let end = Instant::now() + window;
+    let flood = login_flood::flood(w, extra).await;
     let mut rounds = 0u32;
     let mut outcomes: std::collections::BTreeMap<&'static str, String> = Default::default();
     while Instant::now() < end {
@@ -294,6 +297,8 @@ pub async fn hostile_agents(w: &mut World, window: Duration, extra: &mut Vec<Str
             ("oversized frame", true),
             ("batch for an unknown job", true),
             ("garbage text", true),
+            ("zstd bomb", true),
+            ("lz4 bomb", true),
             ("second hello", true),
             ("batch for another group's job", false),
             ("out-of-order batch sequence", false),
@@ -336,6 +341,8 @@ pub async fn hostile_agents(w: &mut World, window: Duration, extra: &mut Vec<Str
                     Message::text("{\"type\":\"launch_missiles\"}"),
                     Message::text("not json"),
                 ],
+                "zstd bomb" => vec![Message::binary(bomb(Compression::Zstd))],
+                "lz4 bomb" => vec![Message::binary(bomb(Compression::Lz4))],
                 "second hello" => vec![Message::text(connectivity_protocol::encode(&hello))],
                 "batch for another group's job" => {
                     vec![Message::binary(fake_batch(JOB, 1, &w.topic, 1_000_000, 10))]
@@ -403,7 +410,31 @@ pub async fn hostile_agents(w: &mut World, window: Duration, extra: &mut Vec<Str
         .iter()
         .map(|(k, v)| format!("{k} -> {v}"))
         .collect();
-    format!("{rounds} rounds of 8 hostile peers: {}", summary.join("; "))
+    for secret in [
+        login_flood::WRONG_PASSWORD,
+        cp::PASSWORD,
+        cp::OTHER_PASSWORD,
+    ] {
+        if w.cp_log_has(secret) > 0 {
+            extra.push("a password appeared in the control plane's log".into());
+        }
+    }
+    format!(
+        "{flood}; {rounds} rounds of 10 hostile peers: {}",
+        summary.join("; ")
+    )
+}
+
+/// A compressed frame that claims 1 MiB inside but expands to 64 MiB of
+/// zeros (a few KiB on the wire): the decoder must stop at what it claims.
+fn bomb(codec: Compression) -> Bytes {
+    let mut compressor = Compressor::new(codec).expect("compressor");
+    let mut frame = compressor
+        .compress(&vec![0u8; 64 << 20])
+        .expect("zeros compress")
+        .to_vec();
+    frame[5..9].copy_from_slice(&(1u32 << 20).to_be_bytes());
+    Bytes::from(frame)
 }
 
 /// A well-formed batch frame of `n` records `{"id": ...}` at `offset`.. on

@@ -50,8 +50,11 @@ impl Toxiproxy {
             });
         let proxy = Toxiproxy {
             api: format!("http://127.0.0.1:{port}"),
+            // No idle pool: toxiproxy closes idle keep-alive connections, and a
+            // request sent on one just as it closes fails with IncompleteMessage.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
             child,

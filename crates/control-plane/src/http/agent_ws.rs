@@ -69,7 +69,14 @@ fn auth_failed(
     remote: SocketAddr,
     err: &auth::AuthError,
 ) -> Response {
-    tracing::info!(%remote, %err, "agent authentication failed");
+    // A throttled attempt is logged at debug only: the limiter lets a few
+    // failures per source through to info, so a flood of wrong passwords
+    // cannot flood the log.
+    if err.retry_after().is_some() {
+        tracing::debug!(%remote, %err, "agent authentication throttled");
+    } else {
+        tracing::info!(%remote, %err, "agent authentication failed");
+    }
     // Remembered per principal so the console can say "auth failing".
     let who = match auth::presented(headers, "") {
         Ok(auth::Presented::Basic { user, .. }) => Some(auth::Principal::User(user).to_string()),
