@@ -454,8 +454,9 @@ impl Runner {
     ) -> Result<usize, JobError> {
         let mut config = config.clone();
         config.remove("group.id");
+        // A core of its own: its statistics must not touch the job's.
         let probe_ctx = RelayContext {
-            core: ctx.core.clone(),
+            core: Arc::new(Mutex::new(Core::default())),
             errors: ErrorLog::default(),
             job: ctx.job.clone(),
             topic: ctx.topic.clone(),
