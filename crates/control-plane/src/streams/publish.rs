@@ -1,0 +1,195 @@
+//! A publish through an agent, with its idempotency key.
+
+use super::hub::{Answer, RequestError};
+use super::input::{self, PublishBody};
+use super::{PublishAnswer, REQUEST_TIMEOUT, StreamError, StreamService};
+use crate::commands::CommandHub;
+use connectivity_protocol::job::ErrorClass;
+use connectivity_protocol::stream::{self, CAPABILITY_PUBLISH, MAX_PUBLISH_FRAME_BYTES};
+use connectivity_protocol::{ControlMessage, PublishRequest};
+use sha1::{Digest, Sha1};
+
+/// Frees a (connection, key) pair when its publish ends, however it ends.
+struct Running<'a> {
+    service: &'a StreamService,
+    pair: (String, String),
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.service
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.pair);
+    }
+}
+
+impl StreamService {
+    /// Publish the records of `body` into connection `name`; answers once
+    /// the broker acknowledged them, or with the first attempt's answer
+    /// when `key` was used before.
+    pub async fn publish(
+        &self,
+        commands: &CommandHub,
+        name: &str,
+        key: &str,
+        body: &[u8],
+    ) -> Result<PublishAnswer, StreamError> {
+        let def = self.connection(name)?;
+        check_key(key)?;
+        let parsed: PublishBody = serde_json::from_slice(body).map_err(|e| {
+            StreamError::BadInput(format!(
+                "the body is not a publish request: {e}; give {{\"records\": [{{\"key\": ..., \"value\": ...}}]}}"
+            ))
+        })?;
+        let count = parsed.records.len();
+        // The frame's job id is fixed so the same records give the same hash.
+        let writer = input::to_frame("publish", &def.connection.topic, &parsed.records).map_err(
+            |m| match m.contains("the limit is") {
+                true => StreamError::TooLarge(m),
+                false => StreamError::BadInput(m),
+            },
+        )?;
+        if writer.encoded_len() > MAX_PUBLISH_FRAME_BYTES {
+            return Err(StreamError::TooLarge(format!(
+                "the records take {} bytes; one request carries at most {MAX_PUBLISH_FRAME_BYTES}: split the request",
+                writer.encoded_len()
+            )));
+        }
+        let frame = writer.finish();
+        let hash: String = Sha1::digest(&frame)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let _running = self.claim(name, key)?;
+        let (row, new) = self.store.begin(name, key, &hash).await?;
+        if row.request_hash != hash {
+            return Err(StreamError::KeyReused(key.to_owned()));
+        }
+        if let Some(stored) = row.answer {
+            let mut answer: PublishAnswer = serde_json::from_str(&stored).map_err(|e| {
+                StreamError::Stream(stream::error(
+                    ErrorClass::Other,
+                    format!("stored answer unreadable: {e}"),
+                ))
+            })?;
+            answer.replayed = true;
+            return Ok(answer);
+        }
+        let request = PublishRequest {
+            request_id: String::new(),
+            connection: def.connection.clone(),
+            idempotency_key: key.to_owned(),
+            frame: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &frame),
+            recover_since_ms: (!new).then_some(row.started_at_ms),
+            timeout_ms: (REQUEST_TIMEOUT.as_millis() as u64).saturating_sub(2000),
+        };
+        let sent = self
+            .hub
+            .request(
+                commands,
+                &def.group,
+                CAPABILITY_PUBLISH,
+                |id| {
+                    ControlMessage::Publish(PublishRequest {
+                        request_id: id,
+                        ..request
+                    })
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await;
+        let result = match sent {
+            Ok((_, Answer::Publish(r))) => r,
+            Ok((_, Answer::Read(_))) => unreachable_answer()?,
+            Err(e) => {
+                // Never sent: nothing of this attempt can be in the stream.
+                if new
+                    && matches!(
+                        e,
+                        RequestError::NoAgent(_)
+                            | RequestError::TooOld { .. }
+                            | RequestError::Busy(_)
+                    )
+                {
+                    self.store.forget(name, key).await?;
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(err) = result.error {
+            if new {
+                self.store.forget(name, key).await?;
+            }
+            return Err(StreamError::Stream(err));
+        }
+        if result.records.len() != count {
+            return Err(StreamError::Stream(stream::error(
+                ErrorClass::Other,
+                format!(
+                    "the agent answered for {} of {count} records; retry with the same idempotency key",
+                    result.records.len()
+                ),
+            )));
+        }
+        let first = result
+            .records
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.error.as_ref().map(|e| (i, e)));
+        let answer = PublishAnswer {
+            connection: name.to_owned(),
+            topic: def.connection.topic.clone(),
+            error: first.map(|(i, e)| format!("record {i}: {}", e.message)),
+            first_error: first.map(|(_, e)| e.class),
+            records: result.records,
+            idempotence: result.idempotence,
+            replayed: false,
+        };
+        // Only a complete answer is final: after a failure, a retry with the
+        // same key finds what was written and writes the rest.
+        if answer.first_error.is_none() {
+            let json = serde_json::to_string(&answer).unwrap_or_default();
+            self.store.finish(name, key, json).await?;
+        }
+        Ok(answer)
+    }
+
+    fn claim(&self, name: &str, key: &str) -> Result<Running<'_>, StreamError> {
+        let pair = (name.to_owned(), key.to_owned());
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running.insert(pair.clone()) {
+            return Err(StreamError::KeyInProgress(key.to_owned()));
+        }
+        Ok(Running {
+            service: self,
+            pair,
+        })
+    }
+}
+
+fn unreachable_answer() -> Result<connectivity_protocol::PublishResult, StreamError> {
+    Err(StreamError::Stream(stream::error(
+        ErrorClass::Other,
+        "the agent answered a publish with a read result; upgrade the agent",
+    )))
+}
+
+/// Idempotency keys: short, printable, no separators of our own.
+pub fn check_key(key: &str) -> Result<(), StreamError> {
+    let ok = (1..=128).contains(&key.len())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StreamError::BadInput(format!(
+            "Idempotency-Key {key:?} is not valid; give 1-128 of A-Z a-z 0-9 . _ : - (a new UUID per distinct request)"
+        )))
+    }
+}

@@ -1,0 +1,116 @@
+//! Publish and read on demand: the control plane's `publish` and `read`
+//! messages, run against private streams from inside the network.
+//!
+//! The allow-list applies exactly as to a poll job: an endpoint the operator
+//! did not allow is never contacted. Producers are kept per connection
+//! ([`publish::Producers`]), since a new one costs a TLS handshake and a SASL
+//! login, which a request at a time could not afford; readers are short-lived
+//! consumers without a group (`read.rs`).
+
+pub mod publish;
+pub mod read;
+
+use crate::allowlist::AllowList;
+use connectivity_protocol::job::{ErrorClass, JobError};
+use connectivity_protocol::stream::{self, CAPABILITY_PUBLISH, CAPABILITY_READ, StreamConnection};
+use connectivity_protocol::{AgentMessage, ControlMessage, PublishResult, ReadResult};
+
+/// What this agent announces in its hello.
+pub const CAPABILITIES: &[&str] = &[CAPABILITY_PUBLISH, CAPABILITY_READ];
+
+/// Publish and read requests running at once on one agent; more are answered
+/// "agent busy" at once, so the control plane can pick another agent or ask
+/// the caller to retry, instead of a queue growing here.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// The agent's publish and read service.
+pub struct Streams {
+    allow: AllowList,
+    producers: publish::Producers,
+}
+
+impl Streams {
+    pub fn new(allow: AllowList) -> Self {
+        Streams {
+            allow,
+            producers: publish::Producers::default(),
+        }
+    }
+
+    /// Run one `publish` or `read` message; `None` for any other message.
+    pub async fn handle(&self, msg: ControlMessage) -> Option<AgentMessage> {
+        match msg {
+            ControlMessage::Publish(req) => {
+                let id = req.request_id.clone();
+                let result = match self.allowed(&req.connection).await {
+                    Err(e) => failed_publish(id, e),
+                    Ok(()) => self.producers.publish(req).await,
+                };
+                Some(AgentMessage::PublishResult(result))
+            }
+            ControlMessage::Read(req) => {
+                let id = req.request_id.clone();
+                let result = match self.allowed(&req.connection).await {
+                    Err(e) => failed_read(id, e),
+                    Ok(()) => read::read(req).await,
+                };
+                Some(AgentMessage::ReadResult(result))
+            }
+            _ => None,
+        }
+    }
+
+    /// The allow-list check a poll job gets, then the job's own checks.
+    async fn allowed(&self, c: &StreamConnection) -> Result<(), JobError> {
+        let (allow, bootstrap) = (self.allow.clone(), c.bootstrap_servers.clone());
+        // The check may resolve names (CIDR rules): off the async threads.
+        tokio::task::spawn_blocking(move || allow.check_bootstrap(&bootstrap))
+            .await
+            .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")))
+            .map_err(|m| stream::error(ErrorClass::NotAllowed, m))?;
+        c.check()
+            .map_err(|e| stream::error(ErrorClass::Config, e.to_string()))
+    }
+}
+
+/// The answer to a request this agent cannot take now.
+pub fn busy(msg: &ControlMessage) -> Option<AgentMessage> {
+    let e = || {
+        stream::error(
+            ErrorClass::Busy,
+            format!(
+                "agent busy: {MAX_IN_FLIGHT} publish and read requests already running; try again"
+            ),
+        )
+    };
+    match msg {
+        ControlMessage::Publish(r) => Some(AgentMessage::PublishResult(failed_publish(
+            r.request_id.clone(),
+            e(),
+        ))),
+        ControlMessage::Read(r) => Some(AgentMessage::ReadResult(failed_read(
+            r.request_id.clone(),
+            e(),
+        ))),
+        _ => None,
+    }
+}
+
+pub fn failed_publish(request_id: String, error: JobError) -> PublishResult {
+    PublishResult {
+        request_id,
+        records: vec![],
+        error: Some(error),
+        idempotence: None,
+    }
+}
+
+pub fn failed_read(request_id: String, error: JobError) -> ReadResult {
+    ReadResult {
+        request_id,
+        frame: None,
+        partitions: vec![],
+        truncated: false,
+        error: Some(error),
+    }
+}
