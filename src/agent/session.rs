@@ -459,9 +459,9 @@ async fn stream_loop(
                 running.push(streams.handle(msg));
             }
             Some(answer) = running.next(), if !running.is_empty() => {
-                if let Some(answer) = answer
-                    && reply_tx.send(answer).await.is_err()
-                {
+                let Some(answer) = answer else { continue };
+                crate::streams::crash_after_publish(&answer);
+                if reply_tx.send(answer).await.is_err() {
                     return;
                 }
             }

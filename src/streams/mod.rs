@@ -73,6 +73,18 @@ impl Streams {
     }
 }
 
+/// Fault injection for `tests/streams_e2e.rs`: with
+/// `CONNECTIVITY_AGENT_TEST_CRASH_AFTER_PUBLISH` set, the agent exits after
+/// the broker acknowledged a publish and before it answers, the crash a
+/// retried publish must survive without writing twice.
+pub fn crash_after_publish(answer: &AgentMessage) {
+    let acked = matches!(answer, AgentMessage::PublishResult(r) if r.error.is_none());
+    if acked && std::env::var_os("CONNECTIVITY_AGENT_TEST_CRASH_AFTER_PUBLISH").is_some() {
+        tracing::error!("exiting before answering a publish (test fault injection)");
+        std::process::exit(86);
+    }
+}
+
 /// The answer to a request this agent cannot take now.
 pub fn busy(msg: &ControlMessage) -> Option<AgentMessage> {
     let e = || {

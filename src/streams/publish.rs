@@ -12,7 +12,7 @@
 //! repeated behind the caller's back; the header scan still protects
 //! retries (docs/CONTROL_PLANE.md, "Publish").
 
-use super::read::{self, target_of};
+use super::read::{self, remaining, target_of};
 use crate::kafka::client::connection_config;
 use crate::kafka::context::CaptureContext;
 use crate::kafka::errors::{self, ErrorLog, Target};
@@ -26,7 +26,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode as C;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -45,6 +45,9 @@ struct Client {
     producer: FutureProducer<CaptureContext>,
     errors: ErrorLog,
     idempotence: Idempotence,
+    /// Topics whose metadata this producer has seen (bounded by the
+    /// connections' topics; a connection names one).
+    known_topics: Mutex<HashSet<String>>,
 }
 
 /// The producers of this agent, by connection.
@@ -73,6 +76,7 @@ impl Producers {
             None => HashMap::new(),
         };
         let mut client = self.client(&req.connection, None)?;
+        ensure_topic(&client, &req.connection.topic, &target, deadline).await?;
         let mut outcomes = produce(&client, req, &batch, &found, &target, deadline).await;
         if client.idempotence == Idempotence::Enabled && idempotence_refused(&outcomes, &client) {
             warn!(endpoint = %target.bootstrap, "broker does not support idempotent producers (INIT_PRODUCER_ID); writing without");
@@ -156,7 +160,76 @@ fn new_client(c: &StreamConnection, idempotence: Idempotence) -> Result<Client, 
         producer,
         errors,
         idempotence,
+        known_topics: Mutex::default(),
     })
+}
+
+/// Check once per producer that the topic exists: librdkafka would
+/// otherwise hold the records for a missing topic (or a broker that is
+/// down) until they time out, and say less about why.
+async fn ensure_topic(
+    client: &Arc<Client>,
+    topic: &str,
+    target: &Target,
+    deadline: Instant,
+) -> Result<(), JobError> {
+    let known = |c: &Client| {
+        c.known_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(topic)
+    };
+    if known(client) {
+        return Ok(());
+    }
+    // Reports of earlier requests say nothing about this one.
+    let _ = client.errors.take();
+    let (c, t, t2) = (client.clone(), topic.to_owned(), target.clone());
+    let budget = remaining(deadline).min(Duration::from_secs(10));
+    let mut meta = tokio::task::spawn_blocking(move || topic_metadata(&c, &t, &t2, budget));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            r = &mut meta => {
+                return r.unwrap_or_else(|e| {
+                    Err(stream::error(ErrorClass::Other, format!("metadata failed: {e}")))
+                });
+            }
+            _ = tick.tick() => {
+                // A definite cause (bad password, connection refused) ends
+                // the wait before the metadata request gives up.
+                if let Some(e) = errors::definite(&client.errors.snapshot(), target) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// The topic's metadata, on a blocking thread; remembered once it exists.
+fn topic_metadata(c: &Client, t: &str, target: &Target, budget: Duration) -> Result<(), JobError> {
+    use rdkafka::producer::Producer;
+    let md = c
+        .producer
+        .client()
+        .fetch_metadata(Some(t), budget)
+        .map_err(|e| errors::classify(Some(&e), &c.errors.snapshot(), target))?;
+    let entry = md.topics().iter().find(|m| m.name() == t);
+    match entry.map(|m| (m.error(), m.partitions().len())) {
+        Some((None, n)) if n > 0 => {
+            c.known_topics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(t.to_owned());
+            Ok(())
+        }
+        Some((Some(code), _)) => Err(errors::classify_one(Some(code.into()), "", target)),
+        _ => Err(errors::classify_one(
+            Some(C::UnknownTopicOrPartition),
+            "",
+            target,
+        )),
+    }
 }
 
 /// Send every record not `found` and wait for the broker's answers.
@@ -274,6 +347,14 @@ pub fn explain(e: &KafkaError, log: &ErrorLog, t: &Target) -> JobError {
                 "the record is larger than topic {:?} accepts (OCI Streaming: 1 MB per record); \
                  make it smaller, or store the payload elsewhere and publish a reference",
                 t.topic
+            ),
+        ),
+        Some(C::InvalidRecord | C::InvalidTimestamp) => stream::error(
+            ErrorClass::Config,
+            format!(
+                "the broker refused the record as invalid ({e}); check its timestamp (a topic may refuse \
+                 times too far from now: message.timestamp.after.max.ms / before.max.ms) and its key \
+                 (a compacted topic needs one)"
             ),
         ),
         Some(C::TopicAuthorizationFailed) => stream::error(

@@ -1,8 +1,8 @@
 //! Reads on demand: a partition from an offset, a list of offsets and
 //! ranges, the latest records of each partition, or from a timestamp.
 //!
-//! The consumer has no `group.id`: it assigns partitions and seeks, commits
-//! nothing and joins no group, so a read never moves a poll job's offsets
+//! The consumer assigns partitions and seeks; it commits nothing and joins
+//! no group (its `group.id` only satisfies librdkafka's `assign`), so a read never moves a poll job's offsets
 //! and costs the stream no group membership. librdkafka blocks, so a read
 //! runs on a blocking thread, bounded by the request's deadline.
 
@@ -148,7 +148,7 @@ pub fn plan(
             }
             let found = reader
                 .offsets_for_times(tpl, remaining(deadline))
-                .map_err(|e| errors::classify(Some(&e), &[], target))?;
+                .map_err(|e| why(&e, reader, target))?;
             for e in found.elements() {
                 if let (Offset::Offset(o), Some(m)) = (e.offset(), marks.get(&e.partition())) {
                     plan.push((e.partition(), o, m.high));
@@ -201,7 +201,11 @@ fn in_range(
 pub fn reader(c: &StreamConnection, label: &str) -> Result<Reader, JobError> {
     let mut config: ClientConfig = connection_config(&c.bootstrap_servers, &c.security)
         .map_err(|e| stream::error(ErrorClass::Config, e.to_string()))?;
+    // librdkafka will not assign partitions without a group id. The group
+    // is never joined (no subscribe) and nothing is committed to it, so one
+    // name serves every read.
     config
+        .set("group.id", "connectivity-agent-read")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
@@ -225,8 +229,10 @@ pub fn watermarks(
     target: &Target,
     deadline: Instant,
 ) -> Result<BTreeMap<i32, PartitionRange>, JobError> {
-    let explain =
-        |e: Option<&KafkaError>| errors::classify(e, &reader.context().errors.snapshot(), target);
+    let explain = |e: Option<&KafkaError>| match e {
+        Some(e) => why(e, reader, target),
+        None => errors::classify(None, &reader.context().errors.snapshot(), target),
+    };
     let md = reader
         .fetch_metadata(Some(topic), remaining(deadline))
         .map_err(|e| explain(Some(&e)))?;
@@ -288,9 +294,7 @@ pub fn scan(
     if open.is_empty() {
         return Ok(());
     }
-    reader
-        .assign(&tpl)
-        .map_err(|e| errors::classify(Some(&e), &[], target))?;
+    reader.assign(&tpl).map_err(|e| why(&e, reader, target))?;
     while !open.is_empty() {
         if Instant::now() >= deadline {
             return Err(stream::error(
@@ -308,10 +312,7 @@ pub fn scan(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
-            Some(Err(e)) => {
-                let reported = reader.context().errors.snapshot();
-                return Err(errors::classify(Some(&e), &reported, target));
-            }
+            Some(Err(e)) => return Err(why(&e, reader, target)),
             Some(Ok(m)) => {
                 let Some(&end) = open.get(&m.partition()) else {
                     continue;
@@ -330,6 +331,16 @@ pub fn scan(
         }
     }
     Ok(())
+}
+
+/// A client failure with its cause: the classified reports, or when they
+/// say nothing specific, librdkafka's own words.
+pub fn why(e: &KafkaError, reader: &Reader, target: &Target) -> JobError {
+    let mut err = errors::classify(Some(e), &reader.context().errors.snapshot(), target);
+    if err.class == ErrorClass::Other {
+        err.message = format!("{}: {e}", err.message);
+    }
+    err
 }
 
 /// Append one record to the frame.

@@ -92,6 +92,7 @@ struct Inner {
 #[derive(Default)]
 pub struct StreamHub {
     inner: Mutex<Inner>,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// What a session tells the hub about itself.
@@ -155,7 +156,12 @@ impl StreamHub {
     }
 
     /// The capable agent of `group` with the fewest requests in flight.
-    fn pick(inner: &Inner, group: &str, capability: &'static str) -> Result<String, RequestError> {
+    fn pick(
+        inner: &Inner,
+        group: &str,
+        capability: &'static str,
+        turn: usize,
+    ) -> Result<String, RequestError> {
         let in_group: Vec<(&String, &Link)> = inner
             .links
             .iter()
@@ -180,12 +186,21 @@ impl StreamHub {
                 agents,
             });
         }
-        capable
+        let least = capable
             .iter()
-            .filter(|(_, l)| l.in_flight < MAX_IN_FLIGHT_PER_AGENT)
-            .min_by_key(|(id, l)| (l.in_flight, *id))
-            .map(|(id, _)| (*id).clone())
-            .ok_or_else(|| RequestError::Busy(group.to_owned()))
+            .map(|(_, l)| l.in_flight)
+            .min()
+            .filter(|n| *n < MAX_IN_FLIGHT_PER_AGENT)
+            .ok_or_else(|| RequestError::Busy(group.to_owned()))?;
+        let mut idle: Vec<&String> = capable
+            .iter()
+            .filter(|(_, l)| l.in_flight == least)
+            .map(|(id, _)| *id)
+            .collect();
+        idle.sort();
+        // Turn by turn among the least busy, so sequential requests use
+        // every agent too.
+        Ok(idle[turn % idle.len()].clone())
     }
 
     /// Send a request built for its id to an agent of `group` that has
@@ -204,7 +219,8 @@ impl StreamHub {
             if inner.pending.len() >= MAX_PENDING {
                 return Err(RequestError::Busy(group.to_owned()));
             }
-            let agent_id = Self::pick(&inner, group, capability)?;
+            let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let agent_id = Self::pick(&inner, group, capability, turn)?;
             let (tx, rx) = oneshot::channel();
             let Some(link) = inner.links.get_mut(&agent_id) else {
                 return Err(RequestError::NoAgent(group.to_owned()));
@@ -281,12 +297,12 @@ mod tests {
         let hub = StreamHub::default();
         let inner = hub.lock();
         assert_eq!(
-            StreamHub::pick(&inner, "g", "publish"),
+            StreamHub::pick(&inner, "g", "publish", 0),
             Err(RequestError::NoAgent("g".into()))
         );
         drop(inner);
         hub.attach(facts("a1", &[]));
-        let err = StreamHub::pick(&hub.lock(), "g", "publish").unwrap_err();
+        let err = StreamHub::pick(&hub.lock(), "g", "publish", 0).unwrap_err();
         assert_eq!(
             err.to_string(),
             "agent too old: the connected agents of group \"g\" (a1 0.0.9) do not support publish; upgrade them to a version that does"
@@ -302,7 +318,7 @@ mod tests {
         let mut picked = Vec::new();
         for _ in 0..2 * MAX_IN_FLIGHT_PER_AGENT {
             let mut inner = hub.lock();
-            let id = StreamHub::pick(&inner, "g", "publish").unwrap();
+            let id = StreamHub::pick(&inner, "g", "publish", 0).unwrap();
             inner.links.get_mut(&id).unwrap().in_flight += 1;
             picked.push(id);
         }
@@ -311,7 +327,7 @@ mod tests {
             MAX_IN_FLIGHT_PER_AGENT
         );
         assert_eq!(
-            StreamHub::pick(&hub.lock(), "g", "publish"),
+            StreamHub::pick(&hub.lock(), "g", "publish", 0),
             Err(RequestError::Busy("g".into()))
         );
     }

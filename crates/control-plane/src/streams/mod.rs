@@ -55,6 +55,8 @@ pub enum StreamError {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PublishAnswer {
     pub connection: String,
+    /// The agent that wrote the records.
+    pub agent: String,
     pub topic: String,
     /// One per record, in order.
     pub records: Vec<RecordOutcome>,

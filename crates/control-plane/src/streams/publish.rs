@@ -100,9 +100,9 @@ impl StreamService {
                 REQUEST_TIMEOUT,
             )
             .await;
-        let result = match sent {
-            Ok((_, Answer::Publish(r))) => r,
-            Ok((_, Answer::Read(_))) => unreachable_answer()?,
+        let (agent, result) = match sent {
+            Ok((agent, Answer::Publish(r))) => (agent, r),
+            Ok((agent, Answer::Read(_))) => (agent, unreachable_answer()?),
             Err(e) => {
                 // Never sent: nothing of this attempt can be in the stream.
                 if new
@@ -140,6 +140,7 @@ impl StreamService {
             .find_map(|(i, r)| r.error.as_ref().map(|e| (i, e)));
         let answer = PublishAnswer {
             connection: name.to_owned(),
+            agent,
             topic: def.connection.topic.clone(),
             error: first.map(|(i, e)| format!("record {i}: {}", e.message)),
             first_error: first.map(|(_, e)| e.class),
