@@ -46,13 +46,7 @@ async fn publish(
     key: Option<&str>,
     body: &Value,
 ) -> (u16, Option<String>, Value) {
-    // Longer than the control plane's 30 s wait for an agent's answer.
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*e.cp.pki.client_config()).clone())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("reqwest client");
-    let mut req = http
+    let mut req = http(e)
         .post(format!("{}/api/v1/streams/{name}/publish", e.cp.base_url()))
         .bearer_auth(CONSOLE_TOKEN)
         .header("content-type", "application/json")
@@ -71,6 +65,25 @@ async fn publish(
         retry,
         resp.json().await.expect("publish answer is JSON"),
     )
+}
+
+/// One HTTPS client per control plane, so requests reuse connections.
+fn http(e: &E2e) -> reqwest::Client {
+    static CLIENTS: std::sync::Mutex<Vec<(String, reqwest::Client)>> =
+        std::sync::Mutex::new(Vec::new());
+    let url = e.cp.base_url();
+    let mut clients = CLIENTS.lock().unwrap();
+    if let Some((_, c)) = clients.iter().find(|(u, _)| *u == url) {
+        return c.clone();
+    }
+    // Longer than the control plane's 30 s wait for an agent's answer.
+    let c = reqwest::Client::builder()
+        .tls_backend_preconfigured((*e.cp.pki.client_config()).clone())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client");
+    clients.push((url, c.clone()));
+    c
 }
 
 async fn read(e: &E2e, name: &str, query: &str) -> (u16, Value) {
@@ -446,4 +459,150 @@ fn spawn_crashing_agent(e: &E2e, name: &str) -> std::process::Child {
         .stderr(log)
         .spawn()
         .expect("start the agent binary")
+}
+
+/// The publish benchmark (scripts/bench.sh --publish; docs/PERFORMANCE.md,
+/// "Publish"): 1 KiB records over SASL_SSL, a bare rdkafka producer against
+/// the console API through one agent, then the latency of 1,000 records/s
+/// as 100 requests of 10 records a second. Prints the numbers; asserts the
+/// targets only when `BENCH_ASSERT=1` (a debug build on a shared machine
+/// measures the build, not the design).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench.sh --publish"]
+async fn measure_publish() {
+    let total: usize = std::env::var("BENCH_PUBLISH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let e = E2e::start().await;
+    let topic = kafka::unique_topic("bench-publish");
+    kafka::create_topic(&e.broker, &topic, 3).await;
+    put_connection(&e, "bench", &connection(&e, &topic)).await;
+    let _agent = e.spawn_agent("bench");
+    wait_capable_agents(&e, 1).await;
+    let value = "v".repeat(1024);
+
+    let bare = bare_producer_rate(&e, &topic, total, &value).await;
+    println!("publish bench: bare producer {bare:.0} records/s");
+    let through = agent_rate(&e, total, &value).await;
+    println!("publish bench: through the agent {through:.0} records/s");
+    let (p50, p99) = latency_at_1000_per_second(&e, &value).await;
+    let ratio = through / bare;
+    println!(
+        "publish bench: bare producer {bare:.0} records/s, through the agent {through:.0} records/s ({:.0}%), \
+         at 1,000 records/s p50 {p50:.1} ms p99 {p99:.1} ms",
+        ratio * 100.0
+    );
+    if std::env::var("BENCH_ASSERT").as_deref() == Ok("1") {
+        assert!(
+            ratio >= 0.5,
+            "through the agent {:.0}% of a bare producer",
+            ratio * 100.0
+        );
+        assert!(p99 < 50.0, "p99 {p99:.1} ms");
+    }
+    kafka::delete_topic(&e.broker, &topic).await;
+}
+
+/// A bare producer with the agent's settings, writing `total` records.
+async fn bare_producer_rate(e: &E2e, topic: &str, total: usize, value: &str) -> f64 {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let b = &e.broker;
+    let producer: FutureProducer = b
+        .sasl_ssl_config("SCRAM-SHA-256", &b.sasl_user, &b.sasl_password)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()
+        .expect("bare producer");
+    let started = std::time::Instant::now();
+    let mut pending = Vec::with_capacity(total);
+    for i in 0..total {
+        let key = format!("k{i}");
+        let rec = FutureRecord::to(topic).key(&key).payload(value);
+        pending.push(
+            producer
+                .send_result(rec)
+                .map_err(|(e, _)| e)
+                .expect("queue"),
+        );
+    }
+    for f in pending {
+        f.await
+            .expect("delivery")
+            .map_err(|(e, _)| e)
+            .expect("acked");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Requests of 500 records, four at a time, through the console API.
+async fn agent_rate(e: &E2e, total: usize, value: &str) -> f64 {
+    let batch = 500;
+    let bodies: Vec<Value> = (0..total.div_ceil(batch))
+        .map(|b| {
+            let recs: Vec<Value> = (0..batch)
+                .map(|i| {
+                    json!({"key": format!("k{}", b * batch + i), "key_encoding": "string",
+                                "value": value, "value_encoding": "string"})
+                })
+                .collect();
+            json!({ "records": recs })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for chunk in bodies.chunks(4).enumerate() {
+        let (n, chunk) = chunk;
+        let keys: Vec<String> = (0..chunk.len()).map(|i| format!("rate-{n}-{i}")).collect();
+        let tasks = chunk
+            .iter()
+            .zip(&keys)
+            .map(|(b, k)| publish(e, "bench", Some(k), b));
+        for (status, _, a) in futures_util::future::join_all(tasks).await {
+            assert_eq!(status, 200, "{a}");
+        }
+    }
+    (bodies.len() * batch) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// 100 requests of 10 records a second for 10 s, each sent on time
+/// whatever the others do (an open loop): p50 and p99 in ms.
+async fn latency_at_1000_per_second(e: &E2e, value: &str) -> (f64, f64) {
+    use futures_util::StreamExt;
+    let body = json!({"records": (0..10).map(|i| json!({"key": i, "value": value, "value_encoding": "string"})).collect::<Vec<_>>()});
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let (mut sent, mut done, mut ms) = (0, 0, Vec::with_capacity(1000));
+    while done < 1000 {
+        tokio::select! {
+            _ = tick.tick(), if sent < 1000 => {
+                let (key, body) = (format!("lat-{sent}"), &body);
+                sent += 1;
+                running.push(async move {
+                    let t = std::time::Instant::now();
+                    let (status, _, _) = publish(e, "bench", Some(&key), body).await;
+                    (status, t.elapsed().as_secs_f64() * 1000.0)
+                });
+            }
+            Some((status, took)) = running.next() => {
+                done += 1;
+                // A refusal (503: the agent's 8 requests in flight) is
+                // back-pressure, counted apart from the latencies.
+                if status == 200 {
+                    ms.push(took);
+                }
+            }
+        }
+    }
+    println!(
+        "publish bench: latency phase: {} of 1000 requests answered 200",
+        ms.len()
+    );
+    ms.sort_by(f64::total_cmp);
+    let at = |q: usize| {
+        ms.get(ms.len().saturating_sub(1) * q / 100)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(50), at(99))
 }
