@@ -42,18 +42,27 @@ impl Streams {
         match msg {
             ControlMessage::Publish(req) => {
                 let id = req.request_id.clone();
-                let result = match self.allowed(&req.connection).await {
+                let secrets = secrets(&req.connection);
+                let mut result = match self.allowed(&req.connection).await {
                     Err(e) => failed_publish(id, e),
                     Ok(()) => self.producers.publish(req).await,
                 };
+                let errors = result.records.iter_mut().filter_map(|r| r.error.as_mut());
+                errors
+                    .chain(result.error.as_mut())
+                    .for_each(|e| redact(e, &secrets));
                 Some(AgentMessage::PublishResult(result))
             }
             ControlMessage::Read(req) => {
                 let id = req.request_id.clone();
-                let result = match self.allowed(&req.connection).await {
+                let secrets = secrets(&req.connection);
+                let mut result = match self.allowed(&req.connection).await {
                     Err(e) => failed_read(id, e),
                     Ok(()) => read::read(req).await,
                 };
+                if let Some(e) = result.error.as_mut() {
+                    redact(e, &secrets);
+                }
                 Some(AgentMessage::ReadResult(result))
             }
             _ => None,
@@ -71,6 +80,26 @@ impl Streams {
         c.check()
             .map_err(|e| stream::error(ErrorClass::Config, e.to_string()))
     }
+}
+
+/// The connection's secrets, to mask in whatever librdkafka put in an
+/// error's text (the last line of defence, as for poll jobs).
+fn secrets(c: &StreamConnection) -> Vec<String> {
+    let sec = &c.security;
+    let mut out = Vec::new();
+    if let Some(s) = &sec.sasl {
+        out.push(s.password.expose().to_owned());
+    }
+    if let Some(t) = &sec.truststore {
+        out.extend(t.password.as_ref().map(|p| p.expose().to_owned()));
+    }
+    out.extend(sec.client_key_pem.as_ref().map(|k| k.expose().to_owned()));
+    out
+}
+
+fn redact(e: &mut JobError, secrets: &[String]) {
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    e.message = crate::kafka::errors::redact(&e.message, &refs);
 }
 
 /// Fault injection for `tests/streams_e2e.rs`: with

@@ -456,3 +456,24 @@ fn marker_index(
             .and_then(|i| i.parse().ok())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idempotency_header_gives_the_index_for_its_key_only() {
+        let h = OwnedHeaders::new()
+            .insert(Header {
+                key: "other",
+                value: Some(&b"key-1/9"[..]),
+            })
+            .insert(Header {
+                key: IDEMPOTENCY_HEADER,
+                value: Some(&b"key-1/17"[..]),
+            });
+        assert_eq!(marker_index(Some(h.as_borrowed()), "key-1/"), Some(17));
+        assert_eq!(marker_index(Some(h.as_borrowed()), "key-11/"), None);
+        assert_eq!(marker_index(None, "key-1/"), None);
+    }
+}

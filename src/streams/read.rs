@@ -368,3 +368,41 @@ pub fn remaining(deadline: Instant) -> Duration {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_names_the_watermarks_and_what_to_read() {
+        let m = PartitionRange {
+            partition: 1,
+            low: 5,
+            high: 20,
+        };
+        let r = |first, last| OffsetRange { first, last };
+        assert!(in_range("t", &m, &[r(5, 19)], false).is_ok());
+        assert!(
+            in_range("t", &m, &[r(20, 20)], true).is_ok(),
+            "the high watermark is where reading waits"
+        );
+        let e = in_range("t", &m, &[r(6, 6), r(3, 4)], false).unwrap_err();
+        assert_eq!(e.class, ErrorClass::OutOfRange);
+        assert_eq!(
+            e.message,
+            "offsets 3-4 of partition 1 of topic \"t\" is out of range: the partition holds offsets 5-19 \
+             (low watermark 5, high watermark 20); read offsets from 5 to 19"
+        );
+        let empty = PartitionRange {
+            partition: 0,
+            low: 7,
+            high: 7,
+        };
+        let e = in_range("t", &empty, &[r(7, 7)], false).unwrap_err();
+        assert!(
+            e.message.contains("the partition holds no records"),
+            "{}",
+            e.message
+        );
+    }
+}
