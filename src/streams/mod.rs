@@ -18,8 +18,8 @@ use connectivity_protocol::{AgentMessage, ControlMessage, PublishResult, ReadRes
 /// What this agent announces in its hello.
 pub const CAPABILITIES: &[&str] = &[CAPABILITY_PUBLISH, CAPABILITY_READ];
 
-/// Publish and read requests running at once on one agent; more are answered
-/// "agent busy" at once, so the control plane can pick another agent or ask
+/// Publish and read requests running at once on one agent (and waiting, in
+/// the session's queue); more are answered "agent busy" at once, so the control plane can pick another agent or ask
 /// the caller to retry, instead of a queue growing here.
 pub const MAX_IN_FLIGHT: usize = 8;
 
