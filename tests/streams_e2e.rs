@@ -330,6 +330,20 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
         "{body}"
     );
 
+    // The agent's allow-list (loopback only in the tests) applies as to a job.
+    let mut outside = connection(&e, &topic);
+    outside["bootstrap_servers"] = json!("kafka.example.com:9092");
+    put_connection(&e, "outside", &outside).await;
+    let (status, _, body) = publish(&e, "outside", Some("k6"), &one).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"],
+        "stream endpoint kafka.example.com:9092 is not in this agent's agent_ALLOWED_ENDPOINTS (127.0.0.1:*,localhost:*); \
+         add it there on the agent host (for example agent_ALLOWED_ENDPOINTS=kafka.example.com:9092) and restart the agent"
+    );
+    let (status, body) = read(&e, "outside", "latest=1").await;
+    assert_eq!(status, 403, "{body}");
+
     let mut bad = connection(&e, &topic);
     bad["topic"] = json!("bad topic");
     let (status, body) = e.cp.console("PUT", "/api/v1/streams/bad", Some(&bad)).await;
