@@ -10,6 +10,7 @@
 #             nothing about speed. Built with the dev profile and run against
 #             the test broker (target/kafka-test), which scripts/test.sh
 #             has already started.
+#   --publish the publish benchmark only (see its part below).
 #   (full)    about 19 minutes plus builds; release build, its own broker in
 #             target/bench/kafka (stopped again at the end), so that other
 #             tests do not share the broker while it is measured.
@@ -24,6 +25,18 @@
 # broker.env it names and never starts or stops it; BENCH_KAFKA_DIR wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# --- publish part (issue 19; docs/CONTROL_PLANE.md, "Streams") ---------------
+# scripts/bench.sh --publish: a bare rdkafka producer against publishing the
+# same 1 KiB records through the console API and one agent, and p50/p99 at
+# 1,000 records/s, on the broker KAFKA_TEST_ENV names (release build;
+# BENCH_PROFILE=dev for a quick look; BENCH_ASSERT=1 fails below the targets).
+if [ "${1:-}" = --publish ]; then
+  : "${KAFKA_TEST_ENV:?set KAFKA_TEST_ENV to the broker.env of a running broker (scripts/kafka-broker.sh start DIR)}"
+  prof=${BENCH_PROFILE:-release}
+  exec cargo test --profile "$prof" --test streams_e2e measure_publish -- --ignored --nocapture
+fi
+# --- end of the publish part ---------------------------------------------------
 
 short=0
 for a in "$@"; do

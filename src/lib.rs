@@ -23,3 +23,4 @@ pub mod memory;
 pub mod metrics;
 pub mod relay;
 pub mod service;
+pub mod streams;

@@ -502,3 +502,92 @@ async fn an_operator_runs_agents_and_jobs_from_the_console() {
     assert_eq!(status, 401);
     b.quit().await;
 }
+
+/// The stream browser (issue 19): an operator reads a private stream's
+/// records by offsets and ranges through an agent; the connection's secrets
+/// never reach the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_browses_a_streams_records() {
+    use base64::Engine;
+    let t = E2e::start().await;
+    let broker = &t.broker;
+    let topic = kafka::unique_topic("browse");
+    kafka::create_topic(broker, &topic, 1).await;
+    let jks = std::fs::read(&broker.truststore_jks).unwrap();
+    let jks_b64 = base64::engine::general_purpose::STANDARD.encode(jks);
+    let def = json!({"group": common::control_plane::GROUP, "bootstrap_servers": broker.sasl_ssl, "topic": topic,
+        "security": {"protocol": "SASL_SSL",
+            "sasl": {"mechanism": "PLAIN", "username": broker.sasl_user, "password": broker.sasl_password},
+            "truststore": {"format": "jks", "data": jks_b64, "password": broker.truststore_password}}});
+    let (status, body) =
+        t.cp.console("PUT", "/api/v1/streams/orders", Some(&def))
+            .await;
+    assert_eq!(status, 204, "{body}");
+    let _agent = t.spawn_agent("browse-agent");
+    let records: Vec<Value> = (0..20)
+        .map(|i| json!({"key": format!("order-{i}"), "key_encoding": "string", "value": {"order": i}}))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp =
+            t.cp.http()
+                .post(format!("{}/api/v1/streams/orders/publish", t.cp.base_url()))
+                .bearer_auth(common::control_plane::CONSOLE_TOKEN)
+                .header("idempotency-key", "browse-1")
+                .header("content-type", "application/json")
+                .body(json!({ "records": records }).to_string())
+                .send()
+                .await
+                .unwrap();
+        // 503 until the agent has connected.
+        if resp.status() == 503 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        break;
+    }
+
+    let driver = ChromeDriver::start().await;
+    let b = driver.browser(WIDTH, HEIGHT).await;
+    let base = t.cp.base_url();
+    log_in(&b, &base).await;
+    b.goto(&format!("{base}/console/#/streams")).await;
+    b.wait_text("#streams-table", "the stream list", |t| {
+        t.contains("orders") && t.contains(&topic)
+    })
+    .await;
+    b.goto(&format!("{base}/console/#/streams/orders")).await;
+    b.wait_text("#stream-facts", "the connection", |t| {
+        t.contains("password ******")
+    })
+    .await;
+    b.select("#read-mode", "offsets").await;
+    b.fill("#read-partition", "0").await;
+    b.fill("#read-offsets", "6,10-11,16").await;
+    b.click("#read-go").await;
+    b.wait_text("#stream-outcome", "the read", |t| {
+        t.starts_with("4 records")
+    })
+    .await;
+    b.wait_text("#stream-records", "the records", |t| {
+        t.contains("order-6") && t.contains("{\"order\":11}") && !t.contains("order-7")
+    })
+    .await;
+    b.fill("#read-offsets", "6,25").await;
+    b.click("#read-go").await;
+    b.wait_text("#stream-outcome", "the out-of-range error", |t| {
+        t.contains("offset 25 of partition 0") && t.contains("high watermark 20")
+    })
+    .await;
+    b.screenshot_to(screenshots().as_deref(), "stream").await;
+    let seen = page_contents(&b).await;
+    for secret in [
+        broker.sasl_password.as_str(),
+        broker.truststore_password.as_str(),
+        &jks_b64[..40],
+    ] {
+        assert!(!seen.contains(secret), "a secret reached the page");
+    }
+    kafka::delete_topic(broker, &topic).await;
+}

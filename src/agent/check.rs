@@ -174,6 +174,10 @@ fn check_hello(config: &AgentConfig, connector: &Connector) -> Hello {
         group: config.group.clone(),
         host: HostFacts::current(),
         proxy: connector.proxy_address(),
+        capabilities: crate::streams::CAPABILITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
     }
 }
 

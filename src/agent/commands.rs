@@ -24,11 +24,15 @@ pub struct CommandContext {
     pub restart_requested: AtomicBool,
     pub started: std::time::Instant,
     pub session: std::sync::Mutex<serde_json::Value>,
+    /// Publish and read on demand (its producers outlive sessions).
+    pub streams: crate::streams::Streams,
 }
 
 impl CommandContext {
     pub fn new(config: AgentConfig, agent_id: String, shutdown: CancellationToken) -> Arc<Self> {
+        let streams = crate::streams::Streams::new(config.allowed_endpoints.clone());
         Arc::new(CommandContext {
+            streams,
             config,
             agent_id,
             shutdown,

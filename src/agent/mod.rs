@@ -176,6 +176,10 @@ impl<'a> Supervisor<'a> {
             group: config.group.clone(),
             host: HostFacts::current(),
             proxy: connector.proxy_address(),
+            capabilities: crate::streams::CAPABILITIES
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
         };
         info!(
             agent_id = %agent_id,

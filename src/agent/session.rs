@@ -154,6 +154,8 @@ pub async fn run(
     let (reply_tx, mut reply_rx) = mpsc::channel::<AgentMessage>(16);
     // Commands run beside the reader, a few at a time; more are refused.
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<(String, Command)>(MAX_CONCURRENT_COMMANDS);
+    // Publish and read requests likewise; a full queue answers "busy".
+    let (stream_tx, mut stream_rx) = mpsc::channel::<ControlMessage>(crate::streams::MAX_IN_FLIGHT);
     jobs.session_restored(out_tx);
 
     let (mut sink, mut stream) = ws.split();
@@ -172,11 +174,19 @@ pub async fn run(
         &mut stream,
         est.heartbeat_timeout,
         &finished,
-        &reply_tx,
-        &cmd_tx,
+        Queues {
+            reply: &reply_tx,
+            commands: &cmd_tx,
+            streams: &stream_tx,
+        },
         jobs,
     );
-    let commands = command_loop(&mut cmd_rx, &reply_tx, ctx, jobs);
+    let commands = async {
+        tokio::join!(
+            command_loop(&mut cmd_rx, &reply_tx, ctx, jobs),
+            stream_loop(&mut stream_rx, &reply_tx, &ctx.streams)
+        )
+    };
     let drain = drain(shutdown, drain_timeout, &reply_tx, &draining, jobs);
 
     tokio::pin!(writer, reader, drain, commands);
@@ -293,10 +303,10 @@ async fn read_loop(
     stream: &mut SplitStream<Channel>,
     heartbeat_timeout: Duration,
     finished: &CancellationToken,
-    reply_tx: &mpsc::Sender<AgentMessage>,
-    cmd_tx: &mpsc::Sender<(String, Command)>,
+    queues: Queues<'_>,
     jobs: &dyn JobHost,
 ) -> Result<SessionEnd, SessionError> {
+    let reply_tx = queues.reply;
     let mut protocol_errors = 0u32;
     loop {
         let next = tokio::select! {
@@ -325,10 +335,10 @@ async fn read_loop(
             }
             _ => continue,
         };
-        match connectivity_protocol::decode::<ControlMessage>(&text) {
+        match connectivity_protocol::decode_control(&text) {
             Ok(m) => {
                 protocol_errors = 0;
-                if let Some(end) = on_control_message(m, jobs, reply_tx, cmd_tx) {
+                if let Some(end) = on_control_message(m, jobs, &queues) {
                     return Ok(end);
                 }
             }
@@ -340,15 +350,34 @@ async fn read_loop(
     }
 }
 
-/// A well-formed control message: a command is queued for the command
-/// loop (or refused when too many run), anything else is dispatched.
-/// `Some` ends the session.
+/// Where the reader hands what it does not do itself.
+#[derive(Clone, Copy)]
+struct Queues<'a> {
+    /// Replies for the writer (protocol errors, "busy" answers).
+    reply: &'a mpsc::Sender<AgentMessage>,
+    commands: &'a mpsc::Sender<(String, Command)>,
+    /// Publish and read requests for the stream loop.
+    streams: &'a mpsc::Sender<ControlMessage>,
+}
+
+/// A well-formed control message: a command, publish or read is queued
+/// for its loop (or refused when too many run), anything else is
+/// dispatched. `Some` ends the session.
 fn on_control_message(
     msg: ControlMessage,
     jobs: &dyn JobHost,
-    reply_tx: &mpsc::Sender<AgentMessage>,
-    cmd_tx: &mpsc::Sender<(String, Command)>,
+    queues: &Queues<'_>,
 ) -> Option<SessionEnd> {
+    let (reply_tx, cmd_tx) = (queues.reply, queues.commands);
+    if matches!(msg, ControlMessage::Publish(_) | ControlMessage::Read(_)) {
+        if let Err(e) = queues.streams.try_send(msg) {
+            let msg = e.into_inner();
+            if let Some(busy) = crate::streams::busy(&msg) {
+                let _ = reply_tx.try_send(busy);
+            }
+        }
+        return None;
+    }
     let ControlMessage::Command {
         command_id,
         command,
@@ -415,6 +444,32 @@ async fn command_loop(
     }
 }
 
+/// Run the queued publish and read requests, up to
+/// [`MAX_IN_FLIGHT`](crate::streams::MAX_IN_FLIGHT) at a time, and send
+/// their answers. Returns when the queue closes or the writer is gone.
+async fn stream_loop(
+    rx: &mut mpsc::Receiver<ControlMessage>,
+    reply_tx: &mpsc::Sender<AgentMessage>,
+    streams: &crate::streams::Streams,
+) {
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(msg) = rx.recv(), if running.len() < crate::streams::MAX_IN_FLIGHT => {
+                running.push(streams.handle(msg));
+            }
+            Some(answer) = running.next(), if !running.is_empty() => {
+                let Some(answer) = answer else { continue };
+                crate::streams::crash_after_publish(&answer);
+                if reply_tx.send(answer).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
 /// On shutdown: tell the control plane, drain the jobs within the
 /// deadline, and leave the writer a moment for the final job states.
 async fn drain(
@@ -466,7 +521,9 @@ fn dispatch(msg: ControlMessage, jobs: &dyn JobHost) -> Option<SessionEnd> {
             None
         }
         // Handled by the reader before dispatch.
-        ControlMessage::Command { .. } => None,
+        ControlMessage::Command { .. } | ControlMessage::Publish(_) | ControlMessage::Read(_) => {
+            None
+        }
         ControlMessage::Goodbye { reason } => Some(SessionEnd::ClosedByPeer(reason)),
         ControlMessage::Welcome { .. } | ControlMessage::Rejected { .. } => {
             warn!("unexpected welcome/rejected in an established session; ignored");

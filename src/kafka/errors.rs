@@ -106,7 +106,12 @@ fn rank(class: ErrorClass) -> u8 {
         ErrorClass::Sasl | ErrorClass::Tls | ErrorClass::Dns => 5,
         ErrorClass::Authorization | ErrorClass::TopicMissing => 4,
         ErrorClass::Tcp => 3,
-        ErrorClass::Config | ErrorClass::NotAllowed | ErrorClass::Sink => 2,
+        ErrorClass::Config
+        | ErrorClass::NotAllowed
+        | ErrorClass::Sink
+        | ErrorClass::OutOfRange
+        | ErrorClass::TooLarge
+        | ErrorClass::Busy => 2,
         ErrorClass::Other => 1,
     }
 }

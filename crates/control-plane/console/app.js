@@ -5,6 +5,7 @@ import { h, fill } from './dom.js';
 import { api, setCsrf, whenLoggedOut } from './api.js';
 import * as views from './views.js';
 import * as jobs from './jobs.js';
+import * as streams from './streams.js';
 import { jobForm } from './form.js';
 
 /** Seconds of history kept per job for the charts (a ring per job). */
@@ -179,6 +180,8 @@ const ROUTES = [
   [/^#\/jobs\/new$/, ctx => jobForm(ctx, null)],
   [/^#\/jobs\/([^/]+)\/edit$/, (ctx, id) => jobForm(ctx, id)],
   [/^#\/jobs\/([^/]+)$/, jobs.page],
+  [/^#\/streams$/, streams.list],
+  [/^#\/streams\/([^/]+)$/, streams.page],
   [/^#\/groups$/, views.groups],
   [/^#\/audit$/, views.audit],
 ];

@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Commands waiting for an answer, over all agents.
 pub const MAX_PENDING: usize = 256;
 /// Commands queued for one session before the console is told it is busy.
-const SESSION_QUEUE: usize = 8;
+/// Publish and read requests share the queue, so it holds one agent's
+/// requests in flight on top of a few commands.
+const SESSION_QUEUE: usize = 16;
 
 /// Why a command could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +142,20 @@ impl CommandHub {
             command_id,
             rx,
             hub: self.clone(),
+        })
+    }
+
+    /// Queue a message that is not a command (a publish or read request,
+    /// whose answers `streams::hub` tracks) for the agent's live session.
+    pub fn forward(&self, agent_id: &str, msg: ControlMessage) -> Result<(), SendError> {
+        let inner = self.lock();
+        let link = inner
+            .links
+            .get(agent_id)
+            .ok_or_else(|| SendError::NotConnected(agent_id.to_owned()))?;
+        link.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(agent_id.to_owned()),
         })
     }
 

@@ -53,6 +53,7 @@ pub mod session;
 pub mod sink;
 mod state;
 pub mod status;
+pub mod streams;
 pub mod tokens;
 
 pub use config::{ConfigError, ControlPlaneConfig};
@@ -146,6 +147,14 @@ impl ControlPlane {
         })?;
         let jobs =
             Arc::new(JobService::open(config.clone(), delivery.clone(), registry.clone()).await?);
+        let streams = streams::StreamService::open(&config.state_dir)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the stream store in {}",
+                    config.state_dir.display()
+                )
+            })?;
         let tokens = Arc::new(tokens::TokenStore::new(
             config.token_ttl,
             tokens::MAX_TOKENS,
@@ -161,6 +170,7 @@ impl ControlPlane {
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             commands: Arc::new(commands::CommandHub::default()),
+            streams: Arc::new(streams),
             audit: Arc::new(audit),
             metrics: Arc::new(metrics::Metrics::new()),
             refusals: certificate::RefusalLog::default(),

@@ -22,6 +22,7 @@ use super::auth::Principal;
 use super::registry::NewSession;
 use super::sink::BatchOrigin;
 use super::state::Shared;
+use super::streams::hub::Answer;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use connectivity_protocol::job::{JobPhase, JobState};
 use connectivity_protocol::{
@@ -72,6 +73,10 @@ pub(crate) async fn run(
         let reason = live.run().await;
         live.shared
             .commands
+            .detach(&live.origin.agent_id, &live.origin.session_id);
+        live.shared
+            .streams
+            .hub
             .detach(&live.origin.agent_id, &live.origin.session_id);
         live.shared
             .registry
@@ -239,8 +244,20 @@ async fn admit(
     // Attached before the welcome: the console may send a command as soon
     // as the registry shows the agent connected.
     let commands = shared.commands.attach(&origin.agent_id, &origin.session_id);
+    shared.streams.hub.attach(super::streams::hub::AgentFacts {
+        agent_id: &origin.agent_id,
+        session_id: &origin.session_id,
+        group: &origin.group,
+        name: &hello.agent_name,
+        version: &hello.agent_version,
+        capabilities: &hello.capabilities,
+    });
     if let Err(err) = conn.send(&welcome(&shared, session_id)).await {
         shared.commands.detach(&origin.agent_id, &origin.session_id);
+        shared
+            .streams
+            .hub
+            .detach(&origin.agent_id, &origin.session_id);
         shared
             .registry
             .disconnect(&origin.agent_id, &origin.session_id, &err);
@@ -572,6 +589,8 @@ impl Live {
                 }
                 Flow::Continue
             }
+            AgentMessage::PublishResult(r) => self.on_stream_answer(Answer::Publish(r)),
+            AgentMessage::ReadResult(r) => self.on_stream_answer(Answer::Read(r)),
             AgentMessage::ProtocolError { message } => {
                 tracing::warn!(message = %truncate(&message), "agent reported a protocol error");
                 Flow::Continue
@@ -584,6 +603,15 @@ impl Live {
                 Flow::End(format!("agent said goodbye: {}", truncate(&reason)))
             }
         }
+    }
+
+    /// A publish or read answer goes to whoever waits for it.
+    fn on_stream_answer(&mut self, answer: Answer) -> Flow {
+        let (agent, session) = (&self.origin.agent_id, &self.origin.session_id);
+        if !self.shared.streams.hub.complete(agent, session, answer) {
+            tracing::info!("answer to a publish or read nobody waits for (timed out); ignored");
+        }
+        Flow::Continue
     }
 
     /// Send `assign_job` for every job of the group that is new or changed
@@ -749,6 +777,8 @@ fn kind(m: &AgentMessage) -> &'static str {
         AgentMessage::Heartbeat { .. } => "heartbeat",
         AgentMessage::JobState(_) => "job_state",
         AgentMessage::CommandResult(_) => "command_result",
+        AgentMessage::PublishResult(_) => "publish_result",
+        AgentMessage::ReadResult(_) => "read_result",
         AgentMessage::Draining { .. } => "draining",
         AgentMessage::ProtocolError { .. } => "protocol_error",
         AgentMessage::Goodbye { .. } => "goodbye",

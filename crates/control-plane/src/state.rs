@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub tasks: TaskTracker,
     /// Console commands on their way to agents.
     pub commands: Arc<crate::commands::CommandHub>,
+    /// Stream connections, publishes and reads through agents.
+    pub streams: Arc<crate::streams::StreamService>,
     /// Who did what through the console.
     pub audit: Arc<crate::audit::AuditLog>,
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -388,7 +388,15 @@ async fn no_secret_reaches_the_page_its_api_answers_or_its_event_stream() {
 
     let mut seen = String::new();
     for file in [
-        "", "app.js", "api.js", "dom.js", "views.js", "jobs.js", "form.js", "chart.js",
+        "",
+        "app.js",
+        "api.js",
+        "dom.js",
+        "views.js",
+        "jobs.js",
+        "streams.js",
+        "form.js",
+        "chart.js",
     ] {
         let text = cp
             .http()

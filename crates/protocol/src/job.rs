@@ -304,6 +304,12 @@ pub enum ErrorClass {
     Authorization,
     TopicMissing,
     Sink,
+    /// An offset outside the partition's watermarks (reads on demand).
+    OutOfRange,
+    /// A record over the stream's size limit (publish).
+    TooLarge,
+    /// The agent runs as many publish and read requests as it may.
+    Busy,
     Other,
 }
 

@@ -16,6 +16,7 @@ pub mod command;
 pub mod connection_test;
 pub mod job;
 pub mod secret;
+pub mod stream;
 pub mod truststore;
 pub mod validate;
 
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use batch::{Batch, Record};
 pub use command::{Command, CommandResult};
 pub use job::{JobSpec, JobState, PartitionState};
+pub use stream::{PublishRequest, PublishResult, ReadRequest, ReadResult};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -75,6 +77,11 @@ pub struct Hello {
     /// The proxy the agent connects through, if any (`host:port`, no credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// Messages beyond version 1 the agent answers, e.g.
+    /// [`stream::CAPABILITY_PUBLISH`]. Absent in older agents: the control
+    /// plane then sends them none of these messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// Why the control plane refused a hello. Every reason is permanent: the agent
@@ -104,6 +111,10 @@ pub enum AgentMessage {
     JobState(JobState),
     /// The answer to a [`ControlMessage::Command`].
     CommandResult(CommandResult),
+    /// The answer to a [`ControlMessage::Publish`].
+    PublishResult(PublishResult),
+    /// The answer to a [`ControlMessage::Read`].
+    ReadResult(ReadResult),
     /// The agent is stopping: it fetches nothing new and finishes its
     /// in-flight batches within `deadline_ms`, then says goodbye.
     Draining { deadline_ms: u64 },
@@ -150,6 +161,12 @@ pub enum ControlMessage {
         command_id: String,
         command: Command,
     },
+    /// Write records into a stream; only to an agent whose hello listed
+    /// [`stream::CAPABILITY_PUBLISH`]. Answered with a `publish_result`.
+    Publish(PublishRequest),
+    /// Read records without a consumer group; only to an agent whose hello
+    /// listed [`stream::CAPABILITY_READ`]. Answered with a `read_result`.
+    Read(ReadRequest),
     /// The peer sent something this side cannot accept.
     ProtocolError { message: String },
     /// The control plane closes the session on purpose.
@@ -176,6 +193,28 @@ pub fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, DecodeErr
     serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
+/// Largest control message an agent with [`stream::CAPABILITY_PUBLISH`]
+/// accepts: a `publish` carries up to [`stream::MAX_PUBLISH_FRAME_BYTES`]
+/// of records as base64, so that one 1 MB record (OCI Streaming's limit)
+/// fits. Every other message stays under [`MAX_CONTROL_MESSAGE_BYTES`].
+pub const MAX_PUBLISH_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Decode a control message as an agent that publishes does: the larger
+/// limit applies to `publish` alone.
+pub fn decode_control(text: &str) -> Result<ControlMessage, DecodeError> {
+    if text.len() <= MAX_CONTROL_MESSAGE_BYTES {
+        return decode(text);
+    }
+    let too_large = DecodeError::TooLarge {
+        size: text.len(),
+        limit: MAX_CONTROL_MESSAGE_BYTES,
+    };
+    if text.len() > MAX_PUBLISH_MESSAGE_BYTES || !text.starts_with("{\"type\":\"publish\"") {
+        return Err(too_large);
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 /// Encode a control message as JSON text.
 pub fn encode<T: Serialize>(msg: &T) -> String {
     // Serializing these plain enums cannot fail: no maps with non-string keys.
@@ -197,6 +236,7 @@ mod tests {
             group: "g".into(),
             host: HostFacts::current(),
             proxy: None,
+            capabilities: vec![],
         });
         let text = encode(&hello);
         assert!(text.starts_with("{\"type\":\"hello\""), "{text}");
@@ -211,6 +251,31 @@ mod tests {
                 .contains("unknown variant `launch_missiles`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_a_publish_may_exceed_the_control_message_limit() {
+        let pad = "x".repeat(MAX_CONTROL_MESSAGE_BYTES);
+        let big_error = encode(&ControlMessage::ProtocolError {
+            message: pad.clone(),
+        });
+        assert!(matches!(
+            decode_control(&big_error),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let publish = ControlMessage::Publish(PublishRequest {
+            request_id: "r".into(),
+            connection: stream::StreamConnection {
+                bootstrap_servers: "h:9092".into(),
+                topic: "t".into(),
+                security: Default::default(),
+            },
+            idempotency_key: "k".into(),
+            frame: pad,
+            recover_since_ms: None,
+            timeout_ms: 1000,
+        });
+        assert_eq!(decode_control(&encode(&publish)).unwrap(), publish);
     }
 
     #[test]

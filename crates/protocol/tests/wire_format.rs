@@ -128,3 +128,71 @@ fn recorded_compressed_frames_hold_the_same_batch() {
         assert_eq!(raw, Bytes::from_static(FRAME), "{name}");
     }
 }
+
+const STREAM_AGENT_MESSAGES: &str = include_str!("fixtures/wire-v1/stream-agent-messages.jsonl");
+const STREAM_CONTROL_MESSAGES: &str =
+    include_str!("fixtures/wire-v1/stream-control-messages.jsonl");
+
+/// The publish and read messages (issue 19), recorded when they were added:
+/// additive to version 1, sent only to agents whose hello lists the
+/// capability, so an older agent never sees one.
+#[test]
+fn recorded_stream_messages_decode_and_encode_byte_identically() {
+    let mut kinds = Vec::new();
+    for line in lines(STREAM_AGENT_MESSAGES) {
+        let msg: AgentMessage = wire::decode(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(wire::encode(&msg), line);
+        kinds.push(serde_json::from_str::<serde_json::Value>(line).unwrap()["type"].clone());
+    }
+    for line in lines(STREAM_CONTROL_MESSAGES) {
+        let msg = wire::decode_control(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(wire::encode(&msg), line);
+        let v = serde_json::from_str::<serde_json::Value>(line).unwrap();
+        kinds.push(v["type"].clone());
+        if let Some(from) = v["selection"]["from"].as_str() {
+            kinds.push(format!("read from {from}").into());
+        }
+    }
+    for kind in [
+        "publish",
+        "publish_result",
+        "read",
+        "read_result",
+        "hello",
+        "read from offset",
+        "read from offsets",
+        "read from latest",
+        "read from timestamp",
+    ] {
+        assert!(kinds.contains(&kind.into()), "no recorded {kind} message");
+    }
+    // The hello of an agent that publishes lists the capabilities; one
+    // without them (version 1 as first recorded) still decodes, with none.
+    let hello = lines(STREAM_AGENT_MESSAGES)
+        .find(|l| l.contains("\"type\":\"hello\""))
+        .unwrap();
+    assert!(
+        hello.ends_with(r#""capabilities":["publish","read"]}"#),
+        "{hello}"
+    );
+    let old = lines(AGENT_MESSAGES)
+        .find(|l| l.contains("\"type\":\"hello\""))
+        .unwrap();
+    match wire::decode::<AgentMessage>(old).unwrap() {
+        AgentMessage::Hello(h) => assert!(h.capabilities.is_empty()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_recorded_publish_carries_its_records_as_a_batch_frame() {
+    let line = lines(STREAM_CONTROL_MESSAGES).next().unwrap();
+    let ControlMessage::Publish(p) = wire::decode_control(line).unwrap() else {
+        panic!("first recorded control message is a publish: {line}");
+    };
+    let batch = connectivity_protocol::stream::frame_from_base64(&p.frame).unwrap();
+    assert_eq!(batch.topic, "ORDERS");
+    assert_eq!(batch.records.len(), 2);
+    assert_eq!(batch.records[0].partition, -1, "partitioner chooses");
+    assert_eq!(batch.records[1].partition, 2);
+}

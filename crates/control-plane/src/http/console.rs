@@ -31,6 +31,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}", get(agent))
         .merge(super::console_jobs::routes())
+        .merge(super::console_streams::routes())
         .merge(super::console_commands::routes())
         .merge(super::console_events::routes())
         .route("/api/v1/{*rest}", any(unknown))

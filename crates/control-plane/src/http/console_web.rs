@@ -70,6 +70,7 @@ const ASSETS: &[Asset] = &[
     asset!("dom.js", JS),
     asset!("views.js", JS),
     asset!("jobs.js", JS),
+    asset!("streams.js", JS),
     asset!("form.js", JS),
     asset!("chart.js", JS),
 ];

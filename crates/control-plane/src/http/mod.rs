@@ -14,6 +14,7 @@ mod console;
 mod console_commands;
 mod console_events;
 mod console_jobs;
+mod console_streams;
 mod console_web;
 mod oauth;
 mod serve;

@@ -361,6 +361,7 @@ pub fn hello(agent_id: &str, group: &str) -> Hello {
             arch: "x86_64".into(),
         },
         proxy: Some("proxy.example:3128".into()),
+        capabilities: vec![],
     }
 }
 
