@@ -8,6 +8,9 @@
 //! permanent error is retried slowly and reported, never skipped), so
 //! [`Delivery::deliver`] returns only once the batch may be acked, or when the
 //! job stops or the control plane shuts down (then: no ack; the agent resends).
+//! The ack does not wait for the watermarks to be saved: the job's saver
+//! (`saver.rs`) writes them behind it, several batches in one transaction
+//! when the store is slower than the sink.
 //!
 //! Cancel-safe: if the caller stops waiting (its agent disconnected), the
 //! worker still finishes the batch and advances the watermarks, so the copy
@@ -17,12 +20,15 @@ use super::dedup::Watermarks;
 use super::definition::{JobDefinition, ValidationError};
 use super::jsonl::{self, FileEnd};
 use super::record::OutBatch;
+use super::saver::{SaveState, Saver};
 use super::sink::{Sink, SinkConfig, SinkError};
 use super::store::{Store, StoreError, StoredJob, Upserted, changes_stream};
+use super::webhook::Accepted;
 use connectivity_common::backoff::Backoff;
 use connectivity_protocol::{Batch, ControlMessage, Record};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -186,6 +192,7 @@ struct ActiveJob {
 struct JobShared {
     stats: Mutex<JobStats>,
     watermarks: Mutex<Watermarks>,
+    saves: Arc<SaveState>,
 }
 
 struct Work {
@@ -507,6 +514,8 @@ impl Delivery {
         let handle = self.handle(job_id).ok_or_else(|| AdminError::NotFound {
             job_id: job_id.to_owned(),
         })?;
+        // No save of watermarks from before the reset may land after it.
+        let _no_saves = handle.shared.saves.forget().await;
         *lock(&handle.shared.watermarks) = Watermarks::default();
         let file_end = file_end_now(&handle.config.borrow().stored.definition.sink);
         self.inner.store.clear_watermarks(job_id, file_end).await?;
@@ -540,6 +549,7 @@ impl Delivery {
         let h = self.handle(job_id)?;
         let mut stats = lock(&h.shared.stats).clone();
         stats.watermarks = lock(&h.shared.watermarks).as_map().clone();
+        stats.watermark_write_errors = h.shared.saves.errors.load(Ordering::Relaxed);
         stats.queued_batches = h.queue.max_capacity() - h.queue.capacity();
         Some(stats)
     }
@@ -559,21 +569,30 @@ impl Delivery {
         let shared = Arc::new(JobShared {
             stats: Mutex::new(JobStats::default()),
             watermarks: Mutex::new(Watermarks::new(marks)),
+            saves: Arc::default(),
         });
         let cancel = self.inner.shutdown.child_token();
+        let (saver, saving) = Saver::new(
+            self.inner.store.clone(),
+            job_id.clone(),
+            shared.saves.clone(),
+        );
         let worker = Worker {
             job_id: job_id.clone(),
-            store: self.inner.store.clone(),
             options: self.inner.options.clone(),
             config: config_rx,
             shared: shared.clone(),
             cancel: cancel.clone(),
             shutdown: self.inner.shutdown.clone(),
-            unsaved: BTreeMap::new(),
-            unsaved_end: None,
+            saver,
         };
         let span = tracing::info_span!("job", job = %job_id);
-        let join = self.inner.tasks.spawn(worker.run(rx).instrument(span));
+        // The job's task ends when the worker has stopped and then its last
+        // watermarks are written (the worker's end drops the saver).
+        let job = async move {
+            tokio::join!(worker.run(rx), saving);
+        };
+        let join = self.inner.tasks.spawn(job.instrument(span));
         let handle = Arc::new(JobHandle {
             queue,
             config,
@@ -621,19 +640,20 @@ fn stop_reason(shutdown: &CancellationToken, job_id: String, batch_seq: u64) -> 
 
 struct Worker {
     job_id: String,
-    store: Store,
     options: DeliveryOptions,
     config: watch::Receiver<Arc<ActiveJob>>,
     shared: Arc<JobShared>,
     cancel: CancellationToken,
     shutdown: CancellationToken,
-    /// Watermarks whose write failed, retried with the next batch.
-    unsaved: BTreeMap<i32, i64>,
-    /// Where the JSONL file ended after the last batch, if not yet saved.
-    unsaved_end: Option<FileEnd>,
+    /// Saves the watermarks behind the acks.
+    saver: Saver,
 }
 
 impl Worker {
+    /// Deliver the queue's batches until the job stops, then answer what is
+    /// left in it. Its end drops the saver: the job's task then writes the
+    /// last watermarks, and a job's replacement or deletion (which waits
+    /// for that task) starts only after its last save.
     async fn run(mut self, mut queue: mpsc::Receiver<Work>) {
         loop {
             let work = tokio::select! {
@@ -684,7 +704,7 @@ impl Worker {
                 .deliver_with_retries(&topic, batch_seq, &filtered.records)
                 .await?;
             let moved = lock(&self.shared.watermarks).advance(&filtered.records);
-            self.save_watermarks(moved, file_end).await;
+            self.saver.add(moved, file_end);
         }
         let mut stats = lock(&self.shared.stats);
         stats.records_delivered += filtered.records.len() as u64;
@@ -708,21 +728,23 @@ impl Worker {
         records: &[Record],
     ) -> Result<Option<FileEnd>, DeliveryError> {
         let mut backoff = Backoff::new(self.options.retry_base, self.options.retry_cap);
+        let mut accepted = Accepted::new();
+        let mut sink: Option<Arc<Sink>> = None;
         loop {
             let active = self.config.borrow_and_update().clone();
-            // Built per attempt: a value format changed meanwhile applies.
-            // The discard sink never looks at records: no encoding for it.
-            let batch = if active.sink.reads_records() {
-                OutBatch::new(
-                    &self.job_id,
-                    topic,
-                    records,
-                    active.stored.definition.value_format,
-                )
-            } else {
-                OutBatch::bare(&self.job_id, topic)
-            };
-            let err = match active.sink.deliver(&batch).await {
+            // Parts a previous sink took say nothing about a new one.
+            if !sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, &active.sink)) {
+                accepted.clear();
+                sink = Some(active.sink.clone());
+            }
+            // Per attempt: a value format changed meanwhile applies.
+            let batch = OutBatch::new(
+                &self.job_id,
+                topic,
+                records,
+                active.stored.definition.value_format,
+            );
+            let err = match active.sink.deliver(&batch, &mut accepted).await {
                 Ok(file_end) => {
                     lock(&self.shared.stats).sink_state = SinkState::Ok;
                     return Ok(file_end);
@@ -764,30 +786,6 @@ impl Worker {
                     info!(batch_seq, "sink configuration changed; retrying now");
                     backoff.reset();
                 }
-            }
-        }
-    }
-
-    /// Persist moved watermarks, with where the JSONL file ends after the
-    /// batch (one transaction). A failed write does not hold back the ack:
-    /// the sink has the records; the cost is a possible duplicate if the
-    /// control plane also restarts before the next successful write.
-    async fn save_watermarks(&mut self, moved: Vec<(i32, i64)>, file_end: Option<FileEnd>) {
-        self.unsaved.extend(moved);
-        self.unsaved_end = file_end.or(self.unsaved_end);
-        let marks: Vec<(i32, i64)> = self.unsaved.iter().map(|(p, o)| (*p, *o)).collect();
-        match self
-            .store
-            .set_watermarks(&self.job_id, marks, self.unsaved_end)
-            .await
-        {
-            Ok(()) => {
-                self.unsaved.clear();
-                self.unsaved_end = None;
-            }
-            Err(err) => {
-                lock(&self.shared.stats).watermark_write_errors += 1;
-                warn!(%err, "cannot save watermarks; a restart now may deliver duplicates");
             }
         }
     }
