@@ -526,6 +526,47 @@ async fn batches_of_a_job_reach_the_sink_in_arrival_order() {
     d.shutdown().await;
 }
 
+/// Batches queued behind one are written with it (one write, one fsync):
+/// each is still filtered against what the ones before it delivered, a
+/// duplicate within the group is dropped, and every batch gets its own ack.
+#[tokio::test]
+async fn queued_batches_written_together_keep_order_dedup_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let d = open(dir.path()).await;
+    d.create_job(job("j", jsonl(&out), "raw")).await.unwrap();
+    let mut batches: Vec<Batch> = (0..30)
+        .map(|i| batch("j", i, &[(0, i as i64), (1, i as i64)]))
+        .collect();
+    // A resend of batches 3 and 4 and a wrong topic, queued among them.
+    batches.insert(6, batch("j", 100, &[(0, 3), (1, 3), (0, 4), (1, 4)]));
+    let mut wrong = batch("j", 101, &[(0, 50)]);
+    wrong.topic = "OTHER".into();
+    batches.insert(9, wrong);
+    let acks = futures_util::future::join_all(batches.into_iter().map(|b| d.deliver(b))).await;
+    let resend = acks[6].as_ref().unwrap();
+    assert_eq!(
+        (resend.batch_seq, resend.delivered, resend.duplicates),
+        (100, 0, 4)
+    );
+    assert!(matches!(acks[9], Err(DeliveryError::WrongTopic { .. })));
+    let delivered: usize = acks.iter().flatten().map(|a| a.delivered).sum();
+    assert_eq!(delivered, 60);
+    let got = offsets(&lines(&out));
+    assert_eq!(got.len(), 60, "every record once");
+    for p in 0..2 {
+        let part: Vec<i64> = got.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
+        assert_eq!(part, (0..30).collect::<Vec<_>>(), "partition {p} in order");
+    }
+    let stats = d.stats("j").unwrap();
+    assert_eq!((stats.batches_acked, stats.duplicates_dropped), (31, 4));
+    assert_eq!(
+        stats.watermarks,
+        std::collections::BTreeMap::from([(0, 30), (1, 30)])
+    );
+    d.shutdown().await;
+}
+
 // ---------------------------------------------------------------- webhook
 
 #[tokio::test]

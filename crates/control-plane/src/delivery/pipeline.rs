@@ -205,6 +205,9 @@ struct JobHandle {
     config: watch::Sender<Arc<ActiveJob>>,
     shared: Arc<JobShared>,
     cancel: CancellationToken,
+    /// Cancelled once the worker has stopped taking batches (its queue is
+    /// closed, drained and dropped).
+    stopped: CancellationToken,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -313,13 +316,23 @@ impl Delivery {
                 job_id: job_id.clone(),
                 batch_seq,
             })?;
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         if handle.queue.send(Work { batch, reply }).await.is_err() {
             return Err(self.stopped(job_id, batch_seq));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
+        // tokio's `send` reserves a slot, then pushes: a batch pushed while
+        // the worker closed and drained its queue stays in the channel,
+        // which this handle keeps alive, and is never answered. So stop
+        // waiting once the worker is gone (an answer it gave comes first).
+        tokio::select! {
+            biased;
+            answered = &mut answer => {
+                answered.unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
+            }
+            _ = handle.stopped.cancelled() => answer
+                .try_recv()
+                .unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq))),
+        }
     }
 
     /// Create a job; fails if the id is taken.
@@ -589,8 +602,14 @@ impl Delivery {
         let span = tracing::info_span!("job", job = %job_id);
         // The job's task ends when the worker has stopped and then its last
         // watermarks are written (the worker's end drops the saver).
+        let stopped = CancellationToken::new();
+        let worker_stopped = stopped.clone();
         let job = async move {
-            tokio::join!(worker.run(rx), saving);
+            let working = async move {
+                worker.run(rx).await;
+                worker_stopped.cancel();
+            };
+            tokio::join!(working, saving);
         };
         let join = self.inner.tasks.spawn(job.instrument(span));
         let handle = Arc::new(JobHandle {
@@ -598,6 +617,7 @@ impl Delivery {
             config,
             shared,
             cancel,
+            stopped,
             worker: Mutex::new(Some(join)),
         });
         self.inner
@@ -628,6 +648,21 @@ async fn stop_worker(handle: &JobHandle) {
     if let Some(join) = join {
         let _ = join.await;
     }
+}
+
+/// Most batches a JSONL job writes (and `fsync`s) at once: while one write
+/// runs, the batches arriving meanwhile queue (up to `queue_per_job`), and
+/// the next write takes them all.
+const GROUP_MAX_BATCHES: usize = 32;
+/// Most bytes of keys and values in such a group: bounds the buffer the
+/// group is encoded into.
+const GROUP_MAX_BYTES: usize = 16 << 20;
+
+fn batch_bytes(b: &Batch) -> usize {
+    b.records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len()))
+        .sum()
 }
 
 fn stop_reason(shutdown: &CancellationToken, job_id: String, batch_seq: u64) -> DeliveryError {
@@ -664,13 +699,18 @@ impl Worker {
                     None => break,
                 },
             };
-            let result = self.process(work.batch).await;
-            if let Err(err) = &result {
-                warn!(%err, "batch not delivered");
+            let group = self.group(work, &mut queue);
+            let (batches, replies): (Vec<Batch>, Vec<_>) =
+                group.into_iter().map(|w| (w.batch, w.reply)).unzip();
+            let results = self.process(batches).await;
+            for (result, reply) in results.into_iter().zip(replies) {
+                if let Err(err) = &result {
+                    warn!(%err, "batch not delivered");
+                }
+                // The caller may have gone (agent disconnected): nothing to
+                // do, the watermarks already cover the batch.
+                let _ = reply.send(result);
             }
-            // The caller may have gone (agent disconnected): nothing to do,
-            // the watermarks already cover the batch.
-            let _ = work.reply.send(result);
         }
         queue.close();
         while let Ok(work) = queue.try_recv() {
@@ -682,43 +722,92 @@ impl Worker {
         }
     }
 
-    async fn process(&mut self, batch: Batch) -> Result<Ack, DeliveryError> {
-        let Batch {
-            job_id,
-            batch_seq,
-            topic,
-            records,
-        } = batch;
+    /// `first` and, for a sink that writes a group of batches as cheaply as
+    /// one (JSONL: one write and one `fsync`), the batches queued behind it,
+    /// up to [`GROUP_MAX_BATCHES`] and [`GROUP_MAX_BYTES`].
+    fn group(&self, first: Work, queue: &mut mpsc::Receiver<Work>) -> Vec<Work> {
+        let mut group = vec![first];
+        if !self.config.borrow().sink.writes_groups() {
+            return group;
+        }
+        let mut bytes = batch_bytes(&group[0].batch);
+        while group.len() < GROUP_MAX_BATCHES && bytes < GROUP_MAX_BYTES {
+            let Ok(work) = queue.try_recv() else { break };
+            bytes += batch_bytes(&work.batch);
+            group.push(work);
+        }
+        group
+    }
+
+    /// Deliver a group of batches, in order, as one sink delivery: each is
+    /// filtered against the watermarks as they will be after the ones
+    /// before it, and all are acked once the sink accepted the lot.
+    async fn process(&mut self, batches: Vec<Batch>) -> Vec<Result<Ack, DeliveryError>> {
         let expected = self.config.borrow().stored.definition.spec.topic.clone();
-        if topic != expected {
-            return Err(DeliveryError::WrongTopic {
-                job_id,
-                batch_seq,
-                expected,
-                got: topic,
-            });
+        let mut after = lock(&self.shared.watermarks).clone();
+        let mut records = Vec::new();
+        let mut results = Vec::with_capacity(batches.len());
+        for b in batches {
+            if b.topic != expected {
+                results.push(Err(DeliveryError::WrongTopic {
+                    job_id: b.job_id,
+                    batch_seq: b.batch_seq,
+                    expected: expected.clone(),
+                    got: b.topic,
+                }));
+                continue;
+            }
+            let filtered = after.filter(b.records);
+            after.advance(&filtered.records);
+            results.push(Ok(Ack {
+                job_id: b.job_id,
+                batch_seq: b.batch_seq,
+                delivered: filtered.records.len(),
+                duplicates: filtered.duplicates,
+            }));
+            records.extend(filtered.records);
         }
-        let filtered = lock(&self.shared.watermarks).filter(records);
-        if !filtered.records.is_empty() {
-            let file_end = self
-                .deliver_with_retries(&topic, batch_seq, &filtered.records)
-                .await?;
-            let moved = lock(&self.shared.watermarks).advance(&filtered.records);
-            self.saver.add(moved, file_end);
+        if !records.is_empty() {
+            let first_seq = results.iter().flatten().map(|a| a.batch_seq).next();
+            match self
+                .deliver_with_retries(&expected, first_seq.unwrap_or(0), &records)
+                .await
+            {
+                Ok(file_end) => {
+                    let moved = lock(&self.shared.watermarks).advance(&records);
+                    self.saver.add(moved, file_end);
+                }
+                Err(_) => return self.not_delivered(results),
+            }
         }
+        self.count(&results);
+        results
+    }
+
+    /// The job stopped before the group was delivered: none is acked.
+    fn not_delivered(
+        &self,
+        results: Vec<Result<Ack, DeliveryError>>,
+    ) -> Vec<Result<Ack, DeliveryError>> {
+        results
+            .into_iter()
+            .map(|r| {
+                let ack = r?;
+                Err(stop_reason(&self.shutdown, ack.job_id, ack.batch_seq))
+            })
+            .collect()
+    }
+
+    fn count(&self, results: &[Result<Ack, DeliveryError>]) {
         let mut stats = lock(&self.shared.stats);
-        stats.records_delivered += filtered.records.len() as u64;
-        stats.duplicates_dropped += filtered.duplicates as u64;
-        stats.batches_acked += 1;
-        if !filtered.records.is_empty() {
-            stats.last_delivered_at_ms = Some(now_ms());
+        for ack in results.iter().flatten() {
+            stats.records_delivered += ack.delivered as u64;
+            stats.duplicates_dropped += ack.duplicates as u64;
+            stats.batches_acked += 1;
+            if ack.delivered > 0 {
+                stats.last_delivered_at_ms = Some(now_ms());
+            }
         }
-        Ok(Ack {
-            job_id,
-            batch_seq,
-            delivered: filtered.records.len(),
-            duplicates: filtered.duplicates,
-        })
     }
 
     async fn deliver_with_retries(

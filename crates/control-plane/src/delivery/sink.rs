@@ -167,6 +167,14 @@ impl Sink {
         })
     }
 
+    /// Whether the batches queued behind one are best handed over with it
+    /// as one: a JSONL file takes a group in one write and one `fsync`. A
+    /// webhook takes each batch as it came (a receiver may limit a
+    /// request's size).
+    pub fn writes_groups(&self) -> bool {
+        matches!(self, Sink::Jsonl(_))
+    }
+
     /// Whether the sink uses the records of a batch (all but discard).
     pub fn reads_records(&self) -> bool {
         !matches!(self, Sink::Discard)
