@@ -242,10 +242,14 @@ fn write_payload(out: &mut Vec<u8>, field: &str, p: Option<Payload<'_>>) {
 fn push_single_line(out: &mut Vec<u8>, doc: &[u8]) {
     let start = out.len();
     out.extend_from_slice(doc);
-    // Rare: checked after the copy, so a one-line document is copied once.
-    for b in &mut out[start..] {
-        if *b == b'\n' || *b == b'\r' {
-            *b = b' ';
+    // `contains` on bytes is a vectorised search; rewriting every byte was
+    // 7.7% of the control plane's samples in the JSONL drain (perf, 1 KiB
+    // records) for documents that almost never hold a line break.
+    if doc.contains(&b'\n') || doc.contains(&b'\r') {
+        for b in &mut out[start..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
         }
     }
 }
