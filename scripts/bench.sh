@@ -15,7 +15,8 @@
 #             target/bench/kafka (stopped again at the end), so that other
 #             tests do not share the broker while it is measured.
 #
-# Other ARGS go to the benchmark (`--only latency,idle`, `--sizes 1024`,
+# Other ARGS go to the benchmark (`--only latency,idle`, `--only sinks`
+# (the relay into each sink, MirrorMaker 2 beside it), `--sizes 1024`,
 # `--partitions 1`, `--scale 0.2`, `--soak-secs 60`, `--help`).
 # Results: target/bench/results/ (report.md, results.json, *.svg, logs);
 # the short form writes to target/bench/short/.
@@ -83,6 +84,25 @@ else
   broker_env=$(scripts/kafka-broker.sh start "$kafka_dir")
   stop_broker() { scripts/kafka-broker.sh stop "$kafka_dir" >/dev/null 2>&1 || true; }
   if [ "$started_broker" = 1 ] && [ "${KEEP_BROKER:-0}" != 1 ]; then trap stop_broker EXIT; fi
+fi
+
+# The MirrorMaker 2 peer's jars (the sinks part of a full run; the short
+# form skips the peer): fetched once from Maven Central like the broker's,
+# again only when the pom changes. Without Maven the peer is skipped.
+mirror_libs=target/mirror-maker-libs
+mirror_pom=scripts/kafka/mirror-maker-pom.xml
+if [ "$short" = 0 ] && command -v mvn >/dev/null; then
+  want=$(sha256sum "$mirror_pom" | cut -d' ' -f1)
+  if [ "$(cat "$mirror_libs/.pom-sha256" 2>/dev/null)" != "$want" ]; then
+    echo "fetching MirrorMaker 2 jars from Maven Central into $mirror_libs"
+    rm -rf "$mirror_libs.tmp"
+    if mvn -B -q -f "$mirror_pom" dependency:copy-dependencies \
+        -DoutputDirectory="$PWD/$mirror_libs.tmp" -DincludeScope=runtime >"$mirror_libs.mvn.log" 2>&1; then
+      rm -rf "$mirror_libs" && mv "$mirror_libs.tmp" "$mirror_libs" && echo "$want" >"$mirror_libs/.pom-sha256"
+    else
+      echo "warning: mvn could not fetch MirrorMaker 2 ($mirror_libs.mvn.log); the peer is skipped" >&2
+    fi
+  fi
 fi
 
 # One build, the bench's: for a bench target cargo builds the package's

@@ -149,6 +149,17 @@ pub struct Broker {
     pub pid: Option<u32>,
     /// The JVM's GC log (pauses), when the broker writes one.
     pub gc_log: Option<std::path::PathBuf>,
+    /// The SASL_SSL listener, for the MirrorMaker 2 peer.
+    pub sasl_ssl: Option<SaslSsl>,
+}
+
+/// How to reach the broker's SASL_SSL listener (SASL PLAIN, its CA).
+#[derive(Debug, Clone)]
+pub struct SaslSsl {
+    pub bootstrap: String,
+    pub user: String,
+    pub password: String,
+    pub ca_pem: std::path::PathBuf,
 }
 
 impl Broker {
@@ -172,6 +183,14 @@ impl Broker {
             bootstrap: (*bootstrap).to_owned(),
             pid: vars.get("KAFKA_BROKER_PID").and_then(|p| p.parse().ok()),
             gc_log: vars.get("KAFKA_GC_LOG").map(std::path::PathBuf::from),
+            sasl_ssl: (|| {
+                Some(SaslSsl {
+                    bootstrap: (*vars.get("KAFKA_SASL_SSL")?).to_owned(),
+                    user: (*vars.get("KAFKA_SASL_USER")?).to_owned(),
+                    password: (*vars.get("KAFKA_SASL_PASSWORD")?).to_owned(),
+                    ca_pem: vars.get("KAFKA_CA_PEM")?.into(),
+                })
+            })(),
         })
     }
 

@@ -22,10 +22,12 @@ mod ceiling;
 mod floor;
 mod gc;
 mod meter;
+mod mirror;
 mod paced;
 mod parts;
 mod procstat;
 mod proxy;
+mod receiver;
 mod report;
 mod scenarios;
 mod svg;
@@ -68,8 +70,8 @@ struct Args {
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results")]
     out: PathBuf,
     /// Run only the parts whose name contains one of these (throughput,
-    /// distance, latency, idle, soak; `relay`: only the relay to a discard
-    /// sink, for profiling).
+    /// distance, compression, sinks, latency, idle, soak; `relay`: only the
+    /// relay to a discard sink, for profiling).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record sizes of the throughput runs, bytes.
@@ -158,6 +160,11 @@ struct Plan {
     soak_secs: f64,
     /// Measure the bare consumer again after the relay, to see drift.
     ceiling_twice: bool,
+    /// Topics of the sinks part: record sizes, partitions.
+    sink_sizes: Vec<usize>,
+    sink_partitions: Vec<i32>,
+    /// Records of the topic drained into the webhook a record at a time.
+    per_record_records: u64,
 }
 
 fn plan(args: &Args) -> Plan {
@@ -179,6 +186,9 @@ fn plan(args: &Args) -> Plan {
             idle_secs: 1.0,
             soak_secs: args.soak_secs.unwrap_or(2.0),
             ceiling_twice: false,
+            sink_sizes: args.sizes.clone().unwrap_or(vec![1024]),
+            sink_partitions: args.partitions.clone().unwrap_or(vec![1]),
+            per_record_records: 2_000,
         }
     } else {
         Plan {
@@ -210,6 +220,10 @@ fn plan(args: &Args) -> Plan {
             idle_secs: 30.0,
             soak_secs: args.soak_secs.unwrap_or(600.0),
             ceiling_twice: true,
+            // The targets are on 6 partitions.
+            sink_sizes: args.sizes.clone().unwrap_or(vec![100, 1024, 10240]),
+            sink_partitions: args.partitions.clone().unwrap_or(vec![6]),
+            per_record_records: 50_000,
         }
     }
 }
@@ -263,6 +277,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(&args, "compression") {
         parts::compression(&args, &plan, &ctx, &mut results.runs).await?;
+    }
+    if wanted(&args, "sinks") {
+        parts::sinks(&args, &plan, &ctx, &mut results.runs, &mut results.latency).await?;
     }
     if wanted(&args, "latency") {
         parts::latency(&plan, &ctx, &mut results.latency).await?;

@@ -149,6 +149,101 @@ async fn compression_topic(
     ctx.broker.delete_topic(&f.topic).await
 }
 
+/// Sinks: one topic per size drained by the relay into each sink in turn
+/// (discard, JSONL, webhook, webhook with larger batches), a smaller topic
+/// into the webhook a record at a time, and the webhook's latency at each
+/// rate.
+pub async fn sinks(
+    args: &Args,
+    plan: &Plan,
+    ctx: &Ctx,
+    runs: &mut Vec<report::Run>,
+    latency: &mut Vec<report::LatencyRun>,
+) -> anyhow::Result<()> {
+    for &size in &plan.sink_sizes {
+        for &partitions in &plan.sink_partitions {
+            let n = scaled((plan.records)(size), args.scale);
+            println!("\n== sinks: {size} B records, {partitions} partitions: filling {n} records");
+            let f = scenarios::fill(ctx, size, partitions, n).await?;
+            let each = [
+                (SinkKind::Discard, None, report::RELAY_DISCARD),
+                (SinkKind::Jsonl, None, report::RELAY_JSONL),
+                (SinkKind::Webhook, None, report::RELAY_WEBHOOK),
+                (SinkKind::Webhook, Some(10_000), report::RELAY_WEBHOOK_BIG),
+            ];
+            for (sink, max_records, name) in each {
+                let mut r = scenarios::drain_relay_batches(
+                    ctx,
+                    &f,
+                    sink,
+                    None,
+                    Compression::None,
+                    max_records,
+                )
+                .await?;
+                (r.part, r.consumer) = (report::SINKS.into(), name.into());
+                keep(runs, [r]);
+            }
+            peer(args, ctx, &f, runs).await?;
+            ctx.broker.delete_topic(&f.topic).await?;
+            let n = scaled(plan.per_record_records, args.scale);
+            println!("   a POST per record: filling {n} records");
+            let f = scenarios::fill(ctx, size, partitions, n).await?;
+            let mut r = scenarios::drain_relay_direct(ctx, &f, SinkKind::WebhookRecord).await?;
+            r.part = report::SINKS.into();
+            keep(runs, [r]);
+            ctx.broker.delete_topic(&f.topic).await?;
+        }
+    }
+    let (requests, connections) = ctx.system.received();
+    println!("   webhook receiver: {requests} requests over {connections} connections");
+    for &rate in &plan.latency_rates {
+        for &partitions in &plan.sink_partitions {
+            println!(
+                "\n== latency: {rate} records/s of 1 KiB, {partitions} partitions, relay -> webhook"
+            );
+            let l = scenarios::latency(
+                ctx,
+                1024,
+                partitions,
+                rate,
+                plan.latency_secs,
+                Consumer::RelayWebhook,
+                plan.settle,
+            )
+            .await?;
+            println!(
+                "   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)",
+                l.latency.p50_ms, l.latency.p99_ms, l.latency.max_ms, l.latency.samples
+            );
+            latency.push(l);
+        }
+    }
+    Ok(())
+}
+
+/// MirrorMaker 2 copies the same topic (not in the short form: its JVM
+/// alone takes longer to start than the short form's whole part).
+async fn peer(
+    args: &Args,
+    ctx: &Ctx,
+    f: &Filled,
+    runs: &mut Vec<report::Run>,
+) -> anyhow::Result<()> {
+    if args.short {
+        return Ok(());
+    }
+    let Some(libs) = crate::mirror::libs() else {
+        println!(
+            "   MirrorMaker 2: skipped, no jars in target/mirror-maker-libs (scripts/bench.sh fetches them)"
+        );
+        return Ok(());
+    };
+    let r = crate::mirror::drain_mirror(ctx, f, &libs).await?;
+    keep(runs, [r]);
+    Ok(())
+}
+
 /// Latency: the bare consumer and the relay at each rate and partition
 /// count.
 pub async fn latency(

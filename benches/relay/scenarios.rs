@@ -285,11 +285,28 @@ pub async fn drain_relay(
     link: Option<Link>,
     compression: Compression,
 ) -> anyhow::Result<report::Run> {
+    drain_relay_batches(ctx, f, sink, link, compression, None).await
+}
+
+/// [`drain_relay`] with batches of up to `max_records` (and bytes to match:
+/// 2 KiB a record, at most the 8 MiB a batch may hold).
+pub async fn drain_relay_batches(
+    ctx: &Ctx,
+    f: &Filled,
+    sink: SinkKind,
+    link: Option<Link>,
+    compression: Compression,
+    max_records: Option<u32>,
+) -> anyhow::Result<report::Run> {
     let meter = ctx.system.meter();
     meter.reset();
     let (job, group) = (ctx.unique("job"), ctx.unique("group"));
     let mut spec = ctx.job_spec(&job, &f.topic, &group);
     spec.compression = compression;
+    if let Some(n) = max_records {
+        spec.max_records = n;
+        spec.max_bytes = (n.saturating_mul(f.size as u32 + 1024)).min(8 << 20);
+    }
     let sink_path = ctx.system.add_job(&job, &spec, sink, &ctx.out).await?;
     let proxy = match link {
         Some(l) => Some(proxy::start(ctx.system.addr(), l).await?),
@@ -404,6 +421,8 @@ fn relay_name(sink: SinkKind, link: Option<Link>) -> &'static str {
         (SinkKind::Discard, Some(l)) if l.one_way.is_zero() => report::RELAY_DISCARD_PROXY,
         (SinkKind::Discard, Some(_)) => report::RELAY_DISCARD_RTT,
         (SinkKind::Jsonl, Some(_)) => "relay -> jsonl, through the proxy",
+        (SinkKind::Webhook, _) => report::RELAY_WEBHOOK,
+        (SinkKind::WebhookRecord, _) => report::RELAY_WEBHOOK_RECORD,
     }
 }
 
@@ -412,6 +431,8 @@ fn relay_name(sink: SinkKind, link: Option<Link>) -> &'static str {
 pub enum Consumer {
     Bare,
     Relay,
+    /// The relay into the webhook receiver.
+    RelayWebhook,
 }
 
 /// Records produced at `rate`/s; the latency of `rate * secs` of them from
@@ -431,7 +452,7 @@ pub async fn latency(
     ctx.broker.create_log_time_topic(&topic, partitions).await?;
     let meter = match consumer {
         Consumer::Bare => Arc::new(Meter::default()),
-        Consumer::Relay => ctx.system.meter(),
+        Consumer::Relay | Consumer::RelayWebhook => ctx.system.meter(),
     };
     meter.reset();
     let consuming = Consuming::start(ctx, consumer, &topic, &meter).await?;
@@ -458,6 +479,7 @@ pub async fn latency(
         consumer: match consumer {
             Consumer::Bare => report::RDKAFKA.to_owned(),
             Consumer::Relay => report::RELAY_DISCARD.to_owned(),
+            Consumer::RelayWebhook => report::RELAY_WEBHOOK.to_owned(),
         },
         latency: lat,
         tail,
@@ -497,12 +519,14 @@ impl Consuming {
                     ceiling::consume_into(&b, &t, &group, Settings::Defaults, m, stop)
                 }));
             }
-            Consumer::Relay => {
+            Consumer::Relay | Consumer::RelayWebhook => {
                 let id = ctx.unique("job");
                 let spec = ctx.job_spec(&id, topic, &group);
-                ctx.system
-                    .add_job(&id, &spec, SinkKind::Discard, &ctx.out)
-                    .await?;
+                let sink = match consumer {
+                    Consumer::RelayWebhook => SinkKind::Webhook,
+                    _ => SinkKind::Discard,
+                };
+                ctx.system.add_job(&id, &spec, sink, &ctx.out).await?;
                 consuming.agent = Some(ctx.start_agent(&id, ctx.system.url())?);
                 consuming.job = Some(id);
             }

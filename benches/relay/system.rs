@@ -10,7 +10,7 @@
 use crate::meter::{Meter, Stamp};
 use anyhow::Context;
 use connectivity_control_plane::delivery::{
-    Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat,
+    Delivery, JobDefinition, JsonlConfig, SinkConfig, ValueFormat, WebhookConfig, WebhookMode,
 };
 use connectivity_control_plane::{
     BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, SinkError,
@@ -34,6 +34,11 @@ pub enum SinkKind {
     Discard,
     /// A JSONL file, fsynced after every batch (the default).
     Jsonl,
+    /// The bench's HTTP receiver ([`crate::receiver`]), the webhook's
+    /// defaults: a POST per partition of a batch, 4 in flight.
+    Webhook,
+    /// The same receiver, a POST per record, 4 in flight.
+    WebhookRecord,
 }
 
 pub struct Credentials {
@@ -136,6 +141,7 @@ pub struct System {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     handle: Option<ControlPlane>,
+    receiver: crate::receiver::Receiver,
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
@@ -251,6 +257,7 @@ token_hash = "{}"
         let registry = handle.registry();
         let _ = sink.delivery.set(jobs.delivery().clone());
         Ok(System {
+            receiver: crate::receiver::Receiver::start().await?,
             addr: handle.local_addr(),
             ca_file,
             meter,
@@ -281,6 +288,16 @@ token_hash = "{}"
         }
     }
 
+    /// Requests and connections the webhook receiver has had.
+    pub fn received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let r = &self.receiver.received;
+        (
+            r.requests.load(Ordering::Relaxed),
+            r.connections.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn meter(&self) -> Arc<Meter> {
         self.meter.clone()
     }
@@ -297,20 +314,26 @@ token_hash = "{}"
             SinkKind::Jsonl => Some(std::path::absolute(
                 out.join("sink").join(format!("{id}.jsonl")),
             )?),
-            SinkKind::Discard => None,
+            SinkKind::Discard | SinkKind::Webhook | SinkKind::WebhookRecord => None,
         };
         if let Some(p) = &path {
             std::fs::create_dir_all(p.parent().context("sink path has no parent")?)?;
         }
+        let webhook = |mode| {
+            let c = serde_json::json!({"url": self.receiver.url(), "mode": mode});
+            serde_json::from_value::<WebhookConfig>(c).map(SinkConfig::Webhook)
+        };
         let def = JobDefinition {
             spec: spec.clone(),
             group: GROUP.into(),
-            sink: match &path {
-                Some(p) => SinkConfig::Jsonl(JsonlConfig {
+            sink: match (&path, sink) {
+                (Some(p), _) => SinkConfig::Jsonl(JsonlConfig {
                     path: p.clone(),
                     fsync: true,
                 }),
-                None => SinkConfig::Discard,
+                (None, SinkKind::Webhook) => webhook(WebhookMode::Batch)?,
+                (None, SinkKind::WebhookRecord) => webhook(WebhookMode::Record)?,
+                (None, _) => SinkConfig::Discard,
             },
             value_format: ValueFormat::Raw,
             paused: false,

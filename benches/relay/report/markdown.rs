@@ -12,6 +12,7 @@ impl Results {
         self.throughput_md(&mut s);
         self.distance_md(&mut s);
         self.compression_md(&mut s);
+        self.sinks_md(&mut s);
         self.latency_md(&mut s);
         self.resources_md(&mut s);
         self.targets_md(&mut s);
@@ -162,6 +163,76 @@ impl Results {
         }
     }
 
+    /// The relay into each sink, side by side on one topic.
+    fn sinks_md(&self, s: &mut String) {
+        let topics = part_topics(&self.runs, SINKS);
+        if topics.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "\n### Sinks: the relay into each sink\n");
+        let _ = writeln!(
+            s,
+            "The same topic drained by the relay into each sink in turn, one after the other in this run: discard, JSONL \
+                 (`fsync` per batch, the default), and a webhook to a minimal HTTP/1.1 receiver in the bench process that reads \
+                 each body and drops it (keep-alive; the sink's defaults: one POST per partition of a batch, 4 in flight; then \
+                 batches of up to 8 MiB; then a POST per record, on a topic of its own). \"vs discard\": records/s over the \
+                 relay into the discard sink of the same topic. Control plane CPU: the bench process (control plane, meter and \
+                 receiver) from the first record out to the last.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| record | partitions | sink | records | records/s | vs discard | agent CPU s / M rec | control plane CPU s / M rec | control plane / agent CPU | agent peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for (size, p) in topics {
+            let discard = self
+                .part_runs(SINKS, size, p, RELAY_DISCARD)
+                .first()
+                .map(|r| r.rec_per_s);
+            for r in self
+                .runs
+                .iter()
+                .filter(|r| r.part == SINKS && r.size == size && r.partitions == p)
+            {
+                sinks_row(s, r, discard);
+            }
+        }
+        self.peer_md(s);
+    }
+
+    /// The relay beside MirrorMaker 2 on the same topics.
+    fn peer_md(&self, s: &mut String) {
+        let topics = part_topics(&self.runs, SINKS);
+        let mut rows = Vec::new();
+        for (size, p) in topics {
+            let Some(mm) = self
+                .part_runs(SINKS, size, p, MIRROR_MAKER)
+                .first()
+                .copied()
+            else {
+                continue;
+            };
+            for name in [RELAY_DISCARD, RELAY_JSONL, RELAY_WEBHOOK] {
+                if let Some(r) = self.part_runs(SINKS, size, p, name).first() {
+                    rows.push(peer_row(r, mm));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nBeside MirrorMaker 2 (its JVM's CPU and peak RSS; for the relay the agent's, and the control plane's CPU from the bench process):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| record | partitions | relay | records/s / MM2's | CPU s / M rec, agent + control plane / MM2's | agent peak RSS / MM2's |\n|---|---|---|---|---|---|"
+        );
+        for row in rows {
+            let _ = writeln!(s, "{row}");
+        }
+    }
+
     fn latency_md(&self, s: &mut String) {
         if self.latency.is_empty() {
             return;
@@ -170,7 +241,7 @@ impl Results {
         let _ = writeln!(
             s,
             "Each record carries the time `produce()` was called (µs); latency is taken when the sink accepted the batch \
-                 (relay, discard sink) or when the bare consumer got the record. Producer: `linger.ms={}` (librdkafka's default), \
+                 (relay: the discard sink, or the bench's webhook receiver for \"relay -> webhook\") or when the bare consumer got the record. Producer: `linger.ms={}` (librdkafka's default), \
                  part of what is measured for both. The broker stamps each record with its append time (`LogAppendTime`): \"to log p99\" is the \
                  p99 of produce to the broker's log alone. \"Over {} ms\": records slower than the target; \"mostly before the log\": those \
                  of them that spent more than half of their time before the broker appended them; \"in a broker pause\": those of them \
@@ -323,6 +394,52 @@ fn compression_row_md(s: &mut String, r: &CompressionRow, compression: &[Compres
         opt(r.cp_cpu_per_m, 2),
         opt(r.peak_rss_mib, 1),
     );
+}
+
+fn sinks_row(s: &mut String, r: &Run, discard: Option<f64>) {
+    let per_m = r.records as f64 / 1e6;
+    let cp = r.cp_cpu_s.map(|c| c / per_m);
+    let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        size_name(r.size),
+        r.partitions,
+        r.consumer,
+        f0(r.records as f64),
+        f0(r.rec_per_s),
+        discard.map_or("-".into(), |d| format!(
+            "**{:.0}%**",
+            r.rec_per_s / d * 100.0
+        )),
+        opt(r.cpu_s_per_m, 2),
+        opt(cp, 2),
+        match (cp, r.cpu_s_per_m) {
+            (Some(c), Some(a)) if a > 0.0 => format!("{:.2}", c / a),
+            _ => "-".into(),
+        },
+        opt(r.peak_rss_mib, 1),
+    );
+}
+
+fn peer_row(r: &Run, mm: &Run) -> String {
+    let per_m = r.records as f64 / 1e6;
+    let cpu = r
+        .cpu_s_per_m
+        .map(|a| a + r.cp_cpu_s.map_or(0.0, |c| c / per_m));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    format!(
+        "| {} | {} | {} | **{:.2}** | {} | {} |",
+        size_name(r.size),
+        r.partitions,
+        r.consumer,
+        r.rec_per_s / mm.rec_per_s,
+        ratio(cpu, mm.cpu_s_per_m),
+        ratio(r.peak_rss_mib, mm.peak_rss_mib),
+    )
 }
 
 fn latency_row(s: &mut String, l: &LatencyRun) {

@@ -22,6 +22,10 @@ pub const KCAT: &str = "kcat -C";
 pub const FLOOR: &str = "floor: rdkafka -> frames -> TLS pipe";
 pub const RELAY_DISCARD: &str = "relay -> discard";
 pub const RELAY_JSONL: &str = "relay -> jsonl";
+pub const RELAY_WEBHOOK: &str = "relay -> webhook";
+pub const RELAY_WEBHOOK_BIG: &str = "relay -> webhook, batches up to 8 MiB";
+pub const RELAY_WEBHOOK_RECORD: &str = "relay -> webhook, a POST per record";
+pub const MIRROR_MAKER: &str = "MirrorMaker 2 -> second topic (SASL_SSL)";
 pub const RELAY_DISCARD_RTT: &str = "relay -> discard, +50 ms RTT";
 pub const RELAY_DISCARD_PROXY: &str = "relay -> discard, through the proxy, no delay";
 pub const RELAY_DISCARD_LINK: &str = "relay -> discard, over the limited link";
@@ -29,6 +33,7 @@ pub const RELAY_DISCARD_LINK: &str = "relay -> discard, over the limited link";
 pub const THROUGHPUT: &str = "throughput";
 pub const DISTANCE: &str = "distance";
 pub const COMPRESSION: &str = "compression";
+pub const SINKS: &str = "sinks";
 /// The limited link of the compression runs: 100 Mbit/s each way, 50 ms
 /// round trip (a site's uplink to a cloud region).
 pub const LINK_BYTES_PER_S: u64 = 100_000_000 / 8;

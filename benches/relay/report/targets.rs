@@ -87,11 +87,13 @@ impl Results {
         )
     }
 
-    /// The agent's peak RSS over every run that measured it.
+    /// The agent's peak RSS over every run that measured it (the
+    /// MirrorMaker 2 peer's is its JVM's, not an agent's).
     fn peak_rss_target(&self) -> Target {
         let peak = self
             .runs
             .iter()
+            .filter(|r| r.consumer != MIRROR_MAKER)
             .filter_map(|r| r.peak_rss_mib)
             .chain(self.latency.iter().filter_map(|l| l.agent_peak_rss_mib))
             .chain(self.soak.iter().map(|k| k.hwm_mib))

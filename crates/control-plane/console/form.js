@@ -276,6 +276,11 @@ function build(ctx, wrap, view) {
       sk = { kind: 'webhook', url: url.value.trim(), headers: parseHeaders(headers.value) };
       const t = numberOrText(timeout.value);
       if (t !== undefined) sk.timeout_ms = t;
+      // Not on the form: kept as defined, so an edit does not reset them.
+      if (sink.kind === 'webhook') {
+        if (sink.mode !== undefined) sk.mode = sink.mode;
+        if (sink.max_parallel !== undefined) sk.max_parallel = sink.max_parallel;
+      }
     } else sk = { kind: 'discard' };
     return { spec: s, group: group.value, sink: sk, value_format: valueFormat.value, paused: paused.checked };
   };

@@ -3,7 +3,7 @@
 //! made by rcgen) for the webhook sink. Batches go through the real frame
 //! codec.
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use bytes::Bytes;
@@ -13,9 +13,10 @@ use connectivity_control_plane::delivery::{
 use connectivity_protocol::Batch;
 use connectivity_protocol::batch::{BatchWriter, decode};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -108,6 +109,8 @@ enum Reply {
     Status(u16, &'static str),
     /// Answer 200 only after this long (longer than the sink's timeout).
     Stall(Duration),
+    /// Answer 200 after this long (shorter than the sink's timeout).
+    Slow(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +119,8 @@ struct Received {
     idempotency_key: String,
     authorization: String,
     accepted: bool,
+    /// The client's end of the connection the request came on.
+    peer: SocketAddr,
 }
 
 struct HookState {
@@ -123,6 +128,10 @@ struct HookState {
     default: Mutex<Reply>,
     received: Mutex<Vec<Received>>,
     count: watch::Sender<usize>,
+    /// Requests with this idempotency key are answered 503 this many times.
+    fail: Mutex<HashMap<String, usize>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -149,6 +158,16 @@ impl Hook {
             .flat_map(|r| r.body["records"].as_array().unwrap().clone())
             .collect()
     }
+    fn fail(&self, key: &str, times: usize) {
+        self.state.fail.lock().unwrap().insert(key.into(), times);
+    }
+    fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+    fn connections(&self) -> usize {
+        let peers: HashSet<SocketAddr> = self.received().iter().map(|r| r.peer).collect();
+        peers.len()
+    }
     async fn wait_requests(&self, n: usize) {
         let mut rx = self.state.count.subscribe();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|c| *c >= n))
@@ -160,15 +179,12 @@ impl Hook {
 
 async fn handle(
     State(state): State<Arc<HookState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
-    let reply = state
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or_else(|| state.default.lock().unwrap().clone());
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let header = |name: &str| {
         headers
             .get(name)
@@ -176,22 +192,42 @@ async fn handle(
             .unwrap_or_default()
             .to_owned()
     };
+    let failing = state
+        .fail
+        .lock()
+        .unwrap()
+        .get_mut(&header("idempotency-key"))
+        .filter(|n| **n > 0)
+        .map(|n| *n -= 1)
+        .is_some();
+    let reply = if failing {
+        Reply::Status(503, "busy")
+    } else {
+        state
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| state.default.lock().unwrap().clone())
+    };
     assert_eq!(header("content-type"), "application/json");
     let (status, text) = match &reply {
         Reply::Status(s, t) => (*s, *t),
-        Reply::Stall(_) => (200, ""),
+        Reply::Stall(_) | Reply::Slow(_) => (200, ""),
     };
     state.received.lock().unwrap().push(Received {
         body: serde_json::from_slice(&body).unwrap(),
         idempotency_key: header("idempotency-key"),
         authorization: header("authorization"),
         // A stalled answer arrives after the client gave up: not accepted.
-        accepted: matches!(reply, Reply::Status(200..=299, _)),
+        accepted: matches!(reply, Reply::Status(200..=299, _) | Reply::Slow(_)),
+        peer,
     });
     state.count.send_modify(|c| *c += 1);
-    if let Reply::Stall(d) = reply {
+    if let Reply::Stall(d) | Reply::Slow(d) = reply {
         tokio::time::sleep(d).await;
     }
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
     (StatusCode::from_u16(status).unwrap(), text)
 }
 
@@ -201,6 +237,9 @@ fn hook_state(script: Vec<Reply>) -> Arc<HookState> {
         default: Mutex::new(Reply::Status(200, "")),
         received: Mutex::new(vec![]),
         count: watch::Sender::new(0),
+        fail: Mutex::new(HashMap::new()),
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
     })
 }
 
@@ -215,7 +254,8 @@ async fn http_hook(script: Vec<Reply>) -> Hook {
     let state = hook_state(script);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, hook_app(state.clone())).into_future());
+    let app = hook_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(axum::serve(listener, app).into_future());
     Hook { addr, state }
 }
 
@@ -247,7 +287,7 @@ async fn https_hook(dir: &Path) -> (Hook, std::path::PathBuf) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, peer)) = listener.accept().await {
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
@@ -257,7 +297,9 @@ async fn https_hook(dir: &Path) -> (Hook, std::path::PathBuf) {
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         use tower_service::Service;
                         let mut app = app.clone();
-                        async move { app.call(req.map(axum::body::Body::new)).await }
+                        let mut req = req.map(axum::body::Body::new);
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        async move { app.call(req).await }
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -484,6 +526,47 @@ async fn batches_of_a_job_reach_the_sink_in_arrival_order() {
     d.shutdown().await;
 }
 
+/// Batches queued behind one are written with it (one write, one fsync):
+/// each is still filtered against what the ones before it delivered, a
+/// duplicate within the group is dropped, and every batch gets its own ack.
+#[tokio::test]
+async fn queued_batches_written_together_keep_order_dedup_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let d = open(dir.path()).await;
+    d.create_job(job("j", jsonl(&out), "raw")).await.unwrap();
+    let mut batches: Vec<Batch> = (0..30)
+        .map(|i| batch("j", i, &[(0, i as i64), (1, i as i64)]))
+        .collect();
+    // A resend of batches 3 and 4 and a wrong topic, queued among them.
+    batches.insert(6, batch("j", 100, &[(0, 3), (1, 3), (0, 4), (1, 4)]));
+    let mut wrong = batch("j", 101, &[(0, 50)]);
+    wrong.topic = "OTHER".into();
+    batches.insert(9, wrong);
+    let acks = futures_util::future::join_all(batches.into_iter().map(|b| d.deliver(b))).await;
+    let resend = acks[6].as_ref().unwrap();
+    assert_eq!(
+        (resend.batch_seq, resend.delivered, resend.duplicates),
+        (100, 0, 4)
+    );
+    assert!(matches!(acks[9], Err(DeliveryError::WrongTopic { .. })));
+    let delivered: usize = acks.iter().flatten().map(|a| a.delivered).sum();
+    assert_eq!(delivered, 60);
+    let got = offsets(&lines(&out));
+    assert_eq!(got.len(), 60, "every record once");
+    for p in 0..2 {
+        let part: Vec<i64> = got.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
+        assert_eq!(part, (0..30).collect::<Vec<_>>(), "partition {p} in order");
+    }
+    let stats = d.stats("j").unwrap();
+    assert_eq!((stats.batches_acked, stats.duplicates_dropped), (31, 4));
+    assert_eq!(
+        stats.watermarks,
+        std::collections::BTreeMap::from([(0, 30), (1, 30)])
+    );
+    d.shutdown().await;
+}
+
 // ---------------------------------------------------------------- webhook
 
 #[tokio::test]
@@ -494,27 +577,20 @@ async fn webhook_503_twice_then_200_delivers_once() {
     let sink = json!({"kind": "webhook", "url": hook.url("http"), "headers": {"Authorization": "Bearer s3cret"}, "timeout_ms": 2000});
     d.create_job(job("j", sink, "raw")).await.unwrap();
 
-    let ack = d
-        .deliver(batch("j", 1, &[(0, 5), (0, 6), (1, 0)]))
-        .await
-        .unwrap();
-    assert_eq!(ack.delivered, 3);
+    let ack = d.deliver(batch("j", 1, &[(0, 5), (0, 6)])).await.unwrap();
+    assert_eq!(ack.delivered, 2);
     let got = hook.received();
     assert_eq!(got.len(), 3);
     assert!(
         got.iter()
-            .all(|r| r.idempotency_key == "j/USERS/0:5-6,1:0-0"
-                && r.authorization == "Bearer s3cret")
+            .all(|r| r.idempotency_key == "j/USERS/0:5-6" && r.authorization == "Bearer s3cret")
     );
     assert!(
         got.iter().all(|r| r.body == got[0].body),
         "every retry sends the same body"
     );
     assert_eq!(got[2].body["job_id"], "j");
-    assert_eq!(
-        offsets(&hook.accepted_records()),
-        vec![(0, 5), (0, 6), (1, 0)]
-    );
+    assert_eq!(offsets(&hook.accepted_records()), vec![(0, 5), (0, 6)]);
     assert_eq!(hook.accepted_records()[0]["value"], json!({"n": 5}));
 
     let stats = d.stats("j").unwrap();
@@ -527,6 +603,125 @@ async fn webhook_503_twice_then_200_delivers_once() {
     assert!(last.retryable);
     // The secret header never shows in the job's debug output.
     assert!(!format!("{:?}", d.job("j").unwrap()).contains("s3cret"));
+    d.shutdown().await;
+}
+
+/// Offsets each partition's accepted records arrived in.
+fn by_partition(records: &[Value]) -> HashMap<i64, Vec<i64>> {
+    let mut parts: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (p, o) in offsets(records) {
+        parts.entry(p).or_default().push(o);
+    }
+    parts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_posts_partitions_in_parallel_bounded_in_order_over_kept_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = http_hook(vec![]).await;
+    hook.set_default(Reply::Slow(Duration::from_millis(100)));
+    let d = open(dir.path()).await;
+    let sink = json!({"kind": "webhook", "url": hook.url("http"), "max_parallel": 2});
+    d.create_job(job("j", sink, "raw")).await.unwrap();
+
+    let first = [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)];
+    assert_eq!(d.deliver(batch("j", 1, &first)).await.unwrap().delivered, 6);
+    let second = [(2, 2), (0, 2), (1, 2)];
+    assert_eq!(
+        d.deliver(batch("j", 2, &second)).await.unwrap().delivered,
+        3
+    );
+
+    let got = hook.received();
+    assert_eq!(got.len(), 6, "one request per partition of each batch");
+    let keys: HashSet<&str> = got.iter().map(|r| r.idempotency_key.as_str()).collect();
+    let expected: HashSet<&str> = [
+        "j/USERS/0:0-1",
+        "j/USERS/1:0-1",
+        "j/USERS/2:0-1",
+        "j/USERS/0:2-2",
+        "j/USERS/1:2-2",
+        "j/USERS/2:2-2",
+    ]
+    .into();
+    assert_eq!(keys, expected);
+    assert_eq!(hook.max_in_flight(), 2, "at most max_parallel at once");
+    let parts = by_partition(&hook.accepted_records());
+    for p in 0..3 {
+        assert_eq!(parts[&p], vec![0, 1, 2], "partition {p} in order");
+    }
+    assert!(
+        hook.connections() <= 2,
+        "{} connections for 6 requests, 2 at a time: not kept alive",
+        hook.connections()
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_record_mode_posts_each_record_alone_one_per_partition_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = http_hook(vec![]).await;
+    hook.set_default(Reply::Slow(Duration::from_millis(30)));
+    let d = open(dir.path()).await;
+    let sink =
+        json!({"kind": "webhook", "url": hook.url("http"), "mode": "record", "max_parallel": 8});
+    d.create_job(job("j", sink, "raw")).await.unwrap();
+
+    let records = [(0, 0), (1, 7), (0, 1), (1, 8), (0, 2), (1, 9)];
+    assert_eq!(
+        d.deliver(batch("j", 1, &records)).await.unwrap().delivered,
+        6
+    );
+    let got = hook.received();
+    assert_eq!(got.len(), 6);
+    // The body is the record itself, as a JSONL line would hold it.
+    let bodies: Vec<Value> = got.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies[0]["topic"], "USERS");
+    assert!(bodies.iter().all(|b| b.get("records").is_none()));
+    for r in &got {
+        let key = format!(
+            "j/USERS/{}:{o}-{o}",
+            r.body["partition"],
+            o = r.body["offset"]
+        );
+        assert_eq!(r.idempotency_key, key);
+    }
+    let parts = by_partition(&bodies);
+    assert_eq!(
+        (parts[&0].clone(), parts[&1].clone()),
+        (vec![0, 1, 2], vec![7, 8, 9])
+    );
+    assert_eq!(
+        hook.max_in_flight(),
+        2,
+        "one request per partition at a time, both partitions at once"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn webhook_retry_sends_only_the_requests_not_yet_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = http_hook(vec![]).await;
+    hook.fail("j/USERS/1:0-1", 2);
+    let d = open(dir.path()).await;
+    let sink = json!({"kind": "webhook", "url": hook.url("http")});
+    d.create_job(job("j", sink, "raw")).await.unwrap();
+
+    let ack = d
+        .deliver(batch("j", 1, &[(0, 0), (1, 0), (0, 1), (1, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(ack.delivered, 4);
+    let keys: Vec<String> = hook
+        .received()
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
+    let count = |k: &str| keys.iter().filter(|x| *x == k).count();
+    assert_eq!((count("j/USERS/0:0-1"), count("j/USERS/1:0-1")), (1, 3));
+    assert_eq!(d.stats("j").unwrap().sink_errors, 2);
     d.shutdown().await;
 }
 

@@ -77,7 +77,7 @@ impl JsonlSink {
     }
 
     /// Append the batch; returns where the file ends after it.
-    pub async fn deliver(&self, batch: &OutBatch) -> Result<FileEnd, SinkError> {
+    pub async fn deliver(&self, batch: &OutBatch<'_>) -> Result<FileEnd, SinkError> {
         let lines = batch.to_jsonl();
         let path = self.path.clone();
         let fsync = self.fsync;
@@ -100,12 +100,20 @@ impl JsonlSink {
 /// returned end comes from the `fstat` that gives that length: no extra
 /// syscall.
 fn append(path: &Path, data: &[u8], fsync: bool) -> io::Result<FileEnd> {
-    let existed = path.exists();
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
+    // Opened without `create` first: one syscall when the file is there (the
+    // usual case), and a new file is known to be new.
+    let (mut file, existed) = match OpenOptions::new().append(true).open(path) {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)?;
+            (file, false)
+        }
+        Err(e) => return Err(e),
+    };
     let meta = file.metadata()?;
     let start = meta.len();
     let written = file
@@ -257,25 +265,22 @@ pub(crate) async fn recover_watermarks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::record::{OutRecord, Payload};
+    use crate::delivery::ValueFormat;
+    use connectivity_protocol::Record;
 
     fn lines(topic: &str, list: &[(i32, i64)]) -> Vec<u8> {
-        let batch = OutBatch {
-            job_id: "j".into(),
-            topic: topic.into(),
-            records: list
-                .iter()
-                .map(|&(partition, offset)| OutRecord {
-                    partition,
-                    offset,
-                    timestamp: None,
-                    key: None,
-                    headers: vec![],
-                    value: Some(Payload::Text(bytes::Bytes::from_static(b"v"))),
-                })
-                .collect(),
-        };
-        batch.to_jsonl()
+        let records: Vec<Record> = list
+            .iter()
+            .map(|&(partition, offset)| Record {
+                partition,
+                offset,
+                timestamp: None,
+                key: None,
+                headers: vec![],
+                value: Some(bytes::Bytes::from_static(b"v")),
+            })
+            .collect();
+        OutBatch::new("j", topic, &records, ValueFormat::Raw).to_jsonl()
     }
 
     fn raw_append(path: &Path, data: &[u8]) {
@@ -422,7 +427,7 @@ mod tests {
     /// loads after each kind of history.
     mod at_start {
         use super::*;
-        use crate::delivery::{Delivery, DeliveryOptions, JobDefinition, ValueFormat};
+        use crate::delivery::{Delivery, DeliveryOptions, JobDefinition};
         use connectivity_protocol::{Batch, Record};
 
         fn def(topic: &str, out: &Path) -> JobDefinition {

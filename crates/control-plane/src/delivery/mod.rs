@@ -4,8 +4,8 @@
 //! The server hands every decoded [`Batch`](connectivity_protocol::Batch) to
 //! [`Delivery::deliver`]; it drops records the job's sink already has
 //! ([`dedup`]), applies the job's [`ValueFormat`] ([`record`]), hands the rest
-//! to the sink ([`sink`], [`jsonl`], [`webhook`]) until it accepts them, saves the new
-//! watermarks ([`store`]) and returns the [`Ack`] to send. Jobs live in the
+//! to the sink ([`sink`], [`jsonl`], [`webhook`]) until it accepts them, returns
+//! the [`Ack`] to send and saves the new watermarks behind it ([`store`]). Jobs live in the
 //! same SQLite store ([`definition`] says what a job is). docs/DELIVERY.md is
 //! the operator's view of all this.
 
@@ -14,6 +14,7 @@ pub mod definition;
 pub mod jsonl;
 pub mod pipeline;
 pub mod record;
+mod saver;
 pub mod sink;
 pub mod store;
 pub mod webhook;
@@ -23,7 +24,7 @@ pub use jsonl::FileEnd;
 pub use pipeline::{
     Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, SinkErrorReport, SinkState,
 };
-pub use record::{OutBatch, OutRecord, Payload, ValueFormat};
+pub use record::{OutBatch, Payload, ValueFormat};
 pub use sink::{JsonlConfig, Sink, SinkConfig, SinkError};
 pub use store::{Store, StoreError, StoredJob, Upserted};
-pub use webhook::WebhookConfig;
+pub use webhook::{WebhookConfig, WebhookMode};

@@ -8,6 +8,9 @@
 //! permanent error is retried slowly and reported, never skipped), so
 //! [`Delivery::deliver`] returns only once the batch may be acked, or when the
 //! job stops or the control plane shuts down (then: no ack; the agent resends).
+//! The ack does not wait for the watermarks to be saved: the job's saver
+//! (`saver.rs`) writes them behind it, several batches in one transaction
+//! when the store is slower than the sink.
 //!
 //! Cancel-safe: if the caller stops waiting (its agent disconnected), the
 //! worker still finishes the batch and advances the watermarks, so the copy
@@ -17,12 +20,15 @@ use super::dedup::Watermarks;
 use super::definition::{JobDefinition, ValidationError};
 use super::jsonl::{self, FileEnd};
 use super::record::OutBatch;
+use super::saver::{SaveState, Saver};
 use super::sink::{Sink, SinkConfig, SinkError};
 use super::store::{Store, StoreError, StoredJob, Upserted, changes_stream};
+use super::webhook::Accepted;
 use connectivity_common::backoff::Backoff;
 use connectivity_protocol::{Batch, ControlMessage, Record};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -186,6 +192,7 @@ struct ActiveJob {
 struct JobShared {
     stats: Mutex<JobStats>,
     watermarks: Mutex<Watermarks>,
+    saves: Arc<SaveState>,
 }
 
 struct Work {
@@ -198,6 +205,9 @@ struct JobHandle {
     config: watch::Sender<Arc<ActiveJob>>,
     shared: Arc<JobShared>,
     cancel: CancellationToken,
+    /// Cancelled once the worker has stopped taking batches (its queue is
+    /// closed, drained and dropped).
+    stopped: CancellationToken,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -306,13 +316,23 @@ impl Delivery {
                 job_id: job_id.clone(),
                 batch_seq,
             })?;
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         if handle.queue.send(Work { batch, reply }).await.is_err() {
             return Err(self.stopped(job_id, batch_seq));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
+        // tokio's `send` reserves a slot, then pushes: a batch pushed while
+        // the worker closed and drained its queue stays in the channel,
+        // which this handle keeps alive, and is never answered. So stop
+        // waiting once the worker is gone (an answer it gave comes first).
+        tokio::select! {
+            biased;
+            answered = &mut answer => {
+                answered.unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
+            }
+            _ = handle.stopped.cancelled() => answer
+                .try_recv()
+                .unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq))),
+        }
     }
 
     /// Create a job; fails if the id is taken.
@@ -507,6 +527,8 @@ impl Delivery {
         let handle = self.handle(job_id).ok_or_else(|| AdminError::NotFound {
             job_id: job_id.to_owned(),
         })?;
+        // No save of watermarks from before the reset may land after it.
+        let _no_saves = handle.shared.saves.forget().await;
         *lock(&handle.shared.watermarks) = Watermarks::default();
         let file_end = file_end_now(&handle.config.borrow().stored.definition.sink);
         self.inner.store.clear_watermarks(job_id, file_end).await?;
@@ -540,6 +562,7 @@ impl Delivery {
         let h = self.handle(job_id)?;
         let mut stats = lock(&h.shared.stats).clone();
         stats.watermarks = lock(&h.shared.watermarks).as_map().clone();
+        stats.watermark_write_errors = h.shared.saves.errors.load(Ordering::Relaxed);
         stats.queued_batches = h.queue.max_capacity() - h.queue.capacity();
         Some(stats)
     }
@@ -559,26 +582,42 @@ impl Delivery {
         let shared = Arc::new(JobShared {
             stats: Mutex::new(JobStats::default()),
             watermarks: Mutex::new(Watermarks::new(marks)),
+            saves: Arc::default(),
         });
         let cancel = self.inner.shutdown.child_token();
+        let (saver, saving) = Saver::new(
+            self.inner.store.clone(),
+            job_id.clone(),
+            shared.saves.clone(),
+        );
         let worker = Worker {
             job_id: job_id.clone(),
-            store: self.inner.store.clone(),
             options: self.inner.options.clone(),
             config: config_rx,
             shared: shared.clone(),
             cancel: cancel.clone(),
             shutdown: self.inner.shutdown.clone(),
-            unsaved: BTreeMap::new(),
-            unsaved_end: None,
+            saver,
         };
         let span = tracing::info_span!("job", job = %job_id);
-        let join = self.inner.tasks.spawn(worker.run(rx).instrument(span));
+        // The job's task ends when the worker has stopped and then its last
+        // watermarks are written (the worker's end drops the saver).
+        let stopped = CancellationToken::new();
+        let worker_stopped = stopped.clone();
+        let job = async move {
+            let working = async move {
+                worker.run(rx).await;
+                worker_stopped.cancel();
+            };
+            tokio::join!(working, saving);
+        };
+        let join = self.inner.tasks.spawn(job.instrument(span));
         let handle = Arc::new(JobHandle {
             queue,
             config,
             shared,
             cancel,
+            stopped,
             worker: Mutex::new(Some(join)),
         });
         self.inner
@@ -611,6 +650,21 @@ async fn stop_worker(handle: &JobHandle) {
     }
 }
 
+/// Most batches a JSONL job writes (and `fsync`s) at once: while one write
+/// runs, the batches arriving meanwhile queue (up to `queue_per_job`), and
+/// the next write takes them all.
+const GROUP_MAX_BATCHES: usize = 32;
+/// Most bytes of keys and values in such a group: bounds the buffer the
+/// group is encoded into.
+const GROUP_MAX_BYTES: usize = 16 << 20;
+
+fn batch_bytes(b: &Batch) -> usize {
+    b.records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len()))
+        .sum()
+}
+
 fn stop_reason(shutdown: &CancellationToken, job_id: String, batch_seq: u64) -> DeliveryError {
     if shutdown.is_cancelled() {
         DeliveryError::ShuttingDown { job_id, batch_seq }
@@ -621,19 +675,20 @@ fn stop_reason(shutdown: &CancellationToken, job_id: String, batch_seq: u64) -> 
 
 struct Worker {
     job_id: String,
-    store: Store,
     options: DeliveryOptions,
     config: watch::Receiver<Arc<ActiveJob>>,
     shared: Arc<JobShared>,
     cancel: CancellationToken,
     shutdown: CancellationToken,
-    /// Watermarks whose write failed, retried with the next batch.
-    unsaved: BTreeMap<i32, i64>,
-    /// Where the JSONL file ended after the last batch, if not yet saved.
-    unsaved_end: Option<FileEnd>,
+    /// Saves the watermarks behind the acks.
+    saver: Saver,
 }
 
 impl Worker {
+    /// Deliver the queue's batches until the job stops, then answer what is
+    /// left in it. Its end drops the saver: the job's task then writes the
+    /// last watermarks, and a job's replacement or deletion (which waits
+    /// for that task) starts only after its last save.
     async fn run(mut self, mut queue: mpsc::Receiver<Work>) {
         loop {
             let work = tokio::select! {
@@ -644,13 +699,18 @@ impl Worker {
                     None => break,
                 },
             };
-            let result = self.process(work.batch).await;
-            if let Err(err) = &result {
-                warn!(%err, "batch not delivered");
+            let group = self.group(work, &mut queue);
+            let (batches, replies): (Vec<Batch>, Vec<_>) =
+                group.into_iter().map(|w| (w.batch, w.reply)).unzip();
+            let results = self.process(batches).await;
+            for (result, reply) in results.into_iter().zip(replies) {
+                if let Err(err) = &result {
+                    warn!(%err, "batch not delivered");
+                }
+                // The caller may have gone (agent disconnected): nothing to
+                // do, the watermarks already cover the batch.
+                let _ = reply.send(result);
             }
-            // The caller may have gone (agent disconnected): nothing to do,
-            // the watermarks already cover the batch.
-            let _ = work.reply.send(result);
         }
         queue.close();
         while let Ok(work) = queue.try_recv() {
@@ -662,43 +722,92 @@ impl Worker {
         }
     }
 
-    async fn process(&mut self, batch: Batch) -> Result<Ack, DeliveryError> {
-        let Batch {
-            job_id,
-            batch_seq,
-            topic,
-            records,
-        } = batch;
+    /// `first` and, for a sink that writes a group of batches as cheaply as
+    /// one (JSONL: one write and one `fsync`), the batches queued behind it,
+    /// up to [`GROUP_MAX_BATCHES`] and [`GROUP_MAX_BYTES`].
+    fn group(&self, first: Work, queue: &mut mpsc::Receiver<Work>) -> Vec<Work> {
+        let mut group = vec![first];
+        if !self.config.borrow().sink.writes_groups() {
+            return group;
+        }
+        let mut bytes = batch_bytes(&group[0].batch);
+        while group.len() < GROUP_MAX_BATCHES && bytes < GROUP_MAX_BYTES {
+            let Ok(work) = queue.try_recv() else { break };
+            bytes += batch_bytes(&work.batch);
+            group.push(work);
+        }
+        group
+    }
+
+    /// Deliver a group of batches, in order, as one sink delivery: each is
+    /// filtered against the watermarks as they will be after the ones
+    /// before it, and all are acked once the sink accepted the lot.
+    async fn process(&mut self, batches: Vec<Batch>) -> Vec<Result<Ack, DeliveryError>> {
         let expected = self.config.borrow().stored.definition.spec.topic.clone();
-        if topic != expected {
-            return Err(DeliveryError::WrongTopic {
-                job_id,
-                batch_seq,
-                expected,
-                got: topic,
-            });
+        let mut after = lock(&self.shared.watermarks).clone();
+        let mut records = Vec::new();
+        let mut results = Vec::with_capacity(batches.len());
+        for b in batches {
+            if b.topic != expected {
+                results.push(Err(DeliveryError::WrongTopic {
+                    job_id: b.job_id,
+                    batch_seq: b.batch_seq,
+                    expected: expected.clone(),
+                    got: b.topic,
+                }));
+                continue;
+            }
+            let filtered = after.filter(b.records);
+            after.advance(&filtered.records);
+            results.push(Ok(Ack {
+                job_id: b.job_id,
+                batch_seq: b.batch_seq,
+                delivered: filtered.records.len(),
+                duplicates: filtered.duplicates,
+            }));
+            records.extend(filtered.records);
         }
-        let filtered = lock(&self.shared.watermarks).filter(records);
-        if !filtered.records.is_empty() {
-            let file_end = self
-                .deliver_with_retries(&topic, batch_seq, &filtered.records)
-                .await?;
-            let moved = lock(&self.shared.watermarks).advance(&filtered.records);
-            self.save_watermarks(moved, file_end).await;
+        if !records.is_empty() {
+            let first_seq = results.iter().flatten().map(|a| a.batch_seq).next();
+            match self
+                .deliver_with_retries(&expected, first_seq.unwrap_or(0), &records)
+                .await
+            {
+                Ok(file_end) => {
+                    let moved = lock(&self.shared.watermarks).advance(&records);
+                    self.saver.add(moved, file_end);
+                }
+                Err(_) => return self.not_delivered(results),
+            }
         }
+        self.count(&results);
+        results
+    }
+
+    /// The job stopped before the group was delivered: none is acked.
+    fn not_delivered(
+        &self,
+        results: Vec<Result<Ack, DeliveryError>>,
+    ) -> Vec<Result<Ack, DeliveryError>> {
+        results
+            .into_iter()
+            .map(|r| {
+                let ack = r?;
+                Err(stop_reason(&self.shutdown, ack.job_id, ack.batch_seq))
+            })
+            .collect()
+    }
+
+    fn count(&self, results: &[Result<Ack, DeliveryError>]) {
         let mut stats = lock(&self.shared.stats);
-        stats.records_delivered += filtered.records.len() as u64;
-        stats.duplicates_dropped += filtered.duplicates as u64;
-        stats.batches_acked += 1;
-        if !filtered.records.is_empty() {
-            stats.last_delivered_at_ms = Some(now_ms());
+        for ack in results.iter().flatten() {
+            stats.records_delivered += ack.delivered as u64;
+            stats.duplicates_dropped += ack.duplicates as u64;
+            stats.batches_acked += 1;
+            if ack.delivered > 0 {
+                stats.last_delivered_at_ms = Some(now_ms());
+            }
         }
-        Ok(Ack {
-            job_id,
-            batch_seq,
-            delivered: filtered.records.len(),
-            duplicates: filtered.duplicates,
-        })
     }
 
     async fn deliver_with_retries(
@@ -708,21 +817,23 @@ impl Worker {
         records: &[Record],
     ) -> Result<Option<FileEnd>, DeliveryError> {
         let mut backoff = Backoff::new(self.options.retry_base, self.options.retry_cap);
+        let mut accepted = Accepted::new();
+        let mut sink: Option<Arc<Sink>> = None;
         loop {
             let active = self.config.borrow_and_update().clone();
-            // Built per attempt: a value format changed meanwhile applies.
-            // The discard sink never looks at records: no encoding for it.
-            let batch = if active.sink.reads_records() {
-                OutBatch::new(
-                    &self.job_id,
-                    topic,
-                    records,
-                    active.stored.definition.value_format,
-                )
-            } else {
-                OutBatch::bare(&self.job_id, topic)
-            };
-            let err = match active.sink.deliver(&batch).await {
+            // Parts a previous sink took say nothing about a new one.
+            if !sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, &active.sink)) {
+                accepted.clear();
+                sink = Some(active.sink.clone());
+            }
+            // Per attempt: a value format changed meanwhile applies.
+            let batch = OutBatch::new(
+                &self.job_id,
+                topic,
+                records,
+                active.stored.definition.value_format,
+            );
+            let err = match active.sink.deliver(&batch, &mut accepted).await {
                 Ok(file_end) => {
                     lock(&self.shared.stats).sink_state = SinkState::Ok;
                     return Ok(file_end);
@@ -764,30 +875,6 @@ impl Worker {
                     info!(batch_seq, "sink configuration changed; retrying now");
                     backoff.reset();
                 }
-            }
-        }
-    }
-
-    /// Persist moved watermarks, with where the JSONL file ends after the
-    /// batch (one transaction). A failed write does not hold back the ack:
-    /// the sink has the records; the cost is a possible duplicate if the
-    /// control plane also restarts before the next successful write.
-    async fn save_watermarks(&mut self, moved: Vec<(i32, i64)>, file_end: Option<FileEnd>) {
-        self.unsaved.extend(moved);
-        self.unsaved_end = file_end.or(self.unsaved_end);
-        let marks: Vec<(i32, i64)> = self.unsaved.iter().map(|(p, o)| (*p, *o)).collect();
-        match self
-            .store
-            .set_watermarks(&self.job_id, marks, self.unsaved_end)
-            .await
-        {
-            Ok(()) => {
-                self.unsaved.clear();
-                self.unsaved_end = None;
-            }
-            Err(err) => {
-                lock(&self.shared.stats).watermark_write_errors += 1;
-                warn!(%err, "cannot save watermarks; a restart now may deliver duplicates");
             }
         }
     }

@@ -5,7 +5,7 @@
 use super::definition::FieldError;
 use super::jsonl::{FileEnd, JsonlSink};
 use super::record::OutBatch;
-use super::webhook::{WebhookConfig, WebhookSink};
+use super::webhook::{Accepted, WebhookConfig, WebhookSink};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
@@ -17,7 +17,8 @@ use std::time::Duration;
 pub enum SinkConfig {
     /// Append one JSON line per record to a local file.
     Jsonl(JsonlConfig),
-    /// POST each batch as one JSON document to an HTTPS endpoint.
+    /// POST each batch's records (by partition, or one by one) to an HTTPS
+    /// endpoint.
     Webhook(WebhookConfig),
     /// Accept and drop everything (benchmarks, dry runs).
     Discard,
@@ -151,7 +152,8 @@ impl SinkError {
 #[derive(Debug)]
 pub enum Sink {
     Jsonl(JsonlSink),
-    Webhook(WebhookSink),
+    /// Boxed: a webhook holds its client, URL and headers; one per job.
+    Webhook(Box<WebhookSink>),
     Discard,
 }
 
@@ -160,9 +162,17 @@ impl Sink {
     pub fn new(config: &SinkConfig, http: &reqwest::Client) -> Result<Sink, SinkError> {
         Ok(match config {
             SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink::new(c)),
-            SinkConfig::Webhook(c) => Sink::Webhook(WebhookSink::new(c, http.clone())?),
+            SinkConfig::Webhook(c) => Sink::Webhook(Box::new(WebhookSink::new(c, http.clone())?)),
             SinkConfig::Discard => Sink::Discard,
         })
+    }
+
+    /// Whether the batches queued behind one are best handed over with it
+    /// as one: a JSONL file takes a group in one write and one `fsync`. A
+    /// webhook takes each batch as it came (a receiver may limit a
+    /// request's size).
+    pub fn writes_groups(&self) -> bool {
+        matches!(self, Sink::Jsonl(_))
     }
 
     /// Whether the sink uses the records of a batch (all but discard).
@@ -171,11 +181,17 @@ impl Sink {
     }
 
     /// Hand over a batch. `Ok` means the sink accepted every record in it;
-    /// a JSONL sink also says where its file ends now, for the store.
-    pub async fn deliver(&self, batch: &OutBatch) -> Result<Option<FileEnd>, SinkError> {
+    /// a JSONL sink also says where its file ends now, for the store. A sink
+    /// that takes a batch in several requests (webhook) notes in `accepted`
+    /// those it took, so that a retry of the same batch skips them.
+    pub async fn deliver(
+        &self,
+        batch: &OutBatch<'_>,
+        accepted: &mut Accepted,
+    ) -> Result<Option<FileEnd>, SinkError> {
         match self {
             Sink::Jsonl(s) => s.deliver(batch).await.map(Some),
-            Sink::Webhook(s) => s.deliver(batch).await.map(|()| None),
+            Sink::Webhook(s) => s.deliver(batch, accepted).await.map(|()| None),
             Sink::Discard => Ok(None),
         }
     }

@@ -1,19 +1,29 @@
-//! The webhook sink: one HTTP POST per batch, accepted on any 2xx.
+//! The webhook sink: HTTP POSTs, each accepted on any 2xx.
 //!
-//! Body: `{"job_id":"...","topic":"...","records":[...]}` (records as in
-//! [`super::record`]), `Content-Type: application/json`, and an
-//! `Idempotency-Key` naming the records (`<job>/<topic>/<partition>:<first>-<last>,...`),
-//! identical on every retry of the batch. Redirects are not followed: a POST
-//! turned into a GET by a 302 would be reported as delivered while nothing
-//! was.
+//! In `batch` mode (the default) a batch becomes one POST per partition it
+//! holds, body `{"job_id":"...","topic":"...","records":[...]}` (records as
+//! in [`super::record`]); in `record` mode every record is a POST of its own,
+//! body the record object (an Oracle Integration trigger takes one message
+//! per invocation). Up to `max_parallel` requests of a job are in flight at
+//! once, never two of the same partition, so a receiver sees each
+//! partition's records in order. `Content-Type: application/json`, and an
+//! `Idempotency-Key` naming the records (`<job>/<topic>/<partition>:<first>-<last>`),
+//! identical on every retry. A batch is accepted once every one of its
+//! requests was; a retry sends only the requests not yet accepted.
+//! Connections are kept alive and reused (HTTP/1.1, or HTTP/2 where the
+//! receiver offers it in TLS). Redirects are not followed: a POST turned into
+//! a GET by a 302 would be reported as delivered while nothing was.
 
 use super::definition::FieldError;
 use super::record::OutBatch;
 use super::sink::SinkError;
+use connectivity_protocol::Record;
 use connectivity_protocol::secret::{MASK, Secret};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 use url::{Host, Url};
@@ -34,6 +44,23 @@ const RESERVED_HEADERS: &[&str] = &[
 /// Most of an error response body kept in the error message.
 const BODY_EXCERPT: usize = 300;
 
+/// Most of a 2xx answer's body read (and dropped) to keep its connection.
+const SUCCESS_BODY_DRAINED: usize = 64 * 1024;
+
+/// Most requests of one job in flight at once.
+pub const MAX_PARALLEL: u32 = 64;
+
+/// What one request carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookMode {
+    /// The records of one partition of a batch: `{"job_id","topic","records":[...]}`.
+    #[default]
+    Batch,
+    /// One record, as the JSON object of its own.
+    Record,
+}
+
 /// `{"kind":"webhook","url":"https://...","headers":{...},"timeout_ms":10000}`
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,10 +74,21 @@ pub struct WebhookConfig {
     /// Time allowed for one request, response included.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// One POST per partition of a batch, or one per record.
+    #[serde(default)]
+    pub mode: WebhookMode,
+    /// Requests of the job in flight at once (1 to [`MAX_PARALLEL`]); never
+    /// two of the same partition.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: u32,
 }
 
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_max_parallel() -> u32 {
+    4
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -59,6 +97,8 @@ impl fmt::Debug for WebhookConfig {
             .field("url", &shown_url(&self.url))
             .field("headers", &self.headers)
             .field("timeout_ms", &self.timeout_ms)
+            .field("mode", &self.mode)
+            .field("max_parallel", &self.max_parallel)
             .finish()
     }
 }
@@ -151,6 +191,14 @@ impl WebhookConfig {
                 format!("give a timeout between 1 and {MAX_TIMEOUT_MS} milliseconds"),
             ));
         }
+        if self.max_parallel == 0 || self.max_parallel > MAX_PARALLEL {
+            errors.push(FieldError::new(
+                "sink.max_parallel",
+                Some(self.max_parallel.to_string()),
+                "is out of range",
+                format!("give 1 to {MAX_PARALLEL} requests in flight (default 4)"),
+            ));
+        }
     }
 
     pub(crate) fn redacted(&self) -> WebhookConfig {
@@ -162,6 +210,8 @@ impl WebhookConfig {
                 .map(|k| (k.clone(), Secret::new(MASK)))
                 .collect(),
             timeout_ms: self.timeout_ms,
+            mode: self.mode,
+            max_parallel: self.max_parallel,
         }
     }
 
@@ -179,6 +229,10 @@ impl WebhookConfig {
     }
 }
 
+/// The requests of a batch already accepted, by the records each carried
+/// (partition, first offset, last offset): a retry of the batch skips them.
+pub type Accepted = HashSet<(i32, i64, i64)>;
+
 /// A webhook ready to post to.
 pub struct WebhookSink {
     client: reqwest::Client,
@@ -186,6 +240,8 @@ pub struct WebhookSink {
     shown: String,
     headers: HeaderMap,
     timeout: Duration,
+    mode: WebhookMode,
+    max_parallel: usize,
 }
 
 impl fmt::Debug for WebhookSink {
@@ -193,6 +249,8 @@ impl fmt::Debug for WebhookSink {
         f.debug_struct("WebhookSink")
             .field("url", &self.shown)
             .field("timeout", &self.timeout)
+            .field("mode", &self.mode)
+            .field("max_parallel", &self.max_parallel)
             .finish_non_exhaustive()
     }
 }
@@ -214,24 +272,90 @@ impl WebhookSink {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(WebhookSink {
             client,
             url,
             shown,
             headers,
             timeout: Duration::from_millis(config.timeout_ms),
+            mode: config.mode,
+            max_parallel: config.max_parallel.clamp(1, MAX_PARALLEL) as usize,
         })
     }
 
-    pub(crate) async fn deliver(&self, batch: &OutBatch) -> Result<(), SinkError> {
+    /// Send the batch's requests not yet in `accepted`, at most
+    /// `max_parallel` at once, one partition's in order. Every request
+    /// accepted is added to `accepted`, also when another failed; `Ok` when
+    /// all of them are.
+    pub(crate) async fn deliver(
+        &self,
+        batch: &OutBatch<'_>,
+        accepted: &mut Accepted,
+    ) -> Result<(), SinkError> {
+        let mut lanes = partition_lanes(batch.records).into_iter();
+        let seen: &Accepted = accepted;
+        // Bounded: at most `max_parallel` lanes run at once, and a lane has
+        // one request in flight.
+        let mut running = FuturesUnordered::new();
+        let mut results = Vec::new();
+        loop {
+            while running.len() < self.max_parallel {
+                let Some(lane) = lanes.next() else { break };
+                running.push(self.send_lane(batch, lane, seen));
+            }
+            match running.next().await {
+                Some(result) => results.push(result),
+                None => break,
+            }
+        }
+        drop(running);
+        let mut first_error = None;
+        for (done, err) in results {
+            accepted.extend(done);
+            first_error = first_error.or(err);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// One partition's records: one request (batch mode) or one per record,
+    /// in order, stopping at the first that is not accepted.
+    async fn send_lane(
+        &self,
+        batch: &OutBatch<'_>,
+        lane: Vec<&Record>,
+        accepted: &Accepted,
+    ) -> (Vec<Part>, Option<SinkError>) {
+        let size = match self.mode {
+            WebhookMode::Batch => lane.len().max(1),
+            WebhookMode::Record => 1,
+        };
+        let mut done = Vec::new();
+        for chunk in lane.chunks(size) {
+            let part = part_of(chunk);
+            if accepted.contains(&part) {
+                continue;
+            }
+            let body = match self.mode {
+                WebhookMode::Batch => batch.webhook_body(chunk.iter().copied()),
+                WebhookMode::Record => batch.record_body(chunk[0]),
+            };
+            if let Err(err) = self.post(body, &idempotency_key(batch, part)).await {
+                return (done, Some(err));
+            }
+            done.push(part);
+        }
+        (done, None)
+    }
+
+    async fn post(&self, body: Vec<u8>, key: &str) -> Result<(), SinkError> {
         let mut request = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
             .timeout(self.timeout)
-            .body(batch.to_webhook_body());
-        if let Ok(key) = HeaderValue::from_str(&idempotency_key(batch)) {
+            .body(body);
+        if let Ok(key) = HeaderValue::from_str(key) {
             request = request.header("idempotency-key", key);
         }
         let transport = |e: reqwest::Error| SinkError::Transport {
@@ -241,21 +365,36 @@ impl WebhookSink {
             message: error_chain(&e.without_url()),
         };
         let mut response = request.send().await.map_err(transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
+        if !response.status().is_success() {
+            return Err(self.refused(response).await);
         }
+        // Read a short (usually empty) body to its end, so that the
+        // connection goes back to the pool for the next request; a long one
+        // is dropped with its connection rather than read into memory.
+        let mut left = SUCCESS_BODY_DRAINED;
+        while left > 0 {
+            match tokio::time::timeout(self.timeout, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len()),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for an answer other than 2xx.
+    async fn refused(&self, mut response: reqwest::Response) -> SinkError {
+        let status = response.status();
         if status.is_redirection() {
             let location = response
                 .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("(no Location)");
-            return Err(SinkError::Redirect {
+            return SinkError::Redirect {
                 url: self.shown.clone(),
                 status: status.as_u16(),
                 location: shown_url(location),
-            });
+            };
         }
         let retry_after = response
             .headers()
@@ -277,13 +416,38 @@ impl WebhookSink {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        Err(SinkError::Status {
+        SinkError::Status {
             url: self.shown.clone(),
             status: status.as_u16(),
             body: body.trim().to_owned(),
             retry_after,
-        })
+        }
     }
+}
+
+/// What one request carries: partition, first and last offset.
+type Part = (i32, i64, i64);
+
+fn part_of(records: &[&Record]) -> Part {
+    let partition = records.first().map_or(0, |r| r.partition);
+    let first = records.iter().map(|r| r.offset).min().unwrap_or(0);
+    let last = records.iter().map(|r| r.offset).max().unwrap_or(0);
+    (partition, first, last)
+}
+
+/// The batch's records by partition, each partition's in batch order,
+/// partitions in the order they first appear.
+fn partition_lanes(records: &[Record]) -> Vec<Vec<&Record>> {
+    let mut lanes: Vec<Vec<&Record>> = Vec::new();
+    let mut index: HashMap<i32, usize> = HashMap::new();
+    for r in records {
+        let i = *index.entry(r.partition).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[i].push(r);
+    }
+    lanes
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -297,19 +461,12 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
-/// `<job>/<topic>/<partition>:<first>-<last>[,...]`, partitions in order.
-pub fn idempotency_key(batch: &OutBatch) -> String {
-    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for r in &batch.records {
-        let e = ranges.entry(r.partition).or_insert((r.offset, r.offset));
-        e.0 = e.0.min(r.offset);
-        e.1 = e.1.max(r.offset);
-    }
-    let parts: Vec<String> = ranges
-        .iter()
-        .map(|(p, (a, b))| format!("{p}:{a}-{b}"))
-        .collect();
-    format!("{}/{}/{}", batch.job_id, batch.topic, parts.join(","))
+/// `<job>/<topic>/<partition>:<first>-<last>`: the same on every retry.
+pub fn idempotency_key(batch: &OutBatch<'_>, (partition, first, last): Part) -> String {
+    format!(
+        "{}/{}/{partition}:{first}-{last}",
+        batch.job_id, batch.topic
+    )
 }
 
 #[cfg(test)]
@@ -321,6 +478,8 @@ mod tests {
             url: url.into(),
             headers: BTreeMap::from([("Authorization".into(), Secret::new("Bearer s3cret"))]),
             timeout_ms: 1000,
+            mode: WebhookMode::Batch,
+            max_parallel: 4,
         }
     }
 
@@ -363,6 +522,51 @@ mod tests {
             "{p}"
         );
         assert!(!p.contains("pw@"), "{p}");
+    }
+
+    #[test]
+    fn mode_and_parallel_requests_default_and_are_checked() {
+        let c: WebhookConfig = serde_json::from_str(r#"{"url":"https://h.example/x"}"#).unwrap();
+        assert_eq!((c.mode, c.max_parallel), (WebhookMode::Batch, 4));
+        let c: WebhookConfig = serde_json::from_str(
+            r#"{"url":"https://h.example/x","mode":"record","max_parallel":1}"#,
+        )
+        .unwrap();
+        assert_eq!((c.mode, c.max_parallel), (WebhookMode::Record, 1));
+        let mut c = config("https://h.example/x");
+        c.max_parallel = 0;
+        assert_eq!(
+            problems(&c),
+            vec![
+                "sink.max_parallel = \"0\": is out of range; fix: give 1 to 64 requests in flight (default 4)"
+            ]
+        );
+        let err =
+            serde_json::from_str::<WebhookConfig>(r#"{"url":"https://h.example/x","mode":"each"}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `each`"), "{err}");
+    }
+
+    #[test]
+    fn partitions_keep_their_order_in_lanes() {
+        let rec = |partition, offset| Record {
+            partition,
+            offset,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: vec![],
+        };
+        let records = [rec(3, 1), rec(0, 5), rec(3, 2), rec(0, 6), rec(1, 0)];
+        let lanes: Vec<Vec<(i32, i64)>> = partition_lanes(&records)
+            .iter()
+            .map(|l| l.iter().map(|r| (r.partition, r.offset)).collect())
+            .collect();
+        assert_eq!(
+            lanes,
+            vec![vec![(3, 1), (3, 2)], vec![(0, 5), (0, 6)], vec![(1, 0)]]
+        );
+        assert_eq!(part_of(&partition_lanes(&records)[1]), (0, 5, 6));
     }
 
     #[test]
