@@ -3,7 +3,7 @@
 use super::hub::Answer;
 use super::{REQUEST_TIMEOUT, ReadAnswer, StreamError, StreamService};
 use crate::commands::CommandHub;
-use crate::delivery::record::{OutRecord, ValueFormat, write_record};
+use crate::delivery::record::{ValueFormat, write_record};
 use connectivity_protocol::job::ErrorClass;
 use connectivity_protocol::stream::{self, CAPABILITY_READ, MAX_READ_BYTES, ReadSelection};
 use connectivity_protocol::{ControlMessage, ReadRequest};
@@ -144,7 +144,7 @@ impl StreamService {
             if i > 0 {
                 json.push(b',');
             }
-            write_record(&mut json, &topic, &OutRecord::new(rec, ValueFormat::Raw));
+            write_record(&mut json, &topic, rec, ValueFormat::Raw);
         }
         json.push(b']');
         Ok(ReadAnswer {
