@@ -589,5 +589,7 @@ async fn an_operator_browses_a_streams_records() {
     ] {
         assert!(!seen.contains(secret), "a secret reached the page");
     }
+    // Ends the session, which closes the browser (chromedriver's exit does not).
+    b.quit().await;
     kafka::delete_topic(broker, &topic).await;
 }
