@@ -446,31 +446,8 @@ async fn publishes_spread_over_the_agents_of_a_group() {
 
 /// The agent binary with the crash-after-publish fault injected.
 fn spawn_crashing_agent(e: &E2e, name: &str) -> std::process::Child {
-    let state = e.dir.path().join(name);
-    std::fs::create_dir_all(&state).expect("state dir");
-    let profile = e.dir.path().join(format!("{name}.cfg"));
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&profile)
-            .expect("profile");
-        f.write_all(e.profile_text(&state).as_bytes())
-            .expect("profile");
-    }
-    let log = std::fs::File::create(e.dir.path().join(format!("{name}.log"))).expect("log");
-    std::process::Command::new(env!("CARGO_BIN_EXE_connectivity-agent"))
-        .args(["run", "--config"])
-        .arg(&profile)
+    e.agent_binary(name)
         .env("CONNECTIVITY_AGENT_TEST_CRASH_AFTER_PUBLISH", "1")
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
         .spawn()
         .expect("start the agent binary")
 }

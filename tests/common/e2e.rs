@@ -94,6 +94,14 @@ impl E2e {
     /// Run the agent binary with state in `<dir>/<name>`; its output goes
     /// to `<dir>/<name>.log`.
     pub fn spawn_agent_binary(&self, name: &str) -> Child {
+        self.agent_binary(name)
+            .spawn()
+            .expect("start the agent binary")
+    }
+
+    /// The command that runs the agent binary with state in `<dir>/<name>`
+    /// (its profile written), for a test to add to before it spawns it.
+    pub fn agent_binary(&self, name: &str) -> Command {
         let state = self.dir.path().join(name);
         std::fs::create_dir_all(&state).expect("state dir");
         let profile = self.dir.path().join(format!("{name}.cfg"));
@@ -112,7 +120,7 @@ impl E2e {
                 .expect("write profile");
         }
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        spawn_agent_binary(
+        agent_command(
             &profile,
             &self.dir.path().join(format!("{name}.log")),
             &rust_log,
@@ -479,19 +487,25 @@ pub async fn kafka_committed(
 /// Start the `connectivity-agent` binary with `run --config <profile>`,
 /// its output appended to `log`.
 pub fn spawn_agent_binary(profile: &Path, log: &Path, rust_log: &str) -> Child {
+    agent_command(profile, log, rust_log)
+        .spawn()
+        .expect("start the agent binary")
+}
+
+/// `connectivity-agent run --config <profile>`, its output appended to `log`.
+pub fn agent_command(profile: &Path, log: &Path, rust_log: &str) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_connectivity-agent"))
-        .arg("run")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_connectivity-agent"));
+    cmd.arg("run")
         .arg("--config")
         .arg(profile)
         .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start the agent binary")
+        .stderr(log);
+    cmd
 }
