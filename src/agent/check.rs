@@ -4,7 +4,7 @@
 use super::connect::{Channel, Connector, Io, STEP_TIMEOUT};
 use super::{auth, certificate, session};
 use crate::config::AgentConfig;
-use connectivity_protocol::{AgentMessage, Hello, HostFacts, PROTOCOL_VERSION};
+use connectivity_protocol::{AgentMessage, Hello};
 use futures_util::SinkExt;
 use std::fmt::Write as _;
 
@@ -166,19 +166,7 @@ fn check_hello(config: &AgentConfig, connector: &Connector) -> Hello {
     let agent_id = std::fs::read_to_string(config.state_dir.join("agent-id"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| format!("check-{}", uuid::Uuid::new_v4()));
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        agent_id,
-        agent_name: config.agent_name.clone(),
-        group: config.group.clone(),
-        host: HostFacts::current(),
-        proxy: connector.proxy_address(),
-        capabilities: crate::streams::CAPABILITIES
-            .iter()
-            .map(|c| (*c).to_owned())
-            .collect(),
-    }
+    super::hello(config, connector, agent_id)
 }
 
 /// End the check's session politely; best effort.

@@ -168,19 +168,7 @@ impl<'a> Supervisor<'a> {
     ) -> Result<Supervisor<'a>, AgentError> {
         let connector = Connector::new(config).map_err(|e| AgentError::Setup(e.to_string()))?;
         let auth = auth::Authenticator::new(config).map_err(|e| AgentError::Setup(e.message))?;
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            agent_id: agent_id.to_owned(),
-            agent_name: config.agent_name.clone(),
-            group: config.group.clone(),
-            host: HostFacts::current(),
-            proxy: connector.proxy_address(),
-            capabilities: crate::streams::CAPABILITIES
-                .iter()
-                .map(|c| (*c).to_owned())
-                .collect(),
-        };
+        let hello = hello(config, &connector, agent_id.to_owned());
         info!(
             agent_id = %agent_id,
             name = %config.agent_name,
@@ -331,5 +319,22 @@ async fn wait(delay: Duration, shutdown: &CancellationToken) -> bool {
                 }
             }
         }
+    }
+}
+
+/// The hello this agent introduces itself with (its session and `check`).
+fn hello(config: &AgentConfig, connector: &Connector, agent_id: String) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_id,
+        agent_name: config.agent_name.clone(),
+        group: config.group.clone(),
+        host: HostFacts::current(),
+        proxy: connector.proxy_address(),
+        capabilities: crate::streams::CAPABILITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
     }
 }

@@ -24,19 +24,10 @@ impl AgentProcess {
         let state = dir.join(name);
         std::fs::create_dir_all(&state).expect("state dir");
         let profile = dir.join(format!("{name}.cfg"));
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&profile)
-                .expect("profile");
-            f.write_all(e2e::agent_profile_text(base_url, ca_file, &state).as_bytes())
-                .expect("write profile");
-        }
+        e2e::write_private(
+            &profile,
+            &e2e::agent_profile_text(base_url, ca_file, &state),
+        );
         AgentProcess {
             name: name.to_string(),
             profile,

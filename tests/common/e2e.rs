@@ -105,20 +105,7 @@ impl E2e {
         let state = self.dir.path().join(name);
         std::fs::create_dir_all(&state).expect("state dir");
         let profile = self.dir.path().join(format!("{name}.cfg"));
-        // The agent refuses a profile others can read (it holds secrets).
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&profile)
-                .expect("profile");
-            f.write_all(self.profile_text(&state).as_bytes())
-                .expect("write profile");
-        }
+        write_private(&profile, &self.profile_text(&state));
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         agent_command(
             &profile,
@@ -490,6 +477,21 @@ pub fn spawn_agent_binary(profile: &Path, log: &Path, rust_log: &str) -> Child {
     agent_command(profile, log, rust_log)
         .spawn()
         .expect("start the agent binary")
+}
+
+/// Write an agent profile readable by its owner only: the agent refuses a
+/// profile others can read (it holds secrets).
+pub fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// `connectivity-agent run --config <profile>`, its output appended to `log`.
