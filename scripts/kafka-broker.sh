@@ -35,6 +35,9 @@ SASL_USER=alice
 SASL_PASSWORD=alice-secret
 ADMIN_USER="admin"
 ADMIN_PASSWORD=admin-secret
+# A topic that only the admin user may use: the tests' user gets a real
+# TOPIC_AUTHORIZATION_FAILED from it (see write_server_properties).
+ACL_DENIED_TOPIC=acl-denied
 
 # Main classes for Kafka 4.4 (they moved between 3.x and 4.x; re-check on bumps).
 BROKER_MAIN=kafka.Kafka
@@ -332,7 +335,7 @@ ssl.client.auth=none
 listener.name.ssl.ssl.client.auth=requested
 
 # SASL: PLAIN users are defined inline; SCRAM credentials were written into
-# the metadata log by "kafka-storage format --add-scram". No authorizer.
+# the metadata log by "kafka-storage format --add-scram".
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config=$jaas_plain
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$jaas_scram
@@ -340,6 +343,14 @@ listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$jaas_scram
 listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas_plain
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=$jaas_scram
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$jaas_scram
+
+# An authorizer, so that a refused ACL is a real broker's answer. A resource
+# without ACLs stays open to everyone, so the tests' users need none; the one
+# ACL (added once the broker is up) gives $ACL_DENIED_TOPIC to the admin user
+# alone. Loopback PLAINTEXT, the controller and the admin are super users.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
+super.users=User:ANONYMOUS;User:$ADMIN_USER
 
 log.dirs=$DATA_DIR
 
@@ -373,6 +384,17 @@ log.segment.bytes=16777216
 log.cleaner.dedupe.buffer.size=16777216
 log.cleaner.threads=1
 EOF
+}
+
+# The ACL that makes $ACL_DENIED_TOPIC the admin's alone (see the authorizer
+# settings above): any other user is refused, as by a real cluster's ACLs.
+add_acls() {
+    local out
+    if ! out=$(run_tool 120 org.apache.kafka.tools.AclCommand \
+        --bootstrap-server "127.0.0.1:$P_PLAINTEXT" --add \
+        --allow-principal "User:$ADMIN_USER" --operation All --topic "$ACL_DENIED_TOPIC" 2>&1); then
+        start_failed "adding the ACL of topic $ACL_DENIED_TOPIC failed: $out"
+    fi
 }
 
 # Kafka cluster ids are 16 random bytes, URL-safe base64 without padding;
@@ -412,6 +434,7 @@ write_env() {
         echo "KAFKA_SASL_ADMIN_USER=$ADMIN_USER"
         echo "KAFKA_SASL_ADMIN_PASSWORD=$ADMIN_PASSWORD"
         echo "KAFKA_CLUSTER_ID=$CLUSTER_ID"
+        echo "KAFKA_ACL_DENIED_TOPIC=$ACL_DENIED_TOPIC"
         echo "KAFKA_LIBS_DIR=$LIBS_DIR"
         echo "KAFKA_BROKER_PID=$BROKER_PID"
         echo "KAFKA_BROKER_LOG=$LOG_FILE"
@@ -535,6 +558,7 @@ cmd_start() {
         sleep 0.2
     done
     wait "$truststores_pid" || start_failed "creating the truststores failed"
+    add_acls
     write_env
     log "broker ready in $(since)s: PLAINTEXT=127.0.0.1:$P_PLAINTEXT SASL_SSL=localhost:$P_SASL_SSL SSL=localhost:$P_SSL SASL_PLAINTEXT=127.0.0.1:$P_SASL_PLAINTEXT"
     echo "$ENV_FILE"

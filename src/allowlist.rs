@@ -100,6 +100,25 @@ impl AllowList {
         }
         Ok(())
     }
+
+    /// Check the brokers a cluster at `bootstrap` advertises in its
+    /// metadata: librdkafka reads and writes through them, not through the
+    /// bootstrap servers, so each must be allowed too. The error names the
+    /// first that is not. May resolve names (CIDR rules): call it off the
+    /// async threads.
+    pub fn check_advertised(&self, bootstrap: &str, advertised: &[String]) -> Result<(), String> {
+        match advertised.iter().find(|b| self.check_bootstrap(b).is_err()) {
+            None => Ok(()),
+            Some(broker) => Err(format!(
+                "the cluster at {} advertises broker {broker}, which is not in this agent's \
+                 agent_ALLOWED_ENDPOINTS ({self}); nothing was read or written. If that broker \
+                 belongs to the cluster, add it there on the agent host (for example \
+                 agent_ALLOWED_ENDPOINTS={broker}) and restart the agent; otherwise fix the \
+                 brokers' advertised.listeners",
+                bootstrap.trim()
+            )),
+        }
+    }
 }
 
 impl fmt::Display for AllowList {

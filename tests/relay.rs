@@ -856,8 +856,8 @@ async fn broker_advertised_outside_the_allow_list_is_refused() {
         e.message,
         format!(
             "the cluster at {bootstrap} advertises broker {0}, which is not in this agent's \
-             agent_ALLOWED_ENDPOINTS ({rule}); nothing was read. If that broker belongs to \
-             the cluster, add it there on the agent host (for example \
+             agent_ALLOWED_ENDPOINTS ({rule}); nothing was read or written. If that broker \
+             belongs to the cluster, add it there on the agent host (for example \
              agent_ALLOWED_ENDPOINTS={0}) and restart the agent; otherwise fix the \
              brokers' advertised.listeners",
             b.plaintext

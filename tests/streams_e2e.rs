@@ -330,6 +330,28 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
         "{body}"
     );
 
+    // The broker's ACLs give this topic to another user.
+    let denied = &e.broker.acl_denied_topic;
+    put_connection(&e, "denied", &connection(&e, denied)).await;
+    let (status, _, body) = publish(&e, "denied", Some("k7"), &one).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        format!(
+            "not authorized to write to topic {denied:?}; grant the SASL user write access to it \
+             (OCI: a policy allowing the user's group to `use stream-push` in the stream's compartment)"
+        )
+    );
+    let (status, body) = read(&e, "denied", "latest=1").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        format!(
+            "not authorized to read topic {denied:?}; grant the SASL user read access to it \
+             (OCI: a policy allowing the user's group to `use stream-pull` in the stream's compartment)"
+        )
+    );
+
     // The agent's allow-list (loopback only in the tests) applies as to a job.
     let mut outside = connection(&e, &topic);
     outside["bootstrap_servers"] = json!("kafka.example.com:9092");

@@ -472,28 +472,14 @@ impl Runner {
     /// The advertised brokers must be allowed too: librdkafka reads from
     /// them, not from the bootstrap servers.
     async fn check_advertised(&self, advertised: Vec<String>) -> Result<(), JobError> {
-        let allow = self.allow.clone();
-        let refused = tokio::task::spawn_blocking(move || {
-            advertised
-                .into_iter()
-                .find(|b| allow.check_bootstrap(b).is_err())
-        })
-        .await
-        .unwrap_or(None);
-        match refused {
-            None => Ok(()),
-            Some(broker) => Err(JobError {
+        let (allow, bootstrap) = (self.allow.clone(), self.spec.bootstrap_servers.clone());
+        tokio::task::spawn_blocking(move || allow.check_advertised(&bootstrap, &advertised))
+            .await
+            .unwrap_or_else(|e| Err(format!("allow-list check failed: {e}")))
+            .map_err(|message| JobError {
                 class: ErrorClass::NotAllowed,
-                message: format!(
-                    "the cluster at {} advertises broker {broker}, which is not in this agent's \
-                     agent_ALLOWED_ENDPOINTS ({}); nothing was read. If that broker belongs to \
-                     the cluster, add it there on the agent host (for example \
-                     agent_ALLOWED_ENDPOINTS={broker}) and restart the agent; otherwise fix the \
-                     brokers' advertised.listeners",
-                    self.spec.bootstrap_servers, self.allow
-                ),
-            }),
-        }
+                message,
+            })
     }
 
     /// The topic's partition count and the advertised brokers, or the

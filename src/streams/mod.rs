@@ -11,9 +11,11 @@ pub mod publish;
 pub mod read;
 
 use crate::allowlist::AllowList;
+use crate::kafka::errors::Target;
 use connectivity_protocol::job::{ErrorClass, JobError};
 use connectivity_protocol::stream::{self, CAPABILITY_PUBLISH, CAPABILITY_READ, StreamConnection};
 use connectivity_protocol::{AgentMessage, ControlMessage, PublishResult, ReadResult};
+use rdkafka::metadata::Metadata;
 
 /// What this agent announces in its hello.
 pub const CAPABILITIES: &[&str] = &[CAPABILITY_PUBLISH, CAPABILITY_READ];
@@ -45,7 +47,7 @@ impl Streams {
                 let secrets = secrets(&req.connection);
                 let mut result = match self.allowed(&req.connection).await {
                     Err(e) => failed_publish(id, e),
-                    Ok(()) => self.producers.publish(req).await,
+                    Ok(()) => self.producers.publish(req, &self.allow).await,
                 };
                 let errors = result.records.iter_mut().filter_map(|r| r.error.as_mut());
                 errors
@@ -58,7 +60,7 @@ impl Streams {
                 let secrets = secrets(&req.connection);
                 let mut result = match self.allowed(&req.connection).await {
                     Err(e) => failed_read(id, e),
-                    Ok(()) => read::read(req).await,
+                    Ok(()) => read::read(req, self.allow.clone()).await,
                 };
                 if let Some(e) = result.error.as_mut() {
                     redact(e, &secrets);
@@ -80,6 +82,20 @@ impl Streams {
         c.check()
             .map_err(|e| stream::error(ErrorClass::Config, e.to_string()))
     }
+}
+
+/// The check of the brokers a cluster advertises, as a poll job gets it
+/// ([`AllowList::check_advertised`]), on the metadata a producer or reader
+/// fetched from the bootstrap servers alone, before it goes on to them.
+fn check_brokers(allow: &AllowList, target: &Target, md: &Metadata) -> Result<(), JobError> {
+    let advertised: Vec<String> = md
+        .brokers()
+        .iter()
+        .map(|b| format!("{}:{}", b.host(), b.port()))
+        .collect();
+    allow
+        .check_advertised(&target.bootstrap, &advertised)
+        .map_err(|m| stream::error(ErrorClass::NotAllowed, m))
 }
 
 /// The connection's secrets, to mask in whatever librdkafka put in an

@@ -13,6 +13,7 @@
 //! retries (docs/CONTROL_PLANE.md, "Publish").
 
 use super::read::{self, remaining, target_of};
+use crate::allowlist::AllowList;
 use crate::kafka::client::connection_config;
 use crate::kafka::context::CaptureContext;
 use crate::kafka::errors::{self, ErrorLog, Target};
@@ -58,25 +59,32 @@ pub struct Producers {
 
 impl Producers {
     /// Run a publish request to its answer.
-    pub async fn publish(&self, req: PublishRequest) -> PublishResult {
+    pub async fn publish(&self, req: PublishRequest, allow: &AllowList) -> PublishResult {
         let id = req.request_id.clone();
-        match self.try_publish(&req).await {
+        match self.try_publish(&req, allow).await {
             Ok(r) => r,
             Err(e) => super::failed_publish(id, e),
         }
     }
 
-    async fn try_publish(&self, req: &PublishRequest) -> Result<PublishResult, JobError> {
+    async fn try_publish(
+        &self,
+        req: &PublishRequest,
+        allow: &AllowList,
+    ) -> Result<PublishResult, JobError> {
         let batch = stream::frame_from_base64(&req.frame)
             .map_err(|m| stream::error(ErrorClass::Config, m))?;
         let deadline = Instant::now() + Duration::from_millis(req.timeout_ms).min(MAX_DEADLINE);
         let target = target_of(&req.connection);
         let found = match req.recover_since_ms {
-            Some(since) => recover(req, since, batch.records.len(), &target, deadline).await?,
+            Some(since) => {
+                let count = batch.records.len();
+                recover(req, since, count, &target, allow, deadline).await?
+            }
             None => HashMap::new(),
         };
         let mut client = self.client(&req.connection, None)?;
-        ensure_topic(&client, &req.connection.topic, &target, deadline).await?;
+        ensure_topic(&client, &req.connection.topic, &target, allow, deadline).await?;
         let mut outcomes = produce(&client, req, &batch, &found, &target, deadline).await;
         if client.idempotence == Idempotence::Enabled && idempotence_refused(&outcomes, &client) {
             warn!(endpoint = %target.bootstrap, "broker does not support idempotent producers (INIT_PRODUCER_ID); writing without");
@@ -171,6 +179,7 @@ async fn ensure_topic(
     client: &Arc<Client>,
     topic: &str,
     target: &Target,
+    allow: &AllowList,
     deadline: Instant,
 ) -> Result<(), JobError> {
     let known = |c: &Client| {
@@ -184,9 +193,14 @@ async fn ensure_topic(
     }
     // Reports of earlier requests say nothing about this one.
     let _ = client.errors.take();
-    let (c, t, t2) = (client.clone(), topic.to_owned(), target.clone());
+    let (c, t, t2, a) = (
+        client.clone(),
+        topic.to_owned(),
+        target.clone(),
+        allow.clone(),
+    );
     let budget = remaining(deadline).min(Duration::from_secs(10));
-    let mut meta = tokio::task::spawn_blocking(move || topic_metadata(&c, &t, &t2, budget));
+    let mut meta = tokio::task::spawn_blocking(move || topic_metadata(&c, &t, &t2, &a, budget));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -206,14 +220,24 @@ async fn ensure_topic(
     }
 }
 
-/// The topic's metadata, on a blocking thread; remembered once it exists.
-fn topic_metadata(c: &Client, t: &str, target: &Target, budget: Duration) -> Result<(), JobError> {
+/// The topic's metadata, on a blocking thread; remembered once it exists
+/// and its cluster advertises only allowed brokers. The producer has no
+/// record to send before that, so it has contacted no broker but the
+/// bootstrap servers.
+fn topic_metadata(
+    c: &Client,
+    t: &str,
+    target: &Target,
+    allow: &AllowList,
+    budget: Duration,
+) -> Result<(), JobError> {
     use rdkafka::producer::Producer;
     let md = c
         .producer
         .client()
         .fetch_metadata(Some(t), budget)
         .map_err(|e| errors::classify(Some(&e), &c.errors.snapshot(), target))?;
+    super::check_brokers(allow, target, &md)?;
     let entry = md.topics().iter().find(|m| m.name() == t);
     match entry.map(|m| (m.error(), m.partitions().len())) {
         Some((None, n)) if n > 0 => {
@@ -223,6 +247,12 @@ fn topic_metadata(c: &Client, t: &str, target: &Target, budget: Duration) -> Res
                 .insert(t.to_owned());
             Ok(())
         }
+        // Refused by an ACL: worded for writing, as the records would be.
+        Some((Some(code), _)) if C::from(code) == C::TopicAuthorizationFailed => Err(explain(
+            &KafkaError::MetadataFetch(C::TopicAuthorizationFailed),
+            &c.errors,
+            target,
+        )),
         Some((Some(code), _)) => Err(errors::classify_one(Some(code.into()), "", target)),
         _ => Err(errors::classify_one(
             Some(C::UnknownTopicOrPartition),
@@ -406,17 +436,19 @@ async fn recover(
     since_ms: i64,
     count: usize,
     target: &Target,
+    allow: &AllowList,
     deadline: Instant,
 ) -> Result<HashMap<usize, (i32, i64)>, JobError> {
-    let (conn, key, target) = (
+    let (conn, key, target, allow) = (
         req.connection.clone(),
         req.idempotency_key.clone(),
         target.clone(),
+        allow.clone(),
     );
     let prefix = format!("{key}/");
     tokio::task::spawn_blocking(move || {
         let reader = read::reader(&conn, "publish-recovery")?;
-        let marks = read::watermarks(&reader, &conn.topic, None, &target, deadline)?;
+        let marks = read::watermarks(&reader, &conn.topic, None, &target, &allow, deadline)?;
         let selection = connectivity_protocol::stream::ReadSelection::Timestamp {
             timestamp_ms: since_ms - CLOCK_SLACK_MS,
             partition: None,

@@ -6,6 +6,7 @@
 //! and costs the stream no group membership. librdkafka blocks, so a read
 //! runs on a blocking thread, bounded by the request's deadline.
 
+use crate::allowlist::AllowList;
 use crate::kafka::client::connection_config;
 use crate::kafka::context::CaptureContext;
 use crate::kafka::errors::{self, Target};
@@ -29,9 +30,9 @@ const MAX_DEADLINE: Duration = Duration::from_secs(60);
 pub type Reader = BaseConsumer<CaptureContext>;
 
 /// Run a read request to its answer.
-pub async fn read(req: ReadRequest) -> ReadResult {
+pub async fn read(req: ReadRequest, allow: AllowList) -> ReadResult {
     let id = req.request_id.clone();
-    tokio::task::spawn_blocking(move || read_blocking(&req))
+    tokio::task::spawn_blocking(move || read_blocking(&req, &allow))
         .await
         .unwrap_or_else(|e| {
             super::failed_read(
@@ -41,16 +42,21 @@ pub async fn read(req: ReadRequest) -> ReadResult {
         })
 }
 
-fn read_blocking(req: &ReadRequest) -> ReadResult {
+fn read_blocking(req: &ReadRequest, allow: &AllowList) -> ReadResult {
     let deadline = Instant::now() + Duration::from_millis(req.timeout_ms).min(MAX_DEADLINE);
     let target = target_of(&req.connection);
-    match run(req, &target, deadline) {
+    match run(req, &target, allow, deadline) {
         Ok(r) => r,
         Err(e) => super::failed_read(req.request_id.clone(), e),
     }
 }
 
-fn run(req: &ReadRequest, target: &Target, deadline: Instant) -> Result<ReadResult, JobError> {
+fn run(
+    req: &ReadRequest,
+    target: &Target,
+    allow: &AllowList,
+    deadline: Instant,
+) -> Result<ReadResult, JobError> {
     let reader = reader(&req.connection, "read")?;
     let topic = &req.connection.topic;
     let marks = watermarks(
@@ -58,6 +64,7 @@ fn run(req: &ReadRequest, target: &Target, deadline: Instant) -> Result<ReadResu
         topic,
         partitions_of(&req.selection),
         target,
+        allow,
         deadline,
     )?;
     let plan = plan(&reader, &req.selection, &marks, topic, deadline, target)?;
@@ -221,12 +228,14 @@ pub fn reader(c: &StreamConnection, label: &str) -> Result<Reader, JobError> {
 }
 
 /// The watermarks of the partitions of `topic` (or of `only`), checking the
-/// topic and the partition exist.
+/// advertised brokers are allowed (before any is contacted) and the topic
+/// and the partition exist.
 pub fn watermarks(
     reader: &Reader,
     topic: &str,
     only: Option<i32>,
     target: &Target,
+    allow: &AllowList,
     deadline: Instant,
 ) -> Result<BTreeMap<i32, PartitionRange>, JobError> {
     let explain = |e: Option<&KafkaError>| match e {
@@ -236,6 +245,7 @@ pub fn watermarks(
     let md = reader
         .fetch_metadata(Some(topic), remaining(deadline))
         .map_err(|e| explain(Some(&e)))?;
+    super::check_brokers(allow, target, &md)?;
     let t = md
         .topics()
         .iter()

@@ -67,6 +67,9 @@ pub struct TestBroker {
     /// A second user, also known to PLAIN and both SCRAM mechanisms.
     pub admin_user: String,
     pub admin_password: String,
+    /// A topic only `admin_user` may use (the broker's one ACL): any other
+    /// user gets TOPIC_AUTHORIZATION_FAILED.
+    pub acl_denied_topic: String,
     pub log_file: Option<PathBuf>,
     pub env_file: PathBuf,
     /// Every `KEY=VALUE` line of `broker.env`, for keys not mapped above.
@@ -193,6 +196,7 @@ pub fn load_env(path: &Path) -> TestBroker {
         sasl_password: get("KAFKA_SASL_PASSWORD"),
         admin_user: opt("KAFKA_SASL_ADMIN_USER").unwrap_or_else(|| "admin".into()),
         admin_password: opt("KAFKA_SASL_ADMIN_PASSWORD").unwrap_or_else(|| "admin-secret".into()),
+        acl_denied_topic: get("KAFKA_ACL_DENIED_TOPIC"),
         log_file: opt("KAFKA_BROKER_LOG").map(PathBuf::from),
         env_file: path.to_path_buf(),
         vars,
