@@ -16,7 +16,7 @@ use connectivity_protocol::job::{ErrorClass, JobError};
 use connectivity_protocol::secret::{MASK, Secret};
 use connectivity_protocol::stream::{self, PartitionRange, RecordOutcome};
 use hub::{RequestError, StreamHub};
-pub use publish::Prepared;
+pub use publish::{Prepared, check_key};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
