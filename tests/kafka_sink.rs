@@ -1,9 +1,10 @@
 //! The kafka sink against the real broker (issue 19): a poll job on one
 //! topic forwards into another through a stream connection over SASL_SSL
 //! with a JKS truststore; every record arrives once with its key, value,
-//! headers and timestamp, also when the agent that publishes dies between
-//! the broker's ack and its answer; a job naming a connection that does
-//! not exist gets an error that says so and how to fix it.
+//! headers and timestamp, partitioned by key or as in the source, also
+//! when the agent that publishes dies between the broker's ack and its
+//! answer; a job naming a connection that does not exist gets an error
+//! that says so and how to fix it.
 
 mod common;
 
@@ -41,8 +42,9 @@ fn expected(i: usize, t0: i64) -> Value {
            "headers": headers, "timestamp": t0 + i as i64})
 }
 
-/// Produce records `0..n` ([`expected`]) into `topic` over PLAINTEXT.
-async fn produce_with_headers(e: &E2e, topic: &str, n: usize, t0: i64) {
+/// Produce records `0..n` ([`expected`]) into `topic` over PLAINTEXT;
+/// returns each one's (partition, offset).
+async fn produce_with_headers(e: &E2e, topic: &str, n: usize, t0: i64) -> Vec<(i32, i64)> {
     let producer: FutureProducer = e
         .broker
         .plaintext_config()
@@ -79,12 +81,16 @@ async fn produce_with_headers(e: &E2e, topic: &str, n: usize, t0: i64) {
                 .expect("queue"),
         );
     }
+    let mut placed = Vec::with_capacity(n);
     for p in pending {
-        p.await
+        let d = p
+            .await
             .expect("delivery")
             .map_err(|(e, _)| e)
             .expect("acked");
+        placed.push((d.partition, d.offset));
     }
+    placed
 }
 
 /// Every record of connection `name`'s topic, through the console's read
@@ -122,8 +128,9 @@ fn index_of(r: &Value) -> usize {
 
 /// Wait until connection `target`'s topic holds `n` records; then check
 /// that each record produced is there exactly once, with its key, value,
-/// headers (plus the publish's idempotency header) and timestamp.
-async fn assert_forwarded_once(e: &E2e, target: &str, n: usize, t0: i64) {
+/// headers (plus the publish's idempotency header) and timestamp. Returns
+/// the target's records.
+async fn assert_forwarded_once(e: &E2e, target: &str, n: usize, t0: i64) -> Vec<Value> {
     let deadline = Instant::now() + E2E_WAIT;
     let mut got = read_all(e, target).await;
     while got.len() < n {
@@ -157,6 +164,7 @@ async fn assert_forwarded_once(e: &E2e, target: &str, n: usize, t0: i64) {
     }
     assert_eq!(seen.len(), n, "every record once");
     assert_eq!(got.len(), n, "no record twice");
+    got
 }
 
 /// A poll job on `source` whose sink is the stream connection `connection`.
@@ -206,6 +214,49 @@ async fn a_poll_job_forwards_every_record_once_into_another_stream() {
         .map(|r| r["partition"].as_i64().unwrap())
         .collect();
     assert_eq!(parts.len(), 2, "{parts:?}");
+    kafka::delete_topic(&e.broker, &a).await;
+    kafka::delete_topic(&e.broker, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_partitioning_keeps_each_record_in_its_partition_and_order() {
+    let e = E2e::start().await;
+    let (a, b) = (
+        kafka::unique_topic("forward-same-from"),
+        kafka::unique_topic("forward-same-to"),
+    );
+    kafka::create_topic(&e.broker, &a, 3).await;
+    kafka::create_topic(&e.broker, &b, 3).await;
+    e.put_stream_connection("copy", &e.stream_connection(&b))
+        .await;
+    let _agent = e.spawn_agent("a1");
+    e.wait_agents_in_group(1).await;
+    let mut job = forwarding_job(&e, "same", &a, "copy");
+    job["sink"]["partitioning"] = json!("source");
+    e.create_job(&job).await;
+    let (n, t0) = (90, base_time());
+    let placed = produce_with_headers(&e, &a, n, t0).await;
+    let got = assert_forwarded_once(&e, "copy", n, t0).await;
+    // Each record in its source partition number; within a partition,
+    // target offsets follow source offsets.
+    let mut by_partition: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+    for r in &got {
+        let (p, source_offset) = placed[index_of(r)];
+        assert_eq!(r["partition"], p, "{r}");
+        by_partition
+            .entry(p.into())
+            .or_default()
+            .push((r["offset"].as_i64().unwrap(), source_offset));
+    }
+    assert_eq!(by_partition.len(), 3, "{by_partition:?}");
+    for (p, mut pairs) in by_partition {
+        pairs.sort();
+        let sources: Vec<i64> = pairs.iter().map(|(_, s)| *s).collect();
+        assert!(
+            sources.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} keeps the source's order: {pairs:?}"
+        );
+    }
     kafka::delete_topic(&e.broker, &a).await;
     kafka::delete_topic(&e.broker, &b).await;
 }
