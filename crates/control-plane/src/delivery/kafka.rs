@@ -224,23 +224,10 @@ impl KafkaSink {
         part: Part,
     ) -> Result<(), SinkError> {
         let name = &self.config.connection;
-        let targeted: Vec<Record>;
-        let records = match self.config.partitioning {
-            Partitioning::Source => run,
-            Partitioning::Key => {
-                targeted = run
-                    .iter()
-                    .map(|r| Record {
-                        partition: -1,
-                        ..r.clone()
-                    })
-                    .collect();
-                &targeted
-            }
-        };
+        let keep_partitions = self.config.partitioning == Partitioning::Source;
         let prepared = publisher
             .streams
-            .prepare_records(name, records)
+            .prepare_records(name, run, keep_partitions)
             .map_err(|e| self.stream_error(e))?;
         let key = idempotency_key(batch, part, prepared.hash());
         let answer = publisher

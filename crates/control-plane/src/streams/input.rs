@@ -200,9 +200,15 @@ pub fn requests(records: &[Record]) -> Vec<&[Record]> {
 
 /// Records as they came from a stream as a publish frame: key, value,
 /// headers and timestamp kept, offsets replaced by their index (the agent
-/// ignores them). A record's own [`IDEMPOTENCY_HEADER`] (it was published
-/// through an agent before) is left out: the agent writes this request's.
-pub fn records_frame(topic: &str, records: &[Record]) -> Result<BatchWriter, StreamError> {
+/// ignores them), partitions kept with `keep_partitions`, else -1 (the
+/// producer's partitioner picks one by key). A record's own
+/// [`IDEMPOTENCY_HEADER`] (it was published through an agent before) is
+/// left out: the agent writes this request's.
+pub fn records_frame(
+    topic: &str,
+    records: &[Record],
+    keep_partitions: bool,
+) -> Result<BatchWriter, StreamError> {
     if records.len() > MAX_RECORDS {
         return Err(StreamError::TooLarge(format!(
             "{} records in one request; the limit is {MAX_RECORDS}: split the request",
@@ -233,7 +239,7 @@ pub fn records_frame(topic: &str, records: &[Record]) -> Result<BatchWriter, Str
             .filter(|(n, _)| n != IDEMPOTENCY_HEADER)
             .map(|(n, v)| (n.as_str(), v.as_deref()));
         w.push(
-            r.partition,
+            if keep_partitions { r.partition } else { -1 },
             i as i64,
             r.timestamp,
             r.key.as_deref(),
@@ -349,7 +355,7 @@ mod tests {
         let runs = requests(&big);
         assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [3, 3, 1]);
         for run in runs {
-            let frame = records_frame("t", run).unwrap();
+            let frame = records_frame("t", run, true).unwrap();
             assert!(frame.encoded_len() <= MAX_PUBLISH_FRAME_BYTES);
         }
         assert!(requests(&[]).is_empty());
@@ -362,13 +368,16 @@ mod tests {
             IDEMPOTENCY_HEADER.into(),
             Some(Bytes::from_static(b"old/0")),
         ));
-        let frame = records_frame("t", &[r]).unwrap().finish();
+        let frame = records_frame("t", &[r.clone()], true).unwrap().finish();
         let got = &connectivity_protocol::batch::decode(frame).unwrap().records[0];
         assert_eq!((got.partition, got.offset, got.timestamp), (2, 0, Some(1)));
+        let by_key = records_frame("t", &[r], false).unwrap().finish();
+        let by_key = connectivity_protocol::batch::decode(by_key).unwrap();
+        assert_eq!(by_key.records[0].partition, -1);
         assert_eq!(got.key, Some(Bytes::from_static(b"k")));
         let names: Vec<&str> = got.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["h", "n"]);
-        let err = records_frame("t", &[record(MAX_RECORD_BYTES)])
+        let err = records_frame("t", &[record(MAX_RECORD_BYTES)], true)
             .map(|_| ())
             .unwrap_err();
         assert!(

@@ -67,11 +67,17 @@ impl StreamService {
     }
 
     /// Records as they came from a stream (a poll job's, for a `kafka`
-    /// sink) as one publish request to connection `name`: partition -1
-    /// leaves the choice to the producer's partitioner.
-    pub fn prepare_records(&self, name: &str, records: &[Record]) -> Result<Prepared, StreamError> {
+    /// sink) as one publish request to connection `name`; without
+    /// `keep_partitions` the producer's partitioner picks each record's
+    /// partition by key.
+    pub fn prepare_records(
+        &self,
+        name: &str,
+        records: &[Record],
+        keep_partitions: bool,
+    ) -> Result<Prepared, StreamError> {
         let def = self.connection(name)?;
-        let writer = input::records_frame(&def.connection.topic, records)?;
+        let writer = input::records_frame(&def.connection.topic, records, keep_partitions)?;
         Ok(Prepared::new(writer.finish(), records.len()))
     }
 
