@@ -170,9 +170,9 @@ impl KafkaSink {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// The batch's records by source partition, as they are to be written:
-    /// the target partition chosen, the job's value format applied. Cheap:
-    /// keys, values and headers are shared with the batch, not copied.
+    /// The batch's records by source partition, each partition's in batch
+    /// order, the job's value format applied. Keys, values and header
+    /// values are shared with the batch (`Bytes`), not copied.
     fn lanes(&self, batch: &OutBatch<'_>) -> Vec<Vec<Record>> {
         let mut lanes: Vec<Vec<Record>> = Vec::new();
         let mut index: HashMap<i32, usize> = HashMap::new();
