@@ -581,6 +581,28 @@ async fn an_operator_browses_a_streams_records() {
     })
     .await;
     b.screenshot_to(screenshots().as_deref(), "stream").await;
+
+    // The job form offers the connection as a kafka sink's target, in a
+    // labelled select filled from GET /api/v1/streams.
+    b.goto(&format!("{base}/console/#/jobs")).await;
+    b.click("#new-job").await;
+    b.select("#job-sink-kind", "kafka").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let options = loop {
+        let options = b
+            .execute(
+                "const s = document.getElementById('job-sink-connection');
+                 return s.closest('[hidden]') || !document.querySelector('label[for=job-sink-connection]')
+                   ? null : [...s.options].map(o => o.value);",
+                vec![],
+            )
+            .await;
+        if options == json!(["orders"]) || Instant::now() > deadline {
+            break options;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(options, json!(["orders"]), "the kafka sink's connections");
     let seen = page_contents(&b).await;
     for secret in [
         broker.sasl_password.as_str(),

@@ -6,38 +6,12 @@
 
 mod common;
 
-use base64::Engine;
-use common::control_plane::{self as cp, CONSOLE_TOKEN};
+use common::control_plane::CONSOLE_TOKEN;
 use common::e2e::{E2E_WAIT, E2e};
 use common::kafka;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// A stream connection to `topic` over SASL_SSL, trusting the broker
-/// through the JKS truststore.
-fn connection(e: &E2e, topic: &str) -> Value {
-    let b = &e.broker;
-    let jks = std::fs::read(&b.truststore_jks).expect("JKS truststore");
-    json!({
-        "group": cp::GROUP,
-        "bootstrap_servers": b.sasl_ssl,
-        "topic": topic,
-        "security": {
-            "protocol": "SASL_SSL",
-            "sasl": {"mechanism": "SCRAM-SHA-256", "username": b.sasl_user, "password": b.sasl_password},
-            "truststore": {"format": "jks", "password": b.truststore_password,
-                           "data": base64::engine::general_purpose::STANDARD.encode(jks)}
-        }
-    })
-}
-
-async fn put_connection(e: &E2e, name: &str, def: &Value) {
-    let (status, body) =
-        e.cp.console("PUT", &format!("/api/v1/streams/{name}"), Some(def))
-            .await;
-    assert_eq!(status, 204, "{body}");
-}
 
 /// `POST .../publish` with an idempotency key: status, Retry-After, body.
 async fn publish(
@@ -95,14 +69,6 @@ async fn read(e: &E2e, name: &str, query: &str) -> (u16, Value) {
     .await
 }
 
-async fn wait_capable_agents(e: &E2e, n: usize) {
-    let deadline = Instant::now() + E2E_WAIT;
-    while e.cp.registry.connected_in_group(cp::GROUP).len() < n {
-        assert!(Instant::now() < deadline, "{n} agents did not connect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn offsets(answer: &Value) -> Vec<(i64, i64)> {
     answer["records"]
         .as_array()
@@ -134,9 +100,10 @@ async fn publish_and_read_back_over_sasl_ssl_with_a_jks_truststore() {
     let e = E2e::start().await;
     let topic = kafka::unique_topic("publish");
     kafka::create_topic(&e.broker, &topic, 2).await;
-    put_connection(&e, "orders", &connection(&e, &topic)).await;
+    e.put_stream_connection("orders", &e.stream_connection(&topic))
+        .await;
     let _agent = e.spawn_agent("a1");
-    wait_capable_agents(&e, 1).await;
+    e.wait_agents_in_group(1).await;
 
     let (status, _, first) = publish(&e, "orders", Some("batch-1"), &records(20, 1)).await;
     assert_eq!(status, 200, "{first}");
@@ -257,7 +224,8 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
     let e = E2e::start().await;
     let topic = kafka::unique_topic("publish-bad");
     kafka::create_topic(&e.broker, &topic, 1).await;
-    put_connection(&e, "s", &connection(&e, &topic)).await;
+    e.put_stream_connection("s", &e.stream_connection(&topic))
+        .await;
     let one = json!({"records": [{"value": 1}]});
 
     // No agent connected yet.
@@ -268,7 +236,7 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
         "no agent of group \"PRIVATE_GROUP\" is connected; start one (systemctl start connectivity-agent on a host of the group) or retry later"
     );
     let _agent = e.spawn_agent("a1");
-    wait_capable_agents(&e, 1).await;
+    e.wait_agents_in_group(1).await;
 
     let (status, _, body) = publish(&e, "s", None, &one).await;
     assert_eq!(status, 400);
@@ -306,7 +274,8 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
     );
 
     let missing = kafka::unique_topic("no-such-topic");
-    put_connection(&e, "missing", &connection(&e, &missing)).await;
+    e.put_stream_connection("missing", &e.stream_connection(&missing))
+        .await;
     let (status, _, body) = publish(&e, "missing", Some("k4"), &one).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(
@@ -317,9 +286,9 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
         )
     );
 
-    let mut down = connection(&e, &topic);
+    let mut down = e.stream_connection(&topic);
     down["bootstrap_servers"] = json!("127.0.0.1:1");
-    put_connection(&e, "down", &down).await;
+    e.put_stream_connection("down", &down).await;
     let (status, retry, body) = publish(&e, "down", Some("k5"), &one).await;
     assert_eq!((status, retry.as_deref()), (502, Some("5")), "{body}");
     assert!(
@@ -332,7 +301,8 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
 
     // The broker's ACLs give this topic to another user.
     let denied = &e.broker.acl_denied_topic;
-    put_connection(&e, "denied", &connection(&e, denied)).await;
+    e.put_stream_connection("denied", &e.stream_connection(denied))
+        .await;
     let (status, _, body) = publish(&e, "denied", Some("k7"), &one).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
@@ -353,9 +323,9 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
     );
 
     // The agent's allow-list (loopback only in the tests) applies as to a job.
-    let mut outside = connection(&e, &topic);
+    let mut outside = e.stream_connection(&topic);
     outside["bootstrap_servers"] = json!("kafka.example.com:9092");
-    put_connection(&e, "outside", &outside).await;
+    e.put_stream_connection("outside", &outside).await;
     let (status, _, body) = publish(&e, "outside", Some("k6"), &one).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
@@ -366,7 +336,7 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
     let (status, body) = read(&e, "outside", "latest=1").await;
     assert_eq!(status, 403, "{body}");
 
-    let mut bad = connection(&e, &topic);
+    let mut bad = e.stream_connection(&topic);
     bad["topic"] = json!("bad topic");
     let (status, body) = e.cp.console("PUT", "/api/v1/streams/bad", Some(&bad)).await;
     assert_eq!(status, 422);
@@ -385,7 +355,8 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_the_publish_capability_is_reported_too_old() {
     let e = E2e::start().await;
-    put_connection(&e, "s", &connection(&e, "t")).await;
+    e.put_stream_connection("s", &e.stream_connection("t"))
+        .await;
     // A version 1 agent: its hello lists no capabilities.
     let (_ws, _) = e.cp.connect_agent("old-agent").await;
     let (status, _, body) = publish(&e, "s", Some("k"), &json!({"records": [{"value": 1}]})).await;
@@ -403,12 +374,13 @@ async fn a_retry_after_the_agent_died_between_ack_and_answer_writes_once() {
     let e = E2e::start().await;
     let topic = kafka::unique_topic("publish-crash");
     kafka::create_topic(&e.broker, &topic, 3).await;
-    put_connection(&e, "s", &connection(&e, &topic)).await;
+    e.put_stream_connection("s", &e.stream_connection(&topic))
+        .await;
     let body = json!({"records": (0..30).map(|i| json!({"key": i, "value": {"i": i}})).collect::<Vec<_>>()});
 
     // This agent exits once the broker acknowledged, before it answers.
     let mut crashing = spawn_crashing_agent(&e, "crash");
-    wait_capable_agents(&e, 1).await;
+    e.wait_agents_in_group(1).await;
     let (status, retry, lost) = publish(&e, "s", Some("crash-1"), &body).await;
     assert_eq!((status, retry.as_deref()), (503, Some("1")), "{lost}");
     assert_eq!(
@@ -443,10 +415,11 @@ async fn publishes_spread_over_the_agents_of_a_group() {
     let e = E2e::start().await;
     let topic = kafka::unique_topic("publish-two");
     kafka::create_topic(&e.broker, &topic, 2).await;
-    put_connection(&e, "s", &connection(&e, &topic)).await;
+    e.put_stream_connection("s", &e.stream_connection(&topic))
+        .await;
     let _a1 = e.spawn_agent("a1");
     let _a2 = e.spawn_agent("a2");
-    wait_capable_agents(&e, 2).await;
+    e.wait_agents_in_group(2).await;
     // Concurrent requests go to the agent with fewer in flight: both work.
     let inputs: Vec<(String, Value)> = (0..8)
         .map(|i| (format!("two-{i}"), json!({"records": [{"value": i}]})))
@@ -490,9 +463,10 @@ async fn measure_publish() {
     let e = E2e::start().await;
     let topic = kafka::unique_topic("bench-publish");
     kafka::create_topic(&e.broker, &topic, 3).await;
-    put_connection(&e, "bench", &connection(&e, &topic)).await;
+    e.put_stream_connection("bench", &e.stream_connection(&topic))
+        .await;
     let _agent = e.spawn_agent("bench");
-    wait_capable_agents(&e, 1).await;
+    e.wait_agents_in_group(1).await;
     let value = "v".repeat(1024);
 
     let bare = bare_producer_rate(&e, &topic, total, &value).await;

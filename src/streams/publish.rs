@@ -78,8 +78,17 @@ impl Producers {
         let target = target_of(&req.connection);
         let found = match req.recover_since_ms {
             Some(since) => {
+                // A record keeps the time it was given (a kafka sink
+                // forwards its source's), and the time lookup goes by
+                // record times: look from the earliest of them too, or an
+                // old record the first attempt wrote would be missed.
+                let from = batch
+                    .records
+                    .iter()
+                    .filter_map(|r| r.timestamp)
+                    .fold(since, i64::min);
                 let count = batch.records.len();
-                recover(req, since, count, &target, allow, deadline).await?
+                recover(req, from, count, &target, allow, deadline).await?
             }
             None => HashMap::new(),
         };
@@ -428,8 +437,9 @@ fn idempotence_refused(outcomes: &[RecordOutcome], client: &Client) -> bool {
 }
 
 /// The records of an earlier attempt with this key already in the stream,
-/// by index: read every partition from the first attempt's time (less the
-/// clock slack) to its end. An error when the scan cannot finish: writing
+/// by index: read every partition from `since_ms` (the first attempt's
+/// time, or an earlier record time the request gives; less the clock
+/// slack) to its end. An error when the scan cannot finish: writing
 /// again without knowing could write twice.
 async fn recover(
     req: &PublishRequest,

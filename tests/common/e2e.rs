@@ -160,6 +160,43 @@ impl E2e {
         })
     }
 
+    /// A stream connection to `topic` over SASL_SSL, trusting the broker
+    /// through the JKS truststore.
+    pub fn stream_connection(&self, topic: &str) -> Value {
+        use base64::Engine;
+        let b = &self.broker;
+        let jks = std::fs::read(&b.truststore_jks).expect("JKS truststore");
+        json!({
+            "group": cp::GROUP,
+            "bootstrap_servers": b.sasl_ssl,
+            "topic": topic,
+            "security": {
+                "protocol": "SASL_SSL",
+                "sasl": {"mechanism": "SCRAM-SHA-256", "username": b.sasl_user, "password": b.sasl_password},
+                "truststore": {"format": "jks", "password": b.truststore_password,
+                               "data": base64::engine::general_purpose::STANDARD.encode(jks)}
+            }
+        })
+    }
+
+    /// `PUT /api/v1/streams/{name}`, expecting 204.
+    pub async fn put_stream_connection(&self, name: &str, def: &Value) {
+        let (status, body) = self
+            .cp
+            .console("PUT", &format!("/api/v1/streams/{name}"), Some(def))
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    /// Wait until `n` agents of the test group are connected.
+    pub async fn wait_agents_in_group(&self, n: usize) {
+        let deadline = Instant::now() + E2E_WAIT;
+        while self.cp.registry.connected_in_group(cp::GROUP).len() < n {
+            assert!(Instant::now() < deadline, "{n} agents did not connect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `POST /api/v1/jobs`, expecting 201.
     pub async fn create_job(&self, def: &Value) -> Value {
         let (status, body) = self.cp.console("POST", "/api/v1/jobs", Some(def)).await;

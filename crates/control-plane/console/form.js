@@ -201,13 +201,22 @@ function build(ctx, wrap, view) {
   const sec = securityFields('job', view ? spec.security : null, fields);
 
   const sink = def.sink;
-  const sinkKind = select([['jsonl', 'JSONL file'], ['webhook', 'webhook (HTTPS POST)'], ['discard', 'discard']], sink.kind);
+  const sinkKind = select([['jsonl', 'JSONL file'], ['webhook', 'webhook (HTTPS POST)'], ['kafka', 'kafka (publish into a stream connection)'], ['discard', 'discard']], sink.kind);
   const path = inp(sink.path, { placeholder: '/var/lib/connectivity-control-plane/out/users.jsonl' });
   const fsync = h('input', { type: 'checkbox', checked: sink.fsync !== false });
   const url = inp(sink.url, { placeholder: 'https://integration.example.com/hooks/users' });
   const headers = h('textarea', { rows: 3, spellcheck: 'false', placeholder: 'Authorization: Bearer …' });
   headers.value = headersText(sink.headers);
   const timeout = inp(sink.timeout_ms, { inputmode: 'numeric', placeholder: '10000' });
+  // The stream connections, filled in once they are known; the job's own
+  // stays selectable even if it has gone (the save then names the fix).
+  const connection = select(sink.connection ? [sink.connection] : [], sink.connection);
+  api('GET', '/api/v1/streams').then(r => {
+    const names = (r.streams || []).map(c => c.name);
+    if (sink.connection && !names.includes(sink.connection)) names.push(sink.connection);
+    fill(connection, ...names.map(n => h('option', { value: n, selected: n === sink.connection }, n)));
+  }).catch(() => {});
+  const partitioning = select([['key', 'by key (Kafka\'s default partitioner)'], ['source', 'same partition as in the source']], sink.partitioning || 'key');
   const valueFormat = select([['raw', 'raw: values as they are'], ['connect_payload', 'connect_payload: Kafka Connect payload only']], def.value_format || 'raw');
   const paused = h('input', { type: 'checkbox', checked: !!def.paused });
 
@@ -217,7 +226,9 @@ function build(ctx, wrap, view) {
   const webhookBox = h('div', {}, row(fields, 'job-sink-url', 'sink.url', 'URL', url, 'https://; http:// only for localhost'),
     row(fields, 'job-sink-headers', 'sink.headers', 'Headers, one "Name: value" a line', headers, view ? 'Values are secrets: ****** keeps the stored value.' : 'Values are secrets: masked everywhere after saving.'),
     row(fields, 'job-sink-timeout', 'sink.timeout_ms', 'Timeout (ms)', timeout, 'default 10000'));
-  const syncSink = () => { jsonlBox.hidden = sinkKind.value !== 'jsonl'; webhookBox.hidden = sinkKind.value !== 'webhook'; };
+  const kafkaBox = h('div', {}, row(fields, 'job-sink-connection', 'sink.connection', 'Stream connection', connection, 'Defined under Streams; an agent of its group writes the records.'),
+    row(fields, 'job-sink-partitioning', 'sink.partitioning', 'Target partition', partitioning));
+  const syncSink = () => { jsonlBox.hidden = sinkKind.value !== 'jsonl'; webhookBox.hidden = sinkKind.value !== 'webhook'; kafkaBox.hidden = sinkKind.value !== 'kafka'; };
   sinkKind.addEventListener('change', syncSink);
   syncSink();
   const syncStart = () => { offsets.parentElement.hidden = start.value !== 'offsets'; };
@@ -242,7 +253,7 @@ function build(ctx, wrap, view) {
       row(fields, 'job-offsets', 'spec.start.offsets', 'Start offsets', offsets, 'partition=offset, …; other partitions start at earliest')),
     h('fieldset', { class: 'card grid' }, h('legend', {}, 'Security'), sec.element),
     h('fieldset', { class: 'card grid' }, h('legend', {}, 'Delivery'),
-      row(fields, 'job-sink-kind', 'sink', 'Sink', sinkKind), jsonlBox, webhookBox,
+      row(fields, 'job-sink-kind', 'sink', 'Sink', sinkKind), jsonlBox, webhookBox, kafkaBox,
       row(fields, 'job-value-format', 'value_format', 'Value format', valueFormat),
       h('div', { class: 'field check' }, paused, h('label', { for: 'job-paused' }, 'Paused (defined, not assigned to agents)'))),
     h('details', { class: 'card' }, h('summary', {}, 'Batching and tuning'),
@@ -281,6 +292,9 @@ function build(ctx, wrap, view) {
         if (sink.mode !== undefined) sk.mode = sink.mode;
         if (sink.max_parallel !== undefined) sk.max_parallel = sink.max_parallel;
       }
+    } else if (sinkKind.value === 'kafka') {
+      sk = { kind: 'kafka', connection: connection.value, partitioning: partitioning.value };
+      if (sink.kind === 'kafka' && sink.max_parallel !== undefined) sk.max_parallel = sink.max_parallel;
     } else sk = { kind: 'discard' };
     return { spec: s, group: group.value, sink: sk, value_format: valueFormat.value, paused: paused.checked };
   };

@@ -44,7 +44,9 @@ export function list(ctx) {
 function sinkFacts(def, d) {
   const sink = def.sink;
   const where = sink.kind === 'jsonl' ? ['file', `${sink.path}${sink.fsync === false ? ' (no fsync)' : ''}`]
-    : sink.kind === 'webhook' ? ['URL', sink.url] : ['discard', 'records are dropped'];
+    : sink.kind === 'webhook' ? ['URL', sink.url]
+    : sink.kind === 'kafka' ? ['stream connection', `${sink.connection} (partitioned ${sink.partitioning === 'source' ? 'as in the source' : 'by key'})`]
+    : ['discard', 'records are dropped'];
   return facts([
     ['kind', sink.kind], where,
     sink.kind === 'webhook' ? ['headers', Object.keys(sink.headers || {}).join(', ') || 'none'] : null,

@@ -538,6 +538,20 @@ mod tests {
         v["sink"]["fsyncc"] = json!(true);
         let errs = lines(from_json(v).unwrap_err());
         assert!(errs[0].starts_with("sink.fsyncc: is not a known key; fix: remove it or correct the spelling; did you mean \"fsync\"?"), "{errs:?}");
+        // A kafka sink: its connection is required, its keys are checked.
+        let mut v = good();
+        v["sink"] = json!({"kind": "kafka"});
+        let errs = lines(from_json(v).unwrap_err());
+        assert_eq!(
+            errs,
+            [
+                "sink.connection: is missing; fix: add it; docs/CONTROL_PLANE.md lists every job field"
+            ]
+        );
+        let mut v = good();
+        v["sink"] = json!({"kind": "kafka", "connection": "copy", "partitions": "key"});
+        let errs = lines(from_json(v).unwrap_err());
+        assert!(errs[0].starts_with("sink.partitions: is not a known key; fix: remove it or correct the spelling; did you mean \"partitioning\"?"), "{errs:?}");
     }
 
     #[test]

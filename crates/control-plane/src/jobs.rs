@@ -17,7 +17,9 @@
 use super::config::ControlPlaneConfig;
 use super::job_input;
 use super::registry::{AgentJobState, Registry};
-use crate::delivery::{AdminError, Delivery, FieldError, JobDefinition, JobStats, StoredJob};
+use crate::delivery::{
+    AdminError, Delivery, FieldError, JobDefinition, JobStats, SinkConfig, StoredJob,
+};
 use connectivity_common::timefmt;
 use connectivity_protocol::JobSpec;
 use serde::Serialize;
@@ -279,12 +281,38 @@ impl JobService {
     }
 
     fn checked(&self, def: &JobDefinition) -> Result<(), JobChangeError> {
-        let errors = job_input::check(def, &self.config.group_ids());
+        let mut errors = job_input::check(def, &self.config.group_ids());
+        errors.extend(self.missing_connection(def));
         if errors.is_empty() {
             Ok(())
         } else {
             Err(JobChangeError::Invalid(errors))
         }
+    }
+
+    /// A kafka sink's stream connection that does not exist. Checked for
+    /// the console API only: a `[[jobs]]` table is loaded before anyone
+    /// could create its connection (its deliveries say what is missing).
+    fn missing_connection(&self, def: &JobDefinition) -> Option<FieldError> {
+        // An empty name already has its own error.
+        let SinkConfig::Kafka(k) = &def.sink else {
+            return None;
+        };
+        if k.connection.is_empty() {
+            return None;
+        }
+        let publisher = self.delivery.publisher()?;
+        (!publisher.streams.has_connection(&k.connection)).then(|| {
+            FieldError::new(
+                "sink.connection",
+                Some(k.connection.clone()),
+                "names no stream connection",
+                format!(
+                    "create it first with PUT /api/v1/streams/{}, or give one that GET /api/v1/streams lists",
+                    k.connection
+                ),
+            )
+        })
     }
 
     /// Create a job; it is assigned at once to the connected agents of its

@@ -131,9 +131,15 @@ impl ControlPlane {
             tracing::warn!(config = %config.path.display(), "{w}");
         }
         let config = Arc::new(config);
-        let delivery_options = options
+        // Before the delivery: kafka sinks publish through them.
+        let (streams, commands) = open_streams(&config.state_dir).await?;
+        let mut delivery_options = options
             .delivery
             .unwrap_or_else(|| DeliveryOptions::new(config.webhook_tls.clone()));
+        delivery_options.publisher = Some(delivery::Publisher {
+            streams: streams.clone(),
+            commands: commands.clone(),
+        });
         let delivery = open_delivery(&config.state_dir, delivery_options).await?;
         let registry = Arc::new(Registry::with_heartbeat_interval(
             config.max_agents,
@@ -147,14 +153,6 @@ impl ControlPlane {
         })?;
         let jobs =
             Arc::new(JobService::open(config.clone(), delivery.clone(), registry.clone()).await?);
-        let streams = streams::StreamService::open(&config.state_dir)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the stream store in {}",
-                    config.state_dir.display()
-                )
-            })?;
         let tokens = Arc::new(tokens::TokenStore::new(
             config.token_ttl,
             tokens::MAX_TOKENS,
@@ -169,8 +167,8 @@ impl ControlPlane {
             shutdown,
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            commands: Arc::new(commands::CommandHub::default()),
-            streams: Arc::new(streams),
+            commands,
+            streams,
             audit: Arc::new(audit),
             metrics: Arc::new(metrics::Metrics::new()),
             refusals: certificate::RefusalLog::default(),
@@ -210,9 +208,32 @@ impl ControlPlane {
     }
 }
 
+/// The stream connections (in the state directory, created if missing) and
+/// the command hub their requests reach agents through.
+async fn open_streams(
+    state_dir: &Path,
+) -> anyhow::Result<(Arc<streams::StreamService>, Arc<commands::CommandHub>)> {
+    create_state_dir(state_dir)?;
+    let streams = streams::StreamService::open(state_dir)
+        .await
+        .with_context(|| format!("cannot open the stream store in {}", state_dir.display()))?;
+    Ok((Arc::new(streams), Arc::default()))
+}
+
 /// The state directory (private: the store holds job secrets) and the
 /// delivery pipeline on its store.
 async fn open_delivery(state_dir: &Path, options: DeliveryOptions) -> anyhow::Result<Delivery> {
+    create_state_dir(state_dir)?;
+    let store = Store::open_in(state_dir)
+        .await
+        .with_context(|| format!("cannot open the job store in {}", state_dir.display()))?;
+    Delivery::open(store, options)
+        .await
+        .context("cannot load the jobs from the job store")
+}
+
+/// The state directory, mode 0700: its stores hold secrets.
+fn create_state_dir(state_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -223,11 +244,5 @@ async fn open_delivery(state_dir: &Path, options: DeliveryOptions) -> anyhow::Re
                 "cannot create the state directory {} (state_dir)",
                 state_dir.display()
             )
-        })?;
-    let store = Store::open_in(state_dir)
-        .await
-        .with_context(|| format!("cannot open the job store in {}", state_dir.display()))?;
-    Delivery::open(store, options)
-        .await
-        .context("cannot load the jobs from the job store")
+        })
 }

@@ -6,8 +6,12 @@
 //! silence past the timeout ends the session. A malformed, unknown or
 //! oversized text frame gets a `protocol_error` reply and the session goes
 //! on, up to [`MAX_PROTOCOL_ERRORS_IN_A_ROW`]. Binary frames are batches,
-//! handed to the [`BatchSink`](super::sink::BatchSink) and acked when it
-//! takes them. The session ends on goodbye, on replacement by a newer session
+//! handed to the [`BatchSink`](super::sink::BatchSink) one at a time and
+//! acked when it takes them. While a sink works, commands still go out and
+//! the agent's other messages are still read (a kafka sink may be waiting
+//! for this very agent's publish answer); batches that arrive meanwhile wait
+//! their turn, up to [`MAX_HELD_BATCHES`] and [`MAX_HELD_BYTES`], beyond
+//! which the session stops reading. The session ends on goodbye, on replacement by a newer session
 //! of the same agent, or on shutdown (with a goodbye of our own).
 //!
 //! Jobs: right after the welcome, and whenever [`JobService`](super::jobs::JobService)
@@ -28,7 +32,7 @@ use connectivity_protocol::job::{JobPhase, JobState};
 use connectivity_protocol::{
     AgentMessage, Batch, ControlMessage, Hello, JobSpec, PROTOCOL_VERSION, RejectReason,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,11 @@ const MAX_ID_LEN: usize = 128;
 const MAX_FIELD_LEN: usize = 256;
 /// Jobs remembered as revoked per session (a peer could name many).
 const MAX_REVOKED: usize = 1024;
+/// Batches read while the sink takes an earlier one, waiting their turn;
+/// an agent sends at most its jobs' windows unacked, so this rarely binds.
+pub const MAX_HELD_BATCHES: usize = 256;
+/// Their bytes of keys and values, at most.
+pub const MAX_HELD_BYTES: usize = 64 << 20;
 
 /// Run a session to its end. Never fails: every ending is logged and recorded.
 pub(crate) async fn run(
@@ -434,6 +443,9 @@ struct Live {
     revoked: HashSet<String>,
     /// Console commands for this agent ([`CommandHub`](super::commands::CommandHub)).
     commands: mpsc::Receiver<ControlMessage>,
+    /// Batches read while the sink took an earlier one, in arrival order.
+    held: VecDeque<Batch>,
+    held_bytes: usize,
 }
 
 impl Live {
@@ -462,6 +474,8 @@ impl Live {
             assigned: BTreeMap::new(),
             revoked: HashSet::new(),
             commands,
+            held: VecDeque::new(),
+            held_bytes: 0,
             shared,
         }
     }
@@ -529,13 +543,6 @@ impl Live {
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
         match msg {
-            Message::Text(text) => match connectivity_protocol::decode::<AgentMessage>(&text) {
-                Ok(m) => {
-                    self.errors_in_a_row = 0;
-                    self.on_message(m).await
-                }
-                Err(err) => self.protocol_error(err.to_string()).await,
-            },
             Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
                 Ok(batch) => {
                     self.errors_in_a_row = 0;
@@ -543,6 +550,39 @@ impl Live {
                 }
                 Err(err) => self.protocol_error(err.to_string()).await,
             },
+            other => self.on_message_frame(other).await,
+        }
+    }
+
+    /// A frame read while the sink takes a batch: a batch waits its turn,
+    /// anything else is handled now.
+    async fn on_frame_while_delivering(&mut self, msg: Message) -> Flow {
+        match msg {
+            Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
+                Ok(batch) => {
+                    self.errors_in_a_row = 0;
+                    self.held_bytes += batch_bytes(&batch);
+                    self.held.push_back(batch);
+                    Flow::Continue
+                }
+                Err(err) => self.protocol_error(err.to_string()).await,
+            },
+            other => self.on_message_frame(other).await,
+        }
+    }
+
+    /// Any frame but a batch.
+    async fn on_message_frame(&mut self, msg: Message) -> Flow {
+        match msg {
+            Message::Text(text) => match connectivity_protocol::decode::<AgentMessage>(&text) {
+                Ok(m) => {
+                    self.errors_in_a_row = 0;
+                    self.on_message(m).await
+                }
+                Err(err) => self.protocol_error(err.to_string()).await,
+            },
+            // Handled by the callers.
+            Message::Binary(_) => Flow::Continue,
             Message::Ping(_) | Message::Pong(_) => Flow::Continue,
             Message::Close(frame) => {
                 self.conn.drain().await;
@@ -706,8 +746,29 @@ impl Live {
         Flow::Continue
     }
 
-    /// Hand a batch to the sink, heartbeating while it works, then ack it.
+    /// Whether another batch may be read while the sink works.
+    fn may_hold(&self) -> bool {
+        self.held.len() < MAX_HELD_BATCHES && self.held_bytes < MAX_HELD_BYTES
+    }
+
+    /// Hand a batch to the sink, then the batches read meanwhile, in order.
     async fn deliver(&mut self, batch: Batch) -> Flow {
+        let mut next = Some(batch);
+        while let Some(batch) = next {
+            if let Flow::End(e) = self.deliver_one(batch).await {
+                return Flow::End(e);
+            }
+            next = self.held.pop_front();
+            if let Some(b) = &next {
+                self.held_bytes = self.held_bytes.saturating_sub(batch_bytes(b));
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Hand a batch to the sink, heartbeating, sending commands and reading
+    /// the agent's messages while it works, then ack it.
+    async fn deliver_one(&mut self, batch: Batch) -> Flow {
         let (job_id, batch_seq, records) =
             (batch.job_id.clone(), batch.batch_seq, batch.records.len());
         if let Some(group) = self
@@ -742,6 +803,26 @@ impl Live {
                 }
                 // Not acked: the agent redelivers it on its next session.
                 _ = self.cancel.cancelled() => return Flow::Continue,
+                // A publish of a kafka sink may be for this very agent.
+                Some(command) = self.commands.recv() => {
+                    if let Err(e) = self.conn.send(&command).await {
+                        return Flow::End(e);
+                    }
+                }
+                frame = self.conn.ws.recv(), if self.may_hold() => {
+                    let flow = match frame {
+                        None => Flow::End("connection closed without a close frame".into()),
+                        Some(Err(err)) => Flow::End(format!("connection lost: {err}")),
+                        Some(Ok(msg)) => {
+                            self.last_seen = Instant::now();
+                            self.shared.registry.touch(&self.origin.agent_id, &self.origin.session_id);
+                            self.on_frame_while_delivering(msg).await
+                        }
+                    };
+                    if let Flow::End(e) = flow {
+                        return Flow::End(e);
+                    }
+                }
             }
         };
         // Frames were not read meanwhile; the agent is not to blame for that.
@@ -798,4 +879,12 @@ fn truncate_to(s: &str, max: usize) -> String {
         .find(|&i| s.is_char_boundary(i))
         .unwrap_or(0);
     format!("{}...", &s[..cut])
+}
+
+/// Bytes of keys and values in a batch (what holding it costs, roughly).
+fn batch_bytes(b: &Batch) -> usize {
+    b.records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len()))
+        .sum()
 }

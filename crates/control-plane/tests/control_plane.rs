@@ -661,6 +661,84 @@ async fn batches_go_to_the_sink_and_are_acked_only_when_it_takes_them() {
     cp.stop().await;
 }
 
+/// Takes batches only when the test lets it, one `permit` each.
+struct GatedSink {
+    permits: tokio::sync::Semaphore,
+    taken: Mutex<Vec<u64>>,
+}
+
+impl BatchSink for GatedSink {
+    fn deliver<'a>(
+        &'a self,
+        _origin: &'a BatchOrigin,
+        batch: Batch,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.permits.acquire().await.expect("open").forget();
+            self.taken.lock().unwrap().push(batch.batch_seq);
+            Ok(())
+        })
+    }
+}
+
+/// A kafka sink may wait for a publish answer from the very agent whose
+/// batch it delivers: the session must go on sending commands and reading
+/// answers meanwhile, and deliver the batches read meanwhile in order.
+#[tokio::test]
+async fn while_a_sink_works_commands_go_out_answers_come_in_and_batches_wait_their_turn() {
+    let sink = Arc::new(GatedSink {
+        permits: tokio::sync::Semaphore::new(0),
+        taken: Mutex::default(),
+    });
+    let cp = TestControlPlane::start(Options {
+        sink: Some(sink.clone()),
+        ..Options::default()
+    })
+    .await;
+    let (mut ws, _) = cp.connect_agent("agent-stuck").await;
+    ws.send(batch_frame("job-1", 1)).await.unwrap();
+    ws.send(batch_frame("job-1", 2)).await.unwrap();
+    let asking = tokio::spawn({
+        let (url, http) = (cp.base_url(), cp.http());
+        async move {
+            http.get(format!("{url}/api/v1/agents/agent-stuck/diagnostics"))
+                .bearer_auth(cp::CONSOLE_TOKEN)
+                .send()
+                .await
+                .expect("diagnostics request")
+                .status()
+                .as_u16()
+        }
+    });
+    // Heartbeats keep coming either way: bound the wait for the command.
+    let command = tokio::time::timeout(WAIT, recv(&mut ws)).await;
+    let Ok(ControlMessage::Command { command_id, .. }) = command else {
+        panic!("expected the diagnostics command while batch 1 is in the sink");
+    };
+    let answer = AgentMessage::CommandResult(connectivity_protocol::CommandResult {
+        command_id,
+        ok: true,
+        message: "here".into(),
+        data: None,
+    });
+    send(&mut ws, &answer).await;
+    assert_eq!(asking.await.unwrap(), 200, "answered while the sink works");
+    assert!(sink.taken.lock().unwrap().is_empty());
+    sink.permits.add_permits(2);
+    for seq in [1, 2] {
+        assert_eq!(
+            recv(&mut ws).await,
+            ControlMessage::Ack {
+                job_id: "job-1".into(),
+                batch_seq: seq
+            }
+        );
+    }
+    assert_eq!(*sink.taken.lock().unwrap(), [1, 2]);
+    drop(ws);
+    cp.stop().await;
+}
+
 #[tokio::test]
 async fn graceful_stop_says_goodbye_to_every_session() {
     let cp = TestControlPlane::start(Options::default()).await;

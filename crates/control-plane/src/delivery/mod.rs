@@ -4,7 +4,7 @@
 //! The server hands every decoded [`Batch`](connectivity_protocol::Batch) to
 //! [`Delivery::deliver`]; it drops records the job's sink already has
 //! ([`dedup`]), applies the job's [`ValueFormat`] ([`record`]), hands the rest
-//! to the sink ([`sink`], [`jsonl`], [`webhook`]) until it accepts them, returns
+//! to the sink ([`sink`], [`jsonl`], [`webhook`], [`kafka`]) until it accepts them, returns
 //! the [`Ack`] to send and saves the new watermarks behind it ([`store`]). Jobs live in the
 //! same SQLite store ([`definition`] says what a job is). docs/DELIVERY.md is
 //! the operator's view of all this.
@@ -12,6 +12,7 @@
 pub mod dedup;
 pub mod definition;
 pub mod jsonl;
+pub mod kafka;
 pub mod pipeline;
 pub mod record;
 mod saver;
@@ -21,6 +22,7 @@ pub mod webhook;
 
 pub use definition::{FieldError, JobDefinition, ValidationError};
 pub use jsonl::FileEnd;
+pub use kafka::{KafkaSinkConfig, Partitioning, Publisher};
 pub use pipeline::{
     Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, SinkErrorReport, SinkState,
 };

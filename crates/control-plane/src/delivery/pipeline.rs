@@ -49,6 +49,9 @@ pub struct DeliveryOptions {
     pub retry_cap: Duration,
     /// Delay between attempts after a permanent sink error (e.g. HTTP 400).
     pub permanent_retry_interval: Duration,
+    /// What kafka sinks publish through; `None` (tests of other sinks):
+    /// their every delivery fails, saying so.
+    pub publisher: Option<super::kafka::Publisher>,
 }
 
 impl DeliveryOptions {
@@ -61,6 +64,7 @@ impl DeliveryOptions {
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(30),
             permanent_retry_interval: Duration::from_secs(60),
+            publisher: None,
         }
     }
 }
@@ -251,13 +255,15 @@ impl Delivery {
         };
         for stored in delivery.inner.store.list_jobs().await? {
             let id = stored.definition.spec.id.clone();
-            let sink =
-                Sink::new(&stored.definition.sink, &delivery.inner.http).map_err(|source| {
-                    AdminError::Sink {
-                        job_id: id.clone(),
-                        source,
-                    }
-                })?;
+            let sink = Sink::new(
+                &stored.definition.sink,
+                &delivery.inner.http,
+                delivery.publisher(),
+            )
+            .map_err(|source| AdminError::Sink {
+                job_id: id.clone(),
+                source,
+            })?;
             let mut marks = delivery.inner.store.watermarks(&id).await?;
             if let SinkConfig::Jsonl(c) = &stored.definition.sink {
                 let topic = &stored.definition.spec.topic;
@@ -276,6 +282,11 @@ impl Delivery {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// What kafka sinks publish through, if anything.
+    pub fn publisher(&self) -> Option<&super::kafka::Publisher> {
+        self.inner.options.publisher.as_ref()
     }
 
     fn handle(&self, job_id: &str) -> Option<Arc<JobHandle>> {
@@ -364,9 +375,11 @@ impl Delivery {
         }
         def.validate()?;
         self.check_path_unique(&def)?;
-        let sink = Sink::new(&def.sink, &self.inner.http).map_err(|source| AdminError::Sink {
-            job_id: def.spec.id.clone(),
-            source,
+        let sink = Sink::new(&def.sink, &self.inner.http, self.publisher()).map_err(|source| {
+            AdminError::Sink {
+                job_id: def.spec.id.clone(),
+                source,
+            }
         })?;
         // The old worker stops before the store forgets its watermarks: a
         // batch it finished afterwards would write the old stream's offsets

@@ -4,6 +4,7 @@
 
 use super::definition::FieldError;
 use super::jsonl::{FileEnd, JsonlSink};
+use super::kafka::{KafkaSink, KafkaSinkConfig, Publisher};
 use super::record::OutBatch;
 use super::webhook::{Accepted, WebhookConfig, WebhookSink};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,9 @@ pub enum SinkConfig {
     /// POST each batch's records (by partition, or one by one) to an HTTPS
     /// endpoint.
     Webhook(WebhookConfig),
+    /// Publish the records into a stream connection, through an agent of
+    /// its group.
+    Kafka(KafkaSinkConfig),
     /// Accept and drop everything (benchmarks, dry runs).
     Discard,
 }
@@ -62,6 +66,7 @@ impl SinkConfig {
                 }
             }
             SinkConfig::Webhook(c) => c.validate(errors),
+            SinkConfig::Kafka(c) => c.validate(errors),
             SinkConfig::Discard => {}
         }
     }
@@ -110,6 +115,14 @@ pub enum SinkError {
     },
     #[error("sink cannot be built: {0}")]
     Config(String),
+    /// A kafka sink's publish failed (the message names the record or the
+    /// fix).
+    #[error("kafka sink (stream connection {connection:?}): {message}")]
+    Publish {
+        connection: String,
+        message: String,
+        retryable: bool,
+    },
 }
 
 fn body_suffix(body: &str) -> String {
@@ -136,6 +149,7 @@ impl SinkError {
             SinkError::Transport { .. } => true,
             SinkError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             SinkError::Redirect { .. } | SinkError::Config(_) => false,
+            SinkError::Publish { retryable, .. } => *retryable,
         }
     }
 
@@ -154,15 +168,22 @@ pub enum Sink {
     Jsonl(JsonlSink),
     /// Boxed: a webhook holds its client, URL and headers; one per job.
     Webhook(Box<WebhookSink>),
+    Kafka(KafkaSink),
     Discard,
 }
 
 impl Sink {
-    /// Build a sink. `http` is the shared client for webhooks.
-    pub fn new(config: &SinkConfig, http: &reqwest::Client) -> Result<Sink, SinkError> {
+    /// Build a sink. `http` is the shared client for webhooks; `publisher`
+    /// what kafka sinks publish through (without it, their deliveries fail).
+    pub fn new(
+        config: &SinkConfig,
+        http: &reqwest::Client,
+        publisher: Option<&Publisher>,
+    ) -> Result<Sink, SinkError> {
         Ok(match config {
             SinkConfig::Jsonl(c) => Sink::Jsonl(JsonlSink::new(c)),
             SinkConfig::Webhook(c) => Sink::Webhook(Box::new(WebhookSink::new(c, http.clone())?)),
+            SinkConfig::Kafka(c) => Sink::Kafka(KafkaSink::new(c, publisher.cloned())),
             SinkConfig::Discard => Sink::Discard,
         })
     }
@@ -170,7 +191,8 @@ impl Sink {
     /// Whether the batches queued behind one are best handed over with it
     /// as one: a JSONL file takes a group in one write and one `fsync`. A
     /// webhook takes each batch as it came (a receiver may limit a
-    /// request's size).
+    /// request's size); so does a kafka sink (its idempotency keys name a
+    /// batch's records).
     pub fn writes_groups(&self) -> bool {
         matches!(self, Sink::Jsonl(_))
     }
@@ -182,7 +204,7 @@ impl Sink {
 
     /// Hand over a batch. `Ok` means the sink accepted every record in it;
     /// a JSONL sink also says where its file ends now, for the store. A sink
-    /// that takes a batch in several requests (webhook) notes in `accepted`
+    /// that takes a batch in several requests (webhook, kafka) notes in `accepted`
     /// those it took, so that a retry of the same batch skips them.
     pub async fn deliver(
         &self,
@@ -192,6 +214,7 @@ impl Sink {
         match self {
             Sink::Jsonl(s) => s.deliver(batch).await.map(Some),
             Sink::Webhook(s) => s.deliver(batch, accepted).await.map(|()| None),
+            Sink::Kafka(s) => s.deliver(batch, accepted).await.map(|()| None),
             Sink::Discard => Ok(None),
         }
     }
@@ -218,8 +241,32 @@ mod tests {
             serde_json::from_str::<SinkConfig>(r#"{"kind":"jsonl","path":"/x","fsynk":false}"#)
                 .unwrap_err();
         assert!(err.to_string().contains("unknown field `fsynk`"), "{err}");
+        let c: SinkConfig =
+            serde_json::from_str(r#"{"kind":"kafka","connection":"copy"}"#).unwrap();
+        assert_eq!(
+            c,
+            SinkConfig::Kafka(KafkaSinkConfig {
+                connection: "copy".into(),
+                partitioning: super::super::kafka::Partitioning::Key,
+                max_parallel: 4
+            })
+        );
+        assert_eq!(c.redacted(), c, "a kafka sink holds no secret");
         let err = serde_json::from_str::<SinkConfig>(r#"{"kind":"kafka"}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `kafka`"), "{err}");
+        assert!(
+            err.to_string().contains("missing field `connection`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<SinkConfig>(
+            r#"{"kind":"kafka","connection":"c","partitioning":"random"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `random`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<SinkConfig>(r#"{"kind":"s3"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `s3`"), "{err}");
         assert_eq!(
             serde_json::to_string(&SinkConfig::Discard).unwrap(),
             r#"{"kind":"discard"}"#

@@ -170,6 +170,7 @@ pub(crate) fn job_line(v: &JobView) -> Value {
     let sink = match &d.sink {
         crate::delivery::SinkConfig::Jsonl(_) => "jsonl",
         crate::delivery::SinkConfig::Webhook(_) => "webhook",
+        crate::delivery::SinkConfig::Kafka(_) => "kafka",
         crate::delivery::SinkConfig::Discard => "discard",
     };
     let agents: Vec<Value> = v

@@ -6,10 +6,14 @@
 //! `"base64"` writes the decoded bytes; `null` is a null key or value. So a
 //! record read with the record format can be published again unchanged.
 
+use super::StreamError;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use connectivity_protocol::Record;
 use connectivity_protocol::batch::BatchWriter;
-use connectivity_protocol::stream::MAX_RECORD_BYTES;
+use connectivity_protocol::stream::{
+    IDEMPOTENCY_HEADER, MAX_PUBLISH_FRAME_BYTES, MAX_RECORD_BYTES,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -156,6 +160,102 @@ pub fn to_frame(
     Ok(w)
 }
 
+/// Bytes of a frame besides its records: magic, job id, sequence, topic
+/// (at most 249 bytes) and count, rounded up.
+const FRAME_OVERHEAD: usize = 512;
+
+/// Bytes a record takes in a batch frame, as `BatchWriter::push` writes it
+/// (a test holds the two together).
+pub fn frame_len(r: &Record) -> usize {
+    let bytes = |b: &Option<bytes::Bytes>| 4 + b.as_ref().map_or(0, |b| b.len());
+    let headers: usize = r
+        .headers
+        .iter()
+        .map(|(n, v)| 2 + n.len().min(u16::MAX as usize) + bytes(v))
+        .sum();
+    4 + 8 + 8 + bytes(&r.key) + bytes(&r.value) + 2 + headers
+}
+
+/// Cut `records` into runs that each fit one publish request: at most
+/// [`MAX_RECORDS`] records in a frame of at most `MAX_PUBLISH_FRAME_BYTES`.
+/// A record too large for any request is a run of its own, which
+/// [`records_frame`] then refuses with its size and the limit.
+pub fn requests(records: &[Record]) -> Vec<&[Record]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, FRAME_OVERHEAD);
+    for (i, r) in records.iter().enumerate() {
+        let len = frame_len(r);
+        let full = i - start == MAX_RECORDS || bytes + len > MAX_PUBLISH_FRAME_BYTES;
+        if i > start && full {
+            runs.push(&records[start..i]);
+            (start, bytes) = (i, FRAME_OVERHEAD);
+        }
+        bytes += len;
+    }
+    if start < records.len() {
+        runs.push(&records[start..]);
+    }
+    runs
+}
+
+/// Records as they came from a stream as a publish frame: key, value,
+/// headers and timestamp kept, offsets replaced by their index (the agent
+/// ignores them), partitions kept with `keep_partitions`, else -1 (the
+/// producer's partitioner picks one by key). A record's own
+/// [`IDEMPOTENCY_HEADER`] (it was published through an agent before) is
+/// left out: the agent writes this request's.
+pub fn records_frame(
+    topic: &str,
+    records: &[Record],
+    keep_partitions: bool,
+) -> Result<BatchWriter, StreamError> {
+    if records.len() > MAX_RECORDS {
+        return Err(StreamError::TooLarge(format!(
+            "{} records in one request; the limit is {MAX_RECORDS}: split the request",
+            records.len()
+        )));
+    }
+    let mut w = BatchWriter::new("publish", 0, topic, 64 * 1024);
+    for (i, r) in records.iter().enumerate() {
+        // Counted as for a console publish: key, value and headers.
+        let len = |b: &Option<bytes::Bytes>| b.as_ref().map_or(0, |b| b.len());
+        let size = len(&r.key)
+            + len(&r.value)
+            + r.headers
+                .iter()
+                .map(|(n, v)| n.len() + len(v))
+                .sum::<usize>();
+        if size > MAX_RECORD_BYTES {
+            return Err(StreamError::TooLarge(format!(
+                "the record at partition {} offset {} is {size} bytes (key, value and headers); the limit is \
+                 {MAX_RECORD_BYTES} (OCI Streaming: 1 MB per record): make it smaller at its source, or store \
+                 the payload elsewhere and forward a reference",
+                r.partition, r.offset
+            )));
+        }
+        let headers = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n != IDEMPOTENCY_HEADER)
+            .map(|(n, v)| (n.as_str(), v.as_deref()));
+        w.push(
+            if keep_partitions { r.partition } else { -1 },
+            i as i64,
+            r.timestamp,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            headers,
+        );
+    }
+    if w.encoded_len() > MAX_PUBLISH_FRAME_BYTES {
+        return Err(StreamError::TooLarge(format!(
+            "the records take {} bytes; one request carries at most {MAX_PUBLISH_FRAME_BYTES}: split the request",
+            w.encoded_len()
+        )));
+    }
+    Ok(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +310,80 @@ mod tests {
             "record 0: value must be a JSON string when value_encoding is given; give a string, or drop value_encoding to publish the JSON as it is"
         );
         assert_eq!(err(&[]), "records is empty; give at least one record");
+    }
+
+    fn record(value_len: usize) -> Record {
+        Record {
+            partition: 2,
+            offset: 7,
+            timestamp: Some(1),
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from(vec![b'v'; value_len])),
+            headers: vec![
+                ("h".into(), Some(Bytes::from_static(b"x"))),
+                ("n".into(), None),
+            ],
+        }
+    }
+
+    #[test]
+    fn frame_len_is_what_the_writer_writes() {
+        let r = record(10);
+        let mut w = BatchWriter::new("publish", 0, "t", 64);
+        let before = w.encoded_len();
+        w.push(
+            r.partition,
+            r.offset,
+            r.timestamp,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            r.headers.iter().map(|(n, v)| (n.as_str(), v.as_deref())),
+        );
+        assert_eq!(w.encoded_len() - before, frame_len(&r));
+    }
+
+    #[test]
+    fn records_are_cut_into_requests_within_the_limits() {
+        let small: Vec<Record> = (0..MAX_RECORDS + 5).map(|_| record(1)).collect();
+        let runs = requests(&small);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [MAX_RECORDS, 5]
+        );
+        // 900 KB each: three fit in a frame of just under 3 MiB, not four.
+        let big: Vec<Record> = (0..7).map(|_| record(900_000)).collect();
+        let runs = requests(&big);
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [3, 3, 1]);
+        for run in runs {
+            let frame = records_frame("t", run, true).unwrap();
+            assert!(frame.encoded_len() <= MAX_PUBLISH_FRAME_BYTES);
+        }
+        assert!(requests(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_forwarded_record_keeps_its_fields_but_not_an_old_idempotency_header() {
+        let mut r = record(3);
+        r.headers.push((
+            IDEMPOTENCY_HEADER.into(),
+            Some(Bytes::from_static(b"old/0")),
+        ));
+        let frame = records_frame("t", &[r.clone()], true).unwrap().finish();
+        let got = &connectivity_protocol::batch::decode(frame).unwrap().records[0];
+        assert_eq!((got.partition, got.offset, got.timestamp), (2, 0, Some(1)));
+        let by_key = records_frame("t", &[r], false).unwrap().finish();
+        let by_key = connectivity_protocol::batch::decode(by_key).unwrap();
+        assert_eq!(by_key.records[0].partition, -1);
+        assert_eq!(got.key, Some(Bytes::from_static(b"k")));
+        let names: Vec<&str> = got.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["h", "n"]);
+        let err = records_frame("t", &[record(MAX_RECORD_BYTES)], true)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the record at partition 2 offset 7 is 1048580 bytes"),
+            "{err}"
+        );
     }
 }

@@ -16,6 +16,7 @@ use connectivity_protocol::job::{ErrorClass, JobError};
 use connectivity_protocol::secret::{MASK, Secret};
 use connectivity_protocol::stream::{self, PartitionRange, RecordOutcome};
 use hub::{RequestError, StreamHub};
+pub use publish::{Prepared, check_key};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,6 +50,33 @@ pub enum StreamError {
     Stream(JobError),
     #[error("{0}")]
     Store(#[from] store::StoreError),
+}
+
+impl StreamError {
+    /// `true` when the same request may succeed later without anyone
+    /// changing anything: no agent now, an agent lost or slow, a broker
+    /// down. The rest needs a fix (a connection, a topic, a grant, a
+    /// smaller record).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StreamError::BadInput(_)
+            | StreamError::TooLarge(_)
+            | StreamError::NoConnection(_)
+            | StreamError::KeyReused(_) => false,
+            StreamError::KeyInProgress(_) | StreamError::Store(_) => true,
+            StreamError::Agent(e) => !matches!(e, RequestError::TooOld { .. }),
+            StreamError::Stream(e) => class_is_retryable(e.class),
+        }
+    }
+}
+
+/// Whether a failure of this class may heal by itself (the network, a
+/// busy agent, a broker restarting).
+pub fn class_is_retryable(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::Dns | ErrorClass::Tcp | ErrorClass::Busy | ErrorClass::Other | ErrorClass::Sink
+    )
 }
 
 /// A publish's answer, as the console API shows it.
@@ -162,6 +190,11 @@ impl StreamService {
         self.store.delete_connection(name).await?;
         self.lock_connections().remove(name);
         Ok(true)
+    }
+
+    /// Whether connection `name` exists.
+    pub fn has_connection(&self, name: &str) -> bool {
+        self.lock_connections().contains_key(name)
     }
 
     fn connection(&self, name: &str) -> Result<ConnectionDef, StreamError> {

@@ -6,7 +6,7 @@ use super::{ConnectionDef, PublishAnswer, REQUEST_TIMEOUT, StreamError, StreamSe
 use crate::commands::CommandHub;
 use connectivity_protocol::job::ErrorClass;
 use connectivity_protocol::stream::{self, CAPABILITY_PUBLISH, MAX_PUBLISH_FRAME_BYTES};
-use connectivity_protocol::{ControlMessage, PublishRequest, PublishResult};
+use connectivity_protocol::{ControlMessage, PublishRequest, PublishResult, Record};
 use sha1::{Digest, Sha1};
 
 /// Frees a (connection, key) pair when its publish ends, however it ends.
@@ -25,6 +25,30 @@ impl Drop for Running<'_> {
     }
 }
 
+/// A publish request's records, encoded as a batch frame, before it is sent.
+pub struct Prepared {
+    frame: bytes::Bytes,
+    count: usize,
+    /// SHA-1 of the frame, hex: what an idempotency key is checked against.
+    hash: String,
+}
+
+impl Prepared {
+    fn new(frame: bytes::Bytes, count: usize) -> Prepared {
+        let hash = Sha1::digest(&frame)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Prepared { frame, count, hash }
+    }
+
+    /// The frame's hash: equal for equal records, so a caller may derive
+    /// an idempotency key from it.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
 impl StreamService {
     /// Publish the records of `body` into connection `name`; answers once
     /// the broker acknowledged them, or with the first attempt's answer
@@ -38,11 +62,48 @@ impl StreamService {
     ) -> Result<PublishAnswer, StreamError> {
         let def = self.connection(name)?;
         check_key(key)?;
-        let (frame, count) = prepare(&def, body)?;
-        let hash: String = Sha1::digest(&frame)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let prepared = prepare(&def, body)?;
+        self.send_prepared(commands, name, def, key, prepared).await
+    }
+
+    /// Records as they came from a stream (a poll job's, for a `kafka`
+    /// sink) as one publish request to connection `name`; without
+    /// `keep_partitions` the producer's partitioner picks each record's
+    /// partition by key.
+    pub fn prepare_records(
+        &self,
+        name: &str,
+        records: &[Record],
+        keep_partitions: bool,
+    ) -> Result<Prepared, StreamError> {
+        let def = self.connection(name)?;
+        let writer = input::records_frame(&def.connection.topic, records, keep_partitions)?;
+        Ok(Prepared::new(writer.finish(), records.len()))
+    }
+
+    /// [`publish`](Self::publish) of records prepared by
+    /// [`prepare_records`](Self::prepare_records).
+    pub async fn publish_prepared(
+        &self,
+        commands: &CommandHub,
+        name: &str,
+        key: &str,
+        prepared: Prepared,
+    ) -> Result<PublishAnswer, StreamError> {
+        let def = self.connection(name)?;
+        check_key(key)?;
+        self.send_prepared(commands, name, def, key, prepared).await
+    }
+
+    async fn send_prepared(
+        &self,
+        commands: &CommandHub,
+        name: &str,
+        def: ConnectionDef,
+        key: &str,
+        prepared: Prepared,
+    ) -> Result<PublishAnswer, StreamError> {
+        let Prepared { frame, count, hash } = prepared;
         let _running = self.claim(name, key)?;
         let (row, new) = self.store.begin(name, key, &hash).await?;
         if row.request_hash != hash {
@@ -145,8 +206,8 @@ impl StreamService {
     }
 }
 
-/// The records of a request body as a batch frame, and their number.
-fn prepare(def: &ConnectionDef, body: &[u8]) -> Result<(bytes::Bytes, usize), StreamError> {
+/// The records of a request body as a batch frame.
+fn prepare(def: &ConnectionDef, body: &[u8]) -> Result<Prepared, StreamError> {
     let parsed: PublishBody = serde_json::from_slice(body).map_err(|e| {
         StreamError::BadInput(format!(
             "the body is not a publish request: {e}; give {{\"records\": [{{\"key\": ..., \"value\": ...}}]}}"
@@ -166,7 +227,7 @@ fn prepare(def: &ConnectionDef, body: &[u8]) -> Result<(bytes::Bytes, usize), St
             writer.encoded_len()
         )));
     }
-    Ok((writer.finish(), parsed.records.len()))
+    Ok(Prepared::new(writer.finish(), parsed.records.len()))
 }
 
 /// The stored answer of an earlier request with the same key.
