@@ -10,6 +10,12 @@
 //! takes them. The session ends on goodbye, on replacement by a newer session
 //! of the same agent, or on shutdown (with a goodbye of our own).
 //!
+//! Batches are handed to the sink in the order they arrived and acked as
+//! each is delivered; the session reads on meanwhile, up to
+//! [`MAX_IN_FLIGHT_BATCHES`] or [`MAX_IN_FLIGHT_BYTES`] not yet acked, so
+//! that the sink can take the next batches while it writes one (a JSONL job
+//! writes and syncs the batches queued behind a write in one go).
+//!
 //! Jobs: right after the welcome, and whenever [`JobService`](super::jobs::JobService)
 //! signals a change, the session compares the jobs its group should run with
 //! what it has assigned and sends `assign_job` / `revoke_job` for the
@@ -20,7 +26,7 @@
 
 use super::auth::Principal;
 use super::registry::NewSession;
-use super::sink::BatchOrigin;
+use super::sink::{BatchOrigin, SinkError};
 use super::state::Shared;
 use super::streams::hub::Answer;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
@@ -28,6 +34,9 @@ use connectivity_protocol::job::{JobPhase, JobState};
 use connectivity_protocol::{
     AgentMessage, Batch, ControlMessage, Hello, JobSpec, PROTOCOL_VERSION, RejectReason,
 };
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +59,13 @@ const MAX_ID_LEN: usize = 128;
 const MAX_FIELD_LEN: usize = 256;
 /// Jobs remembered as revoked per session (a peer could name many).
 const MAX_REVOKED: usize = 1024;
+/// Most batches a session has handed to the sink and not yet acked; at this
+/// many, or at [`MAX_IN_FLIGHT_BYTES`], it reads no frame until one is done.
+/// The agent's default window (128 batches, 64 MiB) fits.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 128;
+/// Most bytes of keys and values in those batches: bounds what a session
+/// holds whatever its agent sends.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Run a session to its end. Never fails: every ending is logged and recorded.
 pub(crate) async fn run(
@@ -434,6 +450,29 @@ struct Live {
     revoked: HashSet<String>,
     /// Console commands for this agent ([`CommandHub`](super::commands::CommandHub)).
     commands: mpsc::Receiver<ControlMessage>,
+    /// Batches handed to the sink, not yet acked.
+    in_flight: FuturesUnordered<BoxFuture<'static, Delivered>>,
+    /// Bytes of keys and values in `in_flight`.
+    in_flight_bytes: usize,
+}
+
+/// A batch the sink is done with, one way or the other.
+struct Delivered {
+    job_id: String,
+    batch_seq: u64,
+    records: usize,
+    bytes: usize,
+    received: Instant,
+    result: Result<(), SinkError>,
+}
+
+/// Bytes of keys and values in a batch: what holding it costs.
+fn batch_bytes(batch: &Batch) -> usize {
+    batch
+        .records
+        .iter()
+        .map(|r| r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()))
+        .sum()
 }
 
 impl Live {
@@ -462,8 +501,16 @@ impl Live {
             assigned: BTreeMap::new(),
             revoked: HashSet::new(),
             commands,
+            in_flight: FuturesUnordered::new(),
+            in_flight_bytes: 0,
             shared,
         }
+    }
+
+    /// Whether the session may read another frame: fewer batches and bytes
+    /// in flight than the bounds.
+    fn reading(&self) -> bool {
+        self.in_flight.len() < MAX_IN_FLIGHT_BATCHES && self.in_flight_bytes < MAX_IN_FLIGHT_BYTES
     }
 
     /// The session loop; returns why it ended.
@@ -486,7 +533,9 @@ impl Live {
                     self.conn.close(close_code::AWAY, reason).await;
                     Flow::End(reason.to_owned())
                 }
-                _ = tokio::time::sleep_until(self.last_seen + timeout) => {
+                // Not while the bounds stop the reading: the agent's frames
+                // wait unread, the sink's slowness is not its fault.
+                _ = tokio::time::sleep_until(self.last_seen + timeout), if self.reading() => {
                     tracing::warn!(timeout_ms = timeout.as_millis() as u64, "agent missed its heartbeats; declaring it dead");
                     self.conn.abandon(close_code::AWAY, "heartbeat timeout").await;
                     Flow::End(format!("heartbeat timeout: nothing received for {} ms", timeout.as_millis()))
@@ -497,7 +546,8 @@ impl Live {
                     Ok(()) => Flow::Continue,
                     Err(err) => Flow::End(err),
                 },
-                frame = self.conn.ws.recv() => match frame {
+                Some(done) = self.in_flight.next() => self.acknowledge(done).await,
+                frame = self.conn.ws.recv(), if self.reading() => match frame {
                     None => Flow::End("connection closed without a close frame".into()),
                     Some(Err(err)) => Flow::End(format!("connection lost: {err}")),
                     Some(Ok(msg)) => {
@@ -539,7 +589,7 @@ impl Live {
             Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
                 Ok(batch) => {
                     self.errors_in_a_row = 0;
-                    self.deliver(batch).await
+                    self.submit(batch).await
                 }
                 Err(err) => self.protocol_error(err.to_string()).await,
             },
@@ -706,8 +756,9 @@ impl Live {
         Flow::Continue
     }
 
-    /// Hand a batch to the sink, heartbeating while it works, then ack it.
-    async fn deliver(&mut self, batch: Batch) -> Flow {
+    /// Hand a batch to the sink, behind those before it; heartbeating, and
+    /// acking the batches before it, while the sink makes room for it.
+    async fn submit(&mut self, batch: Batch) -> Flow {
         let (job_id, batch_seq, records) =
             (batch.job_id.clone(), batch.batch_seq, batch.records.len());
         if let Some(group) = self
@@ -723,12 +774,14 @@ impl Live {
             return self.protocol_error(problem).await;
         }
         let (sink, origin) = (self.shared.sink.clone(), self.origin.clone());
-        let received = Instant::now();
-        let delivery = sink.deliver(&origin, batch);
-        tokio::pin!(delivery);
-        let result = loop {
+        let (received, bytes) = (Instant::now(), batch_bytes(&batch));
+        // Owns what `submit` borrows; yields the outcome to await later.
+        #[allow(clippy::async_yields_async)]
+        let submitting = async move { sink.submit(&origin, batch).await };
+        tokio::pin!(submitting);
+        let outcome = loop {
             tokio::select! {
-                r = &mut delivery => break r,
+                outcome = &mut submitting => break outcome,
                 _ = self.ticker.tick() => {
                     if let Flow::End(e) = self.heartbeat().await {
                         return Flow::End(e);
@@ -740,12 +793,49 @@ impl Live {
                         return Flow::End(e);
                     }
                 }
+                Some(done) = self.in_flight.next() => {
+                    if let Flow::End(e) = self.acknowledge(done).await {
+                        return Flow::End(e);
+                    }
+                }
                 // Not acked: the agent redelivers it on its next session.
                 _ = self.cancel.cancelled() => return Flow::Continue,
             }
         };
         // Frames were not read meanwhile; the agent is not to blame for that.
         self.last_seen = Instant::now();
+        self.in_flight_bytes += bytes;
+        self.in_flight.push(Box::pin(async move {
+            Delivered {
+                job_id,
+                batch_seq,
+                records,
+                bytes,
+                received,
+                result: outcome.await,
+            }
+        }));
+        Flow::Continue
+    }
+
+    /// The sink is done with a batch: ack it, or tell the agent why not.
+    async fn acknowledge(&mut self, done: Delivered) -> Flow {
+        // `done` has left `in_flight` already.
+        let held = self.in_flight.len() + 1 >= MAX_IN_FLIGHT_BATCHES
+            || self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES;
+        if held {
+            // Frames were not read while the bounds held; not the agent's fault.
+            self.last_seen = Instant::now();
+        }
+        self.in_flight_bytes -= done.bytes;
+        let Delivered {
+            job_id,
+            batch_seq,
+            records,
+            received,
+            result,
+            ..
+        } = done;
         self.shared
             .metrics
             .batch(&job_id, records, received.elapsed(), result.is_ok());
