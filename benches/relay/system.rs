@@ -14,7 +14,7 @@ use connectivity_control_plane::delivery::{
 };
 use connectivity_control_plane::{
     BatchOrigin, BatchSink, ControlPlane, ControlPlaneConfig, JobService, Registry, SinkError,
-    StartOptions,
+    StartOptions, Submitted,
 };
 use connectivity_protocol::{Batch, JobSpec};
 use futures_util::future::BoxFuture;
@@ -55,17 +55,28 @@ struct MeteredSink {
     meter: Arc<Meter>,
     /// BENCH_TRACE_BATCHES=file: one line per batch (arrival and ack time,
     /// sequence number, records), to see the relay's rhythm (diagnosis only).
-    trace: Option<std::sync::Mutex<std::fs::File>>,
+    trace: Option<Arc<Trace>>,
+    /// BENCH_SERIAL_SESSION=1: hand the session a batch only once it is
+    /// delivered, so that it reads no frame meanwhile (diagnosis only).
+    serial: bool,
     started: std::time::Instant,
 }
 
 impl BatchSink for MeteredSink {
     fn deliver<'a>(
         &'a self,
-        _origin: &'a BatchOrigin,
+        origin: &'a BatchOrigin,
         batch: Batch,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.submit(origin, batch).await.await })
+    }
+
+    /// As the control plane's own sink: the batch joins its job's queue and
+    /// the session reads on while it is delivered.
+    #[allow(clippy::async_yields_async)]
+    fn submit<'a>(&'a self, _origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Submitted> {
         Box::pin(async move {
+            let failed = |e: SinkError| Box::pin(std::future::ready(Err(e))) as Submitted;
             let bytes: u64 = batch
                 .records
                 .iter()
@@ -75,22 +86,37 @@ impl BatchSink for MeteredSink {
             let arrived = self.started.elapsed();
             let (seq, n) = (batch.batch_seq, batch.records.len());
             let Some(delivery) = self.delivery.get() else {
-                return Err(SinkError::NoRoute {
+                return failed(SinkError::NoRoute {
                     job_id: batch.job_id,
                 });
             };
-            let ack = delivery
-                .deliver(batch)
-                .await
-                .map_err(|e| SinkError::Failed(e.to_string()))?;
-            // Duplicates (a resend after a reconnect) are not counted twice.
-            self.meter.add(
-                ack.delivered as u64,
-                if ack.duplicates == 0 { bytes } else { 0 },
-                &stamps,
-            );
-            self.trace(arrived, seq, n);
-            Ok(())
+            let queued = match delivery.enqueue(batch).await {
+                Ok(queued) => queued,
+                Err(e) => return failed(SinkError::Failed(e.to_string())),
+            };
+            let (meter, trace) = (self.meter.clone(), self.trace.clone());
+            let outcome = Box::pin(async move {
+                let ack = queued
+                    .outcome()
+                    .await
+                    .map_err(|e| SinkError::Failed(e.to_string()))?;
+                // Duplicates (a resend after a reconnect) are not counted twice.
+                meter.add(
+                    ack.delivered as u64,
+                    if ack.duplicates == 0 { bytes } else { 0 },
+                    &stamps,
+                );
+                if let Some(t) = trace {
+                    t.batch(arrived, seq, n);
+                }
+                Ok(())
+            }) as Submitted;
+            if self.serial {
+                // As a session that waits for each batch before the next.
+                let done = outcome.await;
+                return Box::pin(std::future::ready(done)) as Submitted;
+            }
+            outcome
         })
     }
 }
@@ -115,15 +141,21 @@ impl MeteredSink {
             })
             .collect()
     }
+}
 
-    /// A batch's line in the BENCH_TRACE_BATCHES file, if there is one.
-    fn trace(&self, arrived: std::time::Duration, seq: u64, n: usize) {
+/// The BENCH_TRACE_BATCHES file.
+struct Trace {
+    file: std::sync::Mutex<std::fs::File>,
+    started: std::time::Instant,
+}
+
+impl Trace {
+    /// A batch's line: arrival and ack time (ms since the start), sequence
+    /// number, records.
+    fn batch(&self, arrived: std::time::Duration, seq: u64, n: usize) {
         use std::io::Write;
-        let Some(t) = &self.trace else {
-            return;
-        };
         let done = self.started.elapsed();
-        let mut f = t.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(
             f,
             "{:.3} {:.3} {seq} {n}",
@@ -229,15 +261,20 @@ token_hash = "{}"
         )?;
         let config = ControlPlaneConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let meter = Arc::new(Meter::default());
+        let started = std::time::Instant::now();
         let trace = match std::env::var_os("BENCH_TRACE_BATCHES") {
-            Some(p) => Some(std::sync::Mutex::new(std::fs::File::create(p)?)),
+            Some(p) => Some(Arc::new(Trace {
+                file: std::sync::Mutex::new(std::fs::File::create(p)?),
+                started,
+            })),
             None => None,
         };
         let sink = Arc::new(MeteredSink {
             delivery: OnceLock::new(),
             meter: meter.clone(),
             trace,
-            started: std::time::Instant::now(),
+            serial: std::env::var_os("BENCH_SERIAL_SESSION").is_some_and(|v| v == "1"),
+            started,
         });
         let socket = tokio::net::TcpSocket::new_v4()?;
         if nodelay {

@@ -59,7 +59,7 @@ pub mod tokens;
 pub use config::{ConfigError, ControlPlaneConfig};
 pub use jobs::{JobChangeError, JobService, JobView};
 pub use registry::{AgentJobState, AgentRecord, AgentState, Registry};
-pub use sink::{BatchOrigin, BatchSink, NoSink, SinkError};
+pub use sink::{BatchOrigin, BatchSink, NoSink, SinkError, Submitted};
 
 use crate::delivery::{Delivery, DeliveryOptions, Store};
 use anyhow::Context;

@@ -6,13 +6,19 @@
 //! silence past the timeout ends the session. A malformed, unknown or
 //! oversized text frame gets a `protocol_error` reply and the session goes
 //! on, up to [`MAX_PROTOCOL_ERRORS_IN_A_ROW`]. Binary frames are batches,
-//! handed to the [`BatchSink`](super::sink::BatchSink) one at a time and
-//! acked when it takes them. While a sink works, commands still go out and
-//! the agent's other messages are still read (a kafka sink may be waiting
-//! for this very agent's publish answer); batches that arrive meanwhile wait
-//! their turn, up to [`MAX_HELD_BATCHES`] and [`MAX_HELD_BYTES`], beyond
-//! which the session stops reading. The session ends on goodbye, on replacement by a newer session
+//! handed to the [`BatchSink`](super::sink::BatchSink) and acked when it
+//! takes them. The session ends on goodbye, on replacement by a newer session
 //! of the same agent, or on shutdown (with a goodbye of our own).
+//!
+//! Batches are handed to the sink in the order they arrived and acked as
+//! each is delivered; the session reads on meanwhile, up to
+//! [`MAX_IN_FLIGHT_BATCHES`] or [`MAX_IN_FLIGHT_BYTES`] not yet acked, so
+//! that the sink can take the next batches while it writes one (a JSONL job
+//! writes and syncs the batches queued behind a write in one go). It reads
+//! on too while the sink makes room for a batch (a full job queue): batches
+//! read meanwhile wait their turn within the same bounds, and the agent's
+//! other messages are handled at once, since a kafka sink may be waiting
+//! for this very agent's publish answer.
 //!
 //! Jobs: right after the welcome, and whenever [`JobService`](super::jobs::JobService)
 //! signals a change, the session compares the jobs its group should run with
@@ -24,7 +30,7 @@
 
 use super::auth::Principal;
 use super::registry::NewSession;
-use super::sink::BatchOrigin;
+use super::sink::{BatchOrigin, SinkError, Submitted};
 use super::state::Shared;
 use super::streams::hub::Answer;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
@@ -32,6 +38,9 @@ use connectivity_protocol::job::{JobPhase, JobState};
 use connectivity_protocol::{
     AgentMessage, Batch, ControlMessage, Hello, JobSpec, PROTOCOL_VERSION, RejectReason,
 };
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, OptionFuture};
+use futures_util::stream::FuturesUnordered;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,11 +63,13 @@ const MAX_ID_LEN: usize = 128;
 const MAX_FIELD_LEN: usize = 256;
 /// Jobs remembered as revoked per session (a peer could name many).
 const MAX_REVOKED: usize = 1024;
-/// Batches read while the sink takes an earlier one, waiting their turn;
-/// an agent sends at most its jobs' windows unacked, so this rarely binds.
-pub const MAX_HELD_BATCHES: usize = 256;
-/// Their bytes of keys and values, at most.
-pub const MAX_HELD_BYTES: usize = 64 << 20;
+/// Most batches a session has handed to the sink and not yet acked; at this
+/// many, or at [`MAX_IN_FLIGHT_BYTES`], it reads no frame until one is done.
+/// The agent's default window (128 batches, 64 MiB) fits.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 128;
+/// Most bytes of keys and values in those batches: bounds what a session
+/// holds whatever its agent sends.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Run a session to its end. Never fails: every ending is logged and recorded.
 pub(crate) async fn run(
@@ -443,9 +454,44 @@ struct Live {
     revoked: HashSet<String>,
     /// Console commands for this agent ([`CommandHub`](super::commands::CommandHub)).
     commands: mpsc::Receiver<ControlMessage>,
-    /// Batches read while the sink took an earlier one, in arrival order.
-    held: VecDeque<Batch>,
+    /// Batches read, waiting to be handed to the sink, in arrival order.
+    waiting: VecDeque<Batch>,
+    /// The hand-over of the batch before them, while the sink makes room.
+    handing: Option<BoxFuture<'static, Handed>>,
+    /// Batches handed to the sink, not yet acked.
+    in_flight: FuturesUnordered<BoxFuture<'static, Delivered>>,
+    /// Bytes of keys and values in all three.
     held_bytes: usize,
+}
+
+/// What a batch's hand-over to the sink and its delivery are known by.
+struct Receipt {
+    job_id: String,
+    batch_seq: u64,
+    records: usize,
+    bytes: usize,
+    received: Instant,
+}
+
+/// A batch the sink has taken, with its outcome to await.
+struct Handed {
+    receipt: Receipt,
+    outcome: Submitted,
+}
+
+/// A batch the sink is done with, one way or the other.
+struct Delivered {
+    receipt: Receipt,
+    result: Result<(), SinkError>,
+}
+
+/// Bytes of keys and values in a batch: what holding it costs.
+fn batch_bytes(batch: &Batch) -> usize {
+    batch
+        .records
+        .iter()
+        .map(|r| r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()))
+        .sum()
 }
 
 impl Live {
@@ -474,10 +520,23 @@ impl Live {
             assigned: BTreeMap::new(),
             revoked: HashSet::new(),
             commands,
-            held: VecDeque::new(),
+            waiting: VecDeque::new(),
+            handing: None,
+            in_flight: FuturesUnordered::new(),
             held_bytes: 0,
             shared,
         }
+    }
+
+    /// Batches read and not yet acked: waiting, being handed over, in flight.
+    fn held(&self) -> usize {
+        self.waiting.len() + usize::from(self.handing.is_some()) + self.in_flight.len()
+    }
+
+    /// Whether the session may read another frame: fewer batches and bytes
+    /// held than the bounds.
+    fn reading(&self) -> bool {
+        self.held() < MAX_IN_FLIGHT_BATCHES && self.held_bytes < MAX_IN_FLIGHT_BYTES
     }
 
     /// The session loop; returns why it ended.
@@ -500,7 +559,9 @@ impl Live {
                     self.conn.close(close_code::AWAY, reason).await;
                     Flow::End(reason.to_owned())
                 }
-                _ = tokio::time::sleep_until(self.last_seen + timeout) => {
+                // Not while the bounds stop the reading: the agent's frames
+                // wait unread, the sink's slowness is not its fault.
+                _ = tokio::time::sleep_until(self.last_seen + timeout), if self.reading() => {
                     tracing::warn!(timeout_ms = timeout.as_millis() as u64, "agent missed its heartbeats; declaring it dead");
                     self.conn.abandon(close_code::AWAY, "heartbeat timeout").await;
                     Flow::End(format!("heartbeat timeout: nothing received for {} ms", timeout.as_millis()))
@@ -511,7 +572,9 @@ impl Live {
                     Ok(()) => Flow::Continue,
                     Err(err) => Flow::End(err),
                 },
-                frame = self.conn.ws.recv() => match frame {
+                Some(handed) = OptionFuture::from(self.handing.as_mut()) => self.handed(handed),
+                Some(done) = self.in_flight.next() => self.acknowledge(done).await,
+                frame = self.conn.ws.recv(), if self.reading() => match frame {
                     None => Flow::End("connection closed without a close frame".into()),
                     Some(Err(err)) => Flow::End(format!("connection lost: {err}")),
                     Some(Ok(msg)) => {
@@ -543,37 +606,6 @@ impl Live {
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
         match msg {
-            Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
-                Ok(batch) => {
-                    self.errors_in_a_row = 0;
-                    self.deliver(batch).await
-                }
-                Err(err) => self.protocol_error(err.to_string()).await,
-            },
-            other => self.on_message_frame(other).await,
-        }
-    }
-
-    /// A frame read while the sink takes a batch: a batch waits its turn,
-    /// anything else is handled now.
-    async fn on_frame_while_delivering(&mut self, msg: Message) -> Flow {
-        match msg {
-            Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
-                Ok(batch) => {
-                    self.errors_in_a_row = 0;
-                    self.held_bytes += batch_bytes(&batch);
-                    self.held.push_back(batch);
-                    Flow::Continue
-                }
-                Err(err) => self.protocol_error(err.to_string()).await,
-            },
-            other => self.on_message_frame(other).await,
-        }
-    }
-
-    /// Any frame but a batch.
-    async fn on_message_frame(&mut self, msg: Message) -> Flow {
-        match msg {
             Message::Text(text) => match connectivity_protocol::decode::<AgentMessage>(&text) {
                 Ok(m) => {
                     self.errors_in_a_row = 0;
@@ -581,8 +613,13 @@ impl Live {
                 }
                 Err(err) => self.protocol_error(err.to_string()).await,
             },
-            // Handled by the callers.
-            Message::Binary(_) => Flow::Continue,
+            Message::Binary(bytes) => match connectivity_protocol::batch::decode(bytes) {
+                Ok(batch) => {
+                    self.errors_in_a_row = 0;
+                    self.submit(batch).await
+                }
+                Err(err) => self.protocol_error(err.to_string()).await,
+            },
             Message::Ping(_) | Message::Pong(_) => Flow::Continue,
             Message::Close(frame) => {
                 self.conn.drain().await;
@@ -746,35 +783,13 @@ impl Live {
         Flow::Continue
     }
 
-    /// Whether another batch may be read while the sink works.
-    fn may_hold(&self) -> bool {
-        self.held.len() < MAX_HELD_BATCHES && self.held_bytes < MAX_HELD_BYTES
-    }
-
-    /// Hand a batch to the sink, then the batches read meanwhile, in order.
-    async fn deliver(&mut self, batch: Batch) -> Flow {
-        let mut next = Some(batch);
-        while let Some(batch) = next {
-            if let Flow::End(e) = self.deliver_one(batch).await {
-                return Flow::End(e);
-            }
-            next = self.held.pop_front();
-            if let Some(b) = &next {
-                self.held_bytes = self.held_bytes.saturating_sub(batch_bytes(b));
-            }
-        }
-        Flow::Continue
-    }
-
-    /// Hand a batch to the sink, heartbeating, sending commands and reading
-    /// the agent's messages while it works, then ack it.
-    async fn deliver_one(&mut self, batch: Batch) -> Flow {
-        let (job_id, batch_seq, records) =
-            (batch.job_id.clone(), batch.batch_seq, batch.records.len());
+    /// Queue a batch for the sink, behind those before it.
+    async fn submit(&mut self, batch: Batch) -> Flow {
+        let (job_id, batch_seq) = (&batch.job_id, batch.batch_seq);
         if let Some(group) = self
             .shared
             .jobs
-            .group_of(&job_id)
+            .group_of(job_id)
             .filter(|g| *g != self.origin.group)
         {
             let problem = format!(
@@ -783,50 +798,71 @@ impl Live {
             );
             return self.protocol_error(problem).await;
         }
-        let (sink, origin) = (self.shared.sink.clone(), self.origin.clone());
-        let received = Instant::now();
-        let delivery = sink.deliver(&origin, batch);
-        tokio::pin!(delivery);
-        let result = loop {
-            tokio::select! {
-                r = &mut delivery => break r,
-                _ = self.ticker.tick() => {
-                    if let Flow::End(e) = self.heartbeat().await {
-                        return Flow::End(e);
-                    }
-                }
-                // A pause or delete reaches the agent even while a sink is stuck.
-                _ = self.job_changes.changed() => {
-                    if let Flow::End(e) = self.reconcile().await {
-                        return Flow::End(e);
-                    }
-                }
-                // Not acked: the agent redelivers it on its next session.
-                _ = self.cancel.cancelled() => return Flow::Continue,
-                // A publish of a kafka sink may be for this very agent.
-                Some(command) = self.commands.recv() => {
-                    if let Err(e) = self.conn.send(&command).await {
-                        return Flow::End(e);
-                    }
-                }
-                frame = self.conn.ws.recv(), if self.may_hold() => {
-                    let flow = match frame {
-                        None => Flow::End("connection closed without a close frame".into()),
-                        Some(Err(err)) => Flow::End(format!("connection lost: {err}")),
-                        Some(Ok(msg)) => {
-                            self.last_seen = Instant::now();
-                            self.shared.registry.touch(&self.origin.agent_id, &self.origin.session_id);
-                            self.on_frame_while_delivering(msg).await
-                        }
-                    };
-                    if let Flow::End(e) = flow {
-                        return Flow::End(e);
-                    }
-                }
-            }
+        self.held_bytes += batch_bytes(&batch);
+        self.waiting.push_back(batch);
+        self.hand_over_next();
+        Flow::Continue
+    }
+
+    /// Start handing the first waiting batch to the sink, unless one is
+    /// being handed over: the sink takes an agent's batches in order.
+    fn hand_over_next(&mut self) {
+        if self.handing.is_some() {
+            return;
+        }
+        let Some(batch) = self.waiting.pop_front() else {
+            return;
         };
-        // Frames were not read meanwhile; the agent is not to blame for that.
-        self.last_seen = Instant::now();
+        let receipt = Receipt {
+            job_id: batch.job_id.clone(),
+            batch_seq: batch.batch_seq,
+            records: batch.records.len(),
+            bytes: batch_bytes(&batch),
+            received: Instant::now(),
+        };
+        let (sink, origin) = (self.shared.sink.clone(), self.origin.clone());
+        self.handing = Some(Box::pin(async move {
+            let outcome = sink.submit(&origin, batch).await;
+            Handed { receipt, outcome }
+        }));
+    }
+
+    /// The sink has taken a batch: await its outcome with the others, and
+    /// hand over the next.
+    fn handed(&mut self, handed: Handed) -> Flow {
+        self.handing = None;
+        let Handed { receipt, outcome } = handed;
+        self.in_flight.push(Box::pin(async move {
+            Delivered {
+                receipt,
+                result: outcome.await,
+            }
+        }));
+        self.hand_over_next();
+        Flow::Continue
+    }
+
+    /// The sink is done with a batch: ack it, or tell the agent why not.
+    async fn acknowledge(&mut self, done: Delivered) -> Flow {
+        // `done` has left `in_flight` already.
+        let was_full =
+            self.held() + 1 >= MAX_IN_FLIGHT_BATCHES || self.held_bytes >= MAX_IN_FLIGHT_BYTES;
+        if was_full {
+            // Frames were not read while the bounds held; not the agent's fault.
+            self.last_seen = Instant::now();
+        }
+        let Delivered {
+            receipt:
+                Receipt {
+                    job_id,
+                    batch_seq,
+                    records,
+                    bytes,
+                    received,
+                },
+            result,
+        } = done;
+        self.held_bytes -= bytes;
         self.shared
             .metrics
             .batch(&job_id, records, received.elapsed(), result.is_ok());
@@ -879,12 +915,4 @@ fn truncate_to(s: &str, max: usize) -> String {
         .find(|&i| s.is_char_boundary(i))
         .unwrap_or(0);
     format!("{}...", &s[..cut])
-}
-
-/// Bytes of keys and values in a batch (what holding it costs, roughly).
-fn batch_bytes(b: &Batch) -> usize {
-    b.records
-        .iter()
-        .map(|r| r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len()))
-        .sum()
 }

@@ -9,7 +9,9 @@ use common::control_plane::{
     OTHER_USER, Options, PASSWORD, TestControlPlane, USER, WAIT, basic, expect_close, hello, recv,
     recv_any, send,
 };
-use connectivity_control_plane::{BatchOrigin, BatchSink, ControlPlaneConfig, SinkError};
+use connectivity_control_plane::{
+    BatchOrigin, BatchSink, ControlPlaneConfig, SinkError, Submitted,
+};
 use connectivity_protocol::batch::BatchWriter;
 use connectivity_protocol::{
     AgentMessage, Batch, ControlMessage, MAX_CONTROL_MESSAGE_BYTES, RejectReason,
@@ -735,6 +737,65 @@ async fn while_a_sink_works_commands_go_out_answers_come_in_and_batches_wait_the
         );
     }
     assert_eq!(*sink.taken.lock().unwrap(), [1, 2]);
+    drop(ws);
+    cp.stop().await;
+}
+
+/// Takes every batch at once and delivers each when the test says so: it
+/// passes each batch's sequence number on with what releases it.
+struct HeldSink(tokio::sync::mpsc::UnboundedSender<(u64, tokio::sync::oneshot::Sender<()>)>);
+
+impl BatchSink for HeldSink {
+    fn deliver<'a>(
+        &'a self,
+        origin: &'a BatchOrigin,
+        batch: Batch,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.submit(origin, batch).await.await })
+    }
+
+    fn submit<'a>(&'a self, _origin: &'a BatchOrigin, batch: Batch) -> BoxFuture<'a, Submitted> {
+        let (release, released) = tokio::sync::oneshot::channel();
+        let _ = self.0.send((batch.batch_seq, release));
+        Box::pin(std::future::ready(Box::pin(async move {
+            released
+                .await
+                .map_err(|_| SinkError::Failed("dropped".into()))
+        }) as Submitted))
+    }
+}
+
+#[tokio::test]
+async fn the_session_reads_on_while_batches_are_delivered_and_acks_each_when_done() {
+    let (handed, mut handed_over) = tokio::sync::mpsc::unbounded_channel();
+    let cp = TestControlPlane::start(Options {
+        sink: Some(Arc::new(HeldSink(handed))),
+        ..Options::default()
+    })
+    .await;
+    let (mut ws, _) = cp.connect_agent("agent-pipelined").await;
+    for seq in 1..=3 {
+        ws.send(batch_frame("job-1", seq)).await.unwrap();
+    }
+    // All three are handed over, in order, before any is delivered.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let next = tokio::time::timeout(WAIT, handed_over.recv()).await;
+        held.push(next.expect("handed over in time").unwrap());
+    }
+    assert_eq!(held.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
+    // Each is acked when it is delivered, not before.
+    for seq in [2, 3, 1] {
+        let at = held.iter().position(|(s, _)| *s == seq).unwrap();
+        held.remove(at).1.send(()).unwrap();
+        assert_eq!(
+            recv(&mut ws).await,
+            ControlMessage::Ack {
+                job_id: "job-1".into(),
+                batch_seq: seq
+            }
+        );
+    }
     drop(ws);
     cp.stop().await;
 }

@@ -526,6 +526,33 @@ async fn batches_of_a_job_reach_the_sink_in_arrival_order() {
     d.shutdown().await;
 }
 
+/// What a session does: enqueue a batch, go on with the next, await the
+/// outcomes later (here last first).
+#[tokio::test]
+async fn enqueued_batches_are_delivered_in_order_whenever_their_outcome_is_awaited() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let d = open(dir.path()).await;
+    d.create_job(job("j", jsonl(&out), "raw")).await.unwrap();
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(d.enqueue(batch("j", i, &[(0, i as i64)])).await.unwrap());
+    }
+    for (i, q) in queued.into_iter().enumerate().rev() {
+        let ack = q.outcome().await.unwrap();
+        assert_eq!((ack.batch_seq, ack.delivered), (i as u64, 1));
+    }
+    assert_eq!(
+        offsets(&lines(&out)),
+        (0..5).map(|o| (0, o)).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        d.enqueue(batch("nope", 1, &[(0, 0)])).await,
+        Err(DeliveryError::UnknownJob { .. })
+    ));
+    d.shutdown().await;
+}
+
 /// Batches queued behind one are written with it (one write, one fsync):
 /// each is still filtered against what the ones before it delivered, a
 /// duplicate within the group is dropped, and every batch gets its own ack.

@@ -17,6 +17,7 @@ use super::store::Store;
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::num::NonZeroU64;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use tracing::{info, warn};
@@ -122,6 +123,21 @@ fn append(path: &Path, data: &[u8], fsync: bool) -> io::Result<FileEnd> {
     if let Err(err) = written {
         let _ = file.set_len(start);
         return Err(err);
+    }
+    if fsync {
+        // The lines are on disk, so their pages are clean: free them now.
+        // Kept, they join a page cache that is full anyway (as on any server
+        // after a while), and every later write waits for the kernel to
+        // reclaim pages before it can copy: in the relay -> JSONL benchmark
+        // a 19 MB write took 70 ms with them kept and 10 ms with them freed.
+        // A reader tailing the file reads it from disk instead.
+        // Advice only: an error changes nothing for the batch.
+        let _ = rustix::fs::fadvise(
+            &file,
+            start,
+            NonZeroU64::new(data.len() as u64),
+            rustix::fs::Advice::DontNeed,
+        );
     }
     if fsync && !existed {
         // A new file's directory entry must reach the disk too.

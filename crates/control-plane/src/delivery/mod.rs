@@ -24,7 +24,8 @@ pub use definition::{FieldError, JobDefinition, ValidationError};
 pub use jsonl::FileEnd;
 pub use kafka::{KafkaSinkConfig, Partitioning, Publisher};
 pub use pipeline::{
-    Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, SinkErrorReport, SinkState,
+    Ack, AdminError, Delivery, DeliveryError, DeliveryOptions, JobStats, Queued, SinkErrorReport,
+    SinkState,
 };
 pub use record::{OutBatch, Payload, ValueFormat};
 pub use sink::{JsonlConfig, Sink, SinkConfig, SinkError};

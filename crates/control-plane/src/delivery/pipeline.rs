@@ -90,6 +90,41 @@ impl Ack {
     }
 }
 
+/// A batch in its job's queue ([`Delivery::enqueue`]).
+#[derive(Debug)]
+pub struct Queued {
+    job_id: String,
+    batch_seq: u64,
+    answer: oneshot::Receiver<Result<Ack, DeliveryError>>,
+    worker_stopped: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Queued {
+    /// Wait until the batch may be acked, or is known not to be delivered.
+    /// Dropping this instead changes nothing for the batch: the worker
+    /// delivers it and advances the watermarks all the same.
+    pub async fn outcome(self) -> Result<Ack, DeliveryError> {
+        let Queued {
+            job_id,
+            batch_seq,
+            mut answer,
+            worker_stopped,
+            shutdown,
+        } = self;
+        let stopped = || stop_reason(&shutdown, job_id.clone(), batch_seq);
+        // tokio's `send` reserves a slot, then pushes: a batch pushed while
+        // the worker closed and drained its queue stays in the channel,
+        // which the job's handle keeps alive, and is never answered. So stop
+        // waiting once the worker is gone (an answer it gave comes first).
+        tokio::select! {
+            biased;
+            answered = &mut answer => answered.unwrap_or_else(|_| Err(stopped())),
+            _ = worker_stopped.cancelled() => answer.try_recv().unwrap_or_else(|_| Err(stopped())),
+        }
+    }
+}
+
 /// Why a batch was not delivered. None of these may be acked; the agent
 /// resends the records once its job is assigned again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -305,6 +340,15 @@ impl Delivery {
     /// Deliver one batch; returns when it may be acked. Call it for a job's
     /// batches in the order they arrived (one task per agent session does).
     pub async fn deliver(&self, batch: Batch) -> Result<Ack, DeliveryError> {
+        self.enqueue(batch).await?.outcome().await
+    }
+
+    /// Put a batch in its job's queue, behind the batches enqueued before
+    /// it; returns once it is there (waits while the queue is full), with
+    /// its outcome to await. A session enqueues an agent's batches in the
+    /// order they arrived and goes on reading while they are delivered, so
+    /// the batches queued behind a JSONL write share the next one.
+    pub async fn enqueue(&self, batch: Batch) -> Result<Queued, DeliveryError> {
         let (job_id, batch_seq) = (batch.job_id.clone(), batch.batch_seq);
         for (field, bad) in [
             ("partition", batch.records.iter().any(|r| r.partition < 0)),
@@ -327,23 +371,17 @@ impl Delivery {
                 job_id: job_id.clone(),
                 batch_seq,
             })?;
-        let (reply, mut answer) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         if handle.queue.send(Work { batch, reply }).await.is_err() {
             return Err(self.stopped(job_id, batch_seq));
         }
-        // tokio's `send` reserves a slot, then pushes: a batch pushed while
-        // the worker closed and drained its queue stays in the channel,
-        // which this handle keeps alive, and is never answered. So stop
-        // waiting once the worker is gone (an answer it gave comes first).
-        tokio::select! {
-            biased;
-            answered = &mut answer => {
-                answered.unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq)))
-            }
-            _ = handle.stopped.cancelled() => answer
-                .try_recv()
-                .unwrap_or_else(|_| Err(self.stopped(job_id, batch_seq))),
-        }
+        Ok(Queued {
+            job_id,
+            batch_seq,
+            answer,
+            worker_stopped: handle.stopped.clone(),
+            shutdown: self.inner.shutdown.clone(),
+        })
     }
 
     /// Create a job; fails if the id is taken.

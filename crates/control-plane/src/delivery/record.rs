@@ -242,10 +242,11 @@ fn write_payload(out: &mut Vec<u8>, field: &str, p: Option<Payload<'_>>) {
 fn push_single_line(out: &mut Vec<u8>, doc: &[u8]) {
     let start = out.len();
     out.extend_from_slice(doc);
-    // `contains` on bytes is a vectorised search; rewriting every byte was
-    // 7.7% of the control plane's samples in the JSONL drain (perf, 1 KiB
-    // records) for documents that almost never hold a line break.
-    if doc.contains(&b'\n') || doc.contains(&b'\r') {
+    // Documents almost never hold a line break, so search before rewriting:
+    // rewriting every byte was 7.7% of the control plane's samples in the
+    // JSONL drain (perf, 1 KiB records), and std's `contains`, twice (a
+    // word at a time), still 8.3%. memchr2 looks for both in one SIMD pass.
+    if memchr::memchr2(b'\n', b'\r', doc).is_some() {
         for b in &mut out[start..] {
             if *b == b'\n' || *b == b'\r' {
                 *b = b' ';
