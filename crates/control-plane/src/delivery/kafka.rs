@@ -13,14 +13,12 @@
 //! same source partition, so its records keep their order.
 
 use super::definition::FieldError;
+use super::lanes::{self, Accepted, Part};
 use super::record::{OutBatch, ValueFormat, connect_payload};
 use super::sink::SinkError;
-use super::webhook::Accepted;
 use crate::commands::CommandHub;
 use crate::streams::{self, PublishAnswer, StreamError, StreamService};
 use connectivity_protocol::Record;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 use std::collections::HashMap;
@@ -117,10 +115,6 @@ impl fmt::Debug for KafkaSink {
     }
 }
 
-/// The records of one source partition in a request: (partition, first
-/// offset, last offset), as [`Accepted`] remembers them.
-type Part = (i32, i64, i64);
-
 impl KafkaSink {
     pub(crate) fn new(config: &KafkaSinkConfig, publisher: Option<Publisher>) -> KafkaSink {
         KafkaSink {
@@ -146,28 +140,12 @@ impl KafkaSink {
         };
         let lanes = self.lanes(batch);
         let seen: &Accepted = accepted;
-        let mut lanes = lanes.iter();
-        // Bounded: at most `max_parallel` lanes run at once, and a lane has
-        // one request in flight.
-        let mut running = FuturesUnordered::new();
-        let mut results = Vec::new();
-        loop {
-            while running.len() < self.config.max_parallel.clamp(1, MAX_PARALLEL) as usize {
-                let Some(lane) = lanes.next() else { break };
-                running.push(self.send_lane(publisher, batch, lane, seen));
-            }
-            match running.next().await {
-                Some(result) => results.push(result),
-                None => break,
-            }
-        }
-        drop(running);
-        let mut first_error = None;
-        for (done, err) in results {
-            accepted.extend(done);
-            first_error = first_error.or(err);
-        }
-        first_error.map_or(Ok(()), Err)
+        let parallel = self.config.max_parallel.clamp(1, MAX_PARALLEL) as usize;
+        let outcomes = lanes::run(&lanes, parallel, |lane| {
+            self.send_lane(publisher, batch, lane, seen)
+        })
+        .await;
+        lanes::settle(outcomes, accepted)
     }
 
     /// The batch's records by source partition, each partition's in batch

@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod definition;
 pub mod jsonl;
 pub mod kafka;
+pub mod lanes;
 pub mod pipeline;
 pub mod record;
 mod saver;

@@ -19,11 +19,11 @@
 use super::dedup::Watermarks;
 use super::definition::{JobDefinition, ValidationError};
 use super::jsonl::{self, FileEnd};
+use super::lanes::Accepted;
 use super::record::OutBatch;
 use super::saver::{SaveState, Saver};
 use super::sink::{Sink, SinkConfig, SinkError};
 use super::store::{Store, StoreError, StoredJob, Upserted, changes_stream};
-use super::webhook::Accepted;
 use connectivity_common::backoff::Backoff;
 use connectivity_protocol::{Batch, ControlMessage, Record};
 use serde::Serialize;

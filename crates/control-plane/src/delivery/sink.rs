@@ -5,8 +5,9 @@
 use super::definition::FieldError;
 use super::jsonl::{FileEnd, JsonlSink};
 use super::kafka::{KafkaSink, KafkaSinkConfig, Publisher};
+use super::lanes::Accepted;
 use super::record::OutBatch;
-use super::webhook::{Accepted, WebhookConfig, WebhookSink};
+use super::webhook::{WebhookConfig, WebhookSink};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;

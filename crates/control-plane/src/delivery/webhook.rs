@@ -15,15 +15,14 @@
 //! a GET by a 302 would be reported as delivered while nothing was.
 
 use super::definition::FieldError;
+use super::lanes::{self, Accepted, Part};
 use super::record::OutBatch;
 use super::sink::SinkError;
 use connectivity_protocol::Record;
 use connectivity_protocol::secret::{MASK, Secret};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 use url::{Host, Url};
@@ -229,10 +228,6 @@ impl WebhookConfig {
     }
 }
 
-/// The requests of a batch already accepted, by the records each carried
-/// (partition, first offset, last offset): a retry of the batch skips them.
-pub type Accepted = HashSet<(i32, i64, i64)>;
-
 /// A webhook ready to post to.
 pub struct WebhookSink {
     client: reqwest::Client,
@@ -293,29 +288,13 @@ impl WebhookSink {
         batch: &OutBatch<'_>,
         accepted: &mut Accepted,
     ) -> Result<(), SinkError> {
-        let mut lanes = partition_lanes(batch.records).into_iter();
         let seen: &Accepted = accepted;
-        // Bounded: at most `max_parallel` lanes run at once, and a lane has
-        // one request in flight.
-        let mut running = FuturesUnordered::new();
-        let mut results = Vec::new();
-        loop {
-            while running.len() < self.max_parallel {
-                let Some(lane) = lanes.next() else { break };
-                running.push(self.send_lane(batch, lane, seen));
-            }
-            match running.next().await {
-                Some(result) => results.push(result),
-                None => break,
-            }
-        }
-        drop(running);
-        let mut first_error = None;
-        for (done, err) in results {
-            accepted.extend(done);
-            first_error = first_error.or(err);
-        }
-        first_error.map_or(Ok(()), Err)
+        let lanes = partition_lanes(batch.records);
+        let outcomes = lanes::run(lanes, self.max_parallel, |lane| {
+            self.send_lane(batch, lane, seen)
+        })
+        .await;
+        lanes::settle(outcomes, accepted)
     }
 
     /// One partition's records: one request (batch mode) or one per record,
@@ -424,9 +403,6 @@ impl WebhookSink {
         }
     }
 }
-
-/// What one request carries: partition, first and last offset.
-type Part = (i32, i64, i64);
 
 fn part_of(records: &[&Record]) -> Part {
     let partition = records.first().map_or(0, |r| r.partition);
