@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # SECONDS per target (default 60). Targets (fuzz/fuzz_targets/): batch_frame,
-# json_message, profile, truststore_jks, truststore_pkcs12, truststore_pem;
+# json_message, json_document, profile, truststore_jks, truststore_pkcs12, truststore_pem;
 # default all. Seeds are read from fuzz/corpus/TARGET (checked in, never
 # written); what libFuzzer finds goes to target/fuzz/corpus/TARGET, and a
 # crashing input to target/fuzz/artifacts/TARGET. Exit 1 when a target crashes.
@@ -19,7 +19,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(batch_frame json_message profile truststore_jks truststore_pkcs12 truststore_pem)
+  targets=(batch_frame json_message json_document profile truststore_jks truststore_pkcs12 truststore_pem)
 fi
 case $seconds in '' | *[!0-9]*)
   echo "error: SECONDS must be a whole number, got '$seconds' (usage: scripts/fuzz.sh [SECONDS] [TARGET...])" >&2

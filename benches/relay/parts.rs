@@ -325,8 +325,17 @@ fn print_run(r: &report::Run) {
         }
         _ => String::new(),
     };
+    // CPU s per million records, the agent's and the control plane's, so a
+    // profiling run can be read from its output alone.
+    let per_m = r.records as f64 / 1e6;
+    let cpu = match (r.cpu_s_per_m, r.cp_cpu_s) {
+        (Some(a), Some(c)) if per_m > 0.0 => {
+            format!("  CPU s/M: agent {a:.2}, cp {:.2}", c / per_m)
+        }
+        _ => String::new(),
+    };
     println!(
-        "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s){}{sent}",
+        "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s){}{sent}{cpu}",
         r.consumer,
         r.rec_per_s,
         r.mib_per_s,

@@ -11,6 +11,7 @@
 
 pub mod dedup;
 pub mod definition;
+pub mod json_document;
 pub mod jsonl;
 pub mod kafka;
 pub mod lanes;

@@ -16,6 +16,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use connectivity_protocol::{AGENT_PATH, MAX_FRAME_BYTES};
 use std::net::SocketAddr;
+
+/// Bytes the WebSocket reads from TLS at a time. tungstenite zeroes this much
+/// before every read, and TLS hands over at most a record or two (16 KiB
+/// each): at its default (128 KiB) the zeroing was 3.6% of the control
+/// plane's CPU in the JSONL drain.
+const READ_BUFFER_BYTES: usize = 32 * 1024;
 use std::sync::Arc;
 
 /// The `WWW-Authenticate` challenge of the agent endpoint.
@@ -55,6 +61,7 @@ pub(crate) async fn upgrade(
     let tracked = shared.tasks.token();
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_failed_upgrade(move |err| tracing::info!(%remote, %err, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             session::run(socket, shared, principal, remote).await;

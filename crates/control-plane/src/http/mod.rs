@@ -17,6 +17,7 @@ mod console_jobs;
 mod console_streams;
 mod console_web;
 mod oauth;
+mod read_ahead;
 mod serve;
 
 pub(crate) use serve::serve;

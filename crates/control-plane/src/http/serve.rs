@@ -2,6 +2,7 @@
 //! the two-phase graceful stop (stop accepting, then let sessions say goodbye
 //! and close, all under `shutdown_timeout`).
 
+use super::read_ahead::ReadAhead;
 use super::router;
 use crate::state::Shared;
 use axum::http::Request;
@@ -132,7 +133,7 @@ async fn connection<S>(
 {
     let tls = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp))) => match r {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
                 handshake_failed(&shared, remote, &err);
