@@ -60,6 +60,13 @@ pub fn sample(pid: &str) -> anyhow::Result<Sample> {
     })
 }
 
+/// Reset `pid`'s peak RSS (`VmHWM`) to its RSS now (Linux's `clear_refs`
+/// value 5), so a later [`sample`] gives the peak since. Best effort: a
+/// kernel without it leaves the lifetime peak, which only overstates.
+pub fn reset_peak_rss(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
 /// TCP segments carrying data that `pid` sent to `port` (all its sockets),
 /// from `ss -tinp`. Each Kafka request the agent sends while idle is one
 /// small segment, so the difference between two readings bounds the number

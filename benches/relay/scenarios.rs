@@ -316,6 +316,8 @@ pub async fn drain_relay_batches(
         "https://127.0.0.1:{}",
         proxy.as_ref().map_or(ctx.system.addr(), |p| p.addr).port()
     );
+    // The control plane's memory is measured from here on.
+    procstat::reset_peak_rss("self");
     let mut agent = ctx.start_agent(&job, url)?;
 
     let (first, last) = wait_relayed(ctx, &meter, &mut agent, f.records).await?;
@@ -351,14 +353,17 @@ pub async fn drain_relay_batches(
 struct Usage {
     agent: Sample,
     this: Option<f64>,
+    this_hwm_kib: Option<u64>,
     broker: Option<f64>,
 }
 
 impl Usage {
     fn now(ctx: &Ctx, agent: &Agent) -> anyhow::Result<Usage> {
+        let this = procstat::sample("self").ok();
         Ok(Usage {
             agent: agent.sample()?,
-            this: procstat::sample("self").ok().map(|s| s.cpu_s),
+            this: this.map(|s| s.cpu_s),
+            this_hwm_kib: this.map(|s| s.hwm_kib),
             broker: ctx.broker_cpu(),
         })
     }
@@ -409,6 +414,7 @@ fn first_to_last(r: &mut report::Run, first: Option<&Usage>, last: &Usage, recor
     r.cpu_s_per_m = Some(cpu / (records as f64 / 1e6));
     r.peak_rss_mib = Some(last.agent.hwm_kib as f64 / 1024.0);
     r.cp_cpu_s = delta(first.and_then(|u| u.this), last.this);
+    r.cp_peak_rss_mib = last.this_hwm_kib.map(|k| k as f64 / 1024.0);
     r.broker_cpu_s = delta(first.and_then(|u| u.broker), last.broker);
 }
 

@@ -181,7 +181,7 @@ impl Results {
         );
         let _ = writeln!(
             s,
-            "| record | partitions | sink | records | records/s | vs discard | agent CPU s / M rec | control plane CPU s / M rec | control plane / agent CPU | agent peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| record | partitions | sink | records | records/s | vs discard | agent CPU s / M rec | control plane CPU s / M rec | control plane / agent CPU | agent peak RSS MiB | control plane peak RSS MiB (at most) |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for (size, p) in topics {
             let discard = self
@@ -222,11 +222,11 @@ impl Results {
         }
         let _ = writeln!(
             s,
-            "\nBeside MirrorMaker 2 (its JVM's CPU and peak RSS; for the relay the agent's, and the control plane's CPU from the bench process):\n"
+            "\nBeside MirrorMaker 2 (its JVM's CPU and peak RSS; for the relay the agent's, and the control plane's from the bench process, whose RSS includes the harness's and so bounds the control plane's from above):\n"
         );
         let _ = writeln!(
             s,
-            "| record | partitions | relay | records/s / MM2's | CPU s / M rec, agent + control plane / MM2's | agent peak RSS / MM2's |\n|---|---|---|---|---|---|"
+            "| record | partitions | relay | records/s / MM2's | CPU s / M rec, agent + control plane / MM2's | agent peak RSS / MM2's | agent + control plane (at most) peak RSS / MM2's |\n|---|---|---|---|---|---|---|"
         );
         for row in rows {
             let _ = writeln!(s, "{row}");
@@ -402,7 +402,7 @@ fn sinks_row(s: &mut String, r: &Run, discard: Option<f64>) {
     let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
     let _ = writeln!(
         s,
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         size_name(r.size),
         r.partitions,
         r.consumer,
@@ -419,6 +419,7 @@ fn sinks_row(s: &mut String, r: &Run, discard: Option<f64>) {
             _ => "-".into(),
         },
         opt(r.peak_rss_mib, 1),
+        opt(r.cp_peak_rss_mib, 1),
     );
 }
 
@@ -432,13 +433,17 @@ fn peer_row(r: &Run, mm: &Run) -> String {
         _ => "-".into(),
     };
     format!(
-        "| {} | {} | {} | **{:.2}** | {} | {} |",
+        "| {} | {} | {} | **{:.2}** | {} | {} | {} |",
         size_name(r.size),
         r.partitions,
         r.consumer,
         r.rec_per_s / mm.rec_per_s,
         ratio(cpu, mm.cpu_s_per_m),
         ratio(r.peak_rss_mib, mm.peak_rss_mib),
+        ratio(
+            r.peak_rss_mib.zip(r.cp_peak_rss_mib).map(|(a, c)| a + c),
+            mm.peak_rss_mib
+        ),
     )
 }
 

@@ -60,6 +60,11 @@ pub struct Run {
     pub peak_rss_mib: Option<f64>,
     /// CPU seconds of the bench process (control plane + meter) over `secs`.
     pub cp_cpu_s: Option<f64>,
+    /// Peak RSS of the bench process during the drain (its peak is reset
+    /// before the agent starts): the control plane's, plus the harness's
+    /// own (its producer, meter and webhook receiver), so an upper bound.
+    #[serde(default)]
+    pub cp_peak_rss_mib: Option<f64>,
     pub broker_cpu_s: Option<f64>,
     /// From the last ack to the group's commit reaching the end.
     pub commit_after_s: Option<f64>,

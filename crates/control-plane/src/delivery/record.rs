@@ -126,11 +126,23 @@ impl<'a> OutBatch<'a> {
     /// Every record as one JSON line (each ends with `\n`).
     pub fn to_jsonl(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.estimated_len());
-        for r in self.records {
-            write_record(&mut out, self.topic, r, self.format);
-            out.push(b'\n');
-        }
+        self.jsonl_into(0, &mut out, usize::MAX);
         out
+    }
+
+    /// Append the records from index `from` on as JSON lines to `out`, until
+    /// it holds at least `limit` bytes or the records end; returns the index
+    /// of the first record left.
+    pub fn jsonl_into(&self, from: usize, out: &mut Vec<u8>, limit: usize) -> usize {
+        let mut next = from;
+        while let Some(r) = self.records.get(next)
+            && out.len() < limit
+        {
+            write_record(out, self.topic, r, self.format);
+            out.push(b'\n');
+            next += 1;
+        }
+        next
     }
 
     /// The webhook body of every record: `{"job_id":...,"topic":...,"records":[...]}`.
