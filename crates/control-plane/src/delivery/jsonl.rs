@@ -73,8 +73,9 @@ pub struct JsonlSink {
 /// encoded whole first (19 MB for a group of 1 KiB records) and then
 /// written: every page of that buffer was faulted in fresh, and by the time
 /// `write()` copied it into the page cache it had left the CPU's caches.
-/// Pieces this size are written while the next is encoded, and the two
-/// buffers go back and forth.
+/// Pieces this size (a piece ends after the record that reaches it) are
+/// written while the next is encoded; at most three buffers exist (being
+/// written, queued, being encoded) and they are reused.
 const PIECE_BYTES: usize = 256 * 1024;
 
 /// What the encoder hands the file writer.
@@ -95,6 +96,7 @@ impl JsonlSink {
     /// Append the batch; returns where the file ends after it.
     pub async fn deliver(&self, batch: &OutBatch<'_>) -> Result<FileEnd, SinkError> {
         let (pieces, received) = tokio::sync::mpsc::channel(1);
+        // Unbounded, but it only ever holds buffers that exist anyway: three.
         let (spares, mut spare) = tokio::sync::mpsc::unbounded_channel();
         let (path, fsync) = (self.path.clone(), self.fsync);
         // File I/O blocks: it runs on the blocking pool while this task
