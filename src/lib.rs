@@ -4,9 +4,7 @@
 //!
 //! The two binaries are thin: `src/main.rs` (the agent) and
 //! `src/bin/control-plane.rs` call into the modules below.
-// deny, not forbid: `memory::release` calls glibc's `malloc_trim`, which has
-// no safe binding; nothing else may use `unsafe`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 // ConfigError carries file, line, key, value and fix on purpose; it only
 // travels the start-up path, where its size costs nothing.
 #![allow(clippy::result_large_err)]
@@ -19,7 +17,6 @@ pub mod demo;
 pub mod install;
 pub mod kafka;
 pub mod logging;
-pub mod memory;
 pub mod metrics;
 pub mod relay;
 pub mod service;

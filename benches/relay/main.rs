@@ -244,6 +244,12 @@ fn main() -> anyhow::Result<()> {
         println!("relay bench: self-checks passed (run scripts/bench.sh for measurements)");
         return Ok(());
     }
+    // The control plane runs in this process: its memory is handled as its
+    // binary handles it (src/bin/control-plane.rs).
+    connectivity_common::memory::keep_freed_pages();
+    let _trim = rt.spawn(connectivity_common::memory::trim_periodically(
+        connectivity_common::memory::CONTROL_PLANE_TRIM_EVERY,
+    ));
     rt.block_on(run(Args::parse()))
 }
 

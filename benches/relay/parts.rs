@@ -334,8 +334,12 @@ fn print_run(r: &report::Run) {
         }
         _ => String::new(),
     };
+    let rss = match (r.peak_rss_mib, r.cp_peak_rss_mib) {
+        (Some(a), Some(c)) => format!("  peak RSS MiB: agent {a:.0}, cp {c:.0}"),
+        _ => String::new(),
+    };
     println!(
-        "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s){}{sent}{cpu}",
+        "   {:<40} {:>10.0} rec/s {:>8.1} MiB/s  ({:.2} s){}{sent}{cpu}{rss}",
         r.consumer,
         r.rec_per_s,
         r.mib_per_s,

@@ -316,7 +316,10 @@ pub async fn drain_relay_batches(
         "https://127.0.0.1:{}",
         proxy.as_ref().map_or(ctx.system.addr(), |p| p.addr).port()
     );
-    // The control plane's memory is measured from here on.
+    // The control plane's memory is measured from here on. What the
+    // harness freed (the filler's producer buffers) is handed back first, so
+    // the peak is the control plane's plus what the harness still holds.
+    connectivity_common::memory::release();
     procstat::reset_peak_rss("self");
     let mut agent = ctx.start_agent(&job, url)?;
 

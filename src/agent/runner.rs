@@ -27,9 +27,11 @@ pub async fn run_agent(
     // early error return included.
     let _stop_jobs = jobs_cancel.drop_guard();
     let _watchdog = AbortOnDropHandle::new(tokio::spawn(feed_watchdog()));
-    let _trim = config
-        .memory_trim
-        .map(|every| AbortOnDropHandle::new(tokio::spawn(crate::memory::trim_periodically(every))));
+    let _trim = config.memory_trim.map(|every| {
+        AbortOnDropHandle::new(tokio::spawn(
+            connectivity_common::memory::trim_periodically(every),
+        ))
+    });
     let metrics_stop = CancellationToken::new();
     let _stop_metrics = metrics_stop.clone().drop_guard();
     if let Some(addr) = config.metrics_address {

@@ -60,10 +60,10 @@ pub struct Run {
     pub peak_rss_mib: Option<f64>,
     /// CPU seconds of the bench process (control plane + meter) over `secs`.
     pub cp_cpu_s: Option<f64>,
-    /// Peak RSS of the bench process during the drain (its peak is reset
-    /// before the agent starts): the control plane's plus the harness's
-    /// (what its producer kept after filling the topic, the meter, the
-    /// webhook receiver), so a loose upper bound of the control plane's.
+    /// Peak RSS of the bench process during the drain (the allocator's free
+    /// pages are returned and the peak reset before the agent starts): the
+    /// control plane's plus what the harness holds (the meter, the webhook
+    /// receiver, rdkafka clients), so an upper bound of the control plane's.
     #[serde(default)]
     pub cp_peak_rss_mib: Option<f64>,
     pub broker_cpu_s: Option<f64>,

@@ -1,15 +1,19 @@
 //! What the agent and the control plane share besides the wire format: TLS
 //! set-up with certificate diagnosis ([`tls`]), reconnect and retry backoff
 //! ([`backoff`]), timestamps ([`timefmt`]), the configuration error both
-//! programs print ([`ConfigError`]) and private directories ([`fs`]).
+//! programs print ([`ConfigError`]), private directories ([`fs`]) and how
+//! the allocator keeps and returns memory ([`memory`]).
 //!
 //! It depends on neither librdkafka nor the wire protocol, so both sides
 //! link it without pulling in the other's dependencies.
-#![forbid(unsafe_code)]
+// deny, not forbid: `memory` calls glibc's `mallopt` and `malloc_trim`,
+// which have no safe binding; nothing else may use `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod backoff;
 mod config_error;
 pub mod fs;
+pub mod memory;
 pub mod timefmt;
 pub mod tls;
 

@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use connectivity_common::memory;
 use connectivity_control_plane::{ControlPlaneConfig, auth, config::EX_USAGE};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -140,6 +141,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return bad_config(&e),
     };
+    // Batch frames reuse freed memory instead of faulting in fresh pages
+    // (connectivity_common::memory says why only the control plane does).
+    if !memory::keep_freed_pages() {
+        tracing::debug!("the C library has no allocator thresholds to set");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -172,6 +178,7 @@ async fn async_main(config: ControlPlaneConfig) -> anyhow::Result<()> {
         })?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
+    tokio::spawn(memory::trim_periodically(memory::CONTROL_PLANE_TRIM_EVERY));
     connectivity_control_plane::run(config, listener, shutdown).await
 }
 
