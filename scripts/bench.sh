@@ -112,8 +112,12 @@ fi
 # test-util, so tokio and every crate above it again: 2 min 50 s of a dev
 # build on 2 cores), which the bench's build then replaced before it ran.
 cargo bench --profile "$profile" --bench relay --no-run
+# The control plane binary, which the sinks part also runs as its own
+# process; built alone it only rebuilds its own crate.
+cargo build --profile "$profile" -p connectivity-control-plane --bin control-plane
 BENCH_BROKER_ENV=$(realpath "$broker_env") \
 BENCH_AGENT_BIN=$(realpath "$bin_dir/connectivity-agent") \
+BENCH_CP_BIN=$(realpath "$bin_dir/control-plane") \
 BENCH_PROFILE=$profile \
 BENCH_COMMAND="scripts/bench.sh $*" \
   cargo bench --profile "$profile" --bench relay -- "$@"

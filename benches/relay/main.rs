@@ -8,7 +8,8 @@
 //!
 //! Modules, one job each: [`broker`] (topics, filling, commits), [`ceiling`]
 //! (bare rdkafka consumer, kcat), [`system`] (the control plane in this
-//! process, with a metered sink), [`agent`] (the agent process), [`proxy`]
+//! process, with a metered sink), [`cp_process`] (the control plane binary
+//! as its own process), [`agent`] (the agent process), [`proxy`]
 //! (delay between them), [`paced`] (fixed-rate producer), [`meter`]
 //! (counts and latency), [`gc`] (the broker's pauses against the
 //! latency tail), [`procstat`] (CPU, memory, machine), [`scenarios`]
@@ -19,6 +20,7 @@
 mod agent;
 mod broker;
 mod ceiling;
+mod cp_process;
 mod floor;
 mod gc;
 mod meter;
@@ -66,6 +68,14 @@ struct Args {
         default_value = "target/release/connectivity-agent"
     )]
     agent_bin: PathBuf,
+    /// The control plane binary, run as its own process for one JSONL drain
+    /// of the sinks part.
+    #[arg(
+        long,
+        env = "BENCH_CP_BIN",
+        default_value = "target/release/control-plane"
+    )]
+    cp_bin: PathBuf,
     /// Where results, charts, logs and JSONL files go.
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results")]
     out: PathBuf,
@@ -362,6 +372,7 @@ async fn start(args: &Args, out: &Path) -> anyhow::Result<Ctx> {
         broker,
         system,
         args.agent_bin.clone(),
+        args.cp_bin.clone(),
         out.to_path_buf(),
         tuning,
     )

@@ -184,6 +184,9 @@ pub async fn sinks(
                 (r.part, r.consumer) = (report::SINKS.into(), name.into());
                 keep(runs, [r]);
             }
+            let mut r = scenarios::drain_relay_process(ctx, &f).await?;
+            r.part = report::SINKS.into();
+            keep(runs, [r]);
             peer(args, ctx, &f, runs).await?;
             ctx.broker.delete_topic(&f.topic).await?;
             let n = scaled(plan.per_record_records, args.scale);

@@ -4,6 +4,7 @@
 use crate::agent::{Agent, ProfileArgs};
 use crate::broker::{self, Broker, Payload};
 use crate::ceiling::{self, Settings};
+use crate::cp_process::ControlPlaneProcess;
 use crate::floor;
 use crate::meter::{self, Latency, Meter};
 use crate::procstat::{self, Sample};
@@ -39,6 +40,8 @@ pub struct Ctx {
     pub broker_port: u16,
     pub system: System,
     pub agent_bin: PathBuf,
+    /// The `control-plane` binary, for [`drain_relay_process`].
+    pub cp_bin: PathBuf,
     pub out: PathBuf,
     seq: AtomicU64,
     stamp: String,
@@ -49,6 +52,7 @@ impl Ctx {
         broker: Broker,
         system: System,
         agent_bin: PathBuf,
+        cp_bin: PathBuf,
         out: PathBuf,
         tuning: Tuning,
     ) -> anyhow::Result<Ctx> {
@@ -64,6 +68,7 @@ impl Ctx {
             broker_port,
             system,
             agent_bin,
+            cp_bin,
             out,
             seq: AtomicU64::new(0),
             stamp,
@@ -349,6 +354,135 @@ pub async fn drain_relay_batches(
         let _ = std::fs::remove_file(&p);
     }
     Ok(r)
+}
+
+/// The relay into the `control-plane` binary as its own process, JSONL
+/// sink: its CPU and peak RSS (VmHWM over its whole life) apart from the
+/// harness's. Timed from the sink file's first growth to its last; every
+/// line is counted at the end.
+pub async fn drain_relay_process(ctx: &Ctx, f: &Filled) -> anyhow::Result<report::Run> {
+    let (job, group) = (ctx.unique("job"), ctx.unique("group"));
+    let spec = ctx.job_spec(&job, &f.topic, &group);
+    let sink = std::path::absolute(ctx.out.join("sink").join(format!("{job}.jsonl")))?;
+    std::fs::create_dir_all(sink.parent().context("sink path has no parent")?)?;
+    let dir = ctx.out.join("control-plane-process");
+    let cp = ControlPlaneProcess::start(&ctx.cp_bin, &dir, ctx.system.dir(), &spec, &sink).await?;
+    let mut agent = ctx.start_agent(&job, cp.url())?;
+    let watched = watch_sink(ctx, &cp, &mut agent, &sink, &group, f).await;
+    let stop = tokio::task::spawn_blocking(move || agent.stop(Duration::from_secs(30))).await?;
+    let (first, last) = match watched {
+        Ok(w) => w,
+        Err(e) => bail!("{e:#}\ncontrol plane log:\n{}", cp.log_tail()),
+    };
+    let cp_hwm = cp.sample()?.hwm_kib;
+    tokio::task::spawn_blocking(move || cp.stop()).await??;
+    let lines = count_lines(&sink)?;
+    let _ = std::fs::remove_file(&sink);
+    if lines != f.records {
+        bail!(
+            "{} holds {lines} lines, expected {}",
+            sink.display(),
+            f.records
+        );
+    }
+    let mut r = run(f, report::RELAY_JSONL_PROCESS);
+    let secs = last.at.duration_since(first.at).as_secs_f64();
+    r.set_rate(f.records, f.records * f.size as u64, secs);
+    let agent_cpu = last.agent.cpu_s - first.agent.cpu_s;
+    r.consumer_cpu_s = Some(agent_cpu);
+    r.consumer_cpu_total_s = Some(last.agent.cpu_s);
+    r.cpu_s_per_m = Some(agent_cpu / (f.records as f64 / 1e6));
+    r.peak_rss_mib = Some(last.agent.hwm_kib as f64 / 1024.0);
+    r.cp_cpu_s = Some(last.cp.cpu_s - first.cp.cpu_s);
+    r.cp_peak_rss_mib = Some(cp_hwm as f64 / 1024.0);
+    r.stop_s = Some(stop?.as_secs_f64());
+    Ok(r)
+}
+
+/// The moment the sink file grew, and the two processes' resources then.
+struct Growth {
+    at: Instant,
+    cp: Sample,
+    agent: Sample,
+}
+
+/// Follow the sink file's size until the group has committed the end of
+/// every partition (which follows the last ack, so the last write); the
+/// first and the last growth seen.
+async fn watch_sink(
+    ctx: &Ctx,
+    cp: &ControlPlaneProcess,
+    agent: &mut Agent,
+    sink: &Path,
+    group: &str,
+    f: &Filled,
+) -> anyhow::Result<(Growth, Growth)> {
+    let (mut first, mut last, mut size) = (None, None, 0);
+    let started = Instant::now();
+    let mut next_check = started;
+    loop {
+        let now = std::fs::metadata(sink).map_or(0, |m| m.len());
+        if now != size {
+            size = now;
+            let g = Growth {
+                at: Instant::now(),
+                cp: cp.sample()?,
+                agent: agent.sample()?,
+            };
+            if first.is_none() {
+                first = Some(g);
+            } else {
+                last = Some(g);
+            }
+        }
+        if Instant::now() >= next_check {
+            next_check += Duration::from_millis(200);
+            if committed_end(ctx, group, f).await? {
+                return match (first, last) {
+                    (Some(first), Some(last)) => Ok((first, last)),
+                    _ => bail!("the group committed the end, but the sink file grew at most once"),
+                };
+            }
+        }
+        let progress = last.as_ref().or(first.as_ref()).map_or(started, |g| g.at);
+        if progress.elapsed() > PATIENCE {
+            bail!(
+                "the sink file stopped at {size} bytes; agent log:\n{}",
+                agent.log_tail()
+            );
+        }
+        if !agent.alive() {
+            bail!("agent exited; its log:\n{}", agent.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether the group has committed the end of every partition.
+async fn committed_end(ctx: &Ctx, group: &str, f: &Filled) -> anyhow::Result<bool> {
+    let (b, g, t, n) = (
+        ctx.broker.clone(),
+        group.to_owned(),
+        f.topic.clone(),
+        f.partitions,
+    );
+    let got = tokio::task::spawn_blocking(move || b.committed(&g, &t, n)).await??;
+    Ok(got.iter().zip(&f.end).all(|(c, e)| c >= e))
+}
+
+/// Lines in a file, read in 8 MiB pieces.
+fn count_lines(path: &Path) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut lines = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
 }
 
 /// CPU seconds of the agent (and its memory), of this process and of the

@@ -166,6 +166,7 @@ impl Trace {
 }
 
 pub struct System {
+    dir: PathBuf,
     addr: SocketAddr,
     ca_file: PathBuf,
     meter: Arc<Meter>,
@@ -221,27 +222,22 @@ fn weak_hash(secret: &str) -> anyhow::Result<String> {
     )
 }
 
-impl System {
-    /// Start a control plane with its state (config, certificates, job
-    /// store) in `dir`, which is emptied first.
-    /// `nodelay`: set TCP_NODELAY on the listening socket, which accepted
-    /// sockets inherit on Linux (a diagnosis: the control plane as shipped
-    /// binds a plain listener).
-    pub async fn start(dir: &Path, nodelay: bool) -> anyhow::Result<System> {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir.join("state"))?;
-        let (ca_file, _, _) = pki(dir)?;
-        let config_path = dir.join("control-plane.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                r#"listen = "127.0.0.1:0"
+/// A control plane's config: listening on `listen`, TLS from the files
+/// [`pki`] wrote in `tls_dir`, the bench's agent group, agent and console
+/// token, then `jobs` (`[[jobs]]` tables) as they are.
+pub fn config_text(listen: &str, tls_dir: &Path, jobs: &str) -> anyhow::Result<String> {
+    let tls = |name: &str| -> anyhow::Result<String> {
+        let p = std::path::absolute(tls_dir.join(name))?;
+        Ok(p.display().to_string())
+    };
+    Ok(format!(
+        r#"listen = "{listen}"
 state_dir = "state"
 shutdown_timeout_ms = 3000
 
 [tls]
-cert_file = "server.pem"
-key_file = "server-key.pem"
+cert_file = "{}"
+key_file = "{}"
 
 [[groups]]
 id = "{GROUP}"
@@ -254,11 +250,26 @@ groups = ["{GROUP}"]
 [[console_tokens]]
 name = "bench"
 token_hash = "{}"
-"#,
-                weak_hash(PASSWORD)?,
-                weak_hash("bench-console-token")?
-            ),
-        )?;
+{jobs}"#,
+        tls("server.pem")?,
+        tls("server-key.pem")?,
+        weak_hash(PASSWORD)?,
+        weak_hash("bench-console-token")?
+    ))
+}
+
+impl System {
+    /// Start a control plane with its state (config, certificates, job
+    /// store) in `dir`, which is emptied first.
+    /// `nodelay`: set TCP_NODELAY on the listening socket, which accepted
+    /// sockets inherit on Linux (a diagnosis: the control plane as shipped
+    /// binds a plain listener).
+    pub async fn start(dir: &Path, nodelay: bool) -> anyhow::Result<System> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("state"))?;
+        let (ca_file, _, _) = pki(dir)?;
+        let config_path = dir.join("control-plane.toml");
+        std::fs::write(&config_path, config_text("127.0.0.1:0", dir, "")?)?;
         let config = ControlPlaneConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let meter = Arc::new(Meter::default());
         let started = std::time::Instant::now();
@@ -294,6 +305,7 @@ token_hash = "{}"
         let registry = handle.registry();
         let _ = sink.delivery.set(jobs.delivery().clone());
         Ok(System {
+            dir: dir.to_path_buf(),
             receiver: crate::receiver::Receiver::start().await?,
             addr: handle.local_addr(),
             ca_file,
@@ -315,6 +327,11 @@ token_hash = "{}"
 
     pub fn ca_file(&self) -> PathBuf {
         self.ca_file.clone()
+    }
+
+    /// The directory of its certificates (and config).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn credentials(&self) -> Credentials {

@@ -176,12 +176,14 @@ impl Results {
                  (`fsync` per batch, the default), and a webhook to a minimal HTTP/1.1 receiver in the bench process that reads \
                  each body and drops it (keep-alive; the sink's defaults: one POST per partition of a batch, 4 in flight; then \
                  batches of up to 8 MiB; then a POST per record, on a topic of its own). \"vs discard\": records/s over the \
-                 relay into the discard sink of the same topic. Control plane CPU: the bench process (control plane, meter and \
-                 receiver) from the first record out to the last.\n"
+                 relay into the discard sink of the same topic. Control plane CPU and peak RSS: the bench process's (control \
+                 plane, meter and receiver; CPU from the first record out to the last, RSS an upper bound), except for \
+                 \"control plane as its own process\": the `control-plane` binary's alone (CPU from the sink file's first \
+                 growth to its last, peak RSS over its whole life).\n"
         );
         let _ = writeln!(
             s,
-            "| record | partitions | sink | records | records/s | vs discard | agent CPU s / M rec | control plane CPU s / M rec | control plane / agent CPU | agent peak RSS MiB | bench process peak RSS MiB (control plane + harness) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| record | partitions | sink | records | records/s | vs discard | agent CPU s / M rec | control plane CPU s / M rec | control plane / agent CPU | agent peak RSS MiB | control plane peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for (size, p) in topics {
             let discard = self
@@ -211,7 +213,12 @@ impl Results {
             else {
                 continue;
             };
-            for name in [RELAY_DISCARD, RELAY_JSONL, RELAY_WEBHOOK] {
+            for name in [
+                RELAY_DISCARD,
+                RELAY_JSONL,
+                RELAY_WEBHOOK,
+                RELAY_JSONL_PROCESS,
+            ] {
                 if let Some(r) = self.part_runs(SINKS, size, p, name).first() {
                     rows.push(peer_row(r, mm));
                 }
@@ -222,11 +229,11 @@ impl Results {
         }
         let _ = writeln!(
             s,
-            "\nBeside MirrorMaker 2 (its JVM's CPU and peak RSS; for the relay the agent's, and the control plane's CPU from the bench process; the bench process's RSS is the control plane's plus the harness's, whose producer has just filled the topic, so it bounds the control plane's loosely):\n"
+            "\nBeside MirrorMaker 2 (its JVM's CPU and peak RSS; for the relay the agent's and the control plane's, as in the table above: the bench process's, an upper bound, or the binary's alone when it runs as its own process):\n"
         );
         let _ = writeln!(
             s,
-            "| record | partitions | relay | records/s / MM2's | CPU s / M rec, agent + control plane / MM2's | agent peak RSS / MM2's | agent + bench process peak RSS / MM2's |\n|---|---|---|---|---|---|---|"
+            "| record | partitions | relay | records/s / MM2's | CPU s / M rec, agent + control plane / MM2's | agent peak RSS / MM2's | agent + control plane peak RSS / MM2's |\n|---|---|---|---|---|---|---|"
         );
         for row in rows {
             let _ = writeln!(s, "{row}");

@@ -22,6 +22,7 @@ pub const KCAT: &str = "kcat -C";
 pub const FLOOR: &str = "floor: rdkafka -> frames -> TLS pipe";
 pub const RELAY_DISCARD: &str = "relay -> discard";
 pub const RELAY_JSONL: &str = "relay -> jsonl";
+pub const RELAY_JSONL_PROCESS: &str = "relay -> jsonl, control plane as its own process";
 pub const RELAY_WEBHOOK: &str = "relay -> webhook";
 pub const RELAY_WEBHOOK_BIG: &str = "relay -> webhook, batches up to 8 MiB";
 pub const RELAY_WEBHOOK_RECORD: &str = "relay -> webhook, a POST per record";
@@ -58,12 +59,15 @@ pub struct Run {
     pub consumer_cpu_s: Option<f64>,
     pub cpu_s_per_m: Option<f64>,
     pub peak_rss_mib: Option<f64>,
-    /// CPU seconds of the bench process (control plane + meter) over `secs`.
+    /// CPU seconds of the bench process (control plane + meter) over `secs`;
+    /// for [`RELAY_JSONL_PROCESS`], of the `control-plane` process alone.
     pub cp_cpu_s: Option<f64>,
     /// Peak RSS of the bench process during the drain (the allocator's free
     /// pages are returned and the peak reset before the agent starts): the
     /// control plane's plus what the harness holds (the meter, the webhook
     /// receiver, rdkafka clients), so an upper bound of the control plane's.
+    /// For [`RELAY_JSONL_PROCESS`], the `control-plane` process's over its
+    /// whole life.
     #[serde(default)]
     pub cp_peak_rss_mib: Option<f64>,
     pub broker_cpu_s: Option<f64>,
