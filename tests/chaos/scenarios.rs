@@ -626,7 +626,7 @@ async fn inject(
                 let (a, b) = secs(4.0, 8.0);
                 let hold = w.rng.between(a, b);
                 if s.fault == Fault::JsonlReadOnly {
-                    world::run("mount", &["-o", "remount,ro", &m]);
+                    remount_read_only(&m).await;
                     tokio::time::sleep(hold).await;
                     world::run("mount", &["-o", "remount,rw", &m]);
                 } else {
@@ -650,5 +650,27 @@ async fn inject(
         Fault::ReconnectStorm => storm::reconnect_storm(w, window, extra).await,
         Fault::HostileAgents => storm::hostile_agents(w, window, extra).await,
         Fault::HostileControlPlane => unreachable!("runs without a world"),
+    }
+}
+
+/// Remount `mount` read-only. Linux refuses (EBUSY) while a file is open
+/// for writing on it, which the JSONL sink's is during each append (open,
+/// write, fsync, close): try again until an append has ended, for up to 5 s.
+async fn remount_read_only(mount: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("mount")
+            .args(["-o", "remount,ro", mount])
+            .output()
+            .expect("mount");
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("busy") && Instant::now() < deadline,
+            "mount -o remount,ro {mount}: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
