@@ -251,13 +251,7 @@ async fn wait_committed(
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + COMMIT_PATIENCE;
     loop {
-        let (b, g, t, n) = (
-            ctx.broker.clone(),
-            group.to_owned(),
-            topic.to_owned(),
-            end.len() as i32,
-        );
-        let got = tokio::task::spawn_blocking(move || b.committed(&g, &t, n)).await??;
+        let got = committed(ctx, group, topic, end.len()).await?;
         if got.iter().zip(end).all(|(c, e)| c >= e) {
             return Ok(Instant::now());
         }
@@ -460,14 +454,19 @@ async fn watch_sink(
 
 /// Whether the group has committed the end of every partition.
 async fn committed_end(ctx: &Ctx, group: &str, f: &Filled) -> anyhow::Result<bool> {
-    let (b, g, t, n) = (
-        ctx.broker.clone(),
-        group.to_owned(),
-        f.topic.clone(),
-        f.partitions,
-    );
-    let got = tokio::task::spawn_blocking(move || b.committed(&g, &t, n)).await??;
+    let got = committed(ctx, group, &f.topic, f.end.len()).await?;
     Ok(got.iter().zip(&f.end).all(|(c, e)| c >= e))
+}
+
+/// The offsets the group has committed on the first `partitions` of `topic`.
+async fn committed(
+    ctx: &Ctx,
+    group: &str,
+    topic: &str,
+    partitions: usize,
+) -> anyhow::Result<Vec<i64>> {
+    let (b, g, t) = (ctx.broker.clone(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || b.committed(&g, &t, partitions as i32)).await?
 }
 
 /// Lines in a file, read in 8 MiB pieces.
